@@ -1,0 +1,1 @@
+"""HER2 IHC assay: H-DAB measurements, per-cell membrane classes, ASCO/CAP field score."""

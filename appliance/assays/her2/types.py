@@ -1,0 +1,83 @@
+"""Typed values that flow through the HER2 assay: cells, field scores, field results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Intensity(str, Enum):
+    """Membrane DAB intensity of one cell, by optical-density thresholds."""
+
+    NONE = "none"
+    FAINT = "faint"
+    MODERATE = "moderate"
+    STRONG = "strong"
+
+
+class MembraneClass(str, Enum):
+    """Per-cell membrane pattern, in the terms the ASCO/CAP 2018 criteria use."""
+
+    NONE = "none"  # no perceptible membrane staining
+    INCOMPLETE_FAINT = "incomplete_faint"  # the 1+ pattern
+    INCOMPLETE_MODERATE_INTENSE = "incomplete_moderate_intense"  # basolateral / "U": unusual 2+
+    COMPLETE_WEAK_MODERATE = "complete_weak_moderate"  # the 2+ pattern
+    COMPLETE_INTENSE = "complete_intense"  # the 3+ pattern
+
+
+class Score(str, Enum):
+    """ASCO/CAP IHC score."""
+
+    ZERO = "0"
+    ONE = "1+"
+    TWO = "2+"
+    THREE = "3+"
+
+
+class Category(str, Enum):
+    """Clinical category reported beside the score."""
+
+    NULL = "HER2-null"
+    ULTRALOW = "HER2-ultralow"
+    LOW = "HER2-low"
+    EQUIVOCAL = "equivocal"
+    POSITIVE = "positive"
+
+
+@dataclass(frozen=True)
+class CellMeasurement:
+    """One tumour cell: where it is and what its membrane looks like.
+
+    Coordinates are in pixels of the source image (not the working scale).
+    ``outline`` is the cell boundary used for the overlay, as (x, y) points.
+    """
+
+    cell_id: int
+    x: float
+    y: float
+    nucleus_area_um2: float
+    completeness: float  # fraction of the circumference with stained membrane, 0..1
+    intensity_od: float  # DAB optical density of the stained membrane (0 when none)
+    intensity: Intensity
+    membrane_class: MembraneClass
+    outline: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class FieldScore:
+    """What the rule engine concludes from the tumour cells of one field."""
+
+    score: Score
+    category: Category
+    tumour_cells: int
+    percent: dict[MembraneClass, float]
+    rule: str  # the ASCO/CAP branch that decided, in words
+
+
+@dataclass(frozen=True)
+class NotScorable:
+    """A field the rule engine (or a quality gate) refuses, with the reason in words."""
+
+    reason: str
+    code: str  # machine-readable: no_tissue, too_few_tumour_cells, out_of_focus, ...
+    tumour_cells: int = 0

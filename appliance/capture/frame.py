@@ -1,0 +1,39 @@
+"""The unit that flows out of every capture source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One 8-bit RGB picture and where it came from.
+
+    ``um_per_px`` is set only when the source knows the scale (a command, an
+    objective reported by the user); otherwise the assay estimates it.
+    """
+
+    image: np.ndarray  # (H, W, 3) uint8, RGB order
+    seq: int
+    timestamp: float  # time.monotonic() at capture
+    source: str  # file path or source id
+    um_per_px: float | None = None
+
+    def __post_init__(self) -> None:
+        img = self.image
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(
+                f"Frame.image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}"
+            )
+        if self.um_per_px is not None and not self.um_per_px > 0:
+            raise ValueError(f"Frame.um_per_px must be > 0, got {self.um_per_px}")
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])

@@ -1,0 +1,386 @@
+"""One validated configuration file (TOML) with a default for every key.
+
+Every section is a frozen dataclass; every field carries a description and its
+bounds in ``metadata``. Loading rejects unknown keys, wrong types and values
+out of bounds with a :class:`ConfigError` that names the key and the reason,
+so a typo in a hospital's config never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 on JetPack 6
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of bounds."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"config key '{key}': {reason}")
+        self.key = key
+        self.reason = reason
+
+
+def _f(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
+       choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its description and bounds."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    uri: str = _f("replay:samples/her2", "Frame source, e.g. replay:DIR_OR_VIDEO")
+    fps: float = _f(0.0, "Replay rate in frames/s; 0 = as fast as the pipeline goes", lo=0, hi=240)
+    loop: bool = _f(False, "Replay: start again at the end instead of stopping")
+
+
+@dataclass(frozen=True)
+class OpticsConfig:
+    objective: str = _f("auto", "Objective in the nosepiece (a key of objectives) or 'auto'")
+    um_per_px: float = _f(
+        0.0, "Camera pixel size in µm at the specimen; 0 = from objective or estimated", lo=0, hi=10
+    )
+    objectives: dict[str, float] = _f(
+        {"10x": 1.0, "20x": 0.5, "40x": 0.25}, "µm per camera pixel for each objective"
+    )
+    assumed_nucleus_diameter_um: float = _f(
+        8.5, "Median nucleus diameter assumed when the scale is estimated from the image",
+        lo=3, hi=30,
+    )
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    max_megapixels: float = _f(
+        120.0, "Largest still image accepted, in megapixels (decoded RGB)", lo=0.01, hi=2000
+    )
+    min_side_px: int = _f(64, "Smallest accepted image side in pixels", lo=8, hi=4096)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    backend: str = _f("onnxruntime", "Inference backend", choices=("onnxruntime",))
+    precision: str = _f("int8", "Which shipped model to run", choices=("int8", "fp32"))
+    threads: int = _f(0, "ONNX Runtime intra-op threads; 0 = one per core", lo=0, hi=64)
+    models_dir: str = _f(
+        "", "Folder with <assay>/manifest.json and models; empty = the models shipped beside "
+        "the package"
+    )
+    tile_px: int = _f(512, "Largest model input side; bigger fields are tiled", lo=64, hi=4096)
+
+
+@dataclass(frozen=True)
+class StainConfig:
+    hematoxylin: list[float] = _f([0.65, 0.70, 0.29], "Haematoxylin OD vector (R, G, B)")
+    dab: list[float] = _f([0.27, 0.57, 0.78], "DAB OD vector (R, G, B)")
+    white_level: float = _f(
+        0.0, "Background (glass) brightness 0-255; 0 = estimate per field", lo=0, hi=255
+    )
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    working_um_per_px: float = _f(
+        0.5, "Finest scale the model works at (µm/px); finer images are downsampled",
+        lo=0.2, hi=2.0,
+    )
+    max_working_um_per_px: float = _f(
+        1.0, "Coarsest scale the model works at (µm/px)", lo=0.2, hi=2.0
+    )
+    max_working_megapixels: float = _f(
+        0.8, "Pixel budget per field at working scale (keeps real time at low power)",
+        lo=0.05, hi=100,
+    )
+    intensity_thresholds: list[float] = _f(
+        [0.2, 0.4, 0.6], "DAB OD thresholds for faint / moderate / strong membrane"
+    )
+    complete_fraction: float = _f(
+        0.9, "Membrane coverage of the circumference at or above which a cell is complete",
+        lo=0.5, hi=1.0,
+    )
+    cell_radius_um: float = _f(
+        9.0, "Largest distance from a nucleus centre to its membrane", lo=3, hi=40
+    )
+    angular_bins: int = _f(36, "Sectors around each cell for the completeness", lo=8, hi=360)
+    min_nucleus_area_um2: float = _f(12.0, "Smaller tumour-nucleus objects are noise", lo=0, hi=500)
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    positive_percent: float = _f(
+        10.0, "ASCO/CAP percentage of tumour cells (strictly above) for 1+/2+/3+", lo=0, hi=100
+    )
+    min_tumour_cells: int = _f(
+        20, "Fewer tumour cells in a field: not scorable", lo=1, hi=100000
+    )
+    unusual_intense_min_percent: float = _f(
+        0.0,
+        "Complete intense staining in more than this and at most positive_percent of "
+        "tumour cells is the unusual 2+ pattern; 0 = any, as the guideline reads",
+        lo=0, hi=100,
+    )
+    ultralow_min_percent: float = _f(
+        0.0, "IHC 0 with faint staining in more than this percent is HER2-ultralow",
+        lo=0, hi=100,
+    )
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    min_tissue_fraction: float = _f(
+        0.05, "Fraction of the field that must be stained tissue", lo=0, hi=1
+    )
+    min_focus: float = _f(
+        0.12, "Sharpness (normalised gradient energy at working scale) below which a field "
+        "is out of focus", lo=0, hi=100,
+    )
+    max_saturated_fraction: float = _f(
+        0.6, "Fraction of clipped white pixels above which the field is over-exposed", lo=0, hi=1
+    )
+    max_dark_fraction: float = _f(
+        0.5, "Fraction of near-black pixels above which the field is under-exposed "
+        "(or not brightfield)", lo=0, hi=1,
+    )
+    max_stain_residual: float = _f(
+        0.25, "Median colour-deconvolution residual OD above which the stain is not H-DAB",
+        lo=0, hi=5,
+    )
+
+
+@dataclass(frozen=True)
+class Her2Config:
+    stain: StainConfig = field(default_factory=StainConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = _f("var/results.sqlite", "SQLite results store")
+
+
+@dataclass(frozen=True)
+class OverlayConfig:
+    enabled: bool = _f(True, "Write overlay pictures")
+    dir: str = _f("var/overlays", "Folder for overlay PNGs")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = _f("INFO", "Log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass(frozen=True)
+class Config:
+    assay: str = _f("her2", "Assay to run", choices=("her2",))
+    source: SourceConfig = field(default_factory=SourceConfig)
+    optics: OpticsConfig = field(default_factory=OpticsConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    her2: Her2Config = field(default_factory=Her2Config)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def models_path(self) -> Path:
+        """Where the models are: the configured folder, or the shipped ``models/``."""
+        if self.inference.models_dir:
+            return Path(self.inference.models_dir)
+        # A source checkout or editable install keeps the shipped models beside the package.
+        return Path(__file__).resolve().parent.parent / "models"
+
+    def sha256(self) -> str:
+        """Hash of the effective configuration, stored beside every result."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _check_scalar(key: str, value: Any, typ: Any) -> Any:
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {typ} at {key}")  # a bug in this module
+
+
+def _check_value(key: str, value: Any, typ: Any) -> Any:
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (item,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        return [_check_scalar(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(typ)
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table, got {value!r}")
+        return {str(k): _check_scalar(f"{key}.{k}", v, item) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"optional config types are not supported ({key})")
+    return _check_scalar(key, value, typ)
+
+
+def _check_bounds(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    values = value if isinstance(value, list) else (
+        list(value.values()) if isinstance(value, dict) else [value]
+    )
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    for v in values:
+        if lo is not None and v < lo:
+            raise ConfigError(key, f"{v} is below the minimum {lo}")
+        if hi is not None and v > hi:
+            raise ConfigError(key, f"{v} is above the maximum {hi}")
+        if choices is not None and v not in choices:
+            raise ConfigError(key, f"{v!r} is not one of {', '.join(choices)}")
+
+
+def _build(cls: Any, data: typing.Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{prefix}{key}", f"unknown key (known here: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key, typ, value = f"{prefix}{name}", hints[name], data[name]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(key, f"expected a table [{key}], got {value!r}")
+            kwargs[name] = _build(typ, value, f"{key}.")
+        else:
+            kwargs[name] = _check_value(key, value, typ)
+            _check_bounds(key, kwargs[name], f.metadata)
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config) -> None:
+    th = cfg.her2.measure.intensity_thresholds
+    if len(th) != 3 or not (0 < th[0] < th[1] < th[2]):
+        raise ConfigError(
+            "her2.measure.intensity_thresholds",
+            f"need three increasing positive OD values (faint, moderate, strong), got {th}",
+        )
+    for key in ("hematoxylin", "dab"):
+        vec = getattr(cfg.her2.stain, key)
+        if len(vec) != 3 or min(vec) < 0 or sum(v * v for v in vec) == 0:
+            raise ConfigError(f"her2.stain.{key}", f"need 3 non-negative OD values, got {vec}")
+    m = cfg.her2.measure
+    if m.max_working_um_per_px < m.working_um_per_px:
+        raise ConfigError(
+            "her2.measure.max_working_um_per_px",
+            f"{m.max_working_um_per_px} is finer than working_um_per_px {m.working_um_per_px}",
+        )
+    o = cfg.optics
+    for name, um in o.objectives.items():
+        if not 0 < um <= 10:
+            raise ConfigError(f"optics.objectives.{name}", f"{um} µm/px is not in (0, 10]")
+    if o.objective != "auto" and o.objective not in o.objectives:
+        raise ConfigError(
+            "optics.objective",
+            f"{o.objective!r} is neither 'auto' nor one of {', '.join(o.objectives)}",
+        )
+    if not cfg.source.uri.startswith("replay:"):
+        raise ConfigError("source.uri", f"{cfg.source.uri!r}: only replay:PATH is supported yet")
+
+
+def config_from_dict(data: typing.Mapping[str, Any]) -> Config:
+    """Validate a parsed mapping and return the full configuration."""
+    cfg: Config = _build(Config, data, "")
+    _cross_checks(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate a TOML config file; ``None`` gives the defaults."""
+    if path is None:
+        return config_from_dict({})
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot read {p}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(file)", f"{p} is not valid TOML: {exc}") from exc
+    return config_from_dict(data)
+
+
+def with_overrides(cfg: Config, overrides: typing.Mapping[str, Any]) -> Config:
+    """Return ``cfg`` with dotted keys replaced (command-line flags), re-validated."""
+    data = cfg.to_dict()
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(dotted, "unknown key")
+        node[leaf] = value
+    return config_from_dict(data)
+
+
+def describe_defaults() -> str:
+    """The default configuration as commented TOML (for `appliance config --defaults`)."""
+    lines: list[str] = []
+
+    def emit(cls: Any, prefix: str) -> None:
+        nested = []
+        for f in dataclasses.fields(cls):
+            hints = typing.get_type_hints(cls)
+            if dataclasses.is_dataclass(hints[f.name]):
+                nested.append((f.name, hints[f.name]))
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if isinstance(default, dict):
+                nested.append((f.name, default))
+                continue
+            lines.append(f"# {f.metadata.get('doc', '')}")
+            lines.append(f"{f.name} = {json.dumps(default, ensure_ascii=False)}")
+        for name, sub in nested:
+            lines.append("")
+            lines.append(f"[{prefix}{name}]")
+            if isinstance(sub, dict):
+                lines.extend(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in sub.items())
+            else:
+                emit(sub, f"{prefix}{name}.")
+
+    emit(Config, "")
+    return "\n".join(lines) + "\n"

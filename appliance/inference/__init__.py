@@ -1,0 +1,1 @@
+"""Inference stage: model manifests and the backends that run them."""

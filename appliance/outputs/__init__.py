@@ -1,0 +1,1 @@
+"""Outputs: overlay pictures, the result JSON, the local results store."""

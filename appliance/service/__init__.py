@@ -1,0 +1,1 @@
+"""Service: composition of the stages into a running loop."""
