@@ -368,7 +368,8 @@ def describe_defaults() -> str:
             if dataclasses.is_dataclass(hints[f.name]):
                 nested.append((f.name, hints[f.name]))
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = (f.default if f.default is not dataclasses.MISSING
+                       else f.default_factory())  # type: ignore[misc,operator]
             if isinstance(default, dict):
                 nested.append((f.name, default))
                 continue

@@ -81,3 +81,65 @@ class NotScorable:
     reason: str
     code: str  # machine-readable: no_tissue, too_few_tumour_cells, out_of_focus, ...
     tumour_cells: int = 0
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """Cheap image measurements behind the quality gates (at working scale)."""
+
+    tissue_fraction: float  # fraction of pixels with stain OD above glass
+    focus: float  # normalised sharpness; higher is sharper
+    saturated_fraction: float  # fraction of clipped-white pixels
+    dark_fraction: float  # fraction of near-black pixels
+    stain_residual: float  # median OD not explained by haematoxylin + DAB
+    brightness: float  # median brightness 0..255
+
+
+@dataclass(frozen=True)
+class QualityIssue:
+    """One quality-gate finding. ``fatal`` ones make the field not scorable."""
+
+    code: str  # no_tissue, out_of_focus, over_exposed, under_exposed, not_brightfield, wrong_stain
+    reason: str
+    fatal: bool
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model produced a result, and what it was validated on."""
+
+    name: str
+    sha256: str
+    precision: str
+    validated_on: str
+
+
+@dataclass(frozen=True)
+class FieldResult:
+    """Everything known about one scored (or refused) field; the JSON contract's source."""
+
+    file: str  # still-image path, or the frame's source id
+    seq: int
+    assay: str
+    status: str  # "scored" | "not_scorable"
+    model: ModelRef
+    image_width: int
+    image_height: int
+    reason: str | None = None
+    reason_code: str | None = None
+    score: Score | None = None
+    category: Category | None = None
+    rule: str | None = None
+    tumour_cells: int = 0
+    percent: dict[MembraneClass, float] = field(default_factory=dict)
+    cells: tuple[CellMeasurement, ...] = ()
+    warnings: tuple[str, ...] = ()
+    um_per_px: float | None = None
+    um_per_px_source: str = "unknown"  # frame | config | objective | estimated | unknown
+    quality: QualityReport | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    created_at: str = ""  # ISO 8601 UTC, set when the result is made
+
+    @property
+    def scored(self) -> bool:
+        return self.status == "scored"
