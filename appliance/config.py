@@ -369,7 +369,7 @@ def describe_defaults() -> str:
                 nested.append((f.name, hints[f.name]))
                 continue
             default = (f.default if f.default is not dataclasses.MISSING
-                       else f.default_factory())  # type: ignore[misc,operator]
+                       else f.default_factory())  # type: ignore[operator]
             if isinstance(default, dict):
                 nested.append((f.name, default))
                 continue
