@@ -113,8 +113,18 @@ class MeasureConfig:
         0.9, "Membrane coverage of the circumference at or above which a cell is complete",
         lo=0.5, hi=1.0,
     )
-    cell_radius_um: float = _f(
-        9.0, "Largest distance from a nucleus centre to its membrane", lo=3, hi=40
+    membrane_reach_um: float = _f(
+        6.0, "How far beyond its nucleus edge a cell's membrane is looked for", lo=1, hi=30
+    )
+    shared_membrane_um: float = _f(
+        1.5, "A membrane this close to the border between two cells counts for both", lo=0, hi=5
+    )
+    min_membrane_fraction: float = _f(
+        0.08, "Less stained circumference than this is no staining (specks, noise)", lo=0, hi=0.5
+    )
+    min_observed_fraction: float = _f(
+        0.6, "Cells with less of their circumference inside the picture are not measured",
+        lo=0.1, hi=1.0,
     )
     angular_bins: int = _f(36, "Sectors around each cell for the completeness", lo=8, hi=360)
     min_nucleus_area_um2: float = _f(12.0, "Smaller tumour-nucleus objects are noise", lo=0, hi=500)

@@ -1,0 +1,62 @@
+# Eyepiece: the two first commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# System packages the test suite (and later the broker / systemd tests) use.
+SYSTEM_PACKAGES := mosquitto systemd
+
+.PHONY: demo test lint typecheck pytest system-deps model bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch is never pulled in here: the runtime and the tests do not need it.
+	$(BIN)/pip install --quiet -e '.[test,tools]'
+	touch $(STAMP)
+
+## demo: generate sample fields, score them on the CPU with the shipped INT8 model
+demo: $(STAMP)
+	$(BIN)/python -m tools.make_samples --out samples/her2 --count 8 --seed 2026
+	$(BIN)/appliance run
+	@echo "overlays: var/overlays/   store: var/results.sqlite"
+
+## test: lint, type-check and the whole test suite
+test: system-deps $(STAMP) lint typecheck pytest
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing system packages (install them as root):$$missing"; exit 1; fi; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check appliance tools tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## model: train, quantise, evaluate and publish models/her2 (needs torch: pip install torch==2.13.0)
+model: $(STAMP)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/python -m tools.train_her2 --out build/her2
+	$(BIN)/python -m tools.quantise_model --fp32 build/her2/her2_fp32.onnx --out build/her2/her2_int8.onnx
+	$(BIN)/python -m tools.publish_model --build build/her2 --eval build/none
+	$(BIN)/python -m tools.eval_her2 --precision int8 --out build/eval
+	$(BIN)/python -m tools.eval_her2 --precision fp32 --out build/eval
+	$(BIN)/python -m tools.eval_her2 --precision int8 --estimate-scale --out build/eval
+	$(BIN)/python -m tools.publish_model --build build/her2 --eval build/eval
+
+## bench: per-stage timings, FP32 vs INT8, and the classical reference pipeline
+bench: $(STAMP)
+	$(BIN)/python -m tools.bench_her2
+
+clean:
+	rm -rf build var samples .pytest_cache .mypy_cache .ruff_cache

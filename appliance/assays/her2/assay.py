@@ -1,0 +1,207 @@
+"""The HER2 assay: one frame in, one FieldResult out.
+
+    scale → resample → colour deconvolution → quality gates → model →
+    nucleus instances → membrane measurement → ASCO/CAP rules
+
+Each step is a pure function in its own module; this class only holds the
+model and the configuration and times the steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import TypeVar
+
+import cv2
+import numpy as np
+
+from appliance.assays.her2 import cells as cellmod
+from appliance.assays.her2.quality import measure_quality, quality_issues
+from appliance.assays.her2.rules import classify_cell, score_field
+from appliance.assays.her2.scale import estimate_um_per_px
+from appliance.assays.her2.stain import deconvolve
+from appliance.assays.her2.types import (
+    CellMeasurement,
+    FieldResult,
+    ModelRef,
+    NotScorable,
+)
+from appliance.assays.her2.working_scale import choose_working_scale, resample
+from appliance.capture.frame import Frame
+from appliance.config import Config
+from appliance.inference.backend import SegmentationBackend, to_model_input
+from appliance.inference.manifest import ModelManifest, load_manifest, verify_model
+from appliance.inference.onnxruntime_backend import OnnxRuntimeBackend
+from appliance.inference.tiling import run_tiled
+
+ASSAY = "her2"
+# Scale estimation runs on a copy no larger than this (nuclei stay > 10 px across).
+_ESTIMATE_MAX_PX = 1_000_000
+_T = TypeVar("_T")
+
+
+class Her2Assay:
+    """Scores HER2 IHC fields with one loaded model."""
+
+    def __init__(self, cfg: Config, manifest: ModelManifest, backend: SegmentationBackend,
+                 precision: str) -> None:
+        self.cfg = cfg
+        self.manifest = manifest
+        self.backend = backend
+        self.model = ModelRef(
+            name=manifest.name, sha256=manifest.sha256(precision), precision=precision,
+            validated_on=manifest.validated_on,
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Her2Assay:
+        """Load and verify the shipped model named by the configuration."""
+        manifest = load_manifest(cfg.models_path() / ASSAY)
+        precision = cfg.inference.precision
+        path = verify_model(manifest, precision)
+        backend = OnnxRuntimeBackend(path, threads=cfg.inference.threads,
+                                     input_name=manifest.input.name)
+        return cls(cfg, manifest, backend, precision)
+
+    def close(self) -> None:
+        """Release the model (idempotent)."""
+        self.backend.close()
+
+    def __enter__(self) -> Her2Assay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, frame: Frame) -> FieldResult:
+        """Score one field; refusals come back as a not-scorable FieldResult, never raised."""
+        timings: dict[str, float] = {}
+
+        def timed(stage: str, fn: Callable[[], _T]) -> _T:
+            t0 = time.perf_counter()
+            value = fn()
+            timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t0) * 1000.0
+            return value
+
+        h3 = self.cfg.her2
+        native, scale_source, warnings = timed("preprocess", lambda: self._scale(frame))
+        working = choose_working_scale(native, frame.height, frame.width, h3.measure)
+        rgb = timed("preprocess", lambda: resample(frame.image, native, working))
+        stains = timed("preprocess", lambda: deconvolve(rgb, h3.stain))
+        report = timed("quality", lambda: measure_quality(rgb, stains))
+        issues = quality_issues(report, h3.quality)
+        warnings += [i.reason for i in issues if not i.fatal]
+        base = FieldResult(
+            file=frame.source, seq=frame.seq, assay=ASSAY, status="not_scorable",
+            model=self.model, image_width=frame.width, image_height=frame.height,
+            um_per_px=native, um_per_px_source=scale_source, quality=report, timings_ms=timings,
+        )
+        fatal = [i for i in issues if i.fatal]
+        if fatal:
+            return self._refused(NotScorable("; ".join(i.reason for i in fatal), fatal[0].code),
+                                 base, warnings)
+        logits = timed("model", lambda: self._infer(rgb))
+        measured = timed("postprocess", lambda: self._measure(logits, rgb.shape[:2], stains.dab,
+                                                              working))
+        cells = timed("rules", lambda: self._to_cells(measured, native, working))
+        verdict = timed("rules", lambda: score_field([c.membrane_class for c in cells],
+                                                     h3.rules))
+        if isinstance(verdict, NotScorable):
+            return self._refused(verdict, base, warnings, cells=tuple(cells))
+        return replace(
+            base, status="scored", score=verdict.score, category=verdict.category,
+            rule=verdict.rule, tumour_cells=verdict.tumour_cells,
+            percent={k: round(v, 3) for k, v in verdict.percent.items()},
+            cells=tuple(cells), warnings=tuple(warnings), created_at=_now(),
+        )
+
+    def refuse_input(self, source: str, seq: int, code: str, reason: str) -> FieldResult:
+        """The result for an input that never became a frame (corrupt or unreadable file)."""
+        return FieldResult(file=source, seq=seq, assay=ASSAY, status="not_scorable",
+                           model=self.model, image_width=0, image_height=0, reason=reason,
+                           reason_code=code, created_at=_now())
+
+    @staticmethod
+    def _refused(why: NotScorable, base: FieldResult, warnings: list[str],
+                 cells: tuple[CellMeasurement, ...] = ()) -> FieldResult:
+        return replace(
+            base, status="not_scorable", reason=why.reason, reason_code=why.code,
+            tumour_cells=why.tumour_cells, cells=cells, warnings=tuple(warnings),
+            created_at=_now(),
+        )
+
+    def _scale(self, frame: Frame) -> tuple[float, str, list[str]]:
+        """µm/px of the frame and where it came from: frame, config, objective or estimate."""
+        optics = self.cfg.optics
+        if frame.um_per_px:
+            return frame.um_per_px, "frame", []
+        if optics.um_per_px > 0:
+            return optics.um_per_px, "config", []
+        if optics.objective != "auto":
+            return optics.objectives[optics.objective], "objective", []
+        return self._estimate_scale(frame.image)
+
+    def _estimate_scale(self, image: np.ndarray) -> tuple[float, str, list[str]]:
+        h, w = image.shape[:2]
+        shrink = min(1.0, float(np.sqrt(_ESTIMATE_MAX_PX / (h * w))))
+        small = image if shrink == 1.0 else cv2.resize(
+            image, (max(1, round(w * shrink)), max(1, round(h * shrink))),
+            interpolation=cv2.INTER_AREA)
+        stains = deconvolve(small, self.cfg.her2.stain)
+        estimate = estimate_um_per_px(small, stains, self.cfg.optics.assumed_nucleus_diameter_um)
+        fallback = self.cfg.her2.measure.working_um_per_px
+        if estimate is None:
+            return fallback, "assumed", [
+                f"scale unknown: too few nuclei to estimate it; assumed {fallback} um/px "
+                "(set optics.objective or optics.um_per_px)"]
+        native = estimate * shrink
+        lo, hi = 0.15, 2.0
+        warnings = [f"scale estimated from nuclear size: {native:.2f} um/px"]
+        if not lo <= native <= hi:
+            warnings.append(f"estimated scale {native:.2f} um/px is implausible; clamped")
+            native = min(hi, max(lo, native))
+        return native, "estimated", warnings
+
+    def _infer(self, rgb: np.ndarray) -> np.ndarray:
+        x = to_model_input(rgb, self.manifest.input)
+        stride = self.manifest.output_stride
+        return run_tiled(self.backend, x, tile=self.cfg.inference.tile_px, overlap=32,
+                         multiple=self.manifest.input.multiple_of, stride=stride)
+
+    def _measure(self, logits: np.ndarray, shape: tuple[int, int], dab: np.ndarray,
+                 working: float) -> list[cellmod.WorkingCell]:
+        m = self.cfg.her2.measure
+        classes = cellmod.class_map_from_logits(logits, shape)
+        nuclei = cellmod.nucleus_instances(
+            classes, min_area_px=max(1, round(m.min_nucleus_area_um2 / working**2)),
+            min_separation_px=max(1, round(2.5 / working)),
+        )
+        return cellmod.measure_cells(nuclei, classes == cellmod.MEMBRANE, dab,
+                                     um_per_px=working, cfg=m)
+
+    def _to_cells(self, measured: list[cellmod.WorkingCell], native: float,
+                  working: float) -> list[CellMeasurement]:
+        """Working-scale cells → classified cells in source-image coordinates."""
+        to_src = working / native
+        out = []
+        for i, c in enumerate(measured, start=1):
+            intensity, membrane = classify_cell(c.intensity_od, c.completeness,
+                                                self.cfg.her2.measure)
+            outline = tuple((round(x * to_src), round(y * to_src)) for x, y in c.outline)
+            out.append(CellMeasurement(
+                cell_id=i, x=c.x * to_src, y=c.y * to_src,
+                nucleus_area_um2=c.nucleus_area_px * working**2,
+                completeness=c.completeness, intensity_od=c.intensity_od,
+                intensity=intensity, membrane_class=membrane, outline=outline,
+            ))
+        return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+

@@ -1,0 +1,199 @@
+"""From the model's class map to measured tumour cells (all at working scale).
+
+1. Nucleus instances: the nucleus pixels (tumour + other) split at
+   distance-transform peaks, each instance tumour when most of its pixels are.
+2. Cell territories: every pixel goes to its nearest nucleus (a Voronoi
+   partition over nucleus pixels), limited to ``membrane_reach_um`` from the
+   nucleus edge. A membrane shared by two cells lies on their border, so each
+   territory is widened by ``shared_membrane_um`` when membrane is collected.
+3. Per tumour cell: angular sectors around the nucleus centre; a sector is
+   stained when it holds membrane pixels (model) with DAB OD at or above the
+   faint threshold. Completeness is the stained fraction of the observed
+   sectors; intensity is the median over stained sectors of each sector's peak
+   DAB OD (the peak across the membrane's width, which blur lowers least).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from appliance.config import MeasureConfig
+
+BACKGROUND, TUMOUR_NUCLEUS, OTHER_NUCLEUS, MEMBRANE = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Nuclei:
+    """Nucleus instances at working scale."""
+
+    labels: np.ndarray  # (H, W) int32, 0 = none, 1..n instances
+    tumour: np.ndarray  # (n + 1,) bool, index = instance label (index 0 unused)
+
+
+@dataclass(frozen=True)
+class WorkingCell:
+    """One measured tumour cell, in working-scale pixels."""
+
+    label: int
+    x: float
+    y: float
+    nucleus_area_px: int
+    completeness: float
+    intensity_od: float
+    outline: np.ndarray  # (K, 2) int32 points (x, y)
+
+
+def class_map_from_logits(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) logits at the model's output stride → (H, W) uint8 class map at ``shape``."""
+    h, w = shape
+    channels = [cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in logits]
+    return np.argmax(np.stack(channels), axis=0).astype(np.uint8)
+
+
+def _peaks(mask: np.ndarray, min_separation_px: int) -> tuple[int, np.ndarray]:
+    """Distance-transform maxima inside ``mask`` (one marker per nucleus)."""
+    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    k = 2 * max(1, min_separation_px) + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    peaks = (dist >= cv2.dilate(dist, kernel)) & (dist >= 1.0) & mask
+    # Plateau pixels of one nucleus are adjacent: merge them into one marker.
+    n, markers = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
+    return n - 1, markers
+
+
+def nucleus_instances(classes: np.ndarray, *, min_area_px: int,
+                      min_separation_px: int) -> Nuclei:
+    """Split the nucleus pixels into instances and tell tumour nuclei from the others."""
+    mask = (classes == TUMOUR_NUCLEUS) | (classes == OTHER_NUCLEUS)
+    n_markers, markers = _peaks(mask, min_separation_px)
+    if n_markers == 0:
+        return Nuclei(np.zeros(classes.shape, np.int32), np.zeros(1, bool))
+    # Each nucleus pixel joins its nearest marker (Voronoi over markers, inside the mask).
+    _, nearest = cv2.distanceTransformWithLabels(
+        (markers == 0).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    marker_of_seed = np.concatenate([[0], markers.ravel()[np.flatnonzero(markers.ravel())]])
+    labels = np.where(mask, marker_of_seed[nearest], 0).astype(np.int32)
+    area = np.bincount(labels.ravel(), minlength=n_markers + 1)
+    tumour_px = np.bincount(labels.ravel(), weights=(classes == TUMOUR_NUCLEUS).ravel(),
+                            minlength=n_markers + 1)
+    keep = area >= min_area_px
+    keep[0] = False
+    # Renumber the kept instances 1..n.
+    new_id = np.zeros(n_markers + 1, np.int32)
+    new_id[keep] = np.arange(1, int(keep.sum()) + 1)
+    labels = new_id[labels]
+    tumour = np.concatenate([[False], (tumour_px[keep] * 2 > area[keep])])
+    return Nuclei(labels, tumour)
+
+
+def _territories(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest nucleus of every pixel and the distance to it (px)."""
+    flat = labels.ravel()
+    seeds = np.flatnonzero(flat)
+    dist, nearest = cv2.distanceTransformWithLabels(
+        (labels == 0).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    owner_of_seed = np.concatenate([[0], flat[seeds]]).astype(np.int32)
+    return owner_of_seed[nearest], dist
+
+
+def measure_cells(nuclei: Nuclei, membrane: np.ndarray, dab: np.ndarray, *,
+                  um_per_px: float, cfg: MeasureConfig) -> list[WorkingCell]:
+    """Completeness and intensity of every tumour cell's membrane."""
+    labels = nuclei.labels
+    if labels.max() == 0:
+        return []
+    owner, dist = _territories(labels)
+    reach = cfg.membrane_reach_um / um_per_px
+    margin = max(1, round(cfg.shared_membrane_um / um_per_px))
+    faint = cfg.intensity_thresholds[0]
+    stained_px = membrane & (dab >= faint)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
+    h, w = labels.shape
+    pad = int(np.ceil(reach)) + margin + 1
+    cells: list[WorkingCell] = []
+    boxes = _bounding_boxes(labels)
+    for label in (int(v) for v in np.flatnonzero(nuclei.tumour)):
+        y0, y1, x0, x1 = boxes[label]
+        y0, x0 = max(0, y0 - pad), max(0, x0 - pad)
+        y1, x1 = min(h, y1 + pad), min(w, x1 + pad)
+        nucleus = labels[y0:y1, x0:x1] == label
+        own = (owner[y0:y1, x0:x1] == label) & (dist[y0:y1, x0:x1] <= reach)
+        near = cv2.distanceTransform((~nucleus).astype(np.uint8), cv2.DIST_L2, 5) <= reach
+        ring = cv2.dilate(own.astype(np.uint8), kernel).astype(bool) & near & ~nucleus
+        ys, xs = np.nonzero(nucleus)
+        cy, cx = ys.mean(), xs.mean()
+        cell = _measure_one(ring, stained_px[y0:y1, x0:x1], dab[y0:y1, x0:x1],
+                            (cy, cx), (y0, x0), (h, w), cfg)
+        if cell is None:
+            continue
+        completeness, intensity = cell
+        if completeness < cfg.min_membrane_fraction:
+            completeness, intensity = 0.0, 0.0
+        cells.append(WorkingCell(
+            label=label, x=float(cx + x0), y=float(cy + y0), nucleus_area_px=len(ys),
+            completeness=completeness, intensity_od=intensity,
+            outline=_outline(own | nucleus, (x0, y0)),
+        ))
+    return cells
+
+
+def _bounding_boxes(labels: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of every instance, exclusive ends."""
+    boxes: dict[int, tuple[int, int, int, int]] = {}
+    ys, xs = np.nonzero(labels)
+    ids = labels[ys, xs]
+    order = np.argsort(ids, kind="stable")
+    ids, ys, xs = ids[order], ys[order], xs[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    for s, e in zip(starts, ends, strict=True):
+        boxes[int(ids[s])] = (int(ys[s:e].min()), int(ys[s:e].max()) + 1,
+                              int(xs[s:e].min()), int(xs[s:e].max()) + 1)
+    return boxes
+
+
+def _measure_one(ring: np.ndarray, stained: np.ndarray, dab: np.ndarray,
+                 centre: tuple[float, float], origin: tuple[int, int],
+                 shape: tuple[int, int], cfg: MeasureConfig) -> tuple[float, float] | None:
+    """(completeness, intensity OD) of one cell, or None when too little of it is visible."""
+    bins = cfg.angular_bins
+    ys, xs = np.nonzero(ring)
+    if len(ys) == 0:
+        return None
+    angle = np.arctan2(ys - centre[0], xs - centre[1])
+    sector = ((angle + np.pi) * (bins / (2 * np.pi))).astype(np.int32) % bins
+    observed = np.bincount(sector, minlength=bins) > 0
+    if not _touches_edge(ys + origin[0], xs + origin[1], shape):
+        # Inside the picture every sector counts, even one a neighbour squeezes to nothing.
+        observed[:] = True
+    elif observed.mean() < cfg.min_observed_fraction:
+        return None  # cut by the picture's edge: its circumference cannot be judged
+    on = stained[ys, xs]
+    if not on.any():
+        return 0.0, 0.0
+    peak = np.zeros(bins, np.float32)
+    np.maximum.at(peak, sector[on], dab[ys[on], xs[on]])
+    covered = peak > 0
+    completeness = float(covered.sum() / observed.sum())
+    return min(1.0, completeness), float(np.median(peak[covered]))
+
+
+def _touches_edge(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]) -> bool:
+    return bool(ys.min() == 0 or xs.min() == 0 or ys.max() == shape[0] - 1
+                or xs.max() == shape[1] - 1)
+
+
+def _outline(region: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
+    """The outer contour of a cell, simplified, in working-scale image coordinates."""
+    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return np.zeros((0, 2), np.int32)
+    largest = max(contours, key=cv2.contourArea)
+    simple = cv2.approxPolyDP(largest, 1.0, True).reshape(-1, 2)
+    return (simple + np.asarray(origin, np.int32)).astype(np.int32)

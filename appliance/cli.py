@@ -1,0 +1,172 @@
+"""The `appliance` command: score still images, run the scoring loop, check a config.
+
+    appliance score --assay her2 [--json] IMAGE...
+    appliance run --source replay:DIR_OR_VIDEO [--config FILE] [--store PATH]
+    appliance config --defaults | --validate FILE
+
+Exit codes: 0 done; 1 an image hit an internal error; 2 bad command line or
+config; 3 the model is missing or refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from appliance import __version__
+from appliance.assays.her2.assay import Her2Assay
+from appliance.capture.frame import Frame
+from appliance.capture.replay import SourceError
+from appliance.capture.stills import ImageRejected, load_still
+from appliance.config import Config, ConfigError, describe_defaults, load_config, with_overrides
+from appliance.inference.manifest import ModelError
+from appliance.outputs.store import ResultStore, StoreError
+from appliance.service import runner
+from appliance.service.recorder import Recorder
+
+_log = logging.getLogger("appliance")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (defaults for every key)")
+    p.add_argument("--store", help="results store path (store.path)")
+    p.add_argument("--overlay-dir", help="folder for overlay PNGs (overlay.dir)")
+    p.add_argument("--precision", choices=("int8", "fp32"), help="inference.precision")
+    p.add_argument("--threads", type=int, help="inference.threads")
+    p.add_argument("--objective", help="optics.objective, e.g. 40x")
+    p.add_argument("--um-per-px", type=float, help="optics.um_per_px (camera pixel at specimen)")
+    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="logging.level")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for the docs and tests)."""
+    ap = argparse.ArgumentParser(prog="appliance", description="Eyepiece HER2 scoring appliance")
+    ap.add_argument("--version", action="version", version=f"eyepiece {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    sc = sub.add_parser("score", help="score still images (PNG/JPEG/TIFF, 8-bit RGB)")
+    sc.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    sc.add_argument("--assay", default="her2", choices=("her2",))
+    sc.add_argument("--json", action="store_true", help="one JSON object per image")
+    sc.add_argument("--cells", action="store_true", help="include per-cell results in the JSON")
+    sc.add_argument("--no-overlay", action="store_true", help="write no overlay pictures")
+    sc.add_argument("--no-store", action="store_true", help="do not add results to the store")
+    _common(sc)
+
+    rn = sub.add_parser("run", help="score frames from a source until SIGINT/SIGTERM")
+    rn.add_argument("--source", help="source.uri, e.g. replay:samples/her2")
+    rn.add_argument("--fps", type=float, help="source.fps (replay pacing; 0 = as fast as possible)")
+    rn.add_argument("--loop", action="store_true", default=None, help="source.loop")
+    _common(rn)
+
+    cf = sub.add_parser("config", help="print the defaults or validate a config file")
+    group = cf.add_mutually_exclusive_group(required=True)
+    group.add_argument("--defaults", action="store_true", help="print the default config")
+    group.add_argument("--validate", type=Path, metavar="FILE", help="check a config file")
+    return ap
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line flags as dotted config keys (flags override the file)."""
+    mapping = {
+        "store": "store.path", "overlay_dir": "overlay.dir", "precision": "inference.precision",
+        "threads": "inference.threads", "objective": "optics.objective",
+        "um_per_px": "optics.um_per_px", "log_level": "logging.level", "source": "source.uri",
+        "fps": "source.fps", "loop": "source.loop", "assay": "assay",
+    }
+    return {key: getattr(args, name) for name, key in mapping.items()
+            if getattr(args, name, None) is not None}
+
+
+def _load(args: argparse.Namespace) -> Config:
+    cfg = with_overrides(load_config(args.config), _overrides(args))
+    logging.basicConfig(level=cfg.logging.level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return cfg
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score each image once; print a table row or a JSON line per image."""
+    cfg = _load(args)
+    overlay = None if args.no_overlay or not cfg.overlay.enabled else Path(cfg.overlay.dir)
+    store = None if args.no_store else ResultStore(cfg.store.path)
+    failures = 0
+    try:
+        with Her2Assay.from_config(cfg) as assay:
+            recorder = Recorder(store=store, config_sha256=cfg.sha256(), overlay_dir=overlay,
+                                out=sys.stdout, as_json=args.json, with_cells=args.cells)
+            for seq, path in enumerate(args.images, start=1):
+                try:
+                    image = load_still(path, cfg.input)
+                except ImageRejected as exc:
+                    recorder.record(assay.refuse_input(str(path), seq, exc.code, exc.reason),
+                                    None)
+                    continue
+                frame = Frame(image=image, seq=seq, timestamp=time.monotonic(), source=str(path))
+                try:
+                    result = assay.score(frame)
+                except Exception as exc:  # a bug must not hide the other images' results
+                    failures += 1
+                    _log.error("internal error scoring %s: %r", path, exc, exc_info=_debug())
+                    result = assay.refuse_input(str(path), seq, "internal_error",
+                                                f"internal error: {exc!r}")
+                recorder.record(result, image)
+    finally:
+        if store is not None:
+            store.close()
+    return 1 if failures else 0
+
+
+def _debug() -> bool:
+    return _log.getEffectiveLevel() <= logging.DEBUG
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the scoring loop until the source ends or SIGINT/SIGTERM."""
+    cfg = _load(args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    counts = runner.run(cfg, stop=stop, out=sys.stdout)
+    print(f"{counts['fields']} fields: {counts['scored']} scored, "
+          f"{counts['not_scorable']} not scorable; results in {cfg.store.path}"
+          + (f", overlays in {cfg.overlay.dir}" if cfg.overlay.enabled else ""))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the defaults, or validate a file and print its hash."""
+    if args.defaults:
+        print(describe_defaults(), end="")
+        return 0
+    cfg = load_config(args.validate)
+    print(f"{args.validate}: valid (sha256 {cfg.sha256()[:16]})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `appliance` command."""
+    args = build_parser().parse_args(argv)
+    handlers = {"score": cmd_score, "run": cmd_run, "config": cmd_config}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModelError as exc:
+        print(f"error: model refused: {exc}", file=sys.stderr)
+        return 3
+    except StoreError as exc:
+        print(f"error: results store: {exc}", file=sys.stderr)
+        return 2

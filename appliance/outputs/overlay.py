@@ -1,0 +1,338 @@
+"""The overlay picture: cell outlines in their membrane-class colour and a result banner.
+
+The banner is a strip added below the image, so no tissue is hidden. Its text is
+sized against a 1280-px-wide reference (the 7" HDMI screen) and scales with the
+image width, so it stays readable when the whole picture is fitted to the screen;
+below 480 px the text stops shrinking and wraps instead. cv2's Hershey fonts are
+ASCII only, so text goes through :func:`ascii_text` (µm -> um, ≤ -> <=).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from appliance.assays.her2.types import CellMeasurement, FieldResult, MembraneClass
+from appliance.outputs.result_json import is_research_use_only
+
+RGB = tuple[int, int, int]
+
+# Okabe & Ito (2008) colour-blind-safe palette; each class a hue no other class shares,
+# and none of them the banner's text or alert colour.
+CLASS_COLOURS: dict[MembraneClass, RGB] = {
+    MembraneClass.NONE: (86, 180, 233),  # sky blue
+    MembraneClass.INCOMPLETE_FAINT: (240, 228, 66),  # yellow
+    MembraneClass.INCOMPLETE_MODERATE_INTENSE: (204, 121, 167),  # reddish purple
+    MembraneClass.COMPLETE_WEAK_MODERATE: (0, 158, 115),  # bluish green
+    MembraneClass.COMPLETE_INTENSE: (213, 94, 0),  # vermillion
+}
+CLASS_LABELS: dict[MembraneClass, str] = {
+    MembraneClass.NONE: "no staining",
+    MembraneClass.INCOMPLETE_FAINT: "incomplete faint",
+    MembraneClass.INCOMPLETE_MODERATE_INTENSE: "incomplete mod./intense",
+    MembraneClass.COMPLETE_WEAK_MODERATE: "complete weak/mod.",
+    MembraneClass.COMPLETE_INTENSE: "complete intense",
+}
+BANNER_BG: RGB = (28, 28, 28)
+TEXT_COLOUR: RGB = (255, 255, 255)
+ALERT_COLOUR: RGB = (230, 159, 0)  # Okabe-Ito orange: not scorable, warnings, research use
+RESEARCH_USE_LINE = "RESEARCH USE ONLY - validated on generated data only"
+
+REFERENCE_WIDTH = 1280  # the 7" HDMI screen the banner is designed for
+MIN_LAYOUT_WIDTH = 480  # narrower images keep this text size and wrap
+_SMALL_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_BIG_FONT = cv2.FONT_HERSHEY_DUPLEX
+
+_ASCII_REPLACEMENTS = {
+    "µ": "u", "μ": "u", "≤": "<=", "≥": ">=", "–": "-", "—": "-", "×": "x", "°": " deg",
+    "‘": "'", "’": "'", "“": '"', "”": '"', "…": "...", "±": "+/-", "→": "->",
+}
+
+
+def ascii_text(text: str) -> str:
+    """Text that cv2.putText can draw: known symbols spelled out, accents dropped."""
+    for symbol, plain in _ASCII_REPLACEMENTS.items():
+        text = text.replace(symbol, plain)
+    decomposed = unicodedata.normalize("NFKD", text)
+    return decomposed.encode("ascii", "ignore").decode("ascii")
+
+
+# ---------------------------------------------------------------- banner content
+
+
+@dataclass(frozen=True)
+class _Item:
+    text: str
+    colour: RGB
+    swatch: RGB | None = None
+
+
+@dataclass(frozen=True)
+class _Row:
+    items: tuple[_Item, ...]
+    big: bool = False
+
+
+def _headline(result: FieldResult) -> list[_Row]:
+    if not result.scored:
+        reason = result.reason or "no reason given"
+        return [_Row((_Item("NOT SCORABLE", ALERT_COLOUR),), big=True),
+                _Row((_Item(f"Reason: {reason}", TEXT_COLOUR),))]
+    score = result.score.value if result.score else "?"
+    category = result.category.value if result.category else "?"
+    return [_Row((_Item(f"IHC {score}", TEXT_COLOUR), _Item(category, TEXT_COLOUR)), big=True)]
+
+
+def _info_row(result: FieldResult) -> _Row:
+    if result.um_per_px is None:
+        scale = f"um/px: unknown ({result.um_per_px_source})"
+    else:
+        scale = f"um/px: {result.um_per_px:.4g} ({result.um_per_px_source})"
+    model = f"Model: {result.model.name} ({result.model.precision})"
+    items = (f"Tumour cells: {result.tumour_cells}", scale, model)
+    return _Row(tuple(_Item(t, TEXT_COLOUR) for t in items))
+
+
+def _legend_row(result: FieldResult) -> _Row:
+    return _Row(tuple(
+        _Item(f"{CLASS_LABELS[c]} {result.percent.get(c, 0.0):.1f}%", TEXT_COLOUR,
+              swatch=CLASS_COLOURS[c])
+        for c in MembraneClass
+    ))
+
+
+def _banner_rows(result: FieldResult) -> list[_Row]:
+    """What the banner says, row by row, before layout."""
+    rows = [*_headline(result), _info_row(result), _legend_row(result)]
+    rows += [_Row((_Item(f"Warning: {w}", ALERT_COLOUR),)) for w in result.warnings]
+    if is_research_use_only(result.model):
+        rows.append(_Row((_Item(RESEARCH_USE_LINE, ALERT_COLOUR),)))
+    return rows
+
+
+# ---------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class _Style:
+    """Font sizes and spacing for one banner width."""
+
+    small_scale: float
+    big_scale: float
+    small_thick: int
+    big_thick: int
+    margin: int
+    gap: int
+
+    @staticmethod
+    def for_width(width: int) -> _Style:
+        s = max(width, MIN_LAYOUT_WIDTH) / REFERENCE_WIDTH
+        return _Style(
+            small_scale=0.8 * s,
+            big_scale=1.8 * s,
+            small_thick=max(1, round(2 * s)),
+            big_thick=max(1, round(4 * s)),
+            margin=max(2, round(16 * s)),
+            gap=max(4, round(28 * s)),
+        )
+
+    def font(self, big: bool) -> tuple[int, float, int]:
+        """(font face, scale, thickness) for a row."""
+        if big:
+            return _BIG_FONT, self.big_scale, self.big_thick
+        return _SMALL_FONT, self.small_scale, self.small_thick
+
+
+@dataclass(frozen=True)
+class _Glyphs:
+    """One run of text (and its optional swatch) placed in the banner."""
+
+    text: str
+    x: int
+    baseline: int
+    colour: RGB
+    big: bool
+    swatch: RGB | None
+
+
+def _text_width(text: str, font: tuple[int, float, int]) -> int:
+    face, scale, thick = font
+    (w, _), _ = cv2.getTextSize(text, face, scale, thick)
+    return int(w)
+
+
+def _split_long_word(word: str, font: tuple[int, float, int], max_w: int) -> list[str]:
+    parts: list[str] = []
+    current = ""
+    for ch in word:
+        if current and _text_width(current + ch, font) > max_w:
+            parts.append(current)
+            current = ""
+        current += ch
+    return [*parts, current] if current else parts
+
+
+def wrap_text(text: str, font: tuple[int, float, int], max_w: int) -> list[str]:
+    """Greedy word wrap to ``max_w`` pixels; words wider than a line are split."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        pieces = [word] if _text_width(word, font) <= max_w else _split_long_word(
+            word, font, max_w)
+        for piece in pieces:
+            candidate = f"{current} {piece}" if current else piece
+            if current and _text_width(candidate, font) > max_w:
+                lines.append(current)
+                candidate = piece
+            current = candidate
+    return [*lines, current] if current else lines
+
+
+def _line_metrics(style: _Style, big: bool) -> tuple[int, int]:
+    """(line height, baseline offset from the line top) for a row's font."""
+    face, scale, thick = style.font(big)
+    (_, h), base = cv2.getTextSize("Hg", face, scale, thick)
+    return round(1.5 * (h + base)), round(0.25 * (h + base)) + h
+
+
+def _layout_banner(rows: Sequence[_Row], width: int) -> tuple[list[_Glyphs], int]:
+    """Place the rows' items left to right, wrapping at ``width``; (glyphs, height)."""
+    style = _Style.for_width(width)
+    usable = max(1, width - 2 * style.margin)
+    glyphs: list[_Glyphs] = []
+    top = style.margin
+    for row in rows:
+        font = style.font(row.big)
+        line_h, base_off = _line_metrics(style, row.big)
+        sw = (line_h * 6) // 10 if any(i.swatch for i in row.items) else 0
+        x = style.margin
+        for item in row.items:
+            indent = sw + style.gap // 3 if item.swatch else 0
+            lines = wrap_text(ascii_text(item.text), font, max(1, usable - indent))
+            if not lines:
+                continue
+            first_w = indent + _text_width(lines[0], font)
+            if x > style.margin and (len(lines) > 1 or x + first_w > style.margin + usable):
+                top, x = top + line_h, style.margin
+            for n, line in enumerate(lines):
+                if n:
+                    top, x = top + line_h, style.margin
+                glyphs.append(_Glyphs(line, x + indent, top + base_off, item.colour, row.big,
+                                      item.swatch if n == 0 else None))
+            x += indent + _text_width(lines[-1], font) + style.gap
+        top += line_h
+    return glyphs, top + style.margin
+
+
+def _draw_banner(banner: np.ndarray, glyphs: Sequence[_Glyphs], width: int) -> None:
+    style = _Style.for_width(width)
+    banner[:] = BANNER_BG
+    for g in glyphs:
+        face, scale, thick = style.font(g.big)
+        if g.swatch is not None:
+            line_h, _ = _line_metrics(style, g.big)
+            side = (line_h * 6) // 10
+            left = g.x - side - style.gap // 3
+            cv2.rectangle(banner, (left, g.baseline - side), (left + side, g.baseline),
+                          g.swatch, thickness=-1)
+        cv2.putText(banner, g.text, (g.x, g.baseline), face, scale, g.colour, thick,
+                    lineType=cv2.LINE_AA)
+
+
+# ---------------------------------------------------------------- cells
+
+
+def _check_image(image: np.ndarray) -> None:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"overlay image must be (H, W, 3) uint8 RGB, got {image.shape} "
+                         f"{image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"overlay image is empty: {image.shape}")
+
+
+def _outline_thickness(width: int) -> int:
+    # Two pixels on the 1280-px screen, whatever the image is scaled by to fit it.
+    return max(1, round(2 * width / REFERENCE_WIDTH))
+
+
+def _marker_radius(cell: CellMeasurement, um_per_px: float | None, width: int) -> int:
+    if um_per_px and cell.nucleus_area_um2 > 0:
+        return max(2, round(math.sqrt(cell.nucleus_area_um2 / math.pi) / um_per_px))
+    return max(2, round(6 * width / REFERENCE_WIDTH))
+
+
+def draw_cells(canvas: np.ndarray, result: FieldResult) -> None:
+    """Outline every cell of ``result`` on ``canvas`` (RGB, drawn in place).
+
+    Outlines are in source-image pixels; a canvas of another size (a downscaled
+    live frame) gets them scaled to fit.
+    """
+    h, w = canvas.shape[:2]
+    fx, fy = w / max(1, result.image_width), h / max(1, result.image_height)
+    thick = _outline_thickness(w)
+    for cell in result.cells:
+        if not (math.isfinite(cell.x) and math.isfinite(cell.y)):
+            raise ValueError(f"cell {cell.cell_id} has a non-finite position "
+                             f"({cell.x}, {cell.y})")
+        colour = CLASS_COLOURS[cell.membrane_class]
+        if cell.outline:
+            pts = np.asarray(cell.outline, dtype=np.float64) * (fx, fy)
+            poly = np.round(pts).astype(np.int32).reshape(-1, 1, 2)
+            # LINE_8, not anti-aliased: the outline keeps the exact class colour.
+            cv2.polylines(canvas, [poly], isClosed=True, color=colour, thickness=thick,
+                          lineType=cv2.LINE_8)
+        else:
+            um = result.um_per_px / fx if result.um_per_px else None
+            radius = _marker_radius(cell, um, w)
+            centre = (round(cell.x * fx), round(cell.y * fy))
+            cv2.circle(canvas, centre, radius, colour, thickness=thick, lineType=cv2.LINE_8)
+
+
+# ---------------------------------------------------------------- public
+
+
+def render_overlay(image: np.ndarray, result: FieldResult) -> np.ndarray:
+    """The picture the box shows: ``image`` with cell outlines and a banner below it.
+
+    Returns a new RGB uint8 array, as wide as ``image`` and taller by the banner.
+    """
+    _check_image(image)
+    h, w = image.shape[:2]
+    glyphs, banner_h = _layout_banner(_banner_rows(result), w)
+    # One allocation: the image and the banner are views of the output.
+    out = np.empty((h + banner_h, w, 3), dtype=np.uint8)
+    out[:h] = image
+    draw_cells(out[:h], result)
+    _draw_banner(out[h:], glyphs, w)
+    return out
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> None:
+    """Write an RGB picture as PNG atomically (a temporary file, then os.replace).
+
+    A reader never sees a half-written picture, even if the box loses power.
+    """
+    _check_image(rgb)
+    target = Path(path)
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"cannot encode {target} as PNG ({rgb.shape[1]}x{rgb.shape[0]})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(encoded.tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

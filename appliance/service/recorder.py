@@ -1,0 +1,69 @@
+"""What happens to every field result: stored first, then overlay and the printed line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from appliance.assays.her2.types import FieldResult
+from appliance.outputs.overlay import render_overlay, write_png
+from appliance.outputs.result_json import result_to_json
+from appliance.outputs.store import ResultStore, StoreError
+from appliance.outputs.table import HEADER, format_row
+
+_log = logging.getLogger(__name__)
+
+
+class Recorder:
+    """Commits each result to the store, writes its overlay, prints its table row or JSON.
+
+    The store comes first: a result is on disk before anything is shown. A store
+    failure (full disk) is logged and the store keeps the result in its backlog.
+    """
+
+    def __init__(self, *, store: ResultStore | None, config_sha256: str,
+                 overlay_dir: Path | None, out: TextIO, as_json: bool = False,
+                 with_cells: bool = False) -> None:
+        self.store = store
+        self.config_sha256 = config_sha256
+        self.overlay_dir = overlay_dir
+        self.out = out
+        self.as_json = as_json
+        self.with_cells = with_cells
+        self.counts = {"fields": 0, "scored": 0, "not_scorable": 0, "store_errors": 0}
+        self._header_done = False
+
+    def record(self, result: FieldResult, image: np.ndarray | None) -> None:
+        """Store, draw and print one result."""
+        self.counts["fields"] += 1
+        self.counts["scored" if result.scored else "not_scorable"] += 1
+        if self.store is not None:
+            try:
+                self.store.add(result, config_sha256=self.config_sha256)
+            except StoreError as exc:
+                self.counts["store_errors"] += 1
+                _log.error("result of %s kept in memory, not yet stored: %s", result.file, exc)
+        if self.overlay_dir is not None and image is not None:
+            self._write_overlay(result, image)
+        self._print(result)
+
+    def _write_overlay(self, result: FieldResult, image: np.ndarray) -> None:
+        assert self.overlay_dir is not None
+        name = f"{result.seq:05d}_{Path(result.file).stem}_overlay.png"
+        try:
+            write_png(self.overlay_dir / name, render_overlay(image, result))
+        except OSError as exc:
+            _log.error("overlay %s not written: %s", name, exc)
+
+    def _print(self, result: FieldResult) -> None:
+        if self.as_json:
+            print(result_to_json(result, include_cells=self.with_cells), file=self.out)
+        else:
+            if not self._header_done:
+                print(HEADER, file=self.out)
+                self._header_done = True
+            print(format_row(result), file=self.out)
+        self.out.flush()

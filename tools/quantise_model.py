@@ -1,0 +1,83 @@
+"""INT8 Q/DQ quantisation of the FP32 ONNX model, calibrated on generated fields.
+
+    python -m tools.quantise_model --fp32 build/her2/her2_fp32.onnx --out build/her2/her2_int8.onnx
+
+`quant_pre_process` first, then static QDQ quantisation with per-channel signed
+8-bit weights and unsigned 8-bit activations (what pays on this CPU, see
+shared/reference/performance-notes.md). The same file is what TensorRT builds
+its INT8 engine from on a Jetson (explicit quantisation, no calibrator there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from appliance.inference.backend import to_model_input
+from appliance.inference.manifest import InputSpec
+from tools.her2_dataset import CALIBRATION_SEEDS, make_samples
+
+
+class FieldReader(CalibrationDataReader):
+    """Feeds whole generated fields at working scale, padded to the model's multiple."""
+
+    def __init__(self, inputs: list[np.ndarray], name: str) -> None:
+        self._items = iter([{name: x} for x in inputs])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+
+def calibration_inputs(count: int, spec: InputSpec) -> list[np.ndarray]:
+    """Model inputs from ``count`` calibration fields (seeds never used for training)."""
+    samples = make_samples(list(CALIBRATION_SEEDS[:count]), vary_scale=True,
+                           desc="calibration fields")
+    out = []
+    for s in samples:
+        h, w = s.image.shape[:2]
+        m = spec.multiple_of
+        img = np.pad(s.image, ((0, -h % m), (0, -w % m), (0, 0)), mode="reflect")
+        out.append(to_model_input(img, spec))
+    return out
+
+
+def quantise(fp32: Path, out: Path, spec: InputSpec, *, fields: int = 48) -> None:
+    """Write the INT8 Q/DQ model next to the FP32 one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
+        quantize_static(
+            str(prepared), str(out), FieldReader(calibration_inputs(fields, spec), spec.name),
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+
+
+def main() -> None:
+    from tools.train_her2 import MEAN, STD
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--fp32", type=Path, default=Path("build/her2/her2_fp32.onnx"))
+    ap.add_argument("--out", type=Path, default=Path("build/her2/her2_int8.onnx"))
+    ap.add_argument("--fields", type=int, default=48)
+    args = ap.parse_args()
+    spec = InputSpec(name="image", mean=MEAN, std=STD, multiple_of=8,
+                     um_per_px_range=(0.5, 1.0))
+    quantise(args.fp32, args.out, spec, fields=args.fields)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)")
+
+
+if __name__ == "__main__":
+    main()
