@@ -16,6 +16,7 @@ from tools.classical_her2 import (
     ClassicalParams,
     ClassicalResult,
     deconvolve,
+    estimate_white,
     score_classical,
 )
 
@@ -25,10 +26,10 @@ DAB_UNIT = np.array([0.27, 0.57, 0.78]) / np.linalg.norm([0.27, 0.57, 0.78])
 
 
 def compose(h_od: np.ndarray, dab_od: np.ndarray, noise: float = 0.0,
-            seed: int = 0) -> np.ndarray:
-    """Beer-Lambert RGB (white 255) from per-pixel base-10 OD of unit stain vectors."""
+            seed: int = 0, exposure: float = 1.0) -> np.ndarray:
+    """Beer-Lambert RGB (glass at 255 x exposure) from base-10 OD of unit stain vectors."""
     od = h_od[..., None] * H_UNIT + dab_od[..., None] * DAB_UNIT
-    rgb = 255.0 * np.power(10.0, -od)
+    rgb = 255.0 * exposure * np.power(10.0, -od)
     if noise:
         rgb += np.random.default_rng(seed).normal(0.0, noise, rgb.shape)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
@@ -61,8 +62,12 @@ class Drawn:
 
 
 def synthetic_field(patterns: tuple[Pattern, ...], height: int = 480, width: int = 640,
-                    spacing: int = 56) -> tuple[np.ndarray, list[Drawn]]:
-    """White glass with dark-blue nuclei (r = 5 µm) ringed by brown membranes (r = 8 µm)."""
+                    spacing: int = 56, membrane_r: float = 16.0,
+                    exposure: float = 1.0) -> tuple[np.ndarray, list[Drawn]]:
+    """White glass with dark-blue nuclei (r = 5 µm) ringed by brown membranes (r = 8 µm).
+
+    ``exposure`` below 1 dims the whole picture, glass included, as a camera would.
+    """
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     h_od = np.zeros((height, width))
     dab_od = np.zeros((height, width))
@@ -75,10 +80,10 @@ def synthetic_field(patterns: tuple[Pattern, ...], height: int = 480, width: int
         h_od[r <= 10.0] = 0.5
         # Angle from 0 to 1 of the circle; arc 0.5 draws the lower half.
         turn = (np.arctan2(yy - cy, xx - cx) % (2 * np.pi)) / (2 * np.pi)
-        membrane = (np.abs(r - 16.0) <= 1.5) & (turn < pattern.arc)
+        membrane = (np.abs(r - membrane_r) <= 1.5) & (turn < pattern.arc)
         dab_od[membrane] = pattern.od
         drawn.append(Drawn(float(cx), float(cy), pattern))
-    return compose(h_od, dab_od, noise=2.0), drawn
+    return compose(h_od, dab_od, noise=2.0, exposure=exposure), drawn
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +113,23 @@ def test_deconvolve_white_is_zero() -> None:
     h_od, dab_od = deconvolve(np.full((8, 8, 3), 255, dtype=np.uint8))
     assert float(np.abs(h_od).max()) < 1e-6
     assert float(np.abs(dab_od).max()) < 1e-6
+
+
+def test_white_is_estimated_from_the_glass() -> None:
+    rgb, _ = synthetic_field(PATTERNS, exposure=0.8)
+    white = estimate_white(rgb, ClassicalParams())
+    assert white == pytest.approx([0.8 * 255] * 3, abs=3)
+    fixed = estimate_white(rgb, ClassicalParams(white_level=255))
+    assert fixed.tolist() == [255.0, 255.0, 255.0]
+
+
+def test_dim_camera_does_not_read_as_stain() -> None:
+    dab_true = 0.5
+    rgb = compose(np.zeros((16, 16)), np.full((16, 16), dab_true), exposure=0.8)
+    _, dab_fixed = deconvolve(rgb)  # glass taken as 255: the dimming reads as DAB
+    _, dab_white = deconvolve(rgb, np.full(3, 0.8 * 255))
+    assert float(np.median(dab_white)) == pytest.approx(dab_true, abs=0.02)
+    assert float(np.median(dab_fixed)) > dab_true + 0.05
 
 
 # ---------------------------------------------------------------- synthetic cells
@@ -143,6 +165,29 @@ def test_intensity_and_completeness_match_drawing(
         assert found.intensity_od == pytest.approx(cell.pattern.od, abs=0.08)
         # Sectors cut by the end of an arc may count: a sector or two of slack.
         assert found.completeness == pytest.approx(cell.pattern.arc, abs=2.5 / 36)
+
+
+def test_classes_survive_a_dim_exposure() -> None:
+    rgb, drawn = synthetic_field(PATTERNS, exposure=0.75)
+    result = score_classical(rgb, UM_PER_PX)
+    assert len(result.cells) == len(drawn)
+    for cell in drawn:
+        found = result.cells[nearest(result, cell.x, cell.y)]
+        assert found.membrane_class is cell.pattern.expected, (cell, found)
+
+
+def test_stain_hugging_the_nucleus_is_not_membrane() -> None:
+    # DAB right at the nucleus edge (r 10-11.5 px) is what unseparated haematoxylin looks
+    # like after blur; the ring leaves that band out.
+    strong = Pattern(0.9, 1.0, MembraneClass.COMPLETE_INTENSE)
+    rgb, drawn = synthetic_field((strong,), height=300, width=400, membrane_r=10.0)
+    result = score_classical(rgb, UM_PER_PX)
+    assert len(result.cells) == len(drawn)
+    assert all(c.completeness == 0.0 for c in result.cells)
+    # The same stain 3 µm out is membrane.
+    rgb, _ = synthetic_field((strong,), height=300, width=400, membrane_r=16.0)
+    assert all(c.membrane_class is MembraneClass.COMPLETE_INTENSE
+               for c in score_classical(rgb, UM_PER_PX).cells)
 
 
 def test_field_score_follows_the_rules(

@@ -9,8 +9,8 @@ Stages, each timed (``timings_ms``):
    seeds and :func:`skimage.segmentation.watershed`; then a nucleus size / shape filter in µm².
 3. **rings** — cell expansion with :func:`skimage.segmentation.expand_labels` (a few µm,
    stopping halfway to the next nucleus, as QuPath's cell expansion does); the ring is the
-   expansion minus the nucleus. In each of ``angular_bins`` sectors around the nucleus centre
-   the peak DAB OD is the membrane there.
+   expansion minus the nucleus and a 1 µm band around it. In each of ``angular_bins``
+   sectors around the nucleus centre the peak DAB OD is the membrane there.
 4. **rules** — per cell: intensity = mean peak DAB OD of the stained sectors, completeness =
    fraction of sectors whose peak reaches the faint threshold (0.2 / 0.4 / 0.6 OD, QuPath's
    positive-cell-detection defaults, taken from :class:`MeasureConfig`); then the product's
@@ -20,8 +20,10 @@ Why it is only a baseline: there is no tumour / non-tumour classifier here — e
 that passes a size (tumour nuclei are about 50-150 µm²) and shape (solid, not spindle-shaped)
 filter counts as a tumour cell, so lymphocytes of the right size, stromal and normal
 epithelial cells leak into the percentages; a ring of fixed width misses membranes of cells
-much larger than assumed; and the white level is the fixed 255 of ``rgb2hed`` (QuPath's
-default background), not estimated per field.
+much larger than assumed; and the white level is one per field (the brightest pixels, as a
+QuPath user would set from glass), so vignetting and uneven light, which a cheap eyepiece
+camera has, still read as stain towards the corners, and a field without glass gets a white
+level that is really pale tissue.
 
 This module belongs to ``tools/`` and may use scikit-image and SciPy; the appliance itself
 does not import it.
@@ -64,7 +66,11 @@ DAB_OD_PER_UNIT: float = _SKIMAGE_OD_SCALE * float(np.linalg.norm(rgb_from_hed[2
 class ClassicalParams:
     """Settings of the classical pipeline that have no counterpart in :class:`MeasureConfig`."""
 
-    min_nucleus_um2: float = 30.0  # below: lymphocytes (~7 µm across) and debris
+    # Glass brightness 1..255 for every channel; 0 = estimate per field from the brightest
+    # ``white_percent`` of the pixels (a grey offset in OD leaks into DAB, so this matters).
+    white_level: float = 0.0
+    white_percent: float = 1.0
+    min_nucleus_um2: float = 30.0  # below: debris; a 7 µm lymphocyte (~38 µm²) still passes
     max_nucleus_um2: float = 250.0  # above: merged clumps the watershed did not split
     min_solidity: float = 0.78  # ragged objects are clumps or precipitate (contour polygons)
     min_axis_ratio: float = 0.3  # minor / major axis; spindle-shaped stromal nuclei fall below
@@ -74,6 +80,7 @@ class ClassicalParams:
     smooth_um: float = 0.5
     seed_distance_um: float = 3.0  # closest two nucleus seeds may be
     ring_um: float = 5.0  # cell expansion where the membrane is sought (QuPath's default)
+    ring_gap_um: float = 1.0  # band next to the nucleus left out of the ring
     # Sigma on DAB before the sector peaks: enough to stop one noisy pixel making a peak, small
     # enough not to flatten a 1+ membrane (about 0.6 µm wide); 0 turns it off.
     membrane_smooth_um: float = 0.25
@@ -129,9 +136,29 @@ def _check_input(rgb: np.ndarray, um_per_px: float) -> None:
         raise ValueError(f"um_per_px must be a positive finite number, got {um_per_px!r}")
 
 
-def deconvolve(rgb: np.ndarray) -> tuple[FloatImage, FloatImage]:
-    """Haematoxylin and DAB as base-10 OD of unit Ruifrok-Johnston vectors, via ``rgb2hed``."""
-    hed = rgb2hed(rgb)
+def estimate_white(rgb: np.ndarray, params: ClassicalParams) -> NDArray[np.float64]:
+    """Per-channel RGB of unstained glass: the median of the brightest pixels of the field.
+
+    A QuPath user sets this by clicking on glass ("background" in Estimate stain vectors);
+    a fixed ``white_level`` reproduces rgb2hed's and QuPath's default of 255 instead.
+    """
+    if params.white_level > 0:
+        return np.full(3, params.white_level, dtype=np.float64)
+    brightness = rgb.sum(axis=2, dtype=np.int32)
+    cut = np.percentile(brightness, 100.0 - params.white_percent)
+    white = np.median(rgb[brightness >= cut], axis=0).astype(np.float64)
+    return np.maximum(white, 1.0)  # a black channel would divide by zero below
+
+
+def deconvolve(rgb: np.ndarray,
+               white: NDArray[np.float64] | None = None) -> tuple[FloatImage, FloatImage]:
+    """Haematoxylin and DAB as base-10 OD of unit Ruifrok-Johnston vectors, via ``rgb2hed``.
+
+    ``white`` is the RGB of glass (default 255, rgb2hed's own); the image is divided by it
+    first, so a dim or tinted camera does not read as stain.
+    """
+    scaled = rgb if white is None else np.clip(rgb / white, 0.0, 1.0)
+    hed = rgb2hed(scaled)
     return hed[..., 0] * H_OD_PER_UNIT, hed[..., 2] * DAB_OD_PER_UNIT
 
 
@@ -235,10 +262,20 @@ def filter_nuclei(labels: LabelImage, um_per_px: float, params: ClassicalParams)
     return Nuclei(labels=lut[labels], cx=cx[keep], cy=cy[keep], area_px=count[keep])
 
 
-def membrane_rings(nuclei: LabelImage, ring_px: float) -> LabelImage:
-    """Each nucleus's expansion by ``ring_px`` (halfway to a neighbour at most), minus it."""
+def membrane_rings(nuclei: LabelImage, ring_px: float, gap_px: float) -> LabelImage:
+    """Each nucleus's expansion by ``ring_px`` (halfway to a neighbour at most), minus the
+    nucleus grown by ``gap_px``.
+
+    The gap keeps the nucleus's own edge out: haematoxylin that the fixed stain vectors do
+    not fully separate, blurred by the optics, would otherwise read as a faint membrane.
+    """
     expanded: LabelImage = expand_labels(nuclei, distance=ring_px).astype(np.int32)
-    expanded[nuclei > 0] = 0
+    inner: np.ndarray = (nuclei > 0).astype(np.uint8)
+    radius = round(gap_px)
+    if radius > 0:
+        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        inner = cv2.dilate(inner, disk)
+    expanded[inner > 0] = 0
     return expanded
 
 
@@ -300,12 +337,13 @@ def score_classical(rgb: np.ndarray, um_per_px: float, *, measure: MeasureConfig
     params = params or ClassicalParams()
     timings: dict[str, float] = {}
     with _timed(timings, "deconvolution"):
-        h_od, dab_od = deconvolve(rgb)
+        h_od, dab_od = deconvolve(rgb, estimate_white(rgb, params))
     with _timed(timings, "nuclei"):
         mask = nucleus_mask(h_od, um_per_px, params)
         nuclei = filter_nuclei(split_nuclei(mask, um_per_px, params), um_per_px, params)
     with _timed(timings, "rings"):
-        rings = membrane_rings(nuclei.labels, params.ring_um / um_per_px)
+        rings = membrane_rings(nuclei.labels, params.ring_um / um_per_px,
+                               params.ring_gap_um / um_per_px)
         sigma = params.membrane_smooth_um / um_per_px
         dab_smooth = gaussian(dab_od, sigma=sigma) if sigma > 0 else dab_od
         peaks = sector_peaks(rings, dab_smooth, nuclei, measure.angular_bins)

@@ -11,6 +11,7 @@ its INT8 engine from on a Jetson (explicit quantisation, no calibrator there).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -54,9 +55,12 @@ def calibration_inputs(count: int, spec: InputSpec) -> list[np.ndarray]:
 
 def quantise(fp32: Path, out: Path, spec: InputSpec, *, fields: int = 48) -> None:
     """Write the INT8 Q/DQ model next to the FP32 one."""
-    with tempfile.TemporaryDirectory() as tmp:
+    fp32, out = fp32.resolve(), out.resolve()
+    # Both ONNX Runtime steps leave scratch files in the working directory: keep them in tmp.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
+        # Symbolic shape inference cannot follow the dynamic Resize; ONNX shape inference can.
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared), str(out), FieldReader(calibration_inputs(fields, spec), spec.name),
             quant_format=QuantFormat.QDQ, per_channel=True,

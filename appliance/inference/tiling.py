@@ -27,9 +27,14 @@ def run_padded(backend: SegmentationBackend, x: np.ndarray, *, multiple: int,
     return out[:, : -(-h // stride), : -(-w // stride)]
 
 
-def _starts(size: int, tile: int, step: int) -> list[int]:
-    """Tile origins along one axis: every ``step``, and one flush with the far edge."""
-    return [*range(0, size - tile, step), size - tile]
+def _starts(size: int, tile: int, step: int, stride: int) -> list[int]:
+    """Tile origins along one axis: every ``step``, and a last one reaching the far edge.
+
+    Origins stay on the output grid (multiples of ``stride``); the last tile may then
+    be a little short and is padded.
+    """
+    last = -(-(size - tile) // stride) * stride
+    return [*range(0, last, step), last]
 
 
 def run_tiled(backend: SegmentationBackend, x: np.ndarray, *, tile: int, overlap: int,
@@ -46,8 +51,8 @@ def run_tiled(backend: SegmentationBackend, x: np.ndarray, *, tile: int, overlap
         raise ValueError(f"bad tiling: tile {tile}, overlap {overlap}, stride {stride}")
     step = tile - 2 * overlap
     out: np.ndarray | None = None
-    for ty in _starts(h, tile, step) if h > tile else [0]:
-        for tx in _starts(w, tile, step) if w > tile else [0]:
+    for ty in _starts(h, tile, step, stride) if h > tile else [0]:
+        for tx in _starts(w, tile, step, stride) if w > tile else [0]:
             part = run_padded(backend, x[:, :, ty:ty + tile, tx:tx + tile],
                               multiple=multiple, stride=stride)
             if out is None:

@@ -1,9 +1,9 @@
 """The overlay picture: cell outlines in their membrane-class colour and a result banner.
 
 The banner is a strip added below the image, so no tissue is hidden. Its text is
-sized against a 1280-px-wide reference (the 7" HDMI screen) and scales with the
-image width, so it stays readable when the whole picture is fitted to the screen;
-below 480 px the text stops shrinking and wraps instead. cv2's Hershey fonts are
+sized against the 1280x720 7" HDMI screen and scales with the image size, so it
+stays readable when the whole picture is fitted to the screen; below 480 px wide
+the text stops shrinking and wraps instead. cv2's Hershey fonts are
 ASCII only, so text goes through :func:`ascii_text` (µm -> um, ≤ -> <=).
 """
 
@@ -24,6 +24,7 @@ from appliance.assays.her2.types import CellMeasurement, FieldResult, MembraneCl
 from appliance.outputs.result_json import is_research_use_only
 
 RGB = tuple[int, int, int]
+Font = tuple[int, float, int]  # (cv2 font face, scale, thickness)
 
 # Okabe & Ito (2008) colour-blind-safe palette; each class a hue no other class shares,
 # and none of them the banner's text or alert colour.
@@ -47,6 +48,7 @@ ALERT_COLOUR: RGB = (230, 159, 0)  # Okabe-Ito orange: not scorable, warnings, r
 RESEARCH_USE_LINE = "RESEARCH USE ONLY - validated on generated data only"
 
 REFERENCE_WIDTH = 1280  # the 7" HDMI screen the banner is designed for
+REFERENCE_HEIGHT = 720
 MIN_LAYOUT_WIDTH = 480  # narrower images keep this text size and wrap
 _SMALL_FONT = cv2.FONT_HERSHEY_SIMPLEX
 _BIG_FONT = cv2.FONT_HERSHEY_DUPLEX
@@ -102,11 +104,15 @@ def _info_row(result: FieldResult) -> _Row:
 
 
 def _legend_row(result: FieldResult) -> _Row:
-    return _Row(tuple(
-        _Item(f"{CLASS_LABELS[c]} {result.percent.get(c, 0.0):.1f}%", TEXT_COLOUR,
-              swatch=CLASS_COLOURS[c])
-        for c in MembraneClass
-    ))
+    # A refused field may carry outlines but no percentages: then the legend names
+    # the colours only, rather than showing a misleading 0.0% beside outlined cells.
+    def label(c: MembraneClass) -> str:
+        if not result.percent:
+            return CLASS_LABELS[c]
+        return f"{CLASS_LABELS[c]} {result.percent.get(c, 0.0):.1f}%"
+
+    return _Row(tuple(_Item(label(c), TEXT_COLOUR, swatch=CLASS_COLOURS[c])
+                      for c in MembraneClass))
 
 
 def _banner_rows(result: FieldResult) -> list[_Row]:
@@ -121,9 +127,22 @@ def _banner_rows(result: FieldResult) -> list[_Row]:
 # ---------------------------------------------------------------- layout
 
 
+def _banner_scale(width: int, height: int) -> float:
+    """Text size relative to the 1280x720 design.
+
+    The picture is fitted to the screen by its width or its height, whichever is
+    tighter, so the text grows with both; the height counts only up to twice the
+    width's share, so a tall narrow strip does not get letters wider than itself.
+    Below MIN_LAYOUT_WIDTH the text stops shrinking and wraps instead.
+    """
+    by_width = width / REFERENCE_WIDTH
+    by_height = min(height / REFERENCE_HEIGHT, 2 * by_width)
+    return max(by_width, by_height, MIN_LAYOUT_WIDTH / REFERENCE_WIDTH)
+
+
 @dataclass(frozen=True)
 class _Style:
-    """Font sizes and spacing for one banner width."""
+    """Font sizes and spacing for one image size."""
 
     small_scale: float
     big_scale: float
@@ -133,8 +152,8 @@ class _Style:
     gap: int
 
     @staticmethod
-    def for_width(width: int) -> _Style:
-        s = max(width, MIN_LAYOUT_WIDTH) / REFERENCE_WIDTH
+    def for_size(width: int, height: int) -> _Style:
+        s = _banner_scale(width, height)
         return _Style(
             small_scale=0.8 * s,
             big_scale=1.8 * s,
@@ -144,7 +163,7 @@ class _Style:
             gap=max(4, round(28 * s)),
         )
 
-    def font(self, big: bool) -> tuple[int, float, int]:
+    def font(self, big: bool) -> Font:
         """(font face, scale, thickness) for a row."""
         if big:
             return _BIG_FONT, self.big_scale, self.big_thick
@@ -153,23 +172,25 @@ class _Style:
 
 @dataclass(frozen=True)
 class _Glyphs:
-    """One run of text (and its optional swatch) placed in the banner."""
+    """One run of text (and its optional colour swatch) placed in the banner."""
 
     text: str
     x: int
     baseline: int
     colour: RGB
-    big: bool
+    font: Font
     swatch: RGB | None
+    swatch_side: int
+    swatch_gap: int
 
 
-def _text_width(text: str, font: tuple[int, float, int]) -> int:
+def _text_width(text: str, font: Font) -> int:
     face, scale, thick = font
     (w, _), _ = cv2.getTextSize(text, face, scale, thick)
     return int(w)
 
 
-def _split_long_word(word: str, font: tuple[int, float, int], max_w: int) -> list[str]:
+def _split_long_word(word: str, font: Font, max_w: int) -> list[str]:
     parts: list[str] = []
     current = ""
     for ch in word:
@@ -180,7 +201,7 @@ def _split_long_word(word: str, font: tuple[int, float, int], max_w: int) -> lis
     return [*parts, current] if current else parts
 
 
-def wrap_text(text: str, font: tuple[int, float, int], max_w: int) -> list[str]:
+def wrap_text(text: str, font: Font, max_w: int) -> list[str]:
     """Greedy word wrap to ``max_w`` pixels; words wider than a line are split."""
     lines: list[str] = []
     current = ""
@@ -196,26 +217,39 @@ def wrap_text(text: str, font: tuple[int, float, int], max_w: int) -> list[str]:
     return [*lines, current] if current else lines
 
 
-def _line_metrics(style: _Style, big: bool) -> tuple[int, int]:
-    """(line height, baseline offset from the line top) for a row's font."""
-    face, scale, thick = style.font(big)
+def _row_font(row: _Row, style: _Style, usable: int) -> Font:
+    """The row's font; big text shrinks (not below small text) until its words fit."""
+    face, scale, thick = style.font(row.big)
+    if not row.big:
+        return face, scale, thick
+    words = [w for item in row.items for w in ascii_text(item.text).split()]
+    widest = max((_text_width(w, (face, scale, thick)) for w in words), default=0)
+    if widest > usable:
+        scale = max(style.small_scale, scale * usable / widest)
+        thick = max(style.small_thick, round(thick * usable / widest))
+    return face, scale, thick
+
+
+def _line_metrics(font: Font) -> tuple[int, int]:
+    """(line height, baseline offset from the line top) for a font."""
+    face, scale, thick = font
     (_, h), base = cv2.getTextSize("Hg", face, scale, thick)
-    return round(1.5 * (h + base)), round(0.25 * (h + base)) + h
+    return round(1.35 * (h + base)), round(0.2 * (h + base)) + h
 
 
-def _layout_banner(rows: Sequence[_Row], width: int) -> tuple[list[_Glyphs], int]:
-    """Place the rows' items left to right, wrapping at ``width``; (glyphs, height)."""
-    style = _Style.for_width(width)
+def _layout_banner(rows: Sequence[_Row], style: _Style,
+                   width: int) -> tuple[list[_Glyphs], int]:
+    """Place the rows' items left to right, wrapping at ``width``; (glyphs, banner height)."""
     usable = max(1, width - 2 * style.margin)
     glyphs: list[_Glyphs] = []
     top = style.margin
     for row in rows:
-        font = style.font(row.big)
-        line_h, base_off = _line_metrics(style, row.big)
-        sw = (line_h * 6) // 10 if any(i.swatch for i in row.items) else 0
+        font = _row_font(row, style, usable)
+        line_h, base_off = _line_metrics(font)
+        side, swatch_gap = (line_h * 6) // 10, style.gap // 3
         x = style.margin
         for item in row.items:
-            indent = sw + style.gap // 3 if item.swatch else 0
+            indent = side + swatch_gap if item.swatch else 0
             lines = wrap_text(ascii_text(item.text), font, max(1, usable - indent))
             if not lines:
                 continue
@@ -225,26 +259,26 @@ def _layout_banner(rows: Sequence[_Row], width: int) -> tuple[list[_Glyphs], int
             for n, line in enumerate(lines):
                 if n:
                     top, x = top + line_h, style.margin
-                glyphs.append(_Glyphs(line, x + indent, top + base_off, item.colour, row.big,
-                                      item.swatch if n == 0 else None))
+                glyphs.append(_Glyphs(line, x + indent, top + base_off, item.colour, font,
+                                      item.swatch if n == 0 else None, side, swatch_gap))
             x += indent + _text_width(lines[-1], font) + style.gap
         top += line_h
     return glyphs, top + style.margin
 
 
-def _draw_banner(banner: np.ndarray, glyphs: Sequence[_Glyphs], width: int) -> None:
-    style = _Style.for_width(width)
-    banner[:] = BANNER_BG
+def _draw_banner(banner: np.ndarray, glyphs: Sequence[_Glyphs]) -> None:
+    banner[:] = np.asarray(BANNER_BG, dtype=np.uint8)
     for g in glyphs:
-        face, scale, thick = style.font(g.big)
+        face, scale, thick = g.font
         if g.swatch is not None:
-            line_h, _ = _line_metrics(style, g.big)
-            side = (line_h * 6) // 10
-            left = g.x - side - style.gap // 3
-            cv2.rectangle(banner, (left, g.baseline - side), (left + side, g.baseline),
-                          g.swatch, thickness=-1)
+            left = g.x - g.swatch_side - g.swatch_gap
+            cv2.rectangle(banner, (left, g.baseline - g.swatch_side),
+                          (left + g.swatch_side, g.baseline), g.swatch, thickness=-1)
+        # Anti-aliasing blurs one-pixel strokes into the background: crisp lines read
+        # better on small pictures.
+        line = cv2.LINE_AA if thick > 1 else cv2.LINE_8
         cv2.putText(banner, g.text, (g.x, g.baseline), face, scale, g.colour, thick,
-                    lineType=cv2.LINE_AA)
+                    lineType=line)
 
 
 # ---------------------------------------------------------------- cells
@@ -259,8 +293,9 @@ def _check_image(image: np.ndarray) -> None:
 
 
 def _outline_thickness(width: int) -> int:
-    # Two pixels on the 1280-px screen, whatever the image is scaled by to fit it.
-    return max(1, round(2 * width / REFERENCE_WIDTH))
+    # About two pixels on the 1280-px screen, whatever the image is scaled by to fit
+    # it; one-pixel lines only where the image is too small for two.
+    return max(2 if width >= 256 else 1, round(2 * width / REFERENCE_WIDTH))
 
 
 def _marker_radius(cell: CellMeasurement, um_per_px: float | None, width: int) -> int:
@@ -306,12 +341,13 @@ def render_overlay(image: np.ndarray, result: FieldResult) -> np.ndarray:
     """
     _check_image(image)
     h, w = image.shape[:2]
-    glyphs, banner_h = _layout_banner(_banner_rows(result), w)
+    style = _Style.for_size(w, h)
+    glyphs, banner_h = _layout_banner(_banner_rows(result), style, w)
     # One allocation: the image and the banner are views of the output.
     out = np.empty((h + banner_h, w, 3), dtype=np.uint8)
     out[:h] = image
     draw_cells(out[:h], result)
-    _draw_banner(out[h:], glyphs, w)
+    _draw_banner(out[h:], glyphs)
     return out
 
 
@@ -328,6 +364,8 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); a picture is for the dashboard to read.
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as fh:
             fh.write(encoded.tobytes())
             fh.flush()

@@ -32,7 +32,7 @@ def smooth_noise(rng: np.random.Generator, height: int, width: int, scale_px: fl
         field = _upsampled_noise(rng, height, width, scale_px, scale_px)
     else:
         # Stretch on a square canvas that covers the field at any angle, then rotate and crop.
-        side = int(math.ceil(math.hypot(height, width))) + 2
+        side = math.ceil(math.hypot(height, width)) + 2
         square = _upsampled_noise(rng, side, side, scale_px, scale_px * anisotropy)
         rot = cv2.getRotationMatrix2D((side / 2.0, side / 2.0), angle_deg, 1.0)
         rotated = cv2.warpAffine(square, rot, (side, side), flags=cv2.INTER_LINEAR,
@@ -46,8 +46,8 @@ def smooth_noise(rng: np.random.Generator, height: int, width: int, scale_px: fl
 def _upsampled_noise(rng: np.random.Generator, height: int, width: int,
                      scale_y: float, scale_x: float) -> np.ndarray:
     """White noise on a coarse grid, cubic-upsampled: cheap smooth noise at any scale."""
-    gh = max(2, int(math.ceil(height / scale_y)) + 2)
-    gw = max(2, int(math.ceil(width / scale_x)) + 2)
+    gh = max(2, math.ceil(height / scale_y) + 2)
+    gw = max(2, math.ceil(width / scale_x) + 2)
     coarse = rng.standard_normal((gh, gw), dtype=np.float32)
     return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
 
@@ -110,7 +110,7 @@ def disc_kernel(radius_px: float) -> np.ndarray:
     """Normalised, anti-aliased disc: the geometric point-spread function of defocus."""
     if radius_px <= 0:
         raise ValueError(f"disc radius must be > 0, got {radius_px}")
-    r = int(math.ceil(radius_px)) + 1
+    r = math.ceil(radius_px) + 1
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float32)
     kernel = np.clip(radius_px + 0.5 - np.hypot(xx, yy), 0.0, 1.0)
     return (kernel / float(kernel.sum())).astype(np.float32)

@@ -119,6 +119,8 @@ def measure_cells(nuclei: Nuclei, membrane: np.ndarray, dab: np.ndarray, *,
     boxes = _bounding_boxes(labels)
     for label in (int(v) for v in np.flatnonzero(nuclei.tumour)):
         y0, y1, x0, x1 = boxes[label]
+        if y0 == 0 or x0 == 0 or y1 == h or x1 == w:
+            continue  # a nucleus cut by the picture's edge: centre and size are unknown
         y0, x0 = max(0, y0 - pad), max(0, x0 - pad)
         y1, x1 = min(h, y1 + pad), min(w, x1 + pad)
         nucleus = labels[y0:y1, x0:x1] == label

@@ -1,0 +1,1 @@
+"""Offline tools for Eyepiece: synthetic data, sample generation, evaluation."""

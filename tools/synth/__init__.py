@@ -1,0 +1,1 @@
+"""Synthetic microscope fields with exact ground truth (training and pipeline tests)."""
