@@ -114,10 +114,11 @@ class MeasureConfig:
         lo=0.5, hi=1.0,
     )
     membrane_reach_um: float = _f(
-        6.0, "How far beyond its nucleus edge a cell's membrane is looked for", lo=1, hi=30
+        12.0, "Furthest a cell's cytoplasm reaches from its nucleus edge", lo=1, hi=40
     )
-    shared_membrane_um: float = _f(
-        1.5, "A membrane this close to the border between two cells counts for both", lo=0, hi=5
+    membrane_band_um: float = _f(
+        3.0, "Membrane counted beyond the edge of a cell's cytoplasm (both cells of a shared "
+        "border see it)", lo=0.2, hi=10,
     )
     min_membrane_fraction: float = _f(
         0.08, "Less stained circumference than this is no staining (specks, noise)", lo=0, hi=0.5
@@ -156,18 +157,21 @@ class QualityConfig:
         0.05, "Fraction of the field that must be stained tissue", lo=0, hi=1
     )
     min_focus: float = _f(
-        0.12, "Sharpness (normalised gradient energy at working scale) below which a field "
-        "is out of focus", lo=0, hi=100,
+        1.9, "Sharpness below which a field is out of focus: RMS OD gradient at 1 px over "
+        "that at 4 px (working scale) on the strongest edges; ~1 blurred, 2-4 sharp",
+        lo=0, hi=100,
     )
     max_saturated_fraction: float = _f(
-        0.6, "Fraction of clipped white pixels above which the field is over-exposed", lo=0, hi=1
+        0.6, "Fraction of pixels clipped (>= 250) in any channel above which the field is "
+        "over-exposed", lo=0, hi=1,
     )
     max_dark_fraction: float = _f(
         0.5, "Fraction of near-black pixels above which the field is under-exposed "
         "(or not brightfield)", lo=0, hi=1,
     )
     max_stain_residual: float = _f(
-        0.25, "Median colour-deconvolution residual OD above which the stain is not H-DAB",
+        0.25, "Median share of the tissue's OD off the H-DAB plane (colour-deconvolution "
+        "residual) above which the stain is not H-DAB; ~0.07 for H-DAB, ~0.4 for H&E",
         lo=0, hi=5,
     )
 

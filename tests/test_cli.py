@@ -36,7 +36,7 @@ def good_field(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def rows(store: Path) -> list[tuple[str, str, str | None]]:
     with sqlite3.connect(store) as conn:
-        return list(conn.execute("SELECT file, status, score FROM fields ORDER BY id"))
+        return list(conn.execute("SELECT file, status, score FROM results ORDER BY id"))
 
 
 def test_score_json_every_bad_input_is_a_clear_refusal(tmp_path: Path, good_field: Path) -> None:

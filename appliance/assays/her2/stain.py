@@ -121,11 +121,12 @@ def deconvolve(rgb: np.ndarray, cfg: StainConfig) -> StainMaps:
     img = _check_rgb(rgb)
     white = (float(cfg.white_level),) * 3 if cfg.white_level > 0 else estimate_white(img)
     od = optical_density(img, white)
-    # Row-vector convention: od = c @ M, so c = od @ inv(M).
+    # Row-vector convention: od = c @ M, so c = od @ inv(M). Written as nine scaled adds of
+    # contiguous channel planes: a BLAS matrix product here is no faster single-threaded and
+    # far slower when its threads compete with the rest of the appliance for the cores.
     unmix = np.linalg.inv(stain_matrix(cfg)).astype(np.float32)
-    height, width = img.shape[:2]
-    flat = od.reshape(-1, 3)
-    maps = [np.ascontiguousarray((flat @ unmix[:, k]).reshape(height, width))
+    planes = [np.ascontiguousarray(od[..., c]) for c in range(3)]
+    maps = [planes[0] * unmix[0, k] + planes[1] * unmix[1, k] + planes[2] * unmix[2, k]
             for k in range(3)]
     return StainMaps(
         hematoxylin=maps[0],
@@ -146,4 +147,6 @@ def _check_rgb(rgb: np.ndarray) -> np.ndarray:
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
         shape = getattr(rgb, "shape", None)
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {shape}")
+    if rgb.dtype.kind == "f" and not np.all(np.isfinite(rgb)):
+        raise ValueError("the RGB image holds NaN or infinite values")
     return rgb
