@@ -91,6 +91,9 @@ class StainConfig:
     white_level: float = _f(
         0.0, "Background (glass) brightness 0-255; 0 = estimate per field", lo=0, hi=255
     )
+    flat_field: bool = _f(
+        True, "Correct uneven illumination (vignetting) estimated from each field"
+    )
 
 
 @dataclass(frozen=True)

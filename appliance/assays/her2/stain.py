@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from appliance.assays.her2.flat_field import estimate_gain, flatten
 from appliance.config import StainConfig
 
 # Pixel values are floored at 1 before the log: a 0 would be an infinite OD, and one grey
@@ -116,9 +117,12 @@ def optical_density(rgb: np.ndarray, white: Sequence[float]) -> np.ndarray:
 def deconvolve(rgb: np.ndarray, cfg: StainConfig) -> StainMaps:
     """Split an RGB field into haematoxylin, DAB and residual OD maps.
 
-    The white level is ``cfg.white_level`` when set (> 0), else estimated from the field.
+    The white level is ``cfg.white_level`` when set (> 0), else estimated from the field;
+    with ``cfg.flat_field`` the field's uneven illumination is corrected first.
     """
     img = _check_rgb(rgb)
+    if cfg.flat_field:
+        img = flatten(img, estimate_gain(img))
     white = (float(cfg.white_level),) * 3 if cfg.white_level > 0 else estimate_white(img)
     od = optical_density(img, white)
     # Row-vector convention: od = c @ M, so c = od @ inv(M). Written as nine scaled adds of

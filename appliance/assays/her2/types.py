@@ -89,9 +89,9 @@ class QualityReport:
 
     tissue_fraction: float  # fraction of pixels with stain OD above glass
     focus: float  # normalised sharpness; higher is sharper
-    saturated_fraction: float  # fraction of clipped-white pixels
+    saturated_fraction: float  # fraction of pixels clipped in any channel
     dark_fraction: float  # fraction of near-black pixels
-    stain_residual: float  # median OD not explained by haematoxylin + DAB
+    stain_residual: float  # share of the tissue's colour haematoxylin + DAB cannot explain
     brightness: float  # median brightness 0..255
 
 
