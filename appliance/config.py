@@ -124,7 +124,7 @@ class MeasureConfig:
         "border see it)", lo=0.2, hi=10,
     )
     min_membrane_fraction: float = _f(
-        0.08, "Less stained circumference than this is no staining (specks, noise)", lo=0, hi=0.5
+        0.03, "Less stained circumference than this is no staining (specks, noise)", lo=0, hi=0.5
     )
     min_observed_fraction: float = _f(
         0.6, "Cells with less of their circumference inside the picture are not measured",

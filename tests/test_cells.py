@@ -64,25 +64,36 @@ def test_unstained_membrane_pixels_below_faint_do_not_count() -> None:
 
 
 def test_shared_membrane_counts_for_both_neighbours() -> None:
-    # Two cells side by side; the membrane between them is drawn nearer the left nucleus,
-    # entirely inside the left cell's territory, but it still belongs to both.
+    # One membrane line between two cells: a pathologist sees it on both cells' outlines.
     classes = np.zeros((100, 160), np.uint8)
     dab = np.zeros((100, 160), np.float32)
-    for cx in (50, 86):
+    for cx in (50, 110):
         cv2.circle(classes, (cx, 50), 10, TUMOUR_NUCLEUS, -1)
-    cv2.line(classes, (65, 25), (65, 75), MEMBRANE, 3)  # the cells' border is at x = 68
+    cv2.line(classes, (80, 20), (80, 80), MEMBRANE, 3)
     dab[classes == MEMBRANE] = 0.7
     nuclei = nucleus_instances(classes, min_area_px=20, min_separation_px=5)
-    cells = sorted(measure_cells(nuclei, classes == MEMBRANE, dab, um_per_px=UM,
-                                 cfg=MeasureConfig()), key=lambda c: c.x)
-    assert len(cells) == 2
-    left, right = cells
-    assert 0.25 < left.completeness < 0.45
-    assert right.completeness > 0.05  # seen through the shared-membrane margin
-    narrow = MeasureConfig(shared_membrane_um=0.0)
-    cells = sorted(measure_cells(nuclei, classes == MEMBRANE, dab, um_per_px=UM, cfg=narrow),
-                   key=lambda c: c.x)
-    assert cells[1].completeness < right.completeness
+    left, right = sorted(measure_cells(nuclei, classes == MEMBRANE, dab, um_per_px=UM,
+                                       cfg=MeasureConfig()), key=lambda c: c.x)
+    assert 0.2 < left.completeness < 0.4
+    assert right.completeness == pytest.approx(left.completeness, abs=0.06)
+
+
+def test_a_large_neighbour_does_not_take_a_cells_membrane() -> None:
+    # A small cell whose complete membrane lies nearer a big neighbour's nucleus edge than
+    # its own: a nearest-nucleus split would hand part of it to the neighbour.
+    classes = np.zeros((120, 200), np.uint8)
+    dab = np.zeros((120, 200), np.float32)
+    cv2.circle(classes, (40, 60), 20, TUMOUR_NUCLEUS, -1)
+    cv2.circle(classes, (130, 60), 28, MEMBRANE, 3)
+    cv2.circle(classes, (130, 60), 6, TUMOUR_NUCLEUS, -1)
+    dab[classes == MEMBRANE] = 0.5
+    nuclei = nucleus_instances(classes, min_area_px=20, min_separation_px=5)
+    cfg = MeasureConfig(membrane_reach_um=16.0)
+    big, small = sorted(measure_cells(nuclei, classes == MEMBRANE, dab, um_per_px=UM, cfg=cfg),
+                        key=lambda c: c.x)
+    assert small.completeness >= 0.97
+    assert small.intensity_od == pytest.approx(0.5)
+    assert big.completeness < 0.5
 
 
 def test_touching_nuclei_are_split() -> None:

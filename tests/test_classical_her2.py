@@ -250,7 +250,7 @@ def test_blank_glass_is_not_scorable() -> None:
     assert result.score.code == "too_few_tumour_cells"
 
 
-def test_timings_per_stage_and_budget(
+def test_timings_per_stage(
         mixed_field: tuple[ClassicalResult, list[Drawn]]) -> None:
     result, _ = mixed_field
     stages = {"deconvolution", "nuclei", "rings", "rules"}
@@ -258,8 +258,6 @@ def test_timings_per_stage_and_budget(
     assert all(result.timings_ms[s] >= 0 for s in stages)
     assert result.timings_ms["total"] == pytest.approx(
         sum(result.timings_ms[s] for s in stages))
-    # The budget is 1 s per 640x480 field; twice that leaves room for a busy test machine.
-    assert result.timings_ms["total"] < 2000
 
 
 # ---------------------------------------------------------------- a real IHC picture

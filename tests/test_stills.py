@@ -6,7 +6,6 @@ import io
 import random
 import resource
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -227,13 +226,10 @@ def test_huge_image_refused_from_header_without_decoding(
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
     err = _rejected(path)
-    elapsed = time.perf_counter() - t0
     rss_growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     assert err.code == "too_large"
     assert "input.max_megapixels" in err.reason and "120" in err.reason
-    assert elapsed < 0.5
     assert rss_growth_mb < 100  # decoding would have needed 1.2 GB
 
 

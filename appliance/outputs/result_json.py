@@ -57,8 +57,12 @@ def _check_invariants(result: FieldResult) -> None:
             f"{where}: um_per_px_source {result.um_per_px_source!r} is not one of "
             f"{UM_PER_PX_SOURCES}"
         )
-    if result.tumour_cells < 0 or result.image_width < 1 or result.image_height < 1:
-        raise ValueError(f"{where}: negative cell count or empty image size")
+    if result.tumour_cells < 0:
+        raise ValueError(f"{where}: negative cell count")
+    # An input that never decoded (empty, corrupt, too large) has no size: 0 x 0.
+    decoded = result.image_width >= 1 and result.image_height >= 1
+    if (result.scored or result.image_width or result.image_height) and not decoded:
+        raise ValueError(f"{where}: empty image size {result.image_width}x{result.image_height}")
 
 
 def _percent(percent: dict[MembraneClass, float]) -> dict[str, float]:
@@ -128,7 +132,8 @@ def result_to_dict(result: FieldResult, *, include_cells: bool = False) -> dict[
         "um_per_px": (None if result.um_per_px is None
                       else _num("um_per_px", result.um_per_px, 4)),
         "um_per_px_source": result.um_per_px_source,
-        "image": {"width": result.image_width, "height": result.image_height},
+        "image": ({"width": result.image_width, "height": result.image_height}
+                  if result.image_width else None),
         "quality": _quality(result.quality),
         "model": {"name": m.name, "sha256": m.sha256, "precision": m.precision,
                   "validated_on": m.validated_on},

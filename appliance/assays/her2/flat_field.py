@@ -18,6 +18,7 @@ _GRID = 12  # blocks across the longer side
 _REFITS = 3
 _DROP_BELOW = 0.04  # blocks this far (relative) under the surface are tissue, not light
 _MIN_GAIN = 0.4  # darker than this is not vignetting; leave it to the exposure gate
+_MIN_SIDE = 128  # smaller pictures (crops, thumbnails) show too little of the light to fit it
 
 
 def _design(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -30,37 +31,37 @@ def estimate_gain(rgb: np.ndarray) -> np.ndarray:
     brightness = rgb.astype(np.float32).mean(axis=2)
     gh = max(2, round(_GRID * h / max(h, w)))
     gw = max(2, round(_GRID * w / max(h, w)))
-    if h < 2 * gh or w < 2 * gw:
+    if min(h, w) < _MIN_SIDE:
         return np.ones((h, w), np.float32)
-    # The 98th percentile of each block: its brightest pixels, robust to hot pixels.
-    blocks = np.empty((gh, gw), np.float32)
+    # The brightest pixels of each block (98th percentile), placed where they are: under a
+    # steep vignette they sit on the block's inner side, not at its centre.
+    values, px, py = [], [], []
     ys = np.linspace(0, h, gh + 1).astype(int)
     xs = np.linspace(0, w, gw + 1).astype(int)
     for i in range(gh):
         for j in range(gw):
             cell = brightness[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
-            blocks[i, j] = np.percentile(cell, 98)
-    cy = (ys[:-1] + ys[1:]) / 2.0 / h - 0.5
-    cx = (xs[:-1] + xs[1:]) / 2.0 / w - 0.5
-    gx, gy = np.meshgrid(cx, cy)
-    a = _design(gx.ravel(), gy.ravel())
-    z = blocks.ravel().astype(np.float64)
+            level = np.percentile(cell, 98)
+            by, bx = np.nonzero(cell >= level)
+            values.append(float(cell[by, bx].mean()))
+            py.append((ys[i] + by.mean() + 0.5) / h - 0.5)
+            px.append((xs[j] + bx.mean() + 0.5) / w - 0.5)
+    a = _design(np.asarray(px), np.asarray(py))
+    z = np.asarray(values, np.float64)
     keep = z > 0
     coef = np.zeros(6)
     for _ in range(_REFITS):
         coef, *_ = np.linalg.lstsq(a[keep], z[keep], rcond=None)
-        fit = a @ coef
-        keep = z >= fit * (1.0 - _DROP_BELOW)
+        keep = z >= (a @ coef) * (1.0 - _DROP_BELOW)
         if keep.sum() < 6:
             return np.ones((h, w), np.float32)
-    small = (_design(gx.ravel(), gy.ravel()) @ coef).reshape(gh, gw)
     # Evaluate the surface at full resolution from its coefficients (smooth, no blocks).
     fy = (np.arange(h, dtype=np.float64) + 0.5) / h - 0.5
     fx = (np.arange(w, dtype=np.float64) + 0.5) / w - 0.5
     c0, c1, c2, c3, c4, c5 = coef
     surface = (c0 + c1 * fx[None, :] + c2 * fy[:, None] + c3 * fx[None, :] ** 2
                + c4 * fy[:, None] ** 2 + c5 * fx[None, :] * fy[:, None])
-    peak = float(max(surface.max(), small.max(), 1.0))
+    peak = float(max(surface.max(), 1.0))
     return np.clip(surface / peak, _MIN_GAIN, 1.0).astype(np.float32)
 
 
