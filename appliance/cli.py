@@ -158,10 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"score": cmd_score, "run": cmd_run, "config": cmd_config}
     try:
         return handlers[args.command](args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except SourceError as exc:
+    except (ConfigError, SourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ModelError as exc:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import random
 import resource
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -17,6 +15,7 @@ from PIL import Image, ImageFile
 
 from appliance.capture.stills import ImageRejected, decode_image_bytes, load_still
 from appliance.config import InputConfig
+from tests.imagefiles import png_header_only
 
 CFG = InputConfig()
 
@@ -27,18 +26,6 @@ def _field(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
     img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     img[: h // 2, : w // 2] = (200, 40, 30)
     return img
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height but holds almost no pixel data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
 def _rejected(path: Path, cfg: InputConfig = CFG) -> ImageRejected:
@@ -219,7 +206,7 @@ def test_huge_image_refused_from_header_without_decoding(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "huge.png"
-    path.write_bytes(_png_header_only(20000, 20000))  # 400 MP claimed, a few bytes on disk
+    path.write_bytes(png_header_only(20000, 20000))  # 400 MP claimed, a few bytes on disk
 
     def no_decode(self: ImageFile.ImageFile) -> None:
         raise AssertionError("pixels were decoded before the size check")
@@ -235,7 +222,7 @@ def test_huge_image_refused_from_header_without_decoding(
 
 def test_decompression_bomb_beyond_pillow_guard_is_too_large(tmp_path: Path) -> None:
     path = tmp_path / "bomb.png"
-    path.write_bytes(_png_header_only(70000, 70000))  # past Pillow's own bomb limit
+    path.write_bytes(png_header_only(70000, 70000))  # past Pillow's own bomb limit
     claimed = 70000 * 70000
     assert Image.MAX_IMAGE_PIXELS is not None
     assert claimed > 2 * Image.MAX_IMAGE_PIXELS
