@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import __version__
-from appliance.assays.her2.assay import Her2Assay
+from appliance.assays.her2.assay import INTERNAL_ERROR, Her2Assay
 from appliance.capture.frame import Frame
 from appliance.capture.replay import SourceError
 from appliance.capture.stills import ImageRejected, load_still
@@ -30,8 +30,6 @@ from appliance.inference.manifest import ModelError
 from appliance.outputs.store import ResultStore, StoreError
 from appliance.service import runner
 from appliance.service.recorder import Recorder
-
-_log = logging.getLogger("appliance")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -111,22 +109,13 @@ def cmd_score(args: argparse.Namespace) -> int:
                                     None)
                     continue
                 frame = Frame(image=image, seq=seq, timestamp=time.monotonic(), source=str(path))
-                try:
-                    result = assay.score(frame)
-                except Exception as exc:  # a bug must not hide the other images' results
-                    failures += 1
-                    _log.error("internal error scoring %s: %r", path, exc, exc_info=_debug())
-                    result = assay.refuse_input(str(path), seq, "internal_error",
-                                                f"internal error: {exc!r}")
+                result = assay.score_guarded(frame)
+                failures += result.reason_code == INTERNAL_ERROR
                 recorder.record(result, image)
     finally:
         if store is not None:
             store.close()
     return 1 if failures else 0
-
-
-def _debug() -> bool:
-    return _log.getEffectiveLevel() <= logging.DEBUG
 
 
 def cmd_run(args: argparse.Namespace) -> int:

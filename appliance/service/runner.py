@@ -39,7 +39,7 @@ def run(cfg: Config, *, stop: threading.Event, out: TextIO) -> dict[str, int]:
                   assay.model.name, assay.model.precision)
         for item in source.frames():
             if isinstance(item, Frame):
-                recorder.record(assay.score(item), item.image)
+                recorder.record(assay.score_guarded(item), item.image)
             else:
                 recorder.record(assay.refuse_input(item.source, item.seq, item.code,
                                                    item.reason), None)

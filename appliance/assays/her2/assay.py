@@ -9,6 +9,7 @@ model and the configuration and times the steps.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -38,9 +39,11 @@ from appliance.inference.onnxruntime_backend import OnnxRuntimeBackend
 from appliance.inference.tiling import run_tiled
 
 ASSAY = "her2"
+INTERNAL_ERROR = "internal_error"
 # Scale estimation runs on a copy no larger than this (nuclei stay > 10 px across).
 _ESTIMATE_MAX_PX = 1_000_000
 _T = TypeVar("_T")
+_log = logging.getLogger(__name__)
 
 
 class Her2Assay:
@@ -119,6 +122,19 @@ class Her2Assay:
             percent={k: round(v, 3) for k, v in verdict.percent.items()},
             cells=tuple(cells), warnings=tuple(warnings), created_at=_now(),
         )
+
+    def score_guarded(self, frame: Frame) -> FieldResult:
+        """``score``, but a bug in one field becomes that field's refusal, logged in full.
+
+        The loop and the other fields go on; the result says ``internal_error`` so the
+        dashboard and the store show that something went wrong, never a silent gap.
+        """
+        try:
+            return self.score(frame)
+        except Exception as exc:  # the service must outlive a bad field
+            _log.exception("internal error scoring %s (seq %d)", frame.source, frame.seq)
+            return self.refuse_input(frame.source, frame.seq, INTERNAL_ERROR,
+                                     f"internal error: {exc!r}")
 
     def refuse_input(self, source: str, seq: int, code: str, reason: str) -> FieldResult:
         """The result for an input that never became a frame (corrupt or unreadable file)."""
