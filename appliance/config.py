@@ -172,6 +172,11 @@ class QualityConfig:
         0.5, "Fraction of near-black pixels above which the field is under-exposed "
         "(or not brightfield)", lo=0, hi=1,
     )
+    max_cytoplasm_dab: float = _f(
+        0.2, "Median DAB OD inside the tumour cells above which diffuse cytoplasmic staining "
+        "hides the membranes (not a HER2 membrane pattern): the field is not scorable",
+        lo=0, hi=5,
+    )
     max_stain_residual: float = _f(
         0.25, "Median share of the tissue's OD off the H-DAB plane (colour-deconvolution "
         "residual) above which the stain is not H-DAB; ~0.07 for H-DAB, ~0.4 for H&E",

@@ -9,7 +9,7 @@ import pytest
 
 from appliance.assays.her2.assay import Her2Assay
 from appliance.capture.frame import Frame
-from appliance.config import Config
+from appliance.config import Config, with_overrides
 from tools.synth.her2_fields import FieldSpec, generate_field
 
 
@@ -65,15 +65,38 @@ def test_quality_refusals(assay: Her2Assay, spec: FieldSpec, code: str) -> None:
     assert result.reason
 
 
-def test_real_ihc_photo_gives_a_sensible_result_or_a_clear_refusal(assay: Her2Assay) -> None:
+def test_real_ihc_photo_gives_a_clear_refusal(assay: Her2Assay) -> None:
+    # skimage's photo is real H-DAB IHC but not HER2: its DAB fills the cytoplasm. Scoring
+    # membranes there would be meaningless; the box must say why it will not.
     from skimage.data import immunohistochemistry
 
     image = np.ascontiguousarray(immunohistochemistry())
     result = assay.score(frame(image))
-    assert result.um_per_px_source in {"estimated", "assumed"}
+    assert result.um_per_px_source == "estimated"
+    assert result.status == "not_scorable"
+    assert result.reason_code == "cytoplasmic_stain", result.reason
+    assert result.reason is not None and "cytoplasmic" in result.reason
+
+
+def test_cytoplasm_gate_is_what_refuses_the_photo() -> None:
+    from skimage.data import immunohistochemistry
+
+    cfg = with_overrides(Config(), {"her2.quality.max_cytoplasm_dab": 5.0})
+    with Her2Assay.from_config(cfg) as lenient:
+        result = lenient.score(frame(np.ascontiguousarray(immunohistochemistry())))
+    assert result.reason_code != "cytoplasmic_stain"
     if result.scored:
-        assert result.score is not None and result.category is not None
-        assert result.tumour_cells >= 20
         assert sum(result.percent.values()) == pytest.approx(100.0, abs=0.1)
-    else:
-        assert result.reason and result.reason_code
+
+
+def test_a_bug_in_one_field_becomes_its_refusal(assay: Her2Assay,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(rgb: np.ndarray) -> np.ndarray:
+        raise RuntimeError("model exploded")
+
+    field = generate_field(FieldSpec(seed=991_040, target_score="2+"))
+    monkeypatch.setattr(assay, "_infer", broken)
+    result = assay.score_guarded(frame(field.image, field.um_per_px))
+    assert result.status == "not_scorable"
+    assert result.reason_code == "internal_error"
+    assert result.reason is not None and "model exploded" in result.reason

@@ -111,6 +111,12 @@ class Her2Assay:
         logits = timed("model", lambda: self._infer(rgb))
         measured = timed("postprocess", lambda: self._measure(logits, rgb.shape[:2], stains.dab,
                                                               working))
+        cytoplasm = _median_cytoplasm(measured)
+        if cytoplasm > h3.quality.max_cytoplasm_dab:
+            return self._refused(NotScorable(
+                f"diffuse cytoplasmic DAB (median {cytoplasm:.2f} OD inside the tumour cells, "
+                f"above {h3.quality.max_cytoplasm_dab:g}) hides the membranes: not a HER2 "
+                "membrane staining pattern", "cytoplasmic_stain", len(measured)), base, warnings)
         cells = timed("rules", lambda: self._to_cells(measured, native, working))
         verdict = timed("rules", lambda: score_field([c.membrane_class for c in cells],
                                                      h3.rules))
@@ -216,6 +222,11 @@ class Her2Assay:
                 intensity=intensity, membrane_class=membrane, outline=outline,
             ))
         return out
+
+
+def _median_cytoplasm(cells: list[cellmod.WorkingCell]) -> float:
+    """Median over tumour cells of their cytoplasmic DAB OD (0 without cells)."""
+    return float(np.median([c.cytoplasm_od for c in cells])) if cells else 0.0
 
 
 def _now() -> str:

@@ -43,6 +43,7 @@ class WorkingCell:
     nucleus_area_px: int
     completeness: float
     intensity_od: float
+    cytoplasm_od: float  # median DAB OD inside the cell, nucleus and membrane excepted
     outline: np.ndarray  # (K, 2) int32 points (x, y)
 
 
@@ -147,9 +148,11 @@ def measure_cells(nuclei: Nuclei, membrane: np.ndarray, dab: np.ndarray, *,
         completeness, intensity = cell
         if completeness < cfg.min_membrane_fraction:
             completeness, intensity = 0.0, 0.0
+        inside = own & ~nucleus & ~membrane[y0:y1, x0:x1]
+        cytoplasm = float(np.median(dab[y0:y1, x0:x1][inside])) if inside.any() else 0.0
         cells.append(WorkingCell(
             label=label, x=float(cx + x0), y=float(cy + y0), nucleus_area_px=len(ys),
-            completeness=completeness, intensity_od=intensity,
+            completeness=completeness, intensity_od=intensity, cytoplasm_od=cytoplasm,
             outline=_outline(own, (x0, y0)),
         ))
     return cells
