@@ -111,12 +111,9 @@ class Her2Assay:
         logits = timed("model", lambda: self._infer(rgb))
         measured = timed("postprocess", lambda: self._measure(logits, rgb.shape[:2], stains.dab,
                                                               working))
-        cytoplasm = _median_cytoplasm(measured)
-        if cytoplasm > h3.quality.max_cytoplasm_dab:
-            return self._refused(NotScorable(
-                f"diffuse cytoplasmic DAB (median {cytoplasm:.2f} OD inside the tumour cells, "
-                f"above {h3.quality.max_cytoplasm_dab:g}) hides the membranes: not a HER2 "
-                "membrane staining pattern", "cytoplasmic_stain", len(measured)), base, warnings)
+        stained_cytoplasm = _cytoplasm_refusal(measured, h3.quality.max_cytoplasm_dab)
+        if stained_cytoplasm is not None:
+            return self._refused(stained_cytoplasm, base, warnings)
         cells = timed("rules", lambda: self._to_cells(measured, native, working))
         verdict = timed("rules", lambda: score_field([c.membrane_class for c in cells],
                                                      h3.rules))
@@ -224,9 +221,21 @@ class Her2Assay:
         return out
 
 
-def _median_cytoplasm(cells: list[cellmod.WorkingCell]) -> float:
-    """Median over tumour cells of their cytoplasmic DAB OD (0 without cells)."""
-    return float(np.median([c.cytoplasm_od for c in cells])) if cells else 0.0
+def _cytoplasm_refusal(cells: list[cellmod.WorkingCell], limit: float) -> NotScorable | None:
+    """A refusal when the tumour cells' cytoplasm is brown: membranes cannot be judged.
+
+    HER2 is a membrane stain; diffuse cytoplasmic DAB (another antibody, or a failed
+    stain) would otherwise read as complete membranes all round.
+    """
+    if not cells:
+        return None
+    median = float(np.median([c.cytoplasm_od for c in cells]))
+    if median <= limit:
+        return None
+    return NotScorable(
+        f"diffuse cytoplasmic DAB (median {median:.2f} OD inside the tumour cells, above "
+        f"{limit:g}, her2.quality.max_cytoplasm_dab) hides the membranes: not a HER2 "
+        "membrane staining pattern", "cytoplasmic_stain", len(cells))
 
 
 def _now() -> str:
