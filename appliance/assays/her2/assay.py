@@ -211,7 +211,8 @@ class Her2Assay:
         for i, c in enumerate(measured, start=1):
             intensity, membrane = classify_cell(c.intensity_od, c.completeness,
                                                 self.cfg.her2.measure)
-            outline = tuple((round(x * to_src), round(y * to_src)) for x, y in c.outline)
+            points = np.rint(c.outline * to_src).astype(int).tolist()
+            outline = tuple((x, y) for x, y in points)
             out.append(CellMeasurement(
                 cell_id=i, x=c.x * to_src, y=c.y * to_src,
                 nucleus_area_um2=c.nucleus_area_px * working**2,
