@@ -9,8 +9,8 @@ from appliance.inference.tiling import run_padded, run_tiled
 
 
 class PixelModel:
-    """A per-pixel 'model' at stride 2: output = input sampled at even pixels, plus a class
-    channel that encodes the padded input's size, so padding mistakes show."""
+    """A per-pixel 'model' at stride 2: the output is the input sampled at even pixels, so
+    any misplaced tile, seam or padding shows as a difference from the whole-image run."""
 
     name = "pixel-model"
 
