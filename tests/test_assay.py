@@ -100,3 +100,13 @@ def test_a_bug_in_one_field_becomes_its_refusal(assay: Her2Assay,
     assert result.status == "not_scorable"
     assert result.reason_code == "internal_error"
     assert result.reason is not None and "model exploded" in result.reason
+
+
+def test_a_wrong_objective_setting_is_questioned(assay: Her2Assay) -> None:
+    field = generate_field(FieldSpec(seed=991_050, um_per_px=0.3, target_score="2+"))
+    right = assay.score(frame(field.image, 0.3))
+    assert not any("disagrees" in w for w in right.warnings), right.warnings
+    wrong = assay.score(frame(field.image, 1.0))  # the 10x setting on a 40x picture
+    assert any("disagrees with the nuclear size" in w for w in wrong.warnings), wrong.warnings
+    odd = assay.score(frame(field.image, 3.0))
+    assert any("outside the 10x-40x range" in w for w in odd.warnings), odd.warnings

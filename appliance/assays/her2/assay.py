@@ -42,6 +42,12 @@ ASSAY = "her2"
 INTERNAL_ERROR = "internal_error"
 # Scale estimation runs on a copy no larger than this (nuclei stay > 10 px across).
 _ESTIMATE_MAX_PX = 1_000_000
+# Camera pixels at the specimen from a 4x to a 63x objective; an estimate outside is clamped.
+_PLAUSIBLE_UM_PER_PX = (0.15, 2.0)
+# 10x to 40x (with some margin): what the model was trained and validated for.
+_VALIDATED_UM_PER_PX = (0.2, 1.2)
+# A declared scale more than this factor from the nuclear-size estimate is questioned.
+_SCALE_DISAGREES = 1.8
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
@@ -158,14 +164,34 @@ class Her2Assay:
         """µm/px of the frame and where it came from: frame, config, objective or estimate."""
         optics = self.cfg.optics
         if frame.um_per_px:
-            return frame.um_per_px, "frame", []
-        if optics.um_per_px > 0:
-            return optics.um_per_px, "config", []
-        if optics.objective != "auto":
-            return optics.objectives[optics.objective], "objective", []
-        return self._estimate_scale(frame.image)
+            declared, source = frame.um_per_px, "frame"
+        elif optics.um_per_px > 0:
+            declared, source = optics.um_per_px, "config"
+        elif optics.objective != "auto":
+            declared, source = optics.objectives[optics.objective], "objective"
+        else:
+            return self._estimated_scale(frame.image)
+        return declared, source, self._check_declared(declared, source, frame.image)
 
-    def _estimate_scale(self, image: np.ndarray) -> tuple[float, str, list[str]]:
+    def _check_declared(self, declared: float, source: str, image: np.ndarray) -> list[str]:
+        """Warnings when a declared scale is out of range or contradicts the nuclei.
+
+        A wrong objective setting is the classic way to get every size-based measure wrong
+        at once; the nuclei in the picture are an independent check.
+        """
+        warnings = []
+        if not _VALIDATED_UM_PER_PX[0] <= declared <= _VALIDATED_UM_PER_PX[1]:
+            warnings.append(f"scale {declared:g} um/px ({source}) is outside the 10x-40x range "
+                            "the model was validated for")
+        measured = self._measure_scale(image)
+        if measured is not None and not (1 / _SCALE_DISAGREES < declared / measured
+                                         < _SCALE_DISAGREES):
+            warnings.append(f"scale {declared:g} um/px ({source}) disagrees with the nuclear "
+                            f"size (about {measured:.2f} um/px): check the objective setting")
+        return warnings
+
+    def _measure_scale(self, image: np.ndarray) -> float | None:
+        """µm/px from the median nucleus size (None when too few nuclei)."""
         h, w = image.shape[:2]
         shrink = min(1.0, float(np.sqrt(_ESTIMATE_MAX_PX / (h * w))))
         small = image if shrink == 1.0 else cv2.resize(
@@ -173,13 +199,16 @@ class Her2Assay:
             interpolation=cv2.INTER_AREA)
         stains = deconvolve(small, self.cfg.her2.stain)
         estimate = estimate_um_per_px(small, stains, self.cfg.optics.assumed_nucleus_diameter_um)
+        return None if estimate is None else estimate * shrink
+
+    def _estimated_scale(self, image: np.ndarray) -> tuple[float, str, list[str]]:
+        native = self._measure_scale(image)
         fallback = self.cfg.her2.measure.working_um_per_px
-        if estimate is None:
+        if native is None:
             return fallback, "assumed", [
                 f"scale unknown: too few nuclei to estimate it; assumed {fallback} um/px "
                 "(set optics.objective or optics.um_per_px)"]
-        native = estimate * shrink
-        lo, hi = 0.15, 2.0
+        lo, hi = _PLAUSIBLE_UM_PER_PX
         warnings = [f"scale estimated from nuclear size: {native:.2f} um/px"]
         if not lo <= native <= hi:
             warnings.append(f"estimated scale {native:.2f} um/px is implausible; clamped")
