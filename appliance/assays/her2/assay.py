@@ -40,8 +40,10 @@ from appliance.inference.tiling import run_tiled
 
 ASSAY = "her2"
 INTERNAL_ERROR = "internal_error"
-# Scale estimation runs on a copy no larger than this (nuclei stay > 10 px across).
-_ESTIMATE_MAX_PX = 1_000_000
+# Scale estimation runs on a small copy, and on a larger one when the nuclei in the small
+# one are under _ESTIMATE_MIN_NUCLEUS_PX across (low power, large frames).
+_ESTIMATE_BUDGETS_PX = (300_000, 1_000_000)
+_ESTIMATE_MIN_NUCLEUS_PX = 6.0
 # Camera pixels at the specimen from a 4x to a 63x objective; an estimate outside is clamped.
 _PLAUSIBLE_UM_PER_PX = (0.15, 2.0)
 # 10x to 40x (with some margin): what the model was trained and validated for.
@@ -191,15 +193,26 @@ class Her2Assay:
         return warnings
 
     def _measure_scale(self, image: np.ndarray) -> float | None:
-        """µm/px from the median nucleus size (None when too few nuclei)."""
+        """µm/px from the median nucleus size (None when too few nuclei).
+
+        Tried first on a small copy (fast); when the nuclei there are too small to
+        measure well, again on a larger one.
+        """
         h, w = image.shape[:2]
-        shrink = min(1.0, float(np.sqrt(_ESTIMATE_MAX_PX / (h * w))))
-        small = image if shrink == 1.0 else cv2.resize(
-            image, (max(1, round(w * shrink)), max(1, round(h * shrink))),
-            interpolation=cv2.INTER_AREA)
-        stains = deconvolve(small, self.cfg.her2.stain)
-        estimate = estimate_um_per_px(small, stains, self.cfg.optics.assumed_nucleus_diameter_um)
-        return None if estimate is None else estimate * shrink
+        assumed = self.cfg.optics.assumed_nucleus_diameter_um
+        native = None
+        for budget in _ESTIMATE_BUDGETS_PX:
+            shrink = min(1.0, float(np.sqrt(budget / (h * w))))
+            small = image if shrink == 1.0 else cv2.resize(
+                image, (max(1, round(w * shrink)), max(1, round(h * shrink))),
+                interpolation=cv2.INTER_AREA)
+            estimate = estimate_um_per_px(small, deconvolve(small, self.cfg.her2.stain),
+                                          assumed)
+            native = None if estimate is None else estimate * shrink
+            if shrink == 1.0 or (estimate is not None
+                                 and assumed / estimate >= _ESTIMATE_MIN_NUCLEUS_PX):
+                break
+        return native
 
     def _estimated_scale(self, image: np.ndarray) -> tuple[float, str, list[str]]:
         native = self._measure_scale(image)
