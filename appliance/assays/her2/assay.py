@@ -23,7 +23,7 @@ from appliance.assays.her2 import cells as cellmod
 from appliance.assays.her2.quality import measure_quality, quality_issues
 from appliance.assays.her2.rules import classify_cell, score_field
 from appliance.assays.her2.scale import estimate_um_per_px
-from appliance.assays.her2.stain import deconvolve
+from appliance.assays.her2.stain import StainMaps, deconvolve
 from appliance.assays.her2.types import (
     CellMeasurement,
     FieldResult,
@@ -50,6 +50,7 @@ _PLAUSIBLE_UM_PER_PX = (0.15, 2.0)
 _VALIDATED_UM_PER_PX = (0.2, 1.2)
 # A declared scale more than this factor from the nuclear-size estimate is questioned.
 _SCALE_DISAGREES = 1.8
+_DECLARED = ("frame", "config", "objective")
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
@@ -104,6 +105,9 @@ class Her2Assay:
         working = choose_working_scale(native, frame.height, frame.width, h3.measure)
         rgb = timed("preprocess", lambda: resample(frame.image, native, working))
         stains = timed("preprocess", lambda: deconvolve(rgb, h3.stain))
+        if scale_source in _DECLARED:
+            warnings += timed("preprocess", lambda: self._check_declared(
+                native, scale_source, working, rgb, stains))
         report = timed("quality", lambda: measure_quality(rgb, stains))
         issues = quality_issues(report, h3.quality)
         warnings += [i.reason for i in issues if not i.fatal]
@@ -173,21 +177,24 @@ class Her2Assay:
             declared, source = optics.objectives[optics.objective], "objective"
         else:
             return self._estimated_scale(frame.image)
-        return declared, source, self._check_declared(declared, source, frame.image)
+        return declared, source, []
 
-    def _check_declared(self, declared: float, source: str, image: np.ndarray) -> list[str]:
+    def _check_declared(self, declared: float, source: str, working: float,
+                        rgb: np.ndarray, stains: StainMaps) -> list[str]:
         """Warnings when a declared scale is out of range or contradicts the nuclei.
 
         A wrong objective setting is the classic way to get every size-based measure wrong
-        at once; the nuclei in the picture are an independent check.
+        at once; the nuclei in the picture are an independent check. It is made on the
+        working-scale picture already deconvolved: a declared scale k times wrong shows
+        as nuclei k times off their assumed size there.
         """
         warnings = []
         if not _VALIDATED_UM_PER_PX[0] <= declared <= _VALIDATED_UM_PER_PX[1]:
             warnings.append(f"scale {declared:g} um/px ({source}) is outside the 10x-40x range "
                             "the model was validated for")
-        measured = self._measure_scale(image)
-        if measured is not None and not (1 / _SCALE_DISAGREES < declared / measured
-                                         < _SCALE_DISAGREES):
+        seen = estimate_um_per_px(rgb, stains, self.cfg.optics.assumed_nucleus_diameter_um)
+        if seen is not None and not 1 / _SCALE_DISAGREES < seen / working < _SCALE_DISAGREES:
+            measured = declared * seen / working
             warnings.append(f"scale {declared:g} um/px ({source}) disagrees with the nuclear "
                             f"size (about {measured:.2f} um/px): check the objective setting")
         return warnings
