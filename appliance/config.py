@@ -385,8 +385,8 @@ def describe_defaults() -> str:
 
     def emit(cls: Any, prefix: str) -> None:
         nested = []
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            hints = typing.get_type_hints(cls)
             if dataclasses.is_dataclass(hints[f.name]):
                 nested.append((f.name, hints[f.name]))
                 continue

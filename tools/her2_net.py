@@ -12,8 +12,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from appliance.inference.manifest import InputSpec
+
 CLASSES = ("background", "tumour_nucleus", "other_nucleus", "membrane")
 OUTPUT_STRIDE = 2
+# The model's input contract, shared by training, quantisation and the manifest: three
+# stride-2 stages need sides that are multiples of 8; the runtime resamples every field
+# into the band of working scales below (MeasureConfig's defaults).
+INPUT_SPEC = InputSpec(name="image", mean=(0.75, 0.70, 0.78), std=(0.20, 0.22, 0.18),
+                       multiple_of=8, um_per_px_range=(0.5, 1.0))
 
 
 def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:

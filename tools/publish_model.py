@@ -16,7 +16,7 @@ from datetime import date
 from pathlib import Path
 
 from appliance.inference.manifest import file_sha256
-from tools.her2_net import CLASSES, OUTPUT_STRIDE
+from tools.her2_net import CLASSES, INPUT_SPEC, OUTPUT_STRIDE
 
 VALIDATED_ON = (
     "generated data only (tools/synth/her2_fields.py held-out seeds); "
@@ -42,8 +42,9 @@ def build_manifest(directory: Path, recipe: dict[str, object],
         "input": {
             "name": "image", "layout": "NCHW", "dtype": "float32", "channels": "RGB",
             "normalisation": "(rgb / 255 - mean) / std",
-            "mean": recipe["mean"], "std": recipe["std"], "multiple_of": 8,
-            "um_per_px_range": [0.5, 1.0],
+            "mean": list(INPUT_SPEC.mean), "std": list(INPUT_SPEC.std),
+            "multiple_of": INPUT_SPEC.multiple_of,
+            "um_per_px_range": list(INPUT_SPEC.um_per_px_range),
             "note": "the runtime resamples every field into this band of µm per pixel",
         },
         "output": {

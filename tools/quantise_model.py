@@ -28,6 +28,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from appliance.inference.backend import to_model_input
 from appliance.inference.manifest import InputSpec
 from tools.her2_dataset import CALIBRATION_SEEDS, make_samples
+from tools.her2_net import INPUT_SPEC
 
 
 class FieldReader(CalibrationDataReader):
@@ -70,16 +71,12 @@ def quantise(fp32: Path, out: Path, spec: InputSpec, *, fields: int = 48) -> Non
 
 
 def main() -> None:
-    from tools.train_her2 import MEAN, STD
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--fp32", type=Path, default=Path("build/her2/her2_fp32.onnx"))
     ap.add_argument("--out", type=Path, default=Path("build/her2/her2_int8.onnx"))
     ap.add_argument("--fields", type=int, default=48)
     args = ap.parse_args()
-    spec = InputSpec(name="image", mean=MEAN, std=STD, multiple_of=8,
-                     um_per_px_range=(0.5, 1.0))
-    quantise(args.fp32, args.out, spec, fields=args.fields)
+    quantise(args.fp32, args.out, INPUT_SPEC, fields=args.fields)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)")
 
 

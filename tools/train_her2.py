@@ -20,20 +20,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from appliance.inference.backend import to_model_input
 from tools.her2_dataset import TRAIN_SEEDS, make_samples, random_crops
-from tools.her2_net import CLASSES, OUTPUT_STRIDE, Her2Net
+from tools.her2_net import CLASSES, INPUT_SPEC, OUTPUT_STRIDE, Her2Net
 
-MEAN = (0.75, 0.70, 0.78)
-STD = (0.20, 0.22, 0.18)
 # Nuclei and membranes are a small part of each field; weight them up.
 CLASS_WEIGHTS = (1.0, 2.0, 2.0, 3.0)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 → normalised (N, 3, H, W) float tensor, as the runtime does."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
-    x = (x - torch.tensor(MEAN)) / torch.tensor(STD)
-    return x.permute(0, 3, 1, 2).contiguous()
+    """(N, H, W, 3) uint8 → (N, 3, H, W) float tensor, normalised by the runtime's own code."""
+    return torch.from_numpy(np.concatenate([to_model_input(img, INPUT_SPEC) for img in images]))
 
 
 def colour_jitter(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -86,7 +83,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         "lr": args.lr, "width": args.width, "seed": args.seed, "optimizer": "AdamW, one-cycle",
         "loss": f"weighted cross-entropy {CLASS_WEIGHTS}", "torch": torch.__version__,
         "train_seconds": round(time.time() - start), "final_loss": float(np.mean(losses[-100:])),
-        "mean": MEAN, "std": STD,
+        "mean": INPUT_SPEC.mean, "std": INPUT_SPEC.std,
     }
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
     return recipe

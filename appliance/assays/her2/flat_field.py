@@ -28,11 +28,11 @@ def _design(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 def estimate_gain(rgb: np.ndarray) -> np.ndarray:
     """Relative illumination, (H, W) float32 in [_MIN_GAIN, 1], 1 where the light is brightest."""
     h, w = rgb.shape[:2]
+    if min(h, w) < _MIN_SIDE:
+        return np.ones((h, w), np.float32)
     brightness = rgb.astype(np.float32).mean(axis=2)
     gh = max(2, round(_GRID * h / max(h, w)))
     gw = max(2, round(_GRID * w / max(h, w)))
-    if min(h, w) < _MIN_SIDE:
-        return np.ones((h, w), np.float32)
     # The brightest pixels of each block (98th percentile), placed where they are: under a
     # steep vignette they sit on the block's inner side, not at its centre.
     values, px, py = [], [], []
