@@ -1,7 +1,7 @@
 """The `appliance` command: score still images, run the scoring loop, check a config.
 
     appliance score --assay her2 [--json] IMAGE...
-    appliance run --source replay:DIR_OR_VIDEO [--config FILE] [--store PATH]
+    appliance run [--source URI] [--display SINK] [--config FILE] [--store PATH]
     appliance config --defaults | --validate FILE
 
 Exit codes: 0 done; 1 an image hit an internal error; 2 bad command line or
@@ -23,10 +23,11 @@ from typing import Any
 from appliance import __version__
 from appliance.assays.her2.assay import INTERNAL_ERROR, Her2Assay
 from appliance.capture.frame import Frame
-from appliance.capture.replay import SourceError
+from appliance.capture.source import SourceError
 from appliance.capture.stills import ImageRejected, load_still
 from appliance.config import Config, ConfigError, describe_defaults, load_config, with_overrides
 from appliance.inference.manifest import ModelError
+from appliance.outputs.display.sinks import DisplayError
 from appliance.outputs.store import ResultStore, StoreError
 from appliance.service import runner
 from appliance.service.recorder import Recorder
@@ -60,9 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sc)
 
     rn = sub.add_parser("run", help="score frames from a source until SIGINT/SIGTERM")
-    rn.add_argument("--source", help="source.uri, e.g. replay:samples/her2")
-    rn.add_argument("--fps", type=float, help="source.fps (replay pacing; 0 = as fast as possible)")
+    rn.add_argument("--source", help="source.uri: replay:PATH, synthetic[:SEED], v4l2:/dev/video0, "
+                    "gstreamer:PIPELINE, picamera2[:N]")
+    rn.add_argument("--fps", type=float, help="source.fps (replay pace or camera rate; 0 = as "
+                    "fast as possible / the driver's default)")
     rn.add_argument("--loop", action="store_true", default=None, help="source.loop")
+    rn.add_argument("--hold", type=float, help="source.hold_s: seconds each replayed still stays "
+                    "in view")
+    rn.add_argument("--display", choices=("kmsdrm", "window", "offscreen", "picamera2", "file",
+                                          "none"), help="display.sink")
     _common(rn)
 
     cf = sub.add_parser("config", help="print the defaults or validate a config file")
@@ -78,7 +85,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "store": "store.path", "overlay_dir": "overlay.dir", "precision": "inference.precision",
         "threads": "inference.threads", "objective": "optics.objective",
         "um_per_px": "optics.um_per_px", "log_level": "logging.level", "source": "source.uri",
-        "fps": "source.fps", "loop": "source.loop", "assay": "assay",
+        "fps": "source.fps", "loop": "source.loop", "hold": "source.hold_s",
+        "display": "display.sink", "assay": "assay",
     }
     return {key: getattr(args, name) for name, key in mapping.items()
             if getattr(args, name, None) is not None}
@@ -119,13 +127,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the scoring loop until the source ends or SIGINT/SIGTERM."""
+    """Run the real-time pipeline until the source ends or SIGINT/SIGTERM, then drain."""
     cfg = _load(args)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     counts = runner.run(cfg, stop=stop, out=sys.stdout)
-    print(f"{counts['fields']} fields: {counts['scored']} scored, "
+    print(f"{counts['fields']} fields reported: {counts['scored']} scored, "
           f"{counts['not_scorable']} not scorable; results in {cfg.store.path}"
           + (f", overlays in {cfg.overlay.dir}" if cfg.overlay.enabled else ""))
     return 0
@@ -147,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"score": cmd_score, "run": cmd_run, "config": cmd_config}
     try:
         return handlers[args.command](args)
-    except (ConfigError, SourceError) as exc:
+    except (ConfigError, SourceError, DisplayError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ModelError as exc:

@@ -42,11 +42,49 @@ def _f(default: Any, doc: str, *, lo: float | None = None, hi: float | None = No
     return field(default=default, metadata=meta)
 
 
+SOURCE_KINDS = ("replay", "synthetic", "v4l2", "gstreamer", "picamera2")
+
+
 @dataclass(frozen=True)
 class SourceConfig:
-    uri: str = _f("replay:samples/her2", "Frame source, e.g. replay:DIR_OR_VIDEO")
-    fps: float = _f(0.0, "Replay rate in frames/s; 0 = as fast as the pipeline goes", lo=0, hi=240)
-    loop: bool = _f(False, "Replay: start again at the end instead of stopping")
+    uri: str = _f(
+        "replay:samples/her2",
+        "Frame source: replay:DIR_OR_VIDEO, synthetic[:SEED], v4l2:/dev/videoN or v4l2:N, "
+        "gstreamer:PIPELINE (ending in appsink), picamera2[:CAMERA_INDEX]",
+    )
+    fps: float = _f(
+        10.0, "Frame rate: replay/synthetic pace, camera request; 0 = as fast as possible "
+        "(replay) or the driver's default (camera)", lo=0, hi=240,
+    )
+    loop: bool = _f(False, "Replay/synthetic: start again at the end instead of stopping")
+    hold_s: float = _f(
+        2.0, "Replay of still images / synthetic fields: how long each field stays in view "
+        "(as on a stage left still); 0 = each file is a single frame", lo=0, hi=3600,
+    )
+    width: int = _f(0, "Requested camera width in pixels; 0 = the driver's default", lo=0,
+                    hi=10000)
+    height: int = _f(0, "Requested camera height in pixels; 0 = the driver's default", lo=0,
+                     hi=10000)
+    fourcc: str = _f("MJPG", "v4l2 pixel format requested from a USB camera",
+                     choices=("MJPG", "YUYV", "any"))
+    read_timeout_s: float = _f(
+        2.0, "A camera that delivers no frame for this long is in fault and is reopened",
+        lo=0.1, hi=60,
+    )
+    reconnect_min_s: float = _f(0.5, "First wait before reopening a faulty camera", lo=0.05,
+                                hi=60)
+    reconnect_max_s: float = _f(10.0, "Longest wait between reopening attempts (back-off cap)",
+                                lo=0.1, hi=600)
+
+    @property
+    def kind(self) -> str:
+        """The source kind: the URI's scheme (``replay``, ``v4l2``...)."""
+        return self.uri.partition(":")[0]
+
+    @property
+    def target(self) -> str:
+        """What follows the scheme: a path, a device, a pipeline, a seed (may be empty)."""
+        return self.uri.partition(":")[2]
 
 
 @dataclass(frozen=True)
@@ -199,8 +237,69 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class OverlayConfig:
-    enabled: bool = _f(True, "Write overlay pictures")
-    dir: str = _f("var/overlays", "Folder for overlay PNGs")
+    enabled: bool = _f(True, "Write an overlay PNG of every reported field")
+    dir: str = _f("var/overlays", "Folder for the overlay PNGs of reported fields")
+
+
+@dataclass(frozen=True)
+class StabilityConfig:
+    stable_s: float = _f(
+        0.6, "A field is reported once the view has been still and sharp this long", lo=0,
+        hi=60,
+    )
+    motion_threshold: float = _f(
+        0.04, "Frame-to-frame change (mean absolute difference of a normalised thumbnail) "
+        "above which the stage is moving", lo=0.001, hi=1,
+    )
+    drift_threshold: float = _f(
+        0.12, "Change since the start of a still period above which the view has drifted "
+        "(slow stage motion) and stillness starts again", lo=0.001, hi=2,
+    )
+    min_focus: float = _f(
+        1.1, "Cheap sharpness (4x gradient energy at 1 px over 2 px on the strongest edges of "
+        "a 320 px grey copy, noise removed: ~1.0 blurred or blank, 1.3-1.7 sharp) below which "
+        "a still view is taken for focusing and not reported yet. Kept low on purpose: the "
+        "assay's own focus gate decides whether a field can be scored, and a threshold above "
+        "what a real camera reads when sharp would report nothing at all",
+        lo=0, hi=100,
+    )
+    same_field_similarity: float = _f(
+        0.85, "Fingerprint correlation (after registration) at or above which a field is "
+        "one already reported", lo=0, hi=1,
+    )
+    memory: int = _f(256, "Reported fields remembered to recognise a return to one", lo=1,
+                     hi=100000)
+
+
+@dataclass(frozen=True)
+class DisplayConfig:
+    sink: str = _f(
+        "file", "Where the live overlay goes: kmsdrm (HDMI, no X), window (desktop), "
+        "offscreen (tests), picamera2 (Pi preview overlay), file (latest picture on disk), none",
+        choices=("kmsdrm", "window", "offscreen", "picamera2", "file", "none"),
+    )
+    path: str = _f("var/display/latest.jpg", "file sink: picture written atomically (.jpg/.png)")
+    max_fps: float = _f(
+        30.0, "Most pictures per second composed for the display (file sink: see "
+        "file_interval_s)", lo=0.1, hi=240,
+    )
+    file_interval_s: float = _f(1.0, "file sink: shortest time between two writes", lo=0,
+                                hi=3600)
+    width: int = _f(0, "Screen/window width; 0 = the screen's own (window: 1280)", lo=0,
+                    hi=10000)
+    height: int = _f(0, "Screen/window height; 0 = the screen's own (window: 720)", lo=0,
+                     hi=10000)
+    show_cells: bool = _f(True, "Draw cell outlines over the live picture while it is still")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    drain_timeout_s: float = _f(
+        30.0, "On stop, longest wait for results in flight to reach the store", lo=1, hi=600
+    )
+    metrics_interval_s: float = _f(60.0, "How often the metrics snapshot is logged", lo=1,
+                                   hi=86400)
+    latency_window: int = _f(512, "Samples kept for the p50/p95 figures", lo=16, hi=100000)
 
 
 @dataclass(frozen=True)
@@ -218,6 +317,9 @@ class Config:
     her2: Her2Config = field(default_factory=Her2Config)
     store: StoreConfig = field(default_factory=StoreConfig)
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def models_path(self) -> Path:
@@ -338,8 +440,24 @@ def _cross_checks(cfg: Config) -> None:
             "optics.objective",
             f"{o.objective!r} is neither 'auto' nor one of {', '.join(o.objectives)}",
         )
-    if not cfg.source.uri.startswith("replay:"):
-        raise ConfigError("source.uri", f"{cfg.source.uri!r}: only replay:PATH is supported yet")
+    _check_source(cfg.source)
+
+
+def _check_source(src: SourceConfig) -> None:
+    if src.kind not in SOURCE_KINDS:
+        raise ConfigError("source.uri", f"{src.uri!r}: the scheme must be one of "
+                          f"{', '.join(k + ':' for k in SOURCE_KINDS)}")
+    if src.kind in ("replay", "v4l2", "gstreamer") and not src.target:
+        raise ConfigError("source.uri", f"{src.uri!r}: {src.kind}: needs a path, device or "
+                          "pipeline after the colon")
+    if src.kind in ("synthetic", "picamera2") and src.target and not src.target.isdigit():
+        raise ConfigError("source.uri", f"{src.uri!r}: after {src.kind}: only a number "
+                          f"({'seed' if src.kind == 'synthetic' else 'camera index'})")
+    if src.reconnect_max_s < src.reconnect_min_s:
+        raise ConfigError("source.reconnect_max_s",
+                          f"{src.reconnect_max_s} is below reconnect_min_s {src.reconnect_min_s}")
+    if (src.width == 0) != (src.height == 0):
+        raise ConfigError("source.width", "set both width and height, or neither (0)")
 
 
 def config_from_dict(data: typing.Mapping[str, Any]) -> Config:

@@ -20,6 +20,8 @@ class Frame:
     timestamp: float  # time.monotonic() at capture
     source: str  # file path or source id
     um_per_px: float | None = None
+    # What the camera delivered before conversion to RGB (MJPG, YUYV, RGB888, BGR, file...).
+    pixel_format: str = "RGB"
 
     def __post_init__(self) -> None:
         img = self.image
@@ -29,6 +31,12 @@ class Frame:
             )
         if self.um_per_px is not None and not self.um_per_px > 0:
             raise ValueError(f"Frame.um_per_px must be > 0, got {self.um_per_px}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(height, width, 3) of the RGB picture."""
+        h, w, c = self.image.shape
+        return int(h), int(w), int(c)
 
     @property
     def height(self) -> int:

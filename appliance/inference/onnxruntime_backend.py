@@ -23,6 +23,9 @@ class OnnxRuntimeBackend:
         opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle pool threads must not spin: in the real-time pipeline the other stages need
+        # those cores while the model waits for its next input.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session: ort.InferenceSession | None = ort.InferenceSession(
                 str(path), opts, providers=["CPUExecutionProvider"]

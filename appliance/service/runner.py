@@ -1,47 +1,71 @@
-"""The composition root of `appliance run`: config → store → assay → source → loop.
+"""The composition root of `appliance run`: config → store → model → pipeline → wait.
 
-One stop event (set by SIGINT/SIGTERM) ends the loop; everything opened is
-closed in reverse order. The real-time pipeline (threads, latest-frame
-scheduling) replaces the simple loop in a later issue.
+One stop event (set by SIGINT/SIGTERM, by the window being closed, or by a
+fatal source error) ends the run; the pipeline then lets every result in flight
+reach the store before everything opened here is closed, in reverse order.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
 
 from appliance.assays.her2.assay import Her2Assay
-from appliance.capture.frame import Frame
-from appliance.capture.replay import ReplaySource, parse_source
+from appliance.capture.factory import open_source
 from appliance.config import Config
+from appliance.outputs.display.sinks import DisplaySink, open_display
 from appliance.outputs.store import ResultStore
+from appliance.pipeline.engine import Pipeline
 from appliance.service.recorder import Recorder
 
 _log = logging.getLogger(__name__)
+_POLL_S = 0.2  # how quickly the main thread notices the stop event
 
 
 def run(cfg: Config, *, stop: threading.Event, out: TextIO) -> dict[str, int]:
-    """Score frames from the configured source until it ends or ``stop`` is set."""
+    """Run the pipeline until the source ends or ``stop`` is set; the recorder's counts.
+
+    Raises what stopped the pipeline when it was not a stop request (a source that
+    cannot work as configured, a display that cannot open, a bug).
+    """
     with ExitStack() as stack:
         store = stack.enter_context(ResultStore(cfg.store.path))
         assay = stack.enter_context(Her2Assay.from_config(cfg))
-        source = ReplaySource(parse_source(cfg.source.uri), input_cfg=cfg.input,
-                              fps=cfg.source.fps, loop=cfg.source.loop, stop=stop)
-        stack.callback(source.close)
         recorder = Recorder(
             store=store, config_sha256=cfg.sha256(),
             overlay_dir=Path(cfg.overlay.dir) if cfg.overlay.enabled else None, out=out,
         )
-        _log.info("scoring %s from %s with %s (%s)", cfg.assay, cfg.source.uri,
-                  assay.model.name, assay.model.precision)
-        for item in source.frames():
-            if isinstance(item, Frame):
-                recorder.record(assay.score_guarded(item), item.image)
-            else:
-                recorder.record(assay.refuse_input(item.source, item.seq, item.code,
-                                                   item.reason), None)
-        _log.info("stopped: %s", recorder.counts)
+        pipeline = Pipeline(cfg, assay=assay, open_source=lambda: open_source(cfg.source,
+                                                                               cfg.input),
+                            recorder=recorder, display=_display_factory(cfg), stop=stop)
+        _log.info("scoring %s from %s with %s (%s), display %s", cfg.assay, cfg.source.uri,
+                  assay.model.name, assay.model.precision, cfg.display.sink)
+        pipeline.start()
+        _wait(pipeline, stop, cfg.pipeline.metrics_interval_s)
+        pipeline.stop()
+        _log.info("stopped: %s; %s", recorder.counts, pipeline.snapshot().log_line())
+        if pipeline.fatal is not None:
+            raise pipeline.fatal
         return recorder.counts
+
+
+def _display_factory(cfg: Config) -> Callable[[], DisplaySink] | None:
+    if cfg.display.sink == "none":
+        return None
+    return lambda: open_display(cfg.display)
+
+
+def _wait(pipeline: Pipeline, stop: threading.Event, metrics_interval_s: float) -> None:
+    """Until the pipeline ends by itself or a stop is asked; log the metrics meanwhile."""
+    next_log = time.monotonic() + metrics_interval_s
+    while not pipeline.wait(timeout=_POLL_S):
+        if stop.is_set():
+            return
+        if time.monotonic() >= next_log:
+            _log.info("metrics: %s", pipeline.snapshot().log_line())
+            next_log += metrics_interval_s

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TypeVar
 
@@ -55,6 +55,41 @@ _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ScaleInfo:
+    """The scale of a field and how it was found, with the warnings that go with it."""
+
+    um_per_px: float
+    source: str  # frame | config | objective | estimated | assumed
+    warnings: tuple[str, ...]
+
+
+@dataclass
+class PreparedField:
+    """A field between ``prepare`` and ``finish``: the working picture and what is known."""
+
+    base: FieldResult  # scale, quality, timings so far; status still not_scorable
+    warnings: list[str]
+    rgb: np.ndarray  # working-scale picture
+    stains: StainMaps
+    scale: ScaleInfo
+    working_um_per_px: float
+    refusal: FieldResult | None = None  # a quality gate refused the field: no model run
+
+
+class _Timer:
+    """Adds the wall time of each call to a per-stage total in milliseconds."""
+
+    def __init__(self, ms: dict[str, float] | None = None) -> None:
+        self.ms = {} if ms is None else ms
+
+    def __call__(self, stage: str, fn: Callable[[], _T]) -> _T:
+        t0 = time.perf_counter()
+        value = fn()
+        self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1000.0
+        return value
+
+
 class Her2Assay:
     """Scores HER2 IHC fields with one loaded model."""
 
@@ -92,42 +127,72 @@ class Her2Assay:
 
     def score(self, frame: Frame) -> FieldResult:
         """Score one field; refusals come back as a not-scorable FieldResult, never raised."""
-        timings: dict[str, float] = {}
+        prepared = self.prepare(frame)
+        if prepared.refusal is not None:
+            return prepared.refusal
+        return self.finish(prepared, self.infer(prepared))
 
-        def timed(stage: str, fn: Callable[[], _T]) -> _T:
-            t0 = time.perf_counter()
-            value = fn()
-            timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t0) * 1000.0
-            return value
+    def prepare(self, frame: Frame, scale: ScaleInfo | None = None) -> PreparedField:
+        """Everything before the model: scale, resampling, deconvolution, quality gates.
 
+        A field refused by a quality gate comes back with ``refusal`` set and needs
+        no model run. ``scale`` reuses what an earlier frame of the same view found
+        (the real-time pipeline passes it within one still period: the objective
+        cannot change without the view changing), which skips the nuclear-size
+        estimate and the declared-scale check.
+        """
+        timer = _Timer()
         h3 = self.cfg.her2
-        native, scale_source, warnings = timed("preprocess", lambda: self._scale(frame))
+        if scale is None:
+            native, scale_source, scale_warnings = timer("preprocess", lambda: self._scale(frame))
+        else:
+            native, scale_source, scale_warnings = (scale.um_per_px, scale.source,
+                                                    list(scale.warnings))
         working = choose_working_scale(native, frame.height, frame.width, h3.measure)
-        rgb = timed("preprocess", lambda: resample(frame.image, native, working))
-        stains = timed("preprocess", lambda: deconvolve(rgb, h3.stain))
-        if scale_source in _DECLARED:
-            warnings += timed("preprocess", lambda: self._check_declared(
+        rgb = timer("preprocess", lambda: resample(frame.image, native, working))
+        stains = timer("preprocess", lambda: deconvolve(rgb, h3.stain))
+        if scale is None and scale_source in _DECLARED:
+            scale_warnings += timer("preprocess", lambda: self._check_declared(
                 native, scale_source, working, rgb, stains))
-        report = timed("quality", lambda: measure_quality(rgb, stains))
+        report = timer("quality", lambda: measure_quality(rgb, stains))
         issues = quality_issues(report, h3.quality)
-        warnings += [i.reason for i in issues if not i.fatal]
+        warnings = scale_warnings + [i.reason for i in issues if not i.fatal]
         base = FieldResult(
             file=frame.source, seq=frame.seq, assay=ASSAY, status="not_scorable",
             model=self.model, image_width=frame.width, image_height=frame.height,
-            um_per_px=native, um_per_px_source=scale_source, quality=report, timings_ms=timings,
+            um_per_px=native, um_per_px_source=scale_source, quality=report,
+            timings_ms=timer.ms,
+        )
+        prepared = PreparedField(
+            base=base, warnings=warnings, rgb=rgb, stains=stains,
+            scale=ScaleInfo(native, scale_source, tuple(scale_warnings)),
+            working_um_per_px=working,
         )
         fatal = [i for i in issues if i.fatal]
         if fatal:
-            return self._refused(NotScorable("; ".join(i.reason for i in fatal), fatal[0].code),
-                                 base, warnings)
-        logits = timed("model", lambda: self._infer(rgb))
-        measured = timed("postprocess", lambda: self._measure(logits, rgb.shape[:2], stains.dab,
-                                                              working))
+            prepared.refusal = self._refused(
+                NotScorable("; ".join(i.reason for i in fatal), fatal[0].code), base, warnings)
+        return prepared
+
+    def infer(self, prepared: PreparedField) -> np.ndarray:
+        """The model on the working-scale picture (tiled when large): class logits."""
+        t0 = time.perf_counter()
+        logits = self._infer(prepared.rgb)
+        prepared.base.timings_ms["model"] = (time.perf_counter() - t0) * 1000.0
+        return logits
+
+    def finish(self, prepared: PreparedField, logits: np.ndarray) -> FieldResult:
+        """Everything after the model: cells, membranes, cytoplasm gate, ASCO/CAP rules."""
+        timer = _Timer(prepared.base.timings_ms)
+        h3, base, warnings = self.cfg.her2, prepared.base, prepared.warnings
+        working, native = prepared.working_um_per_px, prepared.scale.um_per_px
+        measured = timer("postprocess", lambda: self._measure(
+            logits, prepared.rgb.shape[:2], prepared.stains.dab, working))
         stained_cytoplasm = _cytoplasm_refusal(measured, h3.quality.max_cytoplasm_dab)
         if stained_cytoplasm is not None:
             return self._refused(stained_cytoplasm, base, warnings)
-        cells = timed("rules", lambda: self._to_cells(measured, native, working))
-        verdict = timed("rules", lambda: score_field([c.membrane_class for c in cells],
+        cells = timer("rules", lambda: self._to_cells(measured, native, working))
+        verdict = timer("rules", lambda: score_field([c.membrane_class for c in cells],
                                                      h3.rules))
         if isinstance(verdict, NotScorable):
             return self._refused(verdict, base, warnings, cells=tuple(cells))
@@ -138,18 +203,22 @@ class Her2Assay:
             cells=tuple(cells), warnings=tuple(warnings), created_at=_now(),
         )
 
+    def guarded(self, frame: Frame, step: Callable[[], _T]) -> _T | FieldResult:
+        """Run one scoring step; a bug becomes this field's ``internal_error`` result."""
+        try:
+            return step()
+        except Exception as exc:  # the service must outlive a bad field
+            _log.exception("internal error scoring %s (seq %d)", frame.source, frame.seq)
+            return self.refuse_input(frame.source, frame.seq, INTERNAL_ERROR,
+                                     f"internal error: {exc!r}")
+
     def score_guarded(self, frame: Frame) -> FieldResult:
         """``score``, but a bug in one field becomes that field's refusal, logged in full.
 
         The loop and the other fields go on; the result says ``internal_error`` so the
         dashboard and the store show that something went wrong, never a silent gap.
         """
-        try:
-            return self.score(frame)
-        except Exception as exc:  # the service must outlive a bad field
-            _log.exception("internal error scoring %s (seq %d)", frame.source, frame.seq)
-            return self.refuse_input(frame.source, frame.seq, INTERNAL_ERROR,
-                                     f"internal error: {exc!r}")
+        return self.guarded(frame, lambda: self.score(frame))
 
     def refuse_input(self, source: str, seq: int, code: str, reason: str) -> FieldResult:
         """The result for an input that never became a frame (corrupt or unreadable file)."""

@@ -1,0 +1,1 @@
+"""Live pipeline: still-field detection, field memory and pipeline metrics."""

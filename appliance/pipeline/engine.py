@@ -1,0 +1,337 @@
+"""The real-time pipeline: threads joined by one-item slots.
+
+    capture ──▶ prepare ──▶ model ──▶ finish ──▶ recorder (store, overlay PNG, stdout)
+       │                                  │
+       └──────────▶ display ◀── latest result
+
+- **capture** reads the camera through the supervisor (reconnects with back-off),
+  runs the cheap stillness tracker on every frame and keeps only the newest frame
+  for analysis (drop-oldest, counted): the camera never waits.
+- **prepare / model / finish** are the assay's three steps, each in its own
+  thread, so while the model runs on one frame the next is being prepared and the
+  previous one measured. Between them a slot waits for room: work already done is
+  not thrown away.
+- **finish** also applies the report-once policy: only still, sharp fields go to
+  the **recorder**, which stores them (first), writes their overlay PNG and prints them.
+- **display** composes the newest frame with the latest result at up to
+  ``display.max_fps`` and shows it; a slow screen never holds up the analysis.
+
+One stop event ends everything: capture stops reading and closes its slots; each
+stage finishes what it holds and closes the next; the recorder stores every
+result already decided before it exits. No result in flight is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from appliance.assays.her2.assay import Her2Assay, PreparedField, ScaleInfo
+from appliance.assays.her2.types import FieldResult
+from appliance.capture.source import FrameSource, RejectedFrame, SourceError, SourceState
+from appliance.capture.supervisor import CaptureSupervisor
+from appliance.config import Config
+from appliance.outputs.display import LiveComposer, LiveStatus, show_live
+from appliance.outputs.display.sinks import DisplaySink
+from appliance.pipeline.field_memory import FieldMemory
+from appliance.pipeline.metrics import MetricsSnapshot, PipelineMetrics
+from appliance.pipeline.reporting import Outcome, ReportPolicy, Tracked
+from appliance.pipeline.slots import END, Slot
+from appliance.pipeline.stability import StillnessTracker
+from appliance.service.recorder import Recorder
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+# How often the display refreshes its "no picture" screen while the camera is silent.
+_NO_PICTURE_REFRESH_S = 0.25
+
+
+@dataclass
+class _Job:
+    """A frame on its way through prepare → model → finish."""
+
+    tracked: Tracked
+    prepared: PreparedField | None = None
+    logits: np.ndarray | None = None
+    result: FieldResult | None = None  # set early when a step refused or failed
+
+
+@dataclass(frozen=True)
+class _Record:
+    result: FieldResult
+    image: np.ndarray | None
+
+
+class Pipeline:
+    """Runs the capture, analysis, recording and display threads until stopped."""
+
+    def __init__(self, cfg: Config, *, assay: Her2Assay, open_source: Callable[[], FrameSource],
+                 recorder: Recorder, display: Callable[[], DisplaySink] | None,
+                 stop: threading.Event) -> None:
+        self.cfg = cfg
+        self.assay = assay
+        self.recorder = recorder
+        self.stop_event = stop
+        self.metrics = PipelineMetrics(cfg.pipeline.latency_window)
+        self._open_source = open_source
+        self._display_factory = display
+        self._tracker = StillnessTracker(cfg.stability)
+        self._policy = ReportPolicy(FieldMemory(cfg.stability))
+        self._slots: dict[str, Slot[Any]] = {
+            name: Slot(name) for name in ("analysis", "model", "finish", "display")
+        }
+        self._records: queue.Queue[_Record | object] = queue.Queue(maxsize=256)
+        self._threads: list[threading.Thread] = []
+        self._latest: Outcome | None = None
+        self._source_state = (SourceState.OPENING, "")
+        self._supervisor: CaptureSupervisor | None = None
+        self._scale_memo: tuple[int | None, ScaleInfo] | None = None  # prepare thread only
+        self._started_at = time.monotonic()
+        self.fatal: BaseException | None = None  # what ended the pipeline, if not a stop
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the threads: the consumers first, so no early frame waits for them."""
+        self._started_at = time.monotonic()
+        self._spawn("recorder", self._record_loop)
+        self._spawn("finish", lambda: self._stage("finish", self._finish, None))
+        self._spawn("model", lambda: self._stage("model", self._model, "finish"))
+        self._spawn("prepare", lambda: self._stage("prepare", self._prepare, "model",
+                                                   inbox="analysis"))
+        if self._display_factory is not None:
+            self._spawn("display", self._display_loop)
+        self._spawn("capture", self._capture_loop)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every thread has ended (source ended or stopped); True if they have."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            t.join(left)
+            if t.is_alive():
+                return False
+        return True
+
+    def stop(self) -> bool:
+        """Stop capture, let the frames in flight reach the store, join; True if clean."""
+        self.stop_event.set()
+        clean = self.wait(self.cfg.pipeline.drain_timeout_s)
+        if not clean:
+            alive = [t.name for t in self._threads if t.is_alive()]
+            _log.error("pipeline threads still running after %.0f s: %s",
+                       self.cfg.pipeline.drain_timeout_s, ", ".join(alive))
+        return clean
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=self._guard(name, target), name=f"eyepiece-{name}",
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except SourceError as exc:  # a set-up problem: retrying cannot help
+                _log.error("source: %s", exc)
+                self.fatal = exc
+                self.stop_event.set()
+            except Exception as exc:  # a bug: stop cleanly so systemd restarts us
+                _log.exception("pipeline thread %s failed", name)
+                self.fatal = exc
+                self.stop_event.set()
+        return run
+
+    # ------------------------------------------------------------ capture
+
+    def _capture_loop(self) -> None:
+        analysis, display = self._slots["analysis"], self._slots["display"]
+        sup = CaptureSupervisor(
+            self._open_source, stop=self.stop_event,
+            reconnect_min_s=self.cfg.source.reconnect_min_s,
+            reconnect_max_s=self.cfg.source.reconnect_max_s, on_state=self._on_source_state,
+        )
+        self._supervisor = sup
+        try:
+            for item in sup.frames():
+                if isinstance(item, RejectedFrame):
+                    self._reject(item)
+                    continue
+                self.metrics.frame_captured(item.timestamp)
+                tracked = Tracked(item, self._tracker.update(item.image, item.timestamp))
+                for slot, stage in ((analysis, "analysis"), (display, "display")):
+                    before = slot.dropped
+                    slot.put(tracked, replace=True)
+                    if slot.dropped > before:
+                        self.metrics.frame_dropped(stage)
+        finally:
+            analysis.close()
+            display.close()
+
+    def _on_source_state(self, state: SourceState, reason: str) -> None:
+        self._source_state = (state, reason)
+        reconnects = self._supervisor.reconnects if self._supervisor is not None else 0
+        self.metrics.set_source(state.value, reconnects)
+
+    def _reject(self, item: RejectedFrame) -> None:
+        """An undecodable replayed file: reported as such, never skipped silently."""
+        self.metrics.frame_rejected()
+        result = self.assay.refuse_input(item.source, item.seq, item.code, item.reason)
+        self._records.put(_Record(result, None))
+
+    # ------------------------------------------------------------ analysis
+
+    def _stage(self, name: str, work: Callable[[_Job], None], outbox: str | None, *,
+               inbox: str | None = None) -> None:
+        src = self._slots[inbox or name]
+        dst = self._slots[outbox] if outbox else None
+        try:
+            while (item := src.get()) is not END:
+                job = item if isinstance(item, _Job) else _Job(tracked=_tracked(item))
+                t0 = time.perf_counter()
+                work(job)
+                self.metrics.stage_time(name, (time.perf_counter() - t0) * 1000.0)
+                if dst is not None:
+                    dst.put(job, replace=False)
+        finally:
+            if dst is not None:
+                dst.close()
+            else:
+                self._records.put(END)
+
+    def _prepare(self, job: _Job) -> None:
+        frame, still_id = job.tracked.frame, job.tracked.view.still_id
+        hint = self._scale_hint(still_id)
+        prepared = self.assay.guarded(frame, lambda: self.assay.prepare(frame, hint))
+        if isinstance(prepared, FieldResult):
+            job.result = prepared
+            return
+        if hint is None and prepared.scale.source != "assumed":
+            self._scale_memo = (still_id, prepared.scale)
+        if prepared.refusal is not None:
+            job.result = prepared.refusal
+        else:
+            job.prepared = prepared
+
+    def _scale_hint(self, still_id: int | None) -> ScaleInfo | None:
+        """The scale found earlier in this still period, or the last one while moving.
+
+        The objective cannot change without the view changing, so a still period is
+        measured once, on its first analysed frame; frames of a moving stage (shown,
+        never reported) reuse the latest scale.
+        """
+        if self._scale_memo is None:
+            return None
+        memo_id, scale = self._scale_memo
+        return scale if still_id is None or still_id == memo_id else None
+
+    def _model(self, job: _Job) -> None:
+        if job.result is not None or job.prepared is None:
+            return
+        prepared = job.prepared
+        logits = self.assay.guarded(job.tracked.frame, lambda: self.assay.infer(prepared))
+        if isinstance(logits, FieldResult):
+            job.result = logits
+        else:
+            job.logits = logits
+
+    def _finish(self, job: _Job) -> None:
+        frame = job.tracked.frame
+        if job.result is None and job.prepared is not None and job.logits is not None:
+            prepared, logits = job.prepared, job.logits
+            job.result = self.assay.guarded(frame, lambda: self.assay.finish(prepared, logits))
+        assert job.result is not None  # every path above sets it
+        now = time.monotonic()
+        outcome = Outcome(job.tracked, job.result, now,
+                          self._policy.consider(job.tracked, job.result))
+        self.metrics.result_done(frame.timestamp, now)
+        with self._lock:
+            self._latest = outcome
+        if outcome.reported:
+            self.metrics.field_reported()
+            _log.info("field reported: %s (%s)", frame.source,
+                      outcome.decision.reason if outcome.decision else "")
+            self._records.put(_Record(job.result, frame.image))
+
+    # ------------------------------------------------------------ outputs
+
+    def _record_loop(self) -> None:
+        """Store, draw and print reported results until the analysis has ended."""
+        while (item := self._records.get()) is not END:
+            assert isinstance(item, _Record)
+            t0 = time.perf_counter()
+            self.recorder.record(item.result, item.image)
+            self.metrics.stage_time("record", (time.perf_counter() - t0) * 1000.0)
+
+    def _display_loop(self) -> None:
+        assert self._display_factory is not None
+        sink = self._display_factory()  # SDL wants every call from the thread that opened it
+        composer = LiveComposer()
+        slot, interval = self._slots["display"], 1.0 / self.cfg.display.max_fps
+        last_shown, tracked = 0.0, None
+        try:
+            while True:
+                item = slot.get(timeout=_NO_PICTURE_REFRESH_S)
+                if item is END:
+                    break
+                now = time.monotonic()
+                if item is None and self._source_state[0] is SourceState.STREAMING:
+                    continue  # between frames of a slow camera: nothing new to show
+                if item is not None:
+                    tracked = _tracked(item)
+                if now - last_shown < interval:
+                    self.metrics.frame_dropped("display")
+                    continue
+                last_shown = now
+                t0 = time.perf_counter()
+                self._show(sink, composer, tracked)
+                self.metrics.stage_time("display", (time.perf_counter() - t0) * 1000.0)
+                if sink.wants_quit:
+                    _log.info("display closed by the user: stopping")
+                    self.stop_event.set()
+        finally:
+            sink.close()
+
+    def _show(self, sink: DisplaySink, composer: LiveComposer, tracked: Tracked | None) -> None:
+        with self._lock:
+            latest = self._latest
+        state, reason = self._source_state
+        snap = self.metrics.snapshot(time.monotonic())
+        view = tracked.view if tracked is not None else None
+        in_view = (latest is not None and view is not None and view.still_id is not None
+                   and latest.tracked.view.still_id == view.still_id)
+        status = LiveStatus(
+            source_state=state.value, source_reason=reason,
+            stage=view.stage.value if view is not None else "moving",
+            reported=in_view and latest is not None and latest.decision is not None,
+            result_in_view=in_view, capture_fps=snap.capture_fps,
+            processed_fps=snap.processed_fps, latency_ms=snap.latency_ms.get("p50"),
+        )
+        streaming = tracked is not None and state is SourceState.STREAMING
+        show_live(sink, composer, tracked.frame.image if streaming and tracked else None,
+                  latest.result if latest is not None else None, status,
+                  show_cells=self.cfg.display.show_cells)
+
+    # ------------------------------------------------------------ metrics
+
+    def snapshot(self) -> MetricsSnapshot:
+        """The metrics now, with the slots' depths."""
+        for name, slot in self._slots.items():
+            self.metrics.set_queue_depth(name, slot.depth)
+        self.metrics.set_queue_depth("record", self._records.qsize())
+        return self.metrics.snapshot(time.monotonic())
+
+
+def _tracked(item: object) -> Tracked:
+    """A slot item known to be a tracked frame (the slots carry Any between stages)."""
+    assert isinstance(item, Tracked), f"expected a tracked frame, got {item!r}"
+    return item

@@ -1,0 +1,128 @@
+"""A stand-in for the ``picamera2`` module, following its documented API.
+
+``Picamera2(camera_num)`` raises IndexError when there is no such camera (as picamera2
+does when indexing its camera list); ``create_video_configuration(main=..., queue=...,
+controls=..., ...)`` returns a configuration dict; ``configure`` refuses a started
+camera; ``start``/``stop``; ``capture_array(name="main", wait=None)`` returns the
+frame in the configured format; ``close`` may be called again. For ``"RGB888"`` the
+array holds B, G, R in that order (libcamera's little-endian naming), for
+``"BGR888"`` R, G, B.
+
+A :class:`CameraRig` describes the cameras plugged in and what they see, and can be
+told to raise mid-stream; :meth:`CameraRig.module` builds a module object to put in
+``sys.modules["picamera2"]``.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import numpy as np
+
+
+class CameraRig:
+    """The cameras attached and the scene they show (RGB), plus scripted failures."""
+
+    def __init__(self, scene: np.ndarray, *, cameras: int = 1) -> None:
+        self.scene = scene
+        self.cameras = cameras
+        self.fail_at: dict[int, BaseException] = {}  # capture number -> error to raise
+        self.made: list[FakePicamera2] = []
+        self.captures = 0
+
+    def fail_capture(self, number: int, error: BaseException) -> None:
+        """The ``number``-th capture (1-based, over all cameras) raises ``error``."""
+        self.fail_at[number] = error
+
+    def camera(self, camera_num: int = 0) -> FakePicamera2:
+        """Use as ``camera_factory`` (or via :meth:`module`)."""
+        cam = FakePicamera2(camera_num, rig=self)
+        self.made.append(cam)
+        return cam
+
+    def module(self) -> types.ModuleType:
+        """A ``picamera2`` module whose ``Picamera2`` opens cameras of this rig."""
+        module = types.ModuleType("picamera2")
+        rig = self
+
+        class Picamera2(FakePicamera2):
+            def __init__(self, camera_num: int = 0) -> None:
+                super().__init__(camera_num, rig=rig)
+                rig.made.append(self)
+
+        module.Picamera2 = Picamera2  # type: ignore[attr-defined]
+        return module
+
+
+class FakePicamera2:
+    """One camera of a :class:`CameraRig`."""
+
+    def __init__(self, camera_num: int = 0, *, rig: CameraRig) -> None:
+        if not 0 <= camera_num < rig.cameras:
+            raise IndexError("list index out of range")
+        self.camera_num = camera_num
+        self._rig = rig
+        self.camera_config: dict[str, Any] | None = None
+        self.started = False
+        self.closed = 0
+        self.stopped = 0
+        self.waits: list[Any] = []
+        self.asked: dict[str, Any] = {}  # the main and controls create_video_configuration got
+
+    def create_video_configuration(self, main: dict[str, Any] | None = None,
+                                   lores: dict[str, Any] | None = None,
+                                   raw: dict[str, Any] | None = None, transform: Any = None,
+                                   colour_space: Any = None, buffer_count: int = 6,
+                                   controls: dict[str, Any] | None = None,
+                                   display: str | None = "main", encode: str | None = "main",
+                                   queue: bool = True, sensor: dict[str, Any] | None = None,
+                                   use_case: str = "video") -> dict[str, Any]:
+        main = dict(main or {})
+        self.asked = {"main": dict(main), "controls": dict(controls or {})}
+        h, w = self._rig.scene.shape[:2]  # picamera2 picks a size when none is asked for
+        return {"use_case": use_case, "buffer_count": buffer_count, "queue": queue,
+                "controls": dict(controls or {}),
+                "main": {"format": main.get("format", "XBGR8888"),
+                         "size": tuple(main.get("size", (w, h)))}}
+
+    def configure(self, camera_config: dict[str, Any]) -> None:
+        if self.started:
+            raise RuntimeError("Camera must be stopped before configuring")
+        self.camera_config = camera_config
+
+    def start(self) -> None:
+        if self.camera_config is None:
+            raise RuntimeError("Camera has not been configured")
+        self.started = True
+
+    def capture_array(self, name: str = "main", wait: Any = None) -> np.ndarray:
+        self.waits.append(wait)
+        if not self.started or self.camera_config is None:
+            raise RuntimeError("Camera is not running")
+        self._rig.captures += 1
+        error = self._rig.fail_at.pop(self._rig.captures, None)
+        if error is not None:
+            raise error
+        stream = self.camera_config[name]
+        w, h = stream["size"]
+        rgb = _resize_nearest(self._rig.scene, w, h)
+        if stream["format"] == "RGB888":
+            return np.ascontiguousarray(rgb[:, :, ::-1])  # B, G, R in memory
+        if stream["format"] == "BGR888":
+            return rgb.copy()
+        raise RuntimeError(f"Format {stream['format']} not supported by the fake")
+
+    def stop(self) -> None:
+        self.stopped += 1
+        self.started = False
+
+    def close(self) -> None:
+        self.closed += 1
+        self.started = False
+
+
+def _resize_nearest(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
+    rows = np.arange(h) * rgb.shape[0] // h
+    cols = np.arange(w) * rgb.shape[1] // w
+    return rgb[rows][:, cols]
