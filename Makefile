@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # System packages the test suite (and later the broker / systemd tests) use.
 SYSTEM_PACKAGES := mosquitto systemd
 
-.PHONY: demo test lint typecheck pytest system-deps model bench clean
+.PHONY: demo test lint typecheck pytest system-deps model bench bench-pipeline clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ model: $(STAMP)
 ## bench: per-stage timings, FP32 vs INT8, and the classical reference pipeline
 bench: $(STAMP)
 	$(BIN)/python -m tools.bench_her2
+
+## bench-pipeline: real-time pipeline throughput, latency, drops, and a 10-minute memory soak
+bench-pipeline: $(STAMP)
+	$(BIN)/python -m tools.bench_pipeline --seconds 30 --soak-seconds 600
 
 clean:
 	rm -rf build var samples .pytest_cache .mypy_cache .ruff_cache

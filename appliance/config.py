@@ -300,6 +300,11 @@ class PipelineConfig:
     metrics_interval_s: float = _f(60.0, "How often the metrics snapshot is logged", lo=1,
                                    hi=86400)
     latency_window: int = _f(512, "Samples kept for the p50/p95 figures", lo=16, hi=100000)
+    model_thread: str = _f(
+        "auto", "Run the model in a thread of its own (yes), or in the preparing thread (no); "
+        "auto = yes with 4 or more CPU cores. On 2 cores 'no' scores as fast with half the "
+        "latency (tools/bench_pipeline.py)", choices=("auto", "yes", "no"),
+    )
 
 
 @dataclass(frozen=True)
@@ -441,6 +446,9 @@ def _cross_checks(cfg: Config) -> None:
             f"{o.objective!r} is neither 'auto' nor one of {', '.join(o.objectives)}",
         )
     _check_source(cfg.source)
+    if cfg.display.sink == "picamera2" and cfg.source.kind != "picamera2":
+        raise ConfigError("display.sink", "picamera2 draws over the Pi camera's own preview: "
+                          f"it needs a picamera2: source, not {cfg.source.uri!r}")
 
 
 def _check_source(src: SourceConfig) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,11 +26,13 @@ from appliance.capture.source import FrameSource
 from appliance.capture.synthetic import SyntheticSource
 from appliance.capture.v4l2 import V4l2Source
 from appliance.config import Config, with_overrides
-from appliance.outputs.display.sinks import open_display
+from appliance.outputs.display.sinks import DisplaySink, open_display
 from appliance.outputs.store import ResultStore
 from appliance.pipeline.engine import Pipeline
+from appliance.service import runner
 from appliance.service.recorder import Recorder
 from tests.fakes.cv2_capture import FakeCamera
+from tests.fakes.picamera2 import CameraRig
 from tests.imagefiles import write_rgb
 from tools.synth.her2_fields import FieldSpec, generate_field
 
@@ -83,12 +86,15 @@ def field_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.parametrize("model_thread", ["yes", "no"])
 def test_replay_reports_each_held_field_once_and_shows_every_frame(
-        tmp_path: Path, assay: Her2Assay, field_folder: Path) -> None:
+        tmp_path: Path, assay: Her2Assay, field_folder: Path, model_thread: str) -> None:
     cfg = config(tmp_path, **{"source.uri": f"replay:{field_folder}", "display.sink": "file",
                               "display.path": str(tmp_path / "live.png"),
-                              "display.file_interval_s": 0.0})
+                              "display.file_interval_s": 0.0,
+                              "pipeline.model_thread": model_thread})
     pipeline = run_pipeline(cfg, assay, lambda: open_source(cfg.source, cfg.input))
+    assert pipeline.model_thread is (model_thread == "yes")
     rows = stored(tmp_path / "results.sqlite")
     assert sorted(Path(f).name for f, _, _ in rows) == ["f0.png", "f1.png", "f2.png", "f3.png"]
     assert dict((Path(f).name, s) for f, _, s in rows)["f3.png"] == "not_scorable"
@@ -134,7 +140,11 @@ class _StopsDuringAnalysis:
 
 
 class _VirtualClock:
-    """Frame times that advance exactly one frame interval per frame, however busy the CPU."""
+    """Frame times that advance exactly one frame interval per frame, however busy the CPU.
+
+    Each wait also sleeps a little real time, so the 10 s hold of the first field lasts
+    4 s of real time: the stop comes while that field is still in view.
+    """
 
     def __init__(self) -> None:
         self.now = time.monotonic() - 1000.0  # in the past: latencies stay positive
@@ -144,6 +154,7 @@ class _VirtualClock:
 
     def sleep(self, seconds: float) -> None:
         self.now += seconds
+        time.sleep(seconds * 0.4)
 
 
 def test_a_stop_during_analysis_still_stores_the_field_in_flight(
@@ -211,3 +222,64 @@ def test_a_camera_that_fails_mid_stream_recovers_and_the_pipeline_goes_on(
     assert snap.frames_captured >= 60  # frames resumed after the fault
     assert snap.source_state in ("streaming", "closed")
     assert len(stored(tmp_path / "results.sqlite")) == 1  # the still field, reported once
+
+
+def test_the_pi_preview_overlay_is_drawn_on_the_open_camera(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`appliance run` with picamera2 source and sink: DRM preview, RGBA annotations over it."""
+    field = generate_field(FieldSpec(seed=990_300, target_score="3+")).image
+    rig = CameraRig(field)
+    monkeypatch.setitem(sys.modules, "picamera2", rig.module())
+    cfg = config(tmp_path, **{"source.uri": "picamera2:0", "display.sink": "picamera2"})
+    stop = threading.Event()
+
+    def stop_when_drawn() -> None:
+        for _ in range(int(WAIT_S / 0.1)):
+            if rig.made and len(rig.made[-1].overlays) >= 2:
+                break
+            time.sleep(0.1)
+        stop.set()
+
+    watcher = threading.Thread(target=stop_when_drawn)
+    watcher.start()
+    runner.run(cfg, stop=stop, out=io.StringIO())
+    watcher.join()
+    camera = rig.made[-1]
+    assert camera.preview is not None and camera.preview.name == "DRM"
+    overlay = camera.overlays[-1]
+    assert overlay.shape[2] == 4 and overlay.dtype == np.uint8
+    alpha = overlay[:, :, 3]
+    assert 0 < np.count_nonzero(alpha) < alpha.size  # annotations, transparent elsewhere
+
+
+class _BrokenScreen:
+    """A display whose every picture fails, as an unplugged HDMI output might."""
+
+    size = None
+    annotations_only = False
+    wants_quit = False
+
+    def show(self, picture: np.ndarray) -> None:
+        raise OSError("HDMI output gone")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failing_display_never_stops_the_scoring(
+        tmp_path: Path, assay: Her2Assay, field_folder: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config(tmp_path, **{"source.uri": f"replay:{field_folder}"})
+    with ResultStore(cfg.store.path) as store:
+        recorder = Recorder(store=store, config_sha256=cfg.sha256(), overlay_dir=None,
+                            out=io.StringIO())
+        broken: Callable[[], DisplaySink] = _BrokenScreen  # type: ignore[assignment]
+        pipeline = Pipeline(cfg, assay=assay, recorder=recorder, display=broken,
+                            open_source=lambda: open_source(cfg.source, cfg.input),
+                            stop=threading.Event())
+        pipeline.start()
+        assert pipeline.wait(timeout=WAIT_S)
+    assert pipeline.fatal is None
+    assert len(stored(tmp_path / "results.sqlite")) == 4
+    assert pipeline.snapshot().frames_dropped.get("display_error", 0) > 1
+    assert sum("HDMI output gone" in r.getMessage() for r in caplog.records) == 1  # once

@@ -59,3 +59,16 @@ def test_close_wakes_a_producer_waiting_for_room() -> None:
     slot.close()
     producer.join(timeout=10)
     assert results == [False]
+
+
+def test_wait_for_room_returns_once_the_item_is_taken_or_the_slot_closes() -> None:
+    slot: Slot[int] = Slot("finish")
+    assert slot.wait_for_room()  # empty: at once
+    slot.put(1, replace=False)
+    taker = threading.Timer(0.05, slot.get)
+    taker.start()
+    assert slot.wait_for_room()  # returns when the consumer has taken it
+    taker.join()
+    slot.put(2, replace=False)
+    threading.Timer(0.05, slot.close).start()
+    assert not slot.wait_for_room()  # closed while full: no room will ever come

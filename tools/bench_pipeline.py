@@ -17,8 +17,8 @@ one machine. On generated 1280x960 camera fields (JPEG), INT8, ONNX Runtime CPU:
    pathologist looking): capture fps, processed fps, capture→result latency
    against model time + one frame interval, frames dropped by stage, fields
    reported, with the display composing to an offscreen screen (pygame) or a file.
-5. Soak: 4. for ``--soak-seconds``: resident memory every few seconds, its
-   steady level and its growth.
+5. Soak (run first, in a fresh process): 4. for ``--soak-seconds``; resident
+   memory every few seconds, its steady level and its growth.
 """
 
 from __future__ import annotations
@@ -202,18 +202,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = [p for _, p in bench_fields(args.fields)]
     folder = paths[0].parent
     tmp = Path(tempfile.mkdtemp(prefix="eyepiece-bench-pipeline-"))
+    rss: list[tuple[float, float]] = []
+    soak = None
+    if args.soak_seconds > 0:  # first, so its memory figures carry nothing of the other parts
+        rss.append((0.0, rss_mb() or float("nan")))
+        soak = run_pipeline(_pipeline_cfg(base, folder, tmp / "soak", fps=30, hold_s=args.hold,
+                                          display=_display_kind()),
+                            args.soak_seconds, "soak, 30 fps", rss_log=rss)
     alone = bench_model_and_sequential(base, _frames(paths, base), args.seconds)
     full = run_pipeline(_pipeline_cfg(base, folder, tmp / "full", fps=0, hold_s=0,
                                       display="none"), args.seconds, "pipeline, full speed")
     live_cfg = _pipeline_cfg(base, folder, tmp / "live", fps=30, hold_s=args.hold,
                              display=_display_kind())
     live = run_pipeline(live_cfg, args.seconds, "pipeline, 30 fps")
-    rss: list[tuple[float, float]] = []
-    soak = None
-    if args.soak_seconds > 0:
-        soak = run_pipeline(_pipeline_cfg(base, folder, tmp / "soak", fps=30, hold_s=args.hold,
-                                          display=_display_kind()),
-                            args.soak_seconds, "soak, 30 fps", rss_log=rss)
     report = _report(alone, full, live, soak, rss, live_cfg, args)
     (args.out / "bench_pipeline.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     plot(report, rss, args.out / "bench_pipeline.png")

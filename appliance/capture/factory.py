@@ -13,8 +13,11 @@ from appliance.capture.v4l2 import V4l2Source
 from appliance.config import SOURCE_KINDS, InputConfig, SourceConfig
 
 
-def open_source(cfg: SourceConfig, input_cfg: InputConfig) -> FrameSource:
+def open_source(cfg: SourceConfig, input_cfg: InputConfig, *,
+                camera_preview: bool = False) -> FrameSource:
     """Build (not yet open) the source of ``cfg.uri``; SourceError for a bad URI.
+
+    ``camera_preview`` starts picamera2's DRM preview (for the picamera2 display sink).
 
     The caller (normally :class:`~appliance.capture.supervisor.CaptureSupervisor`)
     calls ``open()``; sources accept a second ``open()`` as a no-op.
@@ -37,7 +40,7 @@ def open_source(cfg: SourceConfig, input_cfg: InputConfig) -> FrameSource:
     if kind == "picamera2":
         return Picamera2Source(_number(cfg.uri, target, "a camera index"), width=cfg.width,
                                height=cfg.height, fps=cfg.fps,
-                               read_timeout_s=cfg.read_timeout_s)
+                               read_timeout_s=cfg.read_timeout_s, preview=camera_preview)
     raise SourceError(f"source {cfg.uri!r}: unknown kind {kind!r}; expected one of "
                       f"{', '.join(k + ':' for k in SOURCE_KINDS)}")
 

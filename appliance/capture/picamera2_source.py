@@ -28,7 +28,7 @@ class Picamera2Source:
     """A Pi camera read with picamera2's ``capture_array`` from the main stream."""
 
     def __init__(self, camera_index: int = 0, *, width: int = 0, height: int = 0,
-                 fps: float = 0.0, read_timeout_s: float = 2.0,
+                 fps: float = 0.0, read_timeout_s: float = 2.0, preview: bool = False,
                  camera_factory: Callable[[int], Any] | None = None) -> None:
         if camera_index < 0:
             raise SourceError(f"picamera2 source: camera index {camera_index} is negative")
@@ -41,6 +41,7 @@ class Picamera2Source:
         self.source_id = f"picamera2:{camera_index}"
         self.width, self.height, self.fps = width, height, fps
         self.read_timeout_s = read_timeout_s
+        self.preview = preview  # run picamera2's DRM preview (the picamera2 display sink)
         self._factory = camera_factory
         self._camera: Any = None
         self._seq = 0
@@ -62,6 +63,10 @@ class Picamera2Source:
             ) from exc
         try:
             camera.configure(camera.create_video_configuration(**self._configuration()))
+            if self.preview:
+                # The camera picture goes to HDMI through DRM; the display sink only adds
+                # the annotations with set_overlay.
+                camera.start_preview(_drm_preview())
             camera.start()
         except Exception as exc:
             _close_quietly(camera, self.source_id)
@@ -69,6 +74,11 @@ class Picamera2Source:
                 f"cannot start camera {self.camera_index} ({type(exc).__name__}: {exc})"
             ) from exc
         self._camera = camera
+
+    @property
+    def camera(self) -> Any:
+        """The open Picamera2 object (None when closed): the picamera2 display sink's target."""
+        return self._camera
 
     def read(self) -> Frame:
         """The next frame in RGB; SourceFault when the camera gives none."""
@@ -110,6 +120,15 @@ def _picamera2_class() -> Callable[[int], Any]:
         raise SourceError(INSTALL_HINT) from exc
     camera_class: Callable[[int], Any] = picamera2.Picamera2
     return camera_class
+
+
+def _drm_preview() -> Any:
+    """picamera2's DRM preview kind (full screen on HDMI, no X server)."""
+    try:
+        from picamera2 import Preview
+    except ImportError as exc:
+        raise SourceError(INSTALL_HINT) from exc
+    return Preview.DRM
 
 
 def _rgb888_to_rgb(array: Any, where: str) -> np.ndarray:

@@ -306,12 +306,14 @@ def draw_glyphs(canvas: np.ndarray, glyphs: Sequence[Glyphs], *,
 # ---------------------------------------------------------------- cells
 
 
-def _check_image(image: np.ndarray) -> None:
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"overlay image must be (H, W, 3) uint8 RGB, got {image.shape} "
+def check_rgb(image: np.ndarray, what: str = "overlay image", channels: int = 3) -> None:
+    """Raise ValueError (naming ``what``) unless ``image`` is non-empty (H, W, channels) uint8."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != channels:
+        kind = "RGB" if channels == 3 else "RGBA"
+        raise ValueError(f"{what} must be (H, W, {channels}) uint8 {kind}, got {image.shape} "
                          f"{image.dtype}")
     if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"overlay image is empty: {image.shape}")
+        raise ValueError(f"{what} is empty: {image.shape}")
 
 
 def outline_thickness(width: int) -> int:
@@ -406,7 +408,7 @@ def render_overlay(image: np.ndarray, result: FieldResult) -> np.ndarray:
 
     Returns a new RGB uint8 array, as wide as ``image`` and taller by the banner.
     """
-    _check_image(image)
+    check_rgb(image)
     h, w = image.shape[:2]
     style = Style.for_size(w, h)
     glyphs, banner_h = layout_rows(banner_rows(result), style, w)
@@ -423,7 +425,7 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
 
     A reader never sees a half-written picture, even if the box loses power.
     """
-    _check_image(rgb)
+    check_rgb(rgb)
     target = Path(path)
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:

@@ -7,10 +7,12 @@
 - **capture** reads the camera through the supervisor (reconnects with back-off),
   runs the cheap stillness tracker on every frame and keeps only the newest frame
   for analysis (drop-oldest, counted): the camera never waits.
-- **prepare / model / finish** are the assay's three steps, each in its own
-  thread, so while the model runs on one frame the next is being prepared and the
-  previous one measured. Between them a slot waits for room: work already done is
-  not thrown away.
+- **prepare / model / finish** are the assay's three steps. With four cores or
+  more each has its own thread, so while the model runs on one frame the next is
+  being prepared and the previous one measured; on two cores prepare and model
+  share one thread (``pipeline.model_thread``). Between them a slot waits for
+  room: work already done is not thrown away, and a stage takes the newest frame
+  only when the next one can take its result.
 - **finish** also applies the report-once policy: only still, sharp fields go to
   the **recorder**, which stores them (first), writes their overlay PNG and prints them.
 - **display** composes the newest frame with the latest result at up to
@@ -24,6 +26,7 @@ result already decided before it exits. No result in flight is lost.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -38,7 +41,7 @@ from appliance.assays.her2.types import FieldResult
 from appliance.capture.source import FrameSource, RejectedFrame, SourceError, SourceState
 from appliance.capture.supervisor import CaptureSupervisor
 from appliance.config import Config
-from appliance.outputs.display import LiveComposer, LiveStatus, show_live
+from appliance.outputs.display import DisplayError, LiveComposer, LiveStatus, show_live
 from appliance.outputs.display.sinks import DisplaySink
 from appliance.pipeline.field_memory import FieldMemory
 from appliance.pipeline.metrics import MetricsSnapshot, PipelineMetrics
@@ -80,6 +83,7 @@ class Pipeline:
         self.recorder = recorder
         self.stop_event = stop
         self.metrics = PipelineMetrics(cfg.pipeline.latency_window)
+        self.model_thread = _wants_model_thread(cfg.pipeline.model_thread)
         self._open_source = open_source
         self._display_factory = display
         self._tracker = StillnessTracker(cfg.stability)
@@ -93,7 +97,7 @@ class Pipeline:
         self._source_state = (SourceState.OPENING, "")
         self._supervisor: CaptureSupervisor | None = None
         self._scale_memo: tuple[int | None, ScaleInfo] | None = None  # prepare thread only
-        self._started_at = time.monotonic()
+        self._display_errors: set[str] = set()  # display thread only
         self.fatal: BaseException | None = None  # what ended the pipeline, if not a stop
         self._lock = threading.Lock()
 
@@ -101,12 +105,15 @@ class Pipeline:
 
     def start(self) -> None:
         """Start the threads: the consumers first, so no early frame waits for them."""
-        self._started_at = time.monotonic()
         self._spawn("recorder", self._record_loop)
         self._spawn("finish", lambda: self._stage("finish", self._finish, None))
-        self._spawn("model", lambda: self._stage("model", self._model, "finish"))
-        self._spawn("prepare", lambda: self._stage("prepare", self._prepare, "model",
-                                                   inbox="analysis"))
+        if self.model_thread:
+            self._spawn("model", lambda: self._stage("model", self._model, "finish"))
+            self._spawn("prepare", lambda: self._stage("prepare", self._prepare, "model",
+                                                       inbox="analysis"))
+        else:
+            self._spawn("prepare", lambda: self._stage("prepare+model", self._prepare_and_model,
+                                                       "finish", inbox="analysis"))
         if self._display_factory is not None:
             self._spawn("display", self._display_loop)
         self._spawn("capture", self._capture_loop)
@@ -141,8 +148,8 @@ class Pipeline:
         def run() -> None:
             try:
                 target()
-            except SourceError as exc:  # a set-up problem: retrying cannot help
-                _log.error("source: %s", exc)
+            except (SourceError, DisplayError) as exc:  # set-up: retrying cannot help
+                _log.error("%s: %s", name, exc)
                 self.fatal = exc
                 self.stop_event.set()
             except Exception as exc:  # a bug: stop cleanly so systemd restarts us
@@ -154,7 +161,11 @@ class Pipeline:
     # ------------------------------------------------------------ capture
 
     def _capture_loop(self) -> None:
-        analysis, display = self._slots["analysis"], self._slots["display"]
+        analysis = self._slots["analysis"]
+        display = self._slots["display"] if self._display_factory is not None else None
+        # A replay "as fast as the pipeline goes" waits for the analysis instead of
+        # dropping frames: every replayed frame is analysed. A camera never waits.
+        lossless = self.cfg.source.kind in ("replay", "synthetic") and self.cfg.source.fps == 0
         sup = CaptureSupervisor(
             self._open_source, stop=self.stop_event,
             reconnect_min_s=self.cfg.source.reconnect_min_s,
@@ -168,14 +179,19 @@ class Pipeline:
                     continue
                 self.metrics.frame_captured(item.timestamp)
                 tracked = Tracked(item, self._tracker.update(item.image, item.timestamp))
-                for slot, stage in ((analysis, "analysis"), (display, "display")):
-                    before = slot.dropped
-                    slot.put(tracked, replace=True)
-                    if slot.dropped > before:
-                        self.metrics.frame_dropped(stage)
+                self._hand_over(analysis, tracked, replace=not lossless)
+                if display is not None:
+                    self._hand_over(display, tracked, replace=True)
         finally:
             analysis.close()
-            display.close()
+            if display is not None:
+                display.close()
+
+    def _hand_over(self, slot: Slot[Any], tracked: Tracked, *, replace: bool) -> None:
+        before = slot.dropped
+        slot.put(tracked, replace=replace)
+        if slot.dropped > before:
+            self.metrics.frame_dropped(slot.name)
 
     def _on_source_state(self, state: SourceState, reason: str) -> None:
         self._source_state = (state, reason)
@@ -195,7 +211,9 @@ class Pipeline:
         src = self._slots[inbox or name]
         dst = self._slots[outbox] if outbox else None
         try:
-            while (item := src.get()) is not END:
+            # Just in time: take the newest frame only once the next stage can take the
+            # result, so no finished work waits (and ages) in front of a busy stage.
+            while (dst is None or dst.wait_for_room()) and (item := src.get()) is not END:
                 job = item if isinstance(item, _Job) else _Job(tracked=_tracked(item))
                 t0 = time.perf_counter()
                 work(job)
@@ -203,10 +221,18 @@ class Pipeline:
                 if dst is not None:
                     dst.put(job, replace=False)
         finally:
+            src.close()  # if this stage died, the one before must not wait for it forever
             if dst is not None:
                 dst.close()
             else:
                 self._records.put(END)
+
+    def _prepare_and_model(self, job: _Job) -> None:
+        """Both steps in one thread (two cores: see ``pipeline.model_thread``)."""
+        self._prepare(job)
+        t0 = time.perf_counter()
+        self._model(job)
+        self.metrics.stage_time("model", (time.perf_counter() - t0) * 1000.0)
 
     def _prepare(self, job: _Job) -> None:
         frame, still_id = job.tracked.frame, job.tracked.view.still_id
@@ -293,13 +319,26 @@ class Pipeline:
                     continue
                 last_shown = now
                 t0 = time.perf_counter()
-                self._show(sink, composer, tracked)
+                try:
+                    self._show(sink, composer, tracked)
+                except Exception as exc:  # a screen problem must never stop the scoring
+                    self._display_failed(exc)
+                    continue
                 self.metrics.stage_time("display", (time.perf_counter() - t0) * 1000.0)
                 if sink.wants_quit:
                     _log.info("display closed by the user: stopping")
                     self.stop_event.set()
         finally:
             sink.close()
+
+    def _display_failed(self, exc: Exception) -> None:
+        """Count a failed picture; log each kind of failure once, in full."""
+        self.metrics.frame_dropped("display_error")
+        kind = type(exc).__name__
+        if kind not in self._display_errors:
+            self._display_errors.add(kind)
+            _log.error("display: a picture could not be shown (%s); scoring goes on, "
+                       "further %s errors are only counted", exc, kind, exc_info=exc)
 
     def _show(self, sink: DisplaySink, composer: LiveComposer, tracked: Tracked | None) -> None:
         with self._lock:
@@ -335,3 +374,16 @@ def _tracked(item: object) -> Tracked:
     """A slot item known to be a tracked frame (the slots carry Any between stages)."""
     assert isinstance(item, Tracked), f"expected a tracked frame, got {item!r}"
     return item
+
+
+def _wants_model_thread(setting: str) -> bool:
+    """Whether the model gets a thread of its own.
+
+    On two cores, three busy analysis threads (prepare, model, finish) only queue
+    frames in front of each other: measured, throughput is no better and latency a
+    third of the frames longer than with prepare and model sharing one thread. With
+    four cores or more (or an accelerator doing the model), the model thread pays.
+    """
+    if setting == "auto":
+        return (os.cpu_count() or 1) >= 4
+    return setting == "yes"

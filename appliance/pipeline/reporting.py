@@ -45,7 +45,6 @@ class ReportPolicy:
 
     def __init__(self, memory: FieldMemory) -> None:
         self.memory = memory
-        self._known_still_ids: dict[int, bool] = {}  # still period → reported or recognised
 
     def consider(self, tracked: Tracked, result: FieldResult) -> ReportDecision | None:
         """The decision for one result; remembers what is reported."""
@@ -56,14 +55,7 @@ class ReportPolicy:
         if decision.report:
             key = field_key(tracked.frame)
             self.memory.remember(key, view.still_id, view.fingerprint, result.scored)
-        self._known_still_ids[view.still_id] = True
-        if len(self._known_still_ids) > 4 * self.memory.capacity:
-            self._known_still_ids.pop(next(iter(self._known_still_ids)))
         return decision
-
-    def field_known(self, still_id: int | None) -> bool:
-        """Whether the still period ``still_id`` is reported (or was already reported)."""
-        return still_id is not None and still_id in self._known_still_ids
 
 
 def field_key(frame: Frame) -> str:

@@ -53,6 +53,12 @@ class Slot(Generic[T]):
             self._cond.notify_all()
             return True
 
+    def wait_for_room(self) -> bool:
+        """Block until the slot is empty (the consumer took the last item); False if closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._full or self._closed)
+            return not self._closed
+
     def get(self, timeout: float | None = None) -> T | _End | None:
         """The item; END once closed and empty; None when ``timeout`` passes first."""
         with self._cond:

@@ -17,6 +17,7 @@ from typing import TextIO
 
 from appliance.assays.her2.assay import Her2Assay
 from appliance.capture.factory import open_source
+from appliance.capture.source import FrameSource
 from appliance.config import Config
 from appliance.outputs.display.sinks import DisplaySink, open_display
 from appliance.outputs.store import ResultStore
@@ -40,9 +41,9 @@ def run(cfg: Config, *, stop: threading.Event, out: TextIO) -> dict[str, int]:
             store=store, config_sha256=cfg.sha256(),
             overlay_dir=Path(cfg.overlay.dir) if cfg.overlay.enabled else None, out=out,
         )
-        pipeline = Pipeline(cfg, assay=assay, open_source=lambda: open_source(cfg.source,
-                                                                               cfg.input),
-                            recorder=recorder, display=_display_factory(cfg), stop=stop)
+        sources = _SourceKeeper(cfg)
+        pipeline = Pipeline(cfg, assay=assay, open_source=sources.new, recorder=recorder,
+                            display=_display_factory(cfg, sources), stop=stop)
         _log.info("scoring %s from %s with %s (%s), display %s", cfg.assay, cfg.source.uri,
                   assay.model.name, assay.model.precision, cfg.display.sink)
         pipeline.start()
@@ -54,10 +55,35 @@ def run(cfg: Config, *, stop: threading.Event, out: TextIO) -> dict[str, int]:
         return recorder.counts
 
 
-def _display_factory(cfg: Config) -> Callable[[], DisplaySink] | None:
+class _SourceKeeper:
+    """Builds the configured source (again after each fault) and remembers the newest.
+
+    The picamera2 display sink draws on the camera the source has open, which is a
+    new object after every reconnect.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+        self.current: FrameSource | None = None
+
+    def new(self) -> FrameSource:
+        self.current = open_source(self._cfg.source, self._cfg.input,
+                                   camera_preview=self._cfg.display.sink == "picamera2")
+        return self.current
+
+    def set_overlay(self, overlay: object) -> None:
+        """Forward to the open picamera2 camera (the display sink calls this)."""
+        camera = getattr(self.current, "camera", None)
+        if camera is None:
+            raise RuntimeError("the camera is not open (reconnecting)")
+        camera.set_overlay(overlay)
+
+
+def _display_factory(cfg: Config, sources: _SourceKeeper) -> Callable[[], DisplaySink] | None:
     if cfg.display.sink == "none":
         return None
-    return lambda: open_display(cfg.display)
+    picam2 = sources if cfg.display.sink == "picamera2" else None
+    return lambda: open_display(cfg.display, picam2=picam2)
 
 
 def _wait(pipeline: Pipeline, stop: threading.Event, metrics_interval_s: float) -> None:

@@ -15,6 +15,7 @@ told to raise mid-stream; :meth:`CameraRig.module` builds a module object to put
 
 from __future__ import annotations
 
+import enum
 import types
 from typing import Any
 
@@ -52,7 +53,17 @@ class CameraRig:
                 rig.made.append(self)
 
         module.Picamera2 = Picamera2  # type: ignore[attr-defined]
+        module.Preview = Preview  # type: ignore[attr-defined]
         return module
+
+
+class Preview(enum.Enum):
+    """picamera2's preview kinds."""
+
+    NULL = 0
+    DRM = 1
+    QT = 2
+    QTGL = 3
 
 
 class FakePicamera2:
@@ -69,6 +80,8 @@ class FakePicamera2:
         self.stopped = 0
         self.waits: list[Any] = []
         self.asked: dict[str, Any] = {}  # the main and controls create_video_configuration got
+        self.preview: Any = None
+        self.overlays: list[np.ndarray] = []
 
     def create_video_configuration(self, main: dict[str, Any] | None = None,
                                    lores: dict[str, Any] | None = None,
@@ -90,6 +103,19 @@ class FakePicamera2:
         if self.started:
             raise RuntimeError("Camera must be stopped before configuring")
         self.camera_config = camera_config
+
+    def start_preview(self, preview: Any = None, **kwargs: Any) -> None:
+        if self.preview is not None:
+            raise RuntimeError("An event loop is already running")
+        self.preview = preview
+
+    def set_overlay(self, overlay: np.ndarray | None) -> None:
+        if self.preview is None:
+            raise RuntimeError("Preview window has not been started")  # nothing to draw on
+        if overlay is not None:
+            if overlay.ndim != 3 or overlay.shape[2] != 4 or overlay.dtype != np.uint8:
+                raise RuntimeError("Overlay must be a 4-channel uint8 array")
+            self.overlays.append(overlay.copy())
 
     def start(self) -> None:
         if self.camera_config is None:

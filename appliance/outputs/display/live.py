@@ -44,6 +44,7 @@ from appliance.outputs.overlay import (
     Style,
     ascii_text,
     cell_outlines,
+    check_rgb,
     draw_glyphs,
     draw_outlines,
     headline_rows,
@@ -368,14 +369,6 @@ class _Lru(Generic[_K, _V]):
             self._items.popitem(last=False)
 
 
-def _check_frame(frame: np.ndarray) -> None:
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"live frame must be (H, W, 3) uint8 RGB, got {frame.shape} "
-                         f"{frame.dtype}")
-    if frame.shape[0] < 1 or frame.shape[1] < 1:
-        raise ValueError(f"live frame is empty: {frame.shape}")
-
-
 def _draws_cells(result: FieldResult | None, status: LiveStatus, show_cells: bool) -> bool:
     # Only the field the result was computed on, and only while it holds still.
     return show_cells and _shows_result(result, status) and status.stage == "stable"
@@ -406,7 +399,7 @@ class LiveComposer:
                 show_cells: bool = True) -> np.ndarray:
         """The live picture: RGB uint8 of ``size`` (None: the frame's size plus the panel)."""
         if frame is not None:
-            _check_frame(frame)
+            check_rgb(frame, "live frame")
         frame_size = None if frame is None else (frame.shape[1], frame.shape[0])
         layout = live_layout(frame_size, None if size is None else _check_size(size))
         w, h = layout.size

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from appliance.config import DisplayConfig
+from appliance.outputs import overlay
 
 _log = logging.getLogger(__name__)
 
@@ -94,12 +95,7 @@ class ErrorTally:
 
 def check_rgb(picture: np.ndarray, channels: int = 3) -> None:
     """Raise ValueError unless ``picture`` is a non-empty (H, W, channels) uint8 array."""
-    if picture.dtype != np.uint8 or picture.ndim != 3 or picture.shape[2] != channels:
-        kind = "RGB" if channels == 3 else "RGBA"
-        raise ValueError(f"display picture must be (H, W, {channels}) uint8 {kind}, got "
-                         f"{picture.shape} {picture.dtype}")
-    if picture.shape[0] < 1 or picture.shape[1] < 1:
-        raise ValueError(f"display picture is empty: {picture.shape}")
+    overlay.check_rgb(picture, "display picture", channels)
 
 
 _S = TypeVar("_S", bound="SinkBase")
