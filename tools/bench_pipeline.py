@@ -49,6 +49,8 @@ from appliance.service.recorder import Recorder
 from tools.bench_her2 import bench_fields
 
 RSS_EVERY_S = 5.0
+# Caches, the field memory and the allocator's arenas fill during the first minutes.
+SOAK_WARMUP_S = 120.0
 
 
 def _frames(paths: Sequence[Path], cfg: Config) -> list[Frame]:
@@ -145,14 +147,21 @@ def _summary(snap: MetricsSnapshot) -> dict[str, Any]:
 
 
 def _steady_and_growth(rss: list[tuple[float, float]], warmup_s: float) -> dict[str, float]:
-    after = [(t, m) for t, m in rss if t >= warmup_s] or rss
-    if len(after) < 2:
-        return {"steady_mb": after[0][1] if after else float("nan"), "growth_mb": 0.0,
-                "growth_mb_per_hour": 0.0}
+    """Steady memory after the warm-up, and its growth: first vs last minute, and a slope.
+
+    Medians of whole minutes, not single samples: RSS swings by tens of MB as frames and
+    arenas come and go, and two single samples would read that as growth or shrinkage.
+    """
+    after = [(t, m) for t, m in rss if t >= warmup_s]
+    if len(after) < 4:
+        return {"steady_mb": float("nan"), "growth_mb": float("nan"),
+                "growth_mb_per_hour": float("nan")}
     t = np.array([a for a, _ in after])
     m = np.array([b for _, b in after])
-    slope = float(np.polyfit(t, m, 1)[0])  # MB per second, least squares: robust to jitter
-    return {"steady_mb": float(np.median(m)), "growth_mb": float(m[-1] - m[0]),
+    first = float(np.median(m[t < t[0] + 60.0]))
+    last = float(np.median(m[t > t[-1] - 60.0]))
+    slope = float(np.polyfit(t, m, 1)[0])  # MB per second, least squares
+    return {"steady_mb": float(np.median(m)), "growth_mb": last - first,
             "growth_mb_per_hour": slope * 3600.0}
 
 
@@ -245,7 +254,7 @@ def _report(alone: dict[str, Any], full: MetricsSnapshot, live: MetricsSnapshot,
                               "whole_field_ms": alone["sequential_scale_reused_ms"]},
         "alone": alone, "full_speed": _summary(full), "camera_30fps": _summary(live),
         "soak": None if soak is None else {**_summary(soak), "seconds": args.soak_seconds,
-                                           **_steady_and_growth(rss, warmup_s=60.0)},
+                                           **_steady_and_growth(rss, warmup_s=SOAK_WARMUP_S)},
         "rss_samples": rss,
     }
 
@@ -264,8 +273,9 @@ def _print(report: dict[str, Any]) -> None:
           f"reported {live.get('fields_reported')}")
     if report["soak"]:
         s = report["soak"]
-        print(f"soak {s['seconds']:.0f} s: steady RSS {s['steady_mb']:.0f} MB, growth "
-              f"{s['growth_mb']:+.1f} MB ({s['growth_mb_per_hour']:+.1f} MB/h by least squares)")
+        print(f"soak {s['seconds']:.0f} s: steady RSS {s['steady_mb']:.0f} MB after "
+              f"{SOAK_WARMUP_S:.0f} s, growth first to last minute {s['growth_mb']:+.1f} MB "
+              f"({s['growth_mb_per_hour']:+.1f} MB/h by least squares)")
 
 
 if __name__ == "__main__":
