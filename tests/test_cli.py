@@ -168,3 +168,12 @@ def test_tampered_or_missing_model_is_refused(tmp_path: Path, good_field: Path,
     assert proc.returncode == 3
     assert ("does not match its manifest" if damage == "tampered" else "missing") in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_source_that_cannot_work_here_exits_2_with_the_reason(tmp_path: Path) -> None:
+    # PyPI's OpenCV has no GStreamer: a set-up problem, not a camera fault to retry.
+    proc = appliance("run", "--source", "gstreamer:videotestsrc ! appsink", "--display", "none",
+                     "--store", str(tmp_path / "r.sqlite"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "GStreamer" in proc.stderr and "JetPack" in proc.stderr
+    assert "Traceback" not in proc.stderr
