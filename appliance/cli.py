@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--loop", action="store_true", default=None, help="source.loop")
     rn.add_argument("--hold", type=float, help="source.hold_s: seconds each replayed still stays "
                     "in view")
+    rn.add_argument("--mqtt", metavar="URL", help="mqtt.url: mqtt://HOST[:PORT] or "
+                    "mqtts://HOST[:PORT] (TLS)")
+    rn.add_argument("--device-id", help="mqtt.device_id (default: the host name)")
     rn.add_argument("--display", choices=("kmsdrm", "window", "offscreen", "picamera2", "file",
                                           "none"), help="display.sink")
     _common(rn)
@@ -86,7 +89,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "threads": "inference.threads", "objective": "optics.objective",
         "um_per_px": "optics.um_per_px", "log_level": "logging.level", "source": "source.uri",
         "fps": "source.fps", "loop": "source.loop", "hold": "source.hold_s",
-        "display": "display.sink", "assay": "assay",
+        "display": "display.sink", "assay": "assay", "mqtt": "mqtt.url",
+        "device_id": "mqtt.device_id",
     }
     return {key: getattr(args, name) for name, key in mapping.items()
             if getattr(args, name, None) is not None}

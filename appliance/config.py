@@ -308,6 +308,56 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class MqttConfig:
+    url: str = _f(
+        "", "Broker: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS); empty = no MQTT (results "
+        "stay in the local store)",
+    )
+    device_id: str = _f("", "This box's id in topics and payloads; empty = the host name")
+    topic_prefix: str = _f(
+        "eyepiece/{device_id}/", "Prefix of every topic; {device_id} is replaced"
+    )
+    protocol: str = _f(
+        "5", "MQTT protocol version. 5 by default: a broker that refuses a message (ACL) "
+        "says so in the PUBACK, where 3.1.1 acknowledges it and drops it",
+        choices=("3.1.1", "5"),
+    )
+    keepalive_s: int = _f(30, "MQTT keepalive; the broker declares the box offline after "
+                          "1.5x this without a packet", lo=5, hi=3600)
+    tls_ca: str = _f("", "CA certificate file (mqtts://); empty = the system's CAs")
+    tls_cert: str = _f("", "Client certificate file (mutual TLS); empty = none")
+    tls_key: str = _f("", "Client private key file (mutual TLS); empty = none")
+    username: str = _f("", "Broker user name; empty = anonymous")
+    password_file: str = _f(
+        "", "File holding the broker password (e.g. a systemd credential); never logged"
+    )
+    password_env: str = _f(
+        "EYEPIECE_MQTT_PASSWORD", "Environment variable holding the broker password when "
+        "password_file is empty; never logged",
+    )
+    metrics_interval_s: float = _f(10.0, "How often metrics are published", lo=1, hi=3600)
+    replay_rate_per_s: float = _f(
+        50.0, "Backlog messages sent per second after a reconnect (live results keep flowing)",
+        lo=1, hi=10000,
+    )
+    max_in_flight: int = _f(20, "Messages sent but not yet acknowledged (PUBACK)", lo=1,
+                            hi=1000)
+    outbox_max_messages: int = _f(
+        200000, "Most unsent messages kept on disk; beyond it the oldest are dropped and "
+        "recorded", lo=10, hi=100000000,
+    )
+    outbox_warn_fraction: float = _f(
+        0.5, "Outbox fill at which health turns degraded (long before anything is dropped)",
+        lo=0.01, hi=1,
+    )
+    max_command_bytes: int = _f(16384, "Larger command payloads are refused", lo=256,
+                                hi=1048576)
+    case_salt_file: str = _f(
+        "", "Per-site secret to hash case ids with; empty = case ids must already be opaque"
+    )
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = _f("INFO", "Log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -325,6 +375,7 @@ class Config:
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def models_path(self) -> Path:
@@ -446,9 +497,25 @@ def _cross_checks(cfg: Config) -> None:
             f"{o.objective!r} is neither 'auto' nor one of {', '.join(o.objectives)}",
         )
     _check_source(cfg.source)
+    _check_mqtt(cfg.mqtt)
     if cfg.display.sink == "picamera2" and cfg.source.kind != "picamera2":
         raise ConfigError("display.sink", "picamera2 draws over the Pi camera's own preview: "
                           f"it needs a picamera2: source, not {cfg.source.uri!r}")
+
+
+def _check_mqtt(m: MqttConfig) -> None:
+    if m.url and not (m.url.startswith("mqtt://") or m.url.startswith("mqtts://")):
+        raise ConfigError("mqtt.url", f"{m.url!r}: expected mqtt://HOST[:PORT] or "
+                          "mqtts://HOST[:PORT]")
+    if bool(m.tls_cert) != bool(m.tls_key):
+        raise ConfigError("mqtt.tls_key", "set tls_cert and tls_key together (mutual TLS)")
+    if "{device_id}" not in m.topic_prefix and not m.device_id:
+        raise ConfigError("mqtt.topic_prefix", "must contain {device_id} unless device_id is "
+                          "set: two boxes would publish under one prefix")
+    bad = set(m.device_id) & set("+#/ ")
+    if bad:
+        raise ConfigError("mqtt.device_id", f"{m.device_id!r} contains {''.join(sorted(bad))!r}, "
+                          "not allowed in an MQTT topic level")
 
 
 def _check_source(src: SourceConfig) -> None:

@@ -159,9 +159,10 @@ class _VirtualClock:
 
 def test_a_stop_during_analysis_still_stores_the_field_in_flight(
         tmp_path: Path, assay: Her2Assay, field_folder: Path) -> None:
-    # The first field is held still from frame 1; at 20 fps it is stable from frame 21 on.
+    # The first field is held still from frame 1; at 20 fps it is stable from frame 21 on
+    # (1.0 s later; 0.975 keeps float rounding of the frame times off the boundary).
     cfg = config(tmp_path, **{"source.uri": f"replay:{field_folder}",
-                              "stability.stable_s": 1.0})
+                              "stability.stable_s": 0.975})
     clock = _VirtualClock()
     stop = threading.Event()
     proxy = _StopsDuringAnalysis(assay, stop, from_seq=21)

@@ -1,4 +1,7 @@
-"""The SQLite results store: durability, the full-disk backlog, migrations, lifecycle."""
+"""The SQLite results store: durability, the full-disk backlog, migrations, lifecycle.
+
+The outbox that shares the store's database is tested in test_outbox.py.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from appliance.assays.her2.types import (
     Score,
 )
 from appliance.outputs import store as store_module
+from appliance.outputs.outbox import Outbox
 from appliance.outputs.store import SCHEMA_VERSION, ResultStore, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +166,37 @@ def test_migration_hook_runs_new_steps(tmp_path: Path, monkeypatch: pytest.Monke
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(migrations)
         columns = [r[1] for r in conn.execute("PRAGMA table_info(results)")]
     assert "reviewer" in columns
+
+
+def test_v1_database_migrates_in_place_to_the_outbox_schema(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "r.sqlite"
+    with monkeypatch.context() as v1:  # the shipped v1 code: only the first migration
+        v1.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
+        v1.setattr(store_module, "SCHEMA_VERSION", 1)
+        with ResultStore(path) as store:
+            for seq in range(3):
+                store.add(make_result(seq, n_cells=2), config_sha256=CONFIG_SHA)
+            before = store.recent()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert "outbox" not in tables
+
+    caplog.set_level(logging.INFO, logger="appliance.outputs.store")
+    with ResultStore(path) as store:
+        assert store.recent() == before  # old results kept as they were
+        outbox = Outbox(store, max_messages=10, warn_fraction=0.5)
+        store.add(make_result(3), config_sha256=CONFIG_SHA,
+                  outbox=lambda msg_id, seq: ("field", f"{seq}".encode()))
+        assert [(m.seq, m.payload) for m in outbox.pending()] == [(1, b"1")]
+        assert store.count() == 4
+    assert any("migrated from schema 1 to 2" in r.getMessage() for r in caplog.records)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2 == SCHEMA_VERSION
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"outbox", "outbox_seq", "outbox_dropped"} <= tables
 
 
 def test_full_disk_keeps_results_and_writes_them_later(tmp_path: Path) -> None:

@@ -9,6 +9,11 @@ the row goes into a bounded in-memory backlog, ``add()`` raises :class:`StoreErr
 saying why, and the backlog is retried in order on the next ``add()`` or
 ``flush()``. When the backlog overflows, the oldest row is dropped, logged at ERROR
 with what it said, and counted in :attr:`ResultStore.dropped`.
+
+Schema v2 adds the MQTT outbox (:mod:`appliance.outputs.outbox`): ``add(...,
+outbox=build)`` writes the result and its message in the same transaction, so a
+crash leaves both or neither, and a result waiting in the backlog keeps its message
+with it (the message gets its seq when the pair is finally written).
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import re
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from appliance.assays.her2.types import FieldResult
+from appliance.outputs.outbox import DEFAULT_MAX_MESSAGES, MessageBuilder, append_message, report
 from appliance.outputs.result_json import result_to_json
 
 _log = logging.getLogger(__name__)
@@ -34,6 +41,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Waiting for another connection's lock beats failing at once (a reader, a backup).
 _BUSY_TIMEOUT_MS = 5000
 DEFAULT_MAX_BACKLOG = 256
+_T = TypeVar("_T")
 
 
 class StoreError(Exception):
@@ -64,9 +72,52 @@ def _create_v1(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX results_created_at ON results (created_at)")
 
 
+def _add_outbox_v2(conn: sqlite3.Connection) -> None:
+    """The MQTT outbox, its persisted sequence counter and the record of dropped messages."""
+    conn.execute(
+        """
+        CREATE TABLE outbox (
+            msg_id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL UNIQUE,
+            topic_suffix TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            qos INTEGER NOT NULL CHECK (qos IN (0, 1, 2)),
+            created_at TEXT NOT NULL,
+            result_id INTEGER
+        )
+        """
+    )
+    # One row: the last seq handed out. Kept apart from the outbox because acknowledged
+    # rows are deleted, and seq must never go back after a restart.
+    conn.execute(
+        """
+        CREATE TABLE outbox_seq (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            last_seq INTEGER NOT NULL CHECK (last_seq >= 0)
+        )
+        """
+    )
+    conn.execute("INSERT INTO outbox_seq (id, last_seq) VALUES (1, 0)")
+    # No payload here: the summary holds the result's own columns and a hash only.
+    conn.execute(
+        """
+        CREATE TABLE outbox_dropped (
+            msg_id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            topic_suffix TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            dropped_at TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            result_id INTEGER
+        )
+        """
+    )
+
+
 # Migration hook: entry i upgrades a database from user_version i to i + 1. Append a
 # function to change the schema; never edit one that has shipped.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_create_v1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_create_v1, _add_outbox_v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
@@ -85,6 +136,17 @@ class _Row:
 
     values: tuple[Any, ...]
     summary: str
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A result waiting to be written, with the builder of its outbox message if any."""
+
+    row: _Row
+    outbox: MessageBuilder | None = None
+
+    def describe(self) -> str:
+        return self.row.summary + (" (and its MQTT message)" if self.outbox else "")
 
 
 def _make_row(result: FieldResult, config_sha256: str) -> _Row:
@@ -158,6 +220,23 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT: committed (fsynced) or rolled back, never half."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                # SQLite may have rolled back already; the first error is the news.
+                _log.debug("rollback after a failed write: %s", exc)
+        raise
+
+
 def _retryable(exc: sqlite3.Error) -> bool:
     """Errors of the disk or the lock (full, read-only, I/O, busy) may clear later.
 
@@ -171,6 +250,8 @@ class ResultStore:
     """SQLite store of field results; a context manager.
 
     ``close()`` is idempotent; any other call after it raises :class:`StoreError`.
+    ``outbox_max_messages`` caps the outbox; an :class:`~appliance.outputs.outbox.Outbox`
+    sets it from the configuration.
     """
 
     def __init__(self, path: str | Path, *, max_backlog: int = DEFAULT_MAX_BACKLOG) -> None:
@@ -178,8 +259,9 @@ class ResultStore:
             raise ValueError(f"max_backlog must be at least 1, got {max_backlog}")
         self.path = Path(path)
         self.max_backlog = max_backlog
+        self.outbox_max_messages = DEFAULT_MAX_MESSAGES
         self._lock = threading.Lock()
-        self._backlog: deque[_Row] = deque()
+        self._backlog: deque[_Pending] = deque()
         self._dropped = 0
         self._conn: sqlite3.Connection | None = _connect(self.path)
 
@@ -207,9 +289,9 @@ class ResultStore:
                     self._flush_locked()
                 except StoreError as exc:
                     # Nowhere left to keep them: say exactly what is lost.
-                    for row in self._backlog:
+                    for item in self._backlog:
                         _log.error("results store closed with an unwritten result (%s): %s",
-                                   exc, row.summary)
+                                   exc, item.describe())
                     self._dropped += len(self._backlog)
                     self._backlog.clear()
             self._conn.close()
@@ -222,17 +304,27 @@ class ResultStore:
 
     # ------------------------------------------------------------ writing
 
-    def add(self, result: FieldResult, *, config_sha256: str) -> int:
+    def add(self, result: FieldResult, *, config_sha256: str,
+            outbox: MessageBuilder | None = None) -> int:
         """Store one result and return its row id; the row is on disk when this returns.
 
         Older unwritten results go first, in order. If the write fails for a reason
         that may clear (disk full, read-only file), the result is kept in the
         backlog and StoreError is raised; ValueError means the result itself is bad.
+
+        ``outbox(msg_id, seq) -> (topic_suffix, payload)`` builds the result's MQTT
+        message, called inside the result's transaction once seq and msg_id are
+        allocated; the message is committed with the result or not at all. It may be
+        called again when a failed write is retried, with a new msg_id and seq. It
+        runs under the store's lock, so it must not call the store or the outbox. If
+        it raises an Exception, the result is still stored and the message is recorded
+        in ``outbox_dropped`` (logged at ERROR); an interruption (KeyboardInterrupt)
+        rolls both back and keeps the pair in the backlog.
         """
-        row = _make_row(result, config_sha256)
+        item = _Pending(_make_row(result, config_sha256), outbox)
         with self._lock:
             self._open_conn()
-            self._backlog.append(row)
+            self._backlog.append(item)
             try:
                 _, last_id = self._flush_locked()
             finally:
@@ -255,15 +347,15 @@ class ResultStore:
         conn = self._open_conn()
         written = last_id = 0
         while self._backlog:
-            row = self._backlog[0]
+            item = self._backlog[0]
             try:
-                last_id = self._insert(conn, row)
+                last_id = self._insert(conn, item)
             except sqlite3.Error as exc:
                 if not _retryable(exc):
                     self._backlog.popleft()
                     self._dropped += 1
                     _log.error("results store rejected a result (%s), dropped: %s",
-                               exc, row.summary)
+                               exc, item.describe())
                     raise StoreError(
                         f"results store {self.path} rejected a result: {exc}"
                     ) from exc
@@ -275,29 +367,53 @@ class ResultStore:
             written += 1
         return written, last_id
 
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, row: _Row) -> int:
-        """One transaction per row: committed (fsynced) or rolled back, never half."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            cursor = conn.execute(_INSERT, row.values)
-            conn.execute("COMMIT")
-            return int(cursor.lastrowid or 0)
-        except sqlite3.Error:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error as exc:
-                    # SQLite may have rolled back already; the insert error is the news.
-                    _log.debug("rollback after a failed insert: %s", exc)
-            raise
+    def _insert(self, conn: sqlite3.Connection, item: _Pending) -> int:
+        """One transaction per result and its message: both committed, or neither."""
+        cap = self.outbox_max_messages
+        with _transaction(conn):
+            row_id = int(conn.execute(_INSERT, item.row.values).lastrowid or 0)
+            appended = (append_message(conn, item.outbox, cap=cap, result_id=row_id)
+                        if item.outbox is not None else None)
+        if appended is not None:
+            report(appended, cap)  # only now: a rolled-back drop did not happen
+        return row_id
 
     def _trim_backlog(self) -> None:
         while len(self._backlog) > self.max_backlog:
             lost = self._backlog.popleft()
             self._dropped += 1
             _log.error("results store backlog full (%d rows): dropped the oldest result: %s",
-                       self.max_backlog, lost.summary)
+                       self.max_backlog, lost.describe())
+
+    # ------------------------------------------------------------ shared with the outbox
+
+    def write_with(self, work: Callable[[sqlite3.Connection], _T], *,
+                   flush_backlog: bool) -> _T:
+        """Run ``work(conn)`` in one transaction under the store's lock; return its value.
+
+        For companions of the store on the same database (the outbox). With
+        ``flush_backlog`` the results waiting in memory are written first, so what
+        ``work`` writes comes after them. StoreError when either write fails; a
+        failed ``work`` is rolled back whole.
+        """
+        with self._lock:
+            conn = self._open_conn()
+            if flush_backlog and self._backlog:
+                self._flush_locked()
+            try:
+                with _transaction(conn):
+                    return work(conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot write to results store {self.path}: {exc}") from exc
+
+    def read_with(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work(conn)`` under the store's lock; StoreError when SQLite fails."""
+        with self._lock:
+            conn = self._open_conn()
+            try:
+                return work(conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read results store {self.path}: {exc}") from exc
 
     # ------------------------------------------------------------ reading
 
