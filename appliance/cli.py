@@ -136,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    counts = runner.run(cfg, stop=stop, out=sys.stdout)
+    counts = runner.run(cfg, stop=stop, out=sys.stdout, config_path=args.config)
     print(f"{counts['fields']} fields reported: {counts['scored']} scored, "
           f"{counts['not_scorable']} not scorable; results in {cfg.store.path}"
           + (f", overlays in {cfg.overlay.dir}" if cfg.overlay.enabled else ""))

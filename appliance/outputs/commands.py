@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +32,8 @@ from appliance.outputs.mqtt_contract import (
 )
 
 _log = logging.getLogger(__name__)
+_REFUSALS_LOGGED = 20
+_REFUSAL_WINDOW_S = 60.0
 
 COMMANDS = ("start_case", "end_case", "set_assay", "set_objective", "snapshot",
             "reload_config", "ping")
@@ -346,12 +349,17 @@ class CommandDispatcher:
         self.device_id = check_device_id(device_id)
         self.max_bytes = max_bytes
         self._handlers: dict[str, Handler] = {"ping": _ping, **handlers}
+        # A flood of bad commands must not flood the log (a full log pipe stalls the box):
+        # at most _REFUSALS_LOGGED per _REFUSAL_WINDOW_S are logged, the rest counted.
+        self.refused = 0
+        self._window_start = -_REFUSAL_WINDOW_S
+        self._logged_in_window = 0
 
     def handle(self, name: str, payload: bytes) -> dict[str, Any]:
         """The reply to one incoming command; never raises."""
         parsed = parse_command(name, payload, max_bytes=self.max_bytes)
         if isinstance(parsed, CommandError):
-            _log.warning("command %s refused: %s", parsed.command, parsed.message)
+            self._log_refusal(parsed)
             return reply(parsed, ok=False, device_id=self.device_id)
         handler = self._handlers.get(parsed.name)
         if handler is None:
@@ -364,6 +372,18 @@ class CommandDispatcher:
         except Exception:  # a faulty handler must not take the command channel down
             _log.exception("command %s: handler failed", parsed.name)
             return reply(refuse(parsed, "internal error"), ok=False, device_id=self.device_id)
+
+    def _log_refusal(self, error: CommandError) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._window_start >= _REFUSAL_WINDOW_S:
+            if self._logged_in_window > _REFUSALS_LOGGED:
+                _log.warning("%d more malformed commands were refused without a log line",
+                             self._logged_in_window - _REFUSALS_LOGGED)
+            self._window_start, self._logged_in_window = now, 0
+        self._logged_in_window += 1
+        if self._logged_in_window <= _REFUSALS_LOGGED:
+            _log.warning("command %s refused: %s", error.command, error.message)
 
     def handle_message(self, topics: Topics, topic: str,
                        payload: bytes) -> tuple[str, bytes] | None:

@@ -290,8 +290,7 @@ class MqttLink:
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if self._on_command is None:
             return
-        name = message.topic.rsplit("/", 1)[-1]
         try:
-            self._on_command(name, bytes(message.payload))
+            self._on_command(message.topic, bytes(message.payload))
         except Exception:  # a command must never take the network loop down
-            _log.exception("mqtt: command %s failed", name)
+            _log.exception("mqtt: command on %s failed", message.topic[:200])

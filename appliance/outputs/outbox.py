@@ -219,13 +219,26 @@ class Outbox:
         message's seq follows theirs. ValueError/TypeError: a bad topic or payload.
         """
         topic_suffix, payload = check_message(topic_suffix, payload)
+        return self.enqueue_built(lambda _m, _s: (topic_suffix, payload))
+
+    def enqueue_built(self, build: MessageBuilder) -> OutboxMessage:
+        """Like :meth:`enqueue`, for a payload that carries its own msg_id and seq.
+
+        ``build(msg_id, seq)`` runs inside the transaction (under the store's lock: it
+        must not call the store or this outbox) and returns (topic suffix, payload).
+        """
+        built: list[tuple[str, bytes]] = []
+
+        def keep(msg_id: str, seq: int) -> tuple[str, bytes]:
+            built.append(check_message(*build(msg_id, seq)))
+            return built[-1]
 
         def write(conn: sqlite3.Connection) -> Appended:
-            return append_message(conn, lambda _m, _s: (topic_suffix, payload),
-                                  cap=self.max_messages)
+            return append_message(conn, keep, cap=self.max_messages)
 
         appended = self.store.write_with(write, flush_backlog=True)
         report(appended, self.max_messages)
+        topic_suffix, payload = built[-1]
         return OutboxMessage(msg_id=appended.msg_id, seq=appended.seq, topic_suffix=topic_suffix,
                              payload=payload, qos=QOS, created_at=appended.created_at)
 

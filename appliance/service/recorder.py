@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
 from appliance.assays.her2.types import FieldResult
+from appliance.outputs.outbox import MessageBuilder
 from appliance.outputs.overlay import render_overlay, write_png
 from appliance.outputs.result_json import result_to_json
 from appliance.outputs.store import ResultStore, StoreError
@@ -20,19 +22,22 @@ _log = logging.getLogger(__name__)
 class Recorder:
     """Commits each result to the store, writes its overlay, prints its table row or JSON.
 
-    The store comes first: a result is on disk before anything is shown. A store
+    The store comes first: a result (and, with MQTT, its outbox message, in the same
+    transaction) is on disk before anything is shown. A store
     failure (full disk) is logged and the store keeps the result in its backlog.
     """
 
     def __init__(self, *, store: ResultStore | None, config_sha256: str,
                  overlay_dir: Path | None, out: TextIO, as_json: bool = False,
-                 with_cells: bool = False) -> None:
+                 with_cells: bool = False,
+                 message_for: Callable[[FieldResult], MessageBuilder] | None = None) -> None:
         self.store = store
         self.config_sha256 = config_sha256
         self.overlay_dir = overlay_dir
         self.out = out
         self.as_json = as_json
         self.with_cells = with_cells
+        self.message_for = message_for  # the MQTT outbox message committed with each result
         self.counts = {"fields": 0, "scored": 0, "not_scorable": 0, "store_errors": 0}
         self._header_done = False
 
@@ -42,7 +47,8 @@ class Recorder:
         self.counts["scored" if result.scored else "not_scorable"] += 1
         if self.store is not None:
             try:
-                self.store.add(result, config_sha256=self.config_sha256)
+                self.store.add(result, config_sha256=self.config_sha256,
+                               outbox=self.message_for(result) if self.message_for else None)
             except StoreError as exc:
                 self.counts["store_errors"] += 1
                 _log.error("result of %s kept in memory, not yet stored: %s", result.file, exc)

@@ -22,13 +22,16 @@ from appliance.config import Config
 from appliance.outputs.display.sinks import DisplaySink, open_display
 from appliance.outputs.store import ResultStore
 from appliance.pipeline.engine import Pipeline
+from appliance.pipeline.metrics import PipelineMetrics
 from appliance.service.recorder import Recorder
+from appliance.service.telemetry import Telemetry
 
 _log = logging.getLogger(__name__)
 _POLL_S = 0.2  # how quickly the main thread notices the stop event
 
 
-def run(cfg: Config, *, stop: threading.Event, out: TextIO) -> dict[str, int]:
+def run(cfg: Config, *, stop: threading.Event, out: TextIO,
+        config_path: Path | None = None) -> dict[str, int]:
     """Run the pipeline until the source ends or ``stop`` is set; the recorder's counts.
 
     Raises what stopped the pipeline when it was not a stop request (a source that
@@ -37,15 +40,29 @@ def run(cfg: Config, *, stop: threading.Event, out: TextIO) -> dict[str, int]:
     with ExitStack() as stack:
         store = stack.enter_context(ResultStore(cfg.store.path))
         assay = stack.enter_context(Her2Assay.from_config(cfg))
+        pipeline: Pipeline | None = None
+        telemetry = None
+        if cfg.mqtt.url:
+            telemetry = Telemetry(
+                cfg, store=store, assay=assay, config_path=config_path,
+                snapshot=lambda: pipeline.snapshot() if pipeline else PipelineMetrics(
+                    16).snapshot(time.monotonic()),
+                fatal=lambda: repr(pipeline.fatal) if pipeline and pipeline.fatal else "",
+            )
         recorder = Recorder(
             store=store, config_sha256=cfg.sha256(),
             overlay_dir=Path(cfg.overlay.dir) if cfg.overlay.enabled else None, out=out,
+            message_for=telemetry.message_for if telemetry else None,
         )
         sources = _SourceKeeper(cfg)
         pipeline = Pipeline(cfg, assay=assay, open_source=sources.new, recorder=recorder,
                             display=_display_factory(cfg, sources), stop=stop)
-        _log.info("scoring %s from %s with %s (%s), display %s", cfg.assay, cfg.source.uri,
-                  assay.model.name, assay.model.precision, cfg.display.sink)
+        _log.info("scoring %s from %s with %s (%s), display %s%s", cfg.assay, cfg.source.uri,
+                  assay.model.name, assay.model.precision, cfg.display.sink,
+                  f", results to {cfg.mqtt.url} as {telemetry.device_id}" if telemetry else "")
+        if telemetry is not None:
+            telemetry.start()
+            stack.callback(telemetry.close)  # after the pipeline has drained into the store
         pipeline.start()
         _wait(pipeline, stop, cfg.pipeline.metrics_interval_s)
         pipeline.stop()

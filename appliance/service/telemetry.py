@@ -1,0 +1,254 @@
+"""The service's MQTT side: what goes to the hospital broker, and the commands it obeys.
+
+- Every reported field is committed to the store together with its outbox message
+  (:meth:`Telemetry.message_for`); :class:`~appliance.outputs.mqtt_link.MqttLink`
+  sends it and deletes it on PUBACK.
+- Every ``mqtt.metrics_interval_s``: the metrics message, and the retained health
+  state (also at once whenever it changes).
+- Commands arrive on ``<prefix>cmd/<name>`` and are answered on ``.../reply``; the
+  handlers here act on the running assay (objective, assay) and the case state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from appliance.assays.her2.assay import Her2Assay
+from appliance.assays.her2.types import FieldResult
+from appliance.config import Config, ConfigError, load_config, with_overrides
+from appliance.outputs import mqtt_contract as contract
+from appliance.outputs.commands import Command, CommandDispatcher, CommandRefused
+from appliance.outputs.mqtt_link import MqttLink
+from appliance.outputs.outbox import MessageBuilder, Outbox
+from appliance.outputs.result_json import result_to_dict
+from appliance.outputs.store import ResultStore
+from appliance.pipeline.metrics import MetricsSnapshot
+from appliance.service.health import Health, HealthReadings, assess
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class CaseState:
+    """The case the pathologist has opened with ``start_case`` (opaque id only)."""
+
+    case_id: str
+    started_at: str
+    scores: Counter[str] = field(default_factory=Counter)
+    fields: int = 0
+
+    def summary(self, ended_at: str) -> dict[str, Any]:
+        """What the ``case`` message carries (issue #6 adds the clinical aggregate)."""
+        return {"case_id": self.case_id, "started_at": self.started_at, "ended_at": ended_at,
+                "fields": self.fields, "scores": dict(self.scores)}
+
+
+class Telemetry:
+    """Link, outbox, health and metrics publishing, and command handling for one box."""
+
+    def __init__(self, cfg: Config, *, store: ResultStore, assay: Her2Assay,
+                 config_path: Path | None, snapshot: Callable[[], MetricsSnapshot],
+                 fatal: Callable[[], str] = lambda: "", hostname: str | None = None) -> None:
+        m = cfg.mqtt
+        host = hostname or socket.gethostname()
+        self.cfg = cfg
+        self.assay = assay
+        self.store = store
+        self.device_id = contract.device_id_for(m, host)
+        self.topics = contract.Topics(contract.topic_prefix(m, host))
+        self.outbox = Outbox(store, max_messages=m.outbox_max_messages,
+                             warn_fraction=m.outbox_warn_fraction)
+        self._config_path = config_path
+        self._snapshot = snapshot
+        self._fatal = fatal
+        self._salt = contract.read_case_salt(m.case_salt_file) if m.case_salt_file else None
+        self._case: CaseState | None = None
+        self._case_lock = threading.Lock()
+        self._last_health: Health | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        started = datetime.now(timezone.utc)
+        self.dispatcher = CommandDispatcher(self._handlers(), device_id=self.device_id,
+                                            max_bytes=m.max_command_bytes)
+        self.link = MqttLink(
+            m, client_id=f"eyepiece-{self.device_id}", topics=self.topics, outbox=self.outbox,
+            birth=contract.encode(contract.birth(
+                self.device_id, models=[assay.model], assay=cfg.assay,
+                config_sha256=cfg.sha256(), started_at=started)),
+            will=contract.encode(contract.will(self.device_id)),
+            stopped=contract.encode(contract.stopped(self.device_id)),
+            on_command=self._on_command,
+        )
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Connect (in the background) and start the health/metrics publisher."""
+        self.link.start()
+        self._thread = threading.Thread(target=self._periodic, name="eyepiece-telemetry",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Publish the last health and metrics, drain the outbox briefly, say ``stopped``."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.publish_now()
+        self.link.close()
+
+    # ------------------------------------------------------------ results
+
+    def message_for(self, result: FieldResult) -> MessageBuilder:
+        """The outbox message of one reported field (built inside the store's transaction)."""
+        with self._case_lock:
+            case = self._case
+            if case is not None:
+                case.fields += 1
+                case.scores[result.score.value if result.score else "not_scorable"] += 1
+        case_id = case.case_id if case is not None else None
+        body = result_to_dict(result)
+
+        def build(msg_id: str, seq: int) -> tuple[str, bytes]:
+            return "field", contract.encode(contract.field_message(
+                self.device_id, body, msg_id=msg_id, seq=seq, case_id=case_id))
+        return build
+
+    # ------------------------------------------------------------ health and metrics
+
+    def _periodic(self) -> None:
+        while not self._stop.wait(self.cfg.mqtt.metrics_interval_s):
+            try:
+                self.publish_now()
+            except Exception:  # telemetry must never stop the scoring
+                _log.exception("telemetry: publishing health/metrics failed")
+
+    def publish_now(self) -> Health:
+        """Publish metrics, and the health state (retained)."""
+        snap = self._snapshot()
+        extra = contract.system_readings(self.cfg.store.path)
+        extra.update({"outbox_depth": self.outbox.depth(),
+                      "outbox_capacity": self.cfg.mqtt.outbox_max_messages,
+                      "outbox_dropped": self.outbox.dropped_total()})
+        health = self.health(snap, extra)
+        self.link.publish_state(self.topics.health, contract.encode(contract.health(
+            self.device_id, health.state, health.reasons)), retain=True)
+        self.link.publish_state(self.topics.metrics, contract.encode(contract.metrics(
+            self.device_id, snap.to_dict(), extra)), retain=False)
+        if self._last_health is None or health.state != self._last_health.state:
+            _log.log(logging.INFO if health.state == "ok" else logging.WARNING,
+                     "health %s%s", health.state,
+                     "".join(f"; {r.component}: {r.message}" for r in health.reasons))
+        self._last_health = health
+        return health
+
+    def health(self, snap: MetricsSnapshot, extra: dict[str, Any]) -> Health:
+        """The box's health now, from the pipeline, the link, the outbox and the system."""
+        stats = self.link.stats
+        return assess(HealthReadings(
+            source_state=snap.source_state, source_reason="",
+            pipeline_failed=self._fatal(),
+            broker_configured=True, broker_connected=stats.connected,
+            broker_error=stats.last_error, outbox_depth=self.outbox.depth(),
+            outbox_fill=self.outbox.fill(), outbox_degraded=self.outbox.degraded,
+            outbox_dropped=self.outbox.dropped_total(),
+            store_errors=0,
+            disk_free_bytes=extra.get("disk_free_bytes"),
+            temperatures_c=extra.get("temperatures_c", {}),
+        ))
+
+    # ------------------------------------------------------------ commands
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        answer = self.dispatcher.handle_message(self.topics, topic, payload)
+        if answer is not None:
+            reply_topic, body = answer
+            self.link.publish_state(reply_topic, body, retain=False)
+
+    def _handlers(self) -> dict[str, Callable[[Command], dict[str, Any] | None]]:
+        return {"start_case": self._start_case, "end_case": self._end_case,
+                "set_assay": self._set_assay, "set_objective": self._set_objective,
+                "snapshot": self._snapshot_command, "reload_config": self._reload_config}
+
+    def _opaque(self, raw: str) -> str:
+        try:
+            return contract.opaque_case_id(raw, self._salt)
+        except ValueError as exc:
+            raise CommandRefused(str(exc), field="case_id") from exc
+
+    def _start_case(self, command: Command) -> dict[str, Any]:
+        case_id = self._opaque(str(command.args["case_id"]))
+        with self._case_lock:
+            if self._case is not None:
+                raise CommandRefused(f"case {self._case.case_id} is still open: end it first",
+                                     field="case_id")
+            self._case = CaseState(case_id, contract.iso_utc())
+        return {"case_id": case_id}
+
+    def _end_case(self, command: Command) -> dict[str, Any]:
+        case_id = self._opaque(str(command.args["case_id"]))
+        with self._case_lock:
+            case = self._case
+            if case is None or case.case_id != case_id:
+                raise CommandRefused("no such open case", field="case_id")
+            self._case = None
+        summary = case.summary(contract.iso_utc())
+        self.outbox.enqueue_built(lambda msg_id, seq: ("case", contract.encode(
+            contract.case_message(self.device_id, summary, msg_id=msg_id, seq=seq))))
+        return summary
+
+    def _set_assay(self, command: Command) -> dict[str, Any]:
+        assay = command.args["assay"]
+        if assay != self.cfg.assay:
+            raise CommandRefused(f"assay {assay!r} is not installed on this box "
+                                 f"(running {self.cfg.assay})", field="assay")
+        return {"assay": assay}
+
+    def _set_objective(self, command: Command) -> dict[str, Any]:
+        args = command.args
+        overrides: dict[str, Any] = (
+            {"optics.um_per_px": float(args["um_per_px"])} if "um_per_px" in args
+            else {"optics.objective": args["objective"], "optics.um_per_px": 0.0})
+        try:
+            self.assay.cfg = with_overrides(self.assay.cfg, overrides)
+        except ConfigError as exc:
+            raise CommandRefused(exc.reason, field=exc.key.rsplit(".", 1)[-1]) from exc
+        _log.info("objective set by command: %s", overrides)
+        return {"objective": self.assay.cfg.optics.objective,
+                "um_per_px": self.assay.cfg.optics.um_per_px or None}
+
+    def _snapshot_command(self, command: Command) -> dict[str, Any]:
+        snap = self._snapshot()
+        health = self._last_health
+        return {"metrics": snap.to_dict(),
+                "health": health.state if health is not None else None,
+                "outbox_depth": self.outbox.depth()}
+
+    def _reload_config(self, command: Command) -> dict[str, Any]:
+        """Re-read the config file; analysis settings apply at once, others at restart."""
+        if self._config_path is None:
+            raise CommandRefused("the service runs on its defaults: no config file to reload")
+        try:
+            new = load_config(self._config_path)
+        except ConfigError as exc:
+            raise CommandRefused(f"{exc}; nothing changed") from exc
+        live = ("optics", "her2")
+        old = self.assay.cfg
+        changed = [k for k in new.to_dict() if new.to_dict()[k] != old.to_dict()[k]]
+        applied = [k for k in changed if k in live]
+        if applied:
+            self.assay.cfg = dataclasses.replace(old, **{k: getattr(new, k) for k in applied})
+            _log.info("config reloaded by command: %s applied", ", ".join(applied))
+        return {"applied": applied, "needs_restart": [k for k in changed if k not in live]}
+
