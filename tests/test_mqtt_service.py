@@ -82,7 +82,8 @@ def fields(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def service(tmp_path: Path, port: int, source: Path, *, hold_s: float = 1.0,
-            extra: str = "") -> subprocess.Popen[str]:
+            extra: str = "", device: str = DEVICE,
+            url: str | None = None) -> subprocess.Popen[str]:
     """`appliance run` as a real process, publishing to the test broker."""
     cfg = tmp_path / "eyepiece.toml"
     cfg.write_text(f"""
@@ -99,8 +100,8 @@ enabled = false
 [store]
 path = "{tmp_path / 'results.sqlite'}"
 [mqtt]
-url = "mqtt://127.0.0.1:{port}"
-device_id = "{DEVICE}"
+url = "{url or f'mqtt://127.0.0.1:{port}'}"
+device_id = "{device}"
 keepalive_s = 5
 metrics_interval_s = 1.0
 {extra}
@@ -139,10 +140,12 @@ def persistent_broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield b
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_birth_then_will_when_the_service_is_killed(tmp_path: Path, broker: Mosquitto,
-                                                    fields: Path) -> None:
+                                                    fields: Path, protocol: str) -> None:
     sub = Subscriber(broker.port, f"eyepiece/{DEVICE}/status", client_id="status-watch")
-    proc = service(tmp_path, broker.port, fields, hold_s=30.0)
+    proc = service(tmp_path, broker.port, fields, hold_s=30.0,
+                   extra=f'protocol = "{protocol}"\n')
     try:
         sub.wait_for("birth", lambda ms: any(json.loads(m.payload)["status"] == "online"
                                              for m in ms))
@@ -271,3 +274,36 @@ def test_malformed_commands_get_error_replies_and_scoring_goes_on(
         finish(proc, tmp_path / "service.log")
         status.close()
         replies.close()
+
+
+def test_over_tls_with_a_password_the_box_publishes_under_its_own_prefix(
+        tmp_path: Path, secure_broker: Mosquitto, tls_certs: Any, fields: Path) -> None:
+    """mqtts:// with the site CA and a password from a file, against the ACL of deploy/."""
+    password_file = tmp_path / "mqtt-password"
+    password_file.write_text(secure_broker.users["box-a"] + "\n", encoding="utf-8")
+    dashboard = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dash-tls")
+    dashboard.username_pw_set("dashboard", secure_broker.users["dashboard"])
+    dashboard.tls_set(ca_certs=str(tls_certs.ca.cert))
+    seen: list[mqtt.MQTTMessage] = []
+    dashboard.on_message = lambda _c, _u, m: seen.append(m)
+    dashboard.on_connect = lambda c, *_: c.subscribe("eyepiece/#", qos=1)
+    dashboard.connect("127.0.0.1", secure_broker.port)
+    dashboard.loop_start()
+    extra = (f'username = "box-a"\npassword_file = "{password_file}"\n'
+             f'tls_ca = "{tls_certs.ca.cert}"\n')
+    cfg_url = f"mqtts://localhost:{secure_broker.port}"
+    proc = service(tmp_path, secure_broker.port, fields, hold_s=1.0,
+                   extra=extra, device="box-a", url=cfg_url)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not any(m.topic == "eyepiece/box-a/field" for m in seen) and \
+                time.monotonic() < deadline:
+            time.sleep(0.2)
+        topics = {m.topic for m in seen}
+        assert "eyepiece/box-a/status" in topics and "eyepiece/box-a/field" in topics
+        log = (tmp_path / "service.log").read_text(encoding="utf-8")
+        assert secure_broker.users["box-a"] not in log  # the password is never logged
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        finish(proc, tmp_path / "service.log")
+        dashboard.loop_stop()

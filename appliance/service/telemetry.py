@@ -163,7 +163,7 @@ class Telemetry:
             broker_error=stats.last_error, outbox_depth=self.outbox.depth(),
             outbox_fill=self.outbox.fill(), outbox_degraded=self.outbox.degraded,
             outbox_dropped=self.outbox.dropped_total(),
-            store_errors=0,
+            store_errors=self.store.pending() + self.store.dropped,
             disk_free_bytes=extra.get("disk_free_bytes"),
             temperatures_c=extra.get("temperatures_c", {}),
         ))
