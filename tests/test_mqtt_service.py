@@ -42,9 +42,14 @@ class Subscriber:
                                   clean_session=False)
         self.client.reconnect_delay_set(1, 1)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message
+        self.subscribed = threading.Event()
         self.client.connect_async("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
+        # Whatever a test does next, this subscriber must already be listening.
+        if not self.subscribed.wait(WAIT_S):
+            raise AssertionError(f"subscriber could not subscribe to {topic} on port {port}")
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._cond:
@@ -223,7 +228,8 @@ def test_a_crash_with_a_backlog_delivers_it_after_restart(tmp_path: Path, tmp_pa
     finally:
         broker.stop()
     seqs = {json.loads(m.payload)["seq"] for m in messages if m.topic.endswith("/field")}
-    assert set(range(1, backlog + 1)) <= seqs
+    log = (tmp_path / "service.log").read_text(encoding="utf-8")
+    assert set(range(1, backlog + 1)) <= seqs, (sorted(seqs), backlog, log[-3000:])
 
 
 def bad_commands(n: int) -> list[tuple[str, bytes]]:
