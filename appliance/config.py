@@ -112,7 +112,15 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    backend: str = _f("onnxruntime", "Inference backend", choices=("onnxruntime",))
+    backend: str = _f(
+        "onnxruntime", "Inference backend: onnxruntime (CPU, everywhere) or tensorrt (Jetson: "
+        "an INT8 engine built on the device from the shipped Q/DQ model)",
+        choices=("onnxruntime", "tensorrt"),
+    )
+    engine_dir: str = _f(
+        "var/engines", "tensorrt: folder of the engines built on this device (stamped with the "
+        "TensorRT version, GPU and model sha256; a mismatched one is rebuilt)",
+    )
     precision: str = _f("int8", "Which shipped model to run", choices=("int8", "fp32"))
     threads: int = _f(0, "ONNX Runtime intra-op threads; 0 = one per core", lo=0, hi=64)
     models_dir: str = _f(
@@ -358,6 +366,28 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class LedsConfig:
+    backend: str = _f(
+        "none", "Status light: sysfs (/sys/class/leds, blinking by the kernel's timer trigger), "
+        "gpiod (libgpiod v2 lines) or none", choices=("none", "sysfs", "gpiod"),
+    )
+    sysfs_root: str = _f("/sys/class/leds", "sysfs: where the LED class devices are")
+    red: str = _f("eyepiece:red", "sysfs: LED name, or gpiod: line offset, of the red light")
+    green: str = _f("eyepiece:green", "sysfs: LED name, or gpiod: line offset, of the green light")
+    blue: str = _f("eyepiece:blue", "sysfs: LED name, or gpiod: line offset, of the blue light")
+    gpiochip: str = _f("/dev/gpiochip0", "gpiod: the GPIO chip of the three lines")
+    active_low: bool = _f(False, "gpiod: the LEDs light when the line is low")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    watchdog_stall_s: float = _f(
+        30.0, "No analysed frame (while the camera streams) for this long is a stall: the "
+        "systemd watchdog pings stop and systemd restarts the service", lo=1, hi=3600,
+    )
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = _f("INFO", "Log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -376,6 +406,8 @@ class Config:
     display: DisplayConfig = field(default_factory=DisplayConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    leds: LedsConfig = field(default_factory=LedsConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def models_path(self) -> Path:

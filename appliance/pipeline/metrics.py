@@ -173,6 +173,7 @@ class MetricsSnapshot:
     rss_mb: float | None
     source_state: str
     source_reconnects: int
+    frames_analysed: int = 0  # results made (the watchdog's sign of progress)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready copy, rounded for people and logs."""
@@ -191,6 +192,7 @@ class MetricsSnapshot:
             "rss_mb": _round(self.rss_mb, _MB_DIGITS),
             "source_state": self.source_state,
             "source_reconnects": self.source_reconnects,
+            "frames_analysed": self.frames_analysed,
         }
 
     def log_line(self) -> str:
@@ -229,6 +231,7 @@ class PipelineMetrics:
         self._latency = RollingStat(window)
         self._stages: dict[str, RollingStat] = {}
         self._frames_captured = 0
+        self._frames_analysed = 0
         self._dropped: dict[str, int] = {}
         self._rejected = 0
         self._reported = 0
@@ -269,6 +272,7 @@ class PipelineMetrics:
         with self._lock:
             self._latency.add((done_t - capture_t) * 1000.0)
             self._processed.tick(done_t)
+            self._frames_analysed += 1
 
     def field_reported(self) -> None:
         """A field went to the store and the broker."""
@@ -306,4 +310,5 @@ class PipelineMetrics:
                 rss_mb=memory,
                 source_state=self._source_state,
                 source_reconnects=self._reconnects,
+                frames_analysed=self._frames_analysed,
             )

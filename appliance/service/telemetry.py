@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 import threading
@@ -24,7 +23,7 @@ from typing import Any
 
 from appliance.assays.her2.assay import Her2Assay
 from appliance.assays.her2.types import FieldResult
-from appliance.config import Config, ConfigError, load_config, with_overrides
+from appliance.config import Config, ConfigError, with_overrides
 from appliance.outputs import mqtt_contract as contract
 from appliance.outputs.commands import Command, CommandDispatcher, CommandRefused
 from appliance.outputs.mqtt_link import MqttLink
@@ -33,6 +32,7 @@ from appliance.outputs.result_json import result_to_dict
 from appliance.outputs.store import ResultStore
 from appliance.pipeline.metrics import MetricsSnapshot
 from appliance.service.health import Health, HealthReadings, assess
+from appliance.service.reload import reload_config
 
 _log = logging.getLogger(__name__)
 
@@ -240,15 +240,7 @@ class Telemetry:
         if self._config_path is None:
             raise CommandRefused("the service runs on its defaults: no config file to reload")
         try:
-            new = load_config(self._config_path)
+            outcome = reload_config(self.assay, self._config_path)
         except ConfigError as exc:
             raise CommandRefused(f"{exc}; nothing changed") from exc
-        live = ("optics", "her2")
-        old = self.assay.cfg
-        changed = [k for k in new.to_dict() if new.to_dict()[k] != old.to_dict()[k]]
-        applied = [k for k in changed if k in live]
-        if applied:
-            self.assay.cfg = dataclasses.replace(old, **{k: getattr(new, k) for k in applied})
-            _log.info("config reloaded by command: %s applied", ", ".join(applied))
-        return {"applied": applied, "needs_restart": [k for k in changed if k not in live]}
-
+        return {"applied": list(outcome.applied), "needs_restart": list(outcome.needs_restart)}
