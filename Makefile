@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# System packages the test suite (and later the broker / systemd tests) use.
-SYSTEM_PACKAGES := mosquitto systemd
+# System packages the test suite uses: the broker, systemd-analyze, shellcheck for deploy/.
+SYSTEM_PACKAGES := mosquitto systemd shellcheck
 
 .PHONY: demo test lint typecheck pytest system-deps model bench bench-pipeline clean
 
@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch is never pulled in here: the runtime and the tests do not need it.
 	$(BIN)/pip install --quiet -e '.[test,tools]'
+	# Type stubs of the Jetson-only TensorRT API, for mypy; --no-deps, or pip would try to
+	# install TensorRT itself.
+	$(BIN)/pip install --quiet --no-deps tensorrt-stubs==10.13.0.35.1
 	touch $(STAMP)
 
 ## demo: generate sample fields, score them on the CPU with the shipped INT8 model

@@ -133,10 +133,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the real-time pipeline until the source ends or SIGINT/SIGTERM, then drain."""
     cfg = _load(args)
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    counts = runner.run(cfg, stop=stop, out=sys.stdout, config_path=args.config)
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())  # re-read the config (systemd reload)
+    counts = runner.run(cfg, stop=stop, out=sys.stdout, config_path=args.config, reload=reload)
     print(f"{counts['fields']} fields reported: {counts['scored']} scored, "
           f"{counts['not_scorable']} not scorable; results in {cfg.store.path}"
           + (f", overlays in {cfg.overlay.dir}" if cfg.overlay.enabled else ""))

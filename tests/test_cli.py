@@ -177,3 +177,14 @@ def test_a_source_that_cannot_work_here_exits_2_with_the_reason(tmp_path: Path) 
     assert proc.returncode == 2
     assert "GStreamer" in proc.stderr and "JetPack" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_tensorrt_where_there_is_none_is_a_clear_model_error(tmp_path: Path,
+                                                             good_field: Path) -> None:
+    cfg = tmp_path / "jetson.toml"
+    cfg.write_text(f'[inference]\nbackend = "tensorrt"\nengine_dir = "{tmp_path / "e"}"\n',
+                   encoding="utf-8")
+    proc = appliance("score", "--config", str(cfg), "--no-store", "--no-overlay",
+                     str(good_field), cwd=tmp_path)
+    assert proc.returncode == 3
+    assert "tensorrt" in proc.stderr.lower() and "Traceback" not in proc.stderr

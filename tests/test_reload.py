@@ -34,6 +34,6 @@ def test_an_invalid_file_changes_nothing(tmp_path: Path, assay: Her2Assay) -> No
     before = assay.cfg
     path = tmp_path / "bad.toml"
     path.write_text('[optics]\nobjective = "63x"\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match="optics.objective"):
+    with pytest.raises(ConfigError, match=r"optics\.objective"):
         reload_config(assay, path)
     assert assay.cfg is before

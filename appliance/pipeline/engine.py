@@ -360,6 +360,12 @@ class Pipeline:
                   latest.result if latest is not None else None, status,
                   show_cells=self.cfg.display.show_cells)
 
+    def latest_reason_code(self) -> str | None:
+        """Why the latest analysed field could not be scored (None when it was, or none yet)."""
+        with self._lock:
+            latest = self._latest
+        return latest.result.reason_code if latest is not None else None
+
     # ------------------------------------------------------------ metrics
 
     def snapshot(self) -> MetricsSnapshot:

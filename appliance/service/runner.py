@@ -20,9 +20,12 @@ from appliance.capture.factory import open_source
 from appliance.capture.source import FrameSource
 from appliance.config import Config
 from appliance.outputs.display.sinks import DisplaySink, open_display
+from appliance.outputs.leds import open_leds
 from appliance.outputs.store import ResultStore
 from appliance.pipeline.engine import Pipeline
 from appliance.pipeline.metrics import PipelineMetrics
+from appliance.service.lifecycle import Lifecycle
+from appliance.service.notify import Notifier
 from appliance.service.recorder import Recorder
 from appliance.service.telemetry import Telemetry
 
@@ -31,7 +34,8 @@ _POLL_S = 0.2  # how quickly the main thread notices the stop event
 
 
 def run(cfg: Config, *, stop: threading.Event, out: TextIO,
-        config_path: Path | None = None) -> dict[str, int]:
+        config_path: Path | None = None,
+        reload: threading.Event | None = None) -> dict[str, int]:
     """Run the pipeline until the source ends or ``stop`` is set; the recorder's counts.
 
     Raises what stopped the pipeline when it was not a stop request (a source that
@@ -63,8 +67,20 @@ def run(cfg: Config, *, stop: threading.Event, out: TextIO,
         if telemetry is not None:
             telemetry.start()
             stack.callback(telemetry.close)  # after the pipeline has drained into the store
+        notifier = Notifier.from_environment()
+        stack.callback(notifier.close)
+        leds = open_leds(cfg.leds)
+        stack.callback(leds.close)
+        life = Lifecycle(
+            assay=assay, notifier=notifier, leds=leds,
+            stall_after_s=cfg.service.watchdog_stall_s, config_path=config_path,
+            reload_requested=reload,
+            health=telemetry.current_health if telemetry else None,
+            latest_reason=pipeline.latest_reason_code,
+        )
         pipeline.start()
-        _wait(pipeline, stop, cfg.pipeline.metrics_interval_s)
+        _wait(pipeline, stop, life, cfg.pipeline.metrics_interval_s)
+        life.stopping()
         pipeline.stop()
         _log.info("stopped: %s; %s", recorder.counts, pipeline.snapshot().log_line())
         if pipeline.fatal is not None:
@@ -103,12 +119,16 @@ def _display_factory(cfg: Config, sources: _SourceKeeper) -> Callable[[], Displa
     return lambda: open_display(cfg.display, picam2=picam2)
 
 
-def _wait(pipeline: Pipeline, stop: threading.Event, metrics_interval_s: float) -> None:
-    """Until the pipeline ends by itself or a stop is asked; log the metrics meanwhile."""
+def _wait(pipeline: Pipeline, stop: threading.Event, life: Lifecycle,
+          metrics_interval_s: float) -> None:
+    """Until the pipeline ends by itself or a stop is asked: tick the lifecycle, log metrics."""
     next_log = time.monotonic() + metrics_interval_s
     while not pipeline.wait(timeout=_POLL_S):
         if stop.is_set():
             return
-        if time.monotonic() >= next_log:
-            _log.info("metrics: %s", pipeline.snapshot().log_line())
+        now = time.monotonic()
+        snap = pipeline.snapshot()
+        life.tick(snap, now)
+        if now >= next_log:
+            _log.info("metrics: %s", snap.log_line())
             next_log += metrics_interval_s

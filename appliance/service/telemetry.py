@@ -74,6 +74,7 @@ class Telemetry:
         self._case: CaseState | None = None
         self._case_lock = threading.Lock()
         self._last_health: Health | None = None
+        self._last_extra: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         started = datetime.now(timezone.utc)
@@ -141,6 +142,7 @@ class Telemetry:
         extra.update({"outbox_depth": self.outbox.depth(),
                       "outbox_capacity": self.cfg.mqtt.outbox_max_messages,
                       "outbox_dropped": self.outbox.dropped_total()})
+        self._last_extra = extra
         health = self.health(snap, extra)
         self.link.publish_state(self.topics.health, contract.encode(contract.health(
             self.device_id, health.state, health.reasons)), retain=True)
@@ -152,6 +154,10 @@ class Telemetry:
                      "".join(f"; {r.component}: {r.message}" for r in health.reasons))
         self._last_health = health
         return health
+
+    def current_health(self, snap: MetricsSnapshot) -> Health:
+        """Health now, with the system readings of the last publication (cheap: per tick)."""
+        return self.health(snap, self._last_extra)
 
     def health(self, snap: MetricsSnapshot, extra: dict[str, Any]) -> Health:
         """The box's health now, from the pipeline, the link, the outbox and the system."""

@@ -109,8 +109,15 @@ class Her2Assay:
         manifest = load_manifest(cfg.models_path() / ASSAY)
         precision = cfg.inference.precision
         path = verify_model(manifest, precision)
-        backend = OnnxRuntimeBackend(path, threads=cfg.inference.threads,
-                                     input_name=manifest.input.name)
+        backend: SegmentationBackend
+        if cfg.inference.backend == "tensorrt":
+            # Imported here: tensorrt and pycuda exist on a Jetson only.
+            from appliance.inference.tensorrt_backend import tensorrt_backend_for
+
+            backend = tensorrt_backend_for(cfg, manifest, precision, path)
+        else:
+            backend = OnnxRuntimeBackend(path, threads=cfg.inference.threads,
+                                         input_name=manifest.input.name)
         return cls(cfg, manifest, backend, precision)
 
     def close(self) -> None:
