@@ -51,10 +51,12 @@ model: $(STAMP)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/python -m tools.train_her2 --out build/her2
 	$(BIN)/python -m tools.quantise_model --fp32 build/her2/her2_fp32.onnx --out build/her2/her2_int8.onnx
+	$(BIN)/python -m tools.quantise_model --fp32 build/her2/her2_fp32.onnx --out build/her2/her2_int8_trt.onnx --symmetric
 	$(BIN)/python -m tools.publish_model --build build/her2 --eval build/none
 	$(BIN)/python -m tools.eval_her2 --precision int8 --out build/eval
 	$(BIN)/python -m tools.eval_her2 --precision fp32 --out build/eval
 	$(BIN)/python -m tools.eval_her2 --precision int8 --estimate-scale --out build/eval
+	$(BIN)/python -m tools.eval_her2 --precision int8_trt --out build/eval
 	$(BIN)/python -m tools.publish_model --build build/her2 --eval build/eval
 
 ## bench: per-stage timings, FP32 vs INT8, and the classical reference pipeline

@@ -26,6 +26,8 @@ from appliance.assays.her2.assay import Her2Assay
 from appliance.assays.her2.types import FieldResult, MembraneClass
 from appliance.capture.frame import Frame
 from appliance.config import Config, with_overrides
+from appliance.inference.manifest import load_manifest, verify_model
+from appliance.inference.onnxruntime_backend import OnnxRuntimeBackend
 from tools.her2_dataset import HELD_OUT_SEEDS, SCORES
 from tools.synth.her2_fields import FieldSpec, SyntheticField, generate_field
 
@@ -150,19 +152,31 @@ def plot_confusion(matrix: list[list[int]], labels: Sequence[str], title: str,
     plt.close(fig)
 
 
+def _assay(cfg: Config, precision: str) -> Her2Assay:
+    """The assay on one shipped model file, run by ONNX Runtime (the TensorRT one too)."""
+    if precision in ("int8", "fp32"):
+        return Her2Assay.from_config(cfg)
+    manifest = load_manifest(cfg.models_path() / "her2")
+    path = verify_model(manifest, precision)
+    backend = OnnxRuntimeBackend(path, threads=cfg.inference.threads,
+                                 input_name=manifest.input.name)
+    return Her2Assay(cfg, manifest, backend, precision)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--precision", default="int8", choices=("int8", "fp32"))
+    ap.add_argument("--precision", default="int8", choices=("int8", "fp32", "int8_trt"),
+                    help="int8_trt: the TensorRT (symmetric) model, run here by ONNX Runtime")
     ap.add_argument("--models-dir", default="", help="default: the shipped models/")
     ap.add_argument("--fields", type=int, default=200)
     ap.add_argument("--estimate-scale", action="store_true",
                     help="do not tell the assay the scale; it estimates it from nuclei")
     ap.add_argument("--out", type=Path, default=Path("build/eval"))
     args = ap.parse_args()
-    cfg = with_overrides(Config(), {"inference.precision": args.precision,
+    cfg = with_overrides(Config(), {"inference.precision": args.precision.split("_")[0],
                                     "inference.models_dir": args.models_dir})
     args.out.mkdir(parents=True, exist_ok=True)
-    with Her2Assay.from_config(cfg) as assay:
+    with _assay(cfg, args.precision) as assay:
         metrics = evaluate(assay, held_out_specs(args.fields),
                            known_scale=not args.estimate_scale, progress=True)
     tag = f"{args.precision}{'-estimated-scale' if args.estimate_scale else ''}"

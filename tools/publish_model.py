@@ -24,11 +24,15 @@ VALIDATED_ON = (
 )
 
 
+# fp32 and int8 run on the CPU; int8_trt is what a Jetson builds its TensorRT engine from.
+PRECISIONS = ("fp32", "int8", "int8_trt")
+
+
 def build_manifest(directory: Path, recipe: dict[str, object],
                    metrics: dict[str, object]) -> dict[str, object]:
     """The manifest dictionary for the model files in ``directory``."""
     files = {}
-    for precision in ("fp32", "int8"):
+    for precision in PRECISIONS:
         name = f"her2_{precision}.onnx"
         path = directory / name
         files[precision] = {"path": name, "sha256": file_sha256(path),
@@ -55,6 +59,14 @@ def build_manifest(directory: Path, recipe: dict[str, object],
             "format": "QDQ", "tool": "onnxruntime.quantization.quantize_static",
             "weights": "int8 per-channel", "activations": "uint8 per-tensor",
             "calibration": "MinMax on 48 generated fields (seeds 500000+)",
+            "int8_trt": {
+                "what": "the TensorRT variant: Q/DQ with signed, symmetric (zero point 0) 8-bit "
+                        "activations and per-channel symmetric weights, which TensorRT's "
+                        "explicit quantisation requires; calibrated on the same 48 generated "
+                        "fields (MinMax)",
+                "command": "python -m tools.quantise_model --fp32 models/her2/her2_fp32.onnx "
+                           "--out models/her2/her2_int8_trt.onnx --symmetric",
+            },
         },
         "training": recipe,
         "metrics": metrics,
@@ -69,7 +81,8 @@ def main() -> None:
     ap.add_argument("--dest", type=Path, default=Path("models/her2"))
     args = ap.parse_args()
     args.dest.mkdir(parents=True, exist_ok=True)
-    for name in ("her2_fp32.onnx", "her2_int8.onnx"):
+    for precision in PRECISIONS:
+        name = f"her2_{precision}.onnx"
         shutil.copyfile(args.build / name, args.dest / name)
     recipe = json.loads((args.build / "recipe.json").read_text())
     metrics = {p.stem.removeprefix("metrics_"): {k: v for k, v in json.loads(p.read_text()).items()

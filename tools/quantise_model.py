@@ -4,8 +4,12 @@
 
 `quant_pre_process` first, then static QDQ quantisation with per-channel signed
 8-bit weights and unsigned 8-bit activations (what pays on this CPU, see
-shared/reference/performance-notes.md). The same file is what TensorRT builds
-its INT8 engine from on a Jetson (explicit quantisation, no calibrator there).
+shared/reference/performance-notes.md).
+
+``--symmetric`` writes the TensorRT variant instead: signed 8-bit activations and
+weights, both symmetric (zero point 0). TensorRT's explicit quantisation accepts
+only that, so the Jetson builds its INT8 engine from this file, never from the
+CPU one (whose activations have non-zero zero points).
 """
 
 from __future__ import annotations
@@ -54,8 +58,9 @@ def calibration_inputs(count: int, spec: InputSpec) -> list[np.ndarray]:
     return out
 
 
-def quantise(fp32: Path, out: Path, spec: InputSpec, *, fields: int = 48) -> None:
-    """Write the INT8 Q/DQ model next to the FP32 one."""
+def quantise(fp32: Path, out: Path, spec: InputSpec, *, fields: int = 48,
+             symmetric: bool = False) -> None:
+    """Write the INT8 Q/DQ model next to the FP32 one (``symmetric``: the TensorRT variant)."""
     fp32, out = fp32.resolve(), out.resolve()
     # Both ONNX Runtime steps leave scratch files in the working directory: keep them in tmp.
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
@@ -65,8 +70,10 @@ def quantise(fp32: Path, out: Path, spec: InputSpec, *, fields: int = 48) -> Non
         quantize_static(
             str(prepared), str(out), FieldReader(calibration_inputs(fields, spec), spec.name),
             quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}
+            if symmetric else {},
         )
 
 
@@ -75,8 +82,10 @@ def main() -> None:
     ap.add_argument("--fp32", type=Path, default=Path("build/her2/her2_fp32.onnx"))
     ap.add_argument("--out", type=Path, default=Path("build/her2/her2_int8.onnx"))
     ap.add_argument("--fields", type=int, default=48)
+    ap.add_argument("--symmetric", action="store_true",
+                    help="TensorRT variant: signed, symmetric activations and weights")
     args = ap.parse_args()
-    quantise(args.fp32, args.out, INPUT_SPEC, fields=args.fields)
+    quantise(args.fp32, args.out, INPUT_SPEC, fields=args.fields, symmetric=args.symmetric)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} kB)")
 
 

@@ -40,6 +40,7 @@ from appliance.inference.tiling import run_tiled
 
 ASSAY = "her2"
 INTERNAL_ERROR = "internal_error"
+TENSORRT_INT8 = "int8_trt"  # the manifest's file for TensorRT's explicit INT8
 # Scale estimation runs on a small copy, and on a larger one when the nuclei in the small
 # one are under _ESTIMATE_MIN_NUCLEUS_PX across (low power, large frames).
 _ESTIMATE_BUDGETS_PX = (300_000, 1_000_000)
@@ -108,6 +109,10 @@ class Her2Assay:
         """Load and verify the shipped model named by the configuration."""
         manifest = load_manifest(cfg.models_path() / ASSAY)
         precision = cfg.inference.precision
+        if cfg.inference.backend == "tensorrt" and precision == "int8":
+            # TensorRT takes only symmetric INT8 Q/DQ: its own file (tools/quantise_model.py
+            # --symmetric); the CPU model's activations have non-zero zero points.
+            precision = TENSORRT_INT8
         path = verify_model(manifest, precision)
         backend: SegmentationBackend
         if cfg.inference.backend == "tensorrt":
