@@ -11,7 +11,6 @@ config; 3 the model is missing or refused.
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
@@ -30,6 +29,7 @@ from appliance.inference.manifest import ModelError
 from appliance.outputs.display.sinks import DisplayError
 from appliance.outputs.store import ResultStore, StoreError
 from appliance.service import runner
+from appliance.service.logs import configure_logging
 from appliance.service.recorder import Recorder
 
 
@@ -98,8 +98,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _load(args: argparse.Namespace) -> Config:
     cfg = with_overrides(load_config(args.config), _overrides(args))
-    logging.basicConfig(level=cfg.logging.level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(cfg.logging.level)
     return cfg
 
 

@@ -48,6 +48,7 @@ from appliance.pipeline.metrics import MetricsSnapshot, PipelineMetrics
 from appliance.pipeline.reporting import Outcome, ReportPolicy, Tracked
 from appliance.pipeline.slots import END, Slot
 from appliance.pipeline.stability import StillnessTracker
+from appliance.service.logs import field_fields
 from appliance.service.recorder import Recorder
 
 _log = logging.getLogger(__name__)
@@ -285,7 +286,9 @@ class Pipeline:
         if outcome.reported:
             self.metrics.field_reported()
             _log.info("field reported: %s (%s)", frame.source,
-                      outcome.decision.reason if outcome.decision else "")
+                      outcome.decision.reason if outcome.decision else "",
+                      extra=field_fields(job.result.assay, frame.source, frame.seq,
+                                         job.result.status))
             self._records.put(_Record(job.result, frame.image))
 
     # ------------------------------------------------------------ outputs
