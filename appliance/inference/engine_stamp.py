@@ -10,11 +10,10 @@ on any machine.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from appliance.files import write_atomic
 from appliance.inference.manifest import ModelManifest
 
 STAMP_SUFFIX = ".stamp.json"
@@ -101,24 +100,6 @@ def engine_is_current(engine: Path, expected: EngineStamp) -> tuple[bool, str]:
     if stamp is None:
         return False, reason
     return stamp_matches(stamp, expected)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one.
-
-    A power cut during a first-boot build must not leave half an engine that looks whole.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_engine(engine: Path, serialized: bytes, stamp: EngineStamp) -> None:

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from appliance.files import write_atomic
 from appliance.inference.engine_stamp import (
     EngineStamp,
     engine_is_current,
     engine_path,
-    write_atomic,
     write_engine,
 )
 from appliance.inference.manifest import InputSpec, ModelError, ModelManifest

@@ -15,8 +15,6 @@ outlines scaled once per result and canvas (:func:`cell_outlines`,
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ import cv2
 import numpy as np
 
 from appliance.assays.her2.types import CellMeasurement, FieldResult, MembraneClass
+from appliance.files import write_atomic
 from appliance.outputs.result_json import is_research_use_only
 
 RGB = tuple[int, int, int]
@@ -430,16 +429,4 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"cannot encode {target} as PNG ({rgb.shape[1]}x{rgb.shape[0]})")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); a picture is for the dashboard to read.
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(encoded.tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, encoded.tobytes())

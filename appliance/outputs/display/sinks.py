@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +25,7 @@ import cv2
 import numpy as np
 
 from appliance.config import DisplayConfig
+from appliance.files import write_atomic
 from appliance.outputs import overlay
 
 _log = logging.getLogger(__name__)
@@ -155,25 +154,6 @@ def _encode(picture: np.ndarray, suffix: str) -> bytes:
     return data.tobytes()
 
 
-def _replace_atomically(target: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``target``, then rename it over ``target``.
-
-    A reader sees the old picture or the new one, never half of one. No fsync: the
-    file is rewritten every second or so, and syncing each one would wear an SD
-    card for a picture that is stale a second later.
-    """
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); the picture is for a dashboard to read.
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _error_kind(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
 
@@ -255,7 +235,10 @@ class FileSink(SinkBase):
         # a second.
         self._last_write = now
         try:
-            _replace_atomically(self.path, _encode(picture, self._suffix))
+            # No fsync: the picture is rewritten every second or so and is stale a
+            # second later; syncing each one would wear an SD card.
+            write_atomic(self.path, _encode(picture, self._suffix), durable=False,
+                         make_parents=False)
         except OSError as exc:
             self.errors.record(_error_kind(exc), f"cannot write: {exc}")
             return
