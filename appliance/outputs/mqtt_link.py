@@ -34,7 +34,9 @@ from appliance.outputs.outbox import Outbox, OutboxMessage
 from appliance.outputs.store import StoreError
 
 _log = logging.getLogger(__name__)
-_IDLE_WAIT_S = 0.2  # publisher: how often it looks for new outbox rows when idle
+# Publisher: how often it looks for new outbox rows when nobody wakes it (a message
+# enqueued by another process, or a wake-up missed between two checks).
+_IDLE_WAIT_S = 0.2
 _RECONNECT_DELAY_S = (1, 30)
 _EARLY_ACK_TTL_S = 5.0  # paho's exponential reconnect back-off, min and max
 
@@ -111,6 +113,7 @@ class MqttLink:
         self._cursor = 0  # highest seq handed to paho on this connection
         self._backlog_end = 0  # rows up to this seq were waiting when we connected
         self._connected = threading.Event()
+        self._new_rows = threading.Event()  # set by wake(): something was committed
         self._stop = threading.Event()
         self._publisher: threading.Thread | None = None
         self._client = self._make_client(client_factory, client_id)
@@ -157,6 +160,7 @@ class MqttLink:
                and time.monotonic() < deadline):
             time.sleep(0.05)
         self._stop.set()
+        self._new_rows.set()
         if self._publisher is not None:
             self._publisher.join(timeout=5)
         if self._connected.is_set():
@@ -169,6 +173,10 @@ class MqttLink:
         self._client.loop_stop()
 
     # ------------------------------------------------------------ publishing
+
+    def wake(self) -> None:
+        """A message was just committed to the outbox: send it now, not at the next poll."""
+        self._new_rows.set()
 
     def publish_state(self, topic: str, payload: bytes, *, retain: bool) -> bool:
         """Health, metrics: sent now if connected (QoS 1); retained ones again on reconnect.
@@ -194,7 +202,8 @@ class MqttLink:
                 cursor = self._cursor
             rows = self.outbox.pending(after_seq=cursor, limit=max(0, room)) if room > 0 else []
             if not rows:
-                self._stop.wait(_IDLE_WAIT_S / 4)
+                self._new_rows.wait(_IDLE_WAIT_S)
+                self._new_rows.clear()
                 continue
             for row in rows:
                 if row.seq <= self._backlog_end:  # a waiting row: at the replay rate
@@ -227,6 +236,7 @@ class MqttLink:
 
     def _settle(self, msg_id: str, reason: ReasonCode) -> None:
         """The broker's answer to one of our messages: delete it from the outbox, or keep it."""
+        self._new_rows.set()  # a place in the in-flight window is free again
         if reason.is_failure:  # MQTT 5: refused (e.g. not authorised); kept for a retry
             self.stats.last_error = f"broker refused message {msg_id}: {reason}"
             _log.error("mqtt: broker refused message %s: %s", msg_id, reason)

@@ -30,7 +30,8 @@ class Recorder:
     def __init__(self, *, store: ResultStore | None, config_sha256: str,
                  overlay_dir: Path | None, out: TextIO, as_json: bool = False,
                  with_cells: bool = False,
-                 message_for: Callable[[FieldResult], MessageBuilder] | None = None) -> None:
+                 message_for: Callable[[FieldResult], MessageBuilder] | None = None,
+                 after_store: Callable[[], None] | None = None) -> None:
         self.store = store
         self.config_sha256 = config_sha256
         self.overlay_dir = overlay_dir
@@ -38,6 +39,7 @@ class Recorder:
         self.as_json = as_json
         self.with_cells = with_cells
         self.message_for = message_for  # the MQTT outbox message committed with each result
+        self.after_store = after_store  # e.g. wake the MQTT publisher: the message is on disk
         self.counts = {"fields": 0, "scored": 0, "not_scorable": 0, "store_errors": 0}
         self._header_done = False
 
@@ -49,6 +51,8 @@ class Recorder:
             try:
                 self.store.add(result, config_sha256=self.config_sha256,
                                outbox=self.message_for(result) if self.message_for else None)
+                if self.after_store is not None:
+                    self.after_store()
             except StoreError as exc:
                 self.counts["store_errors"] += 1
                 _log.error("result of %s kept in memory, not yet stored: %s", result.file, exc)

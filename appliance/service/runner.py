@@ -57,6 +57,7 @@ def run(cfg: Config, *, stop: threading.Event, out: TextIO,
             store=store, config_sha256=cfg.sha256(),
             overlay_dir=Path(cfg.overlay.dir) if cfg.overlay.enabled else None, out=out,
             message_for=telemetry.message_for if telemetry else None,
+            after_store=telemetry.link.wake if telemetry else None,
         )
         sources = _SourceKeeper(cfg)
         pipeline = Pipeline(cfg, assay=assay, open_source=sources.new, recorder=recorder,

@@ -212,6 +212,7 @@ class Telemetry:
         summary = case.summary(contract.iso_utc())
         self.outbox.enqueue_built(lambda msg_id, seq: ("case", contract.encode(
             contract.case_message(self.device_id, summary, msg_id=msg_id, seq=seq))))
+        self.link.wake()
         return summary
 
     def _set_assay(self, command: Command) -> dict[str, Any]:
