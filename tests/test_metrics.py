@@ -239,3 +239,12 @@ def test_recording_from_several_threads() -> None:
     assert snap.stage_ms["s0"]["p50"] == pytest.approx(24.5)
     assert snap.capture_fps == pytest.approx(threads * 100.0, rel=0.01)
     assert snaps  # snapshots taken while the others wrote did not fail
+
+
+def test_the_source_fault_reason_reaches_the_snapshot() -> None:
+    m = PipelineMetrics(16, started_at=0.0)
+    m.set_source("fault", 3, "cannot open /dev/video0")
+    snap = m.snapshot(1.0)
+    assert (snap.source_state, snap.source_reconnects) == ("fault", 3)
+    assert snap.source_reason == "cannot open /dev/video0"
+    assert snap.to_dict()["source_reason"] == "cannot open /dev/video0"

@@ -197,7 +197,7 @@ class Pipeline:
     def _on_source_state(self, state: SourceState, reason: str) -> None:
         self._source_state = (state, reason)
         reconnects = self._supervisor.reconnects if self._supervisor is not None else 0
-        self.metrics.set_source(state.value, reconnects)
+        self.metrics.set_source(state.value, reconnects, reason)
 
     def _reject(self, item: RejectedFrame) -> None:
         """An undecodable replayed file: reported as such, never skipped silently."""

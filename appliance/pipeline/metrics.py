@@ -174,6 +174,7 @@ class MetricsSnapshot:
     source_state: str
     source_reconnects: int
     frames_analysed: int = 0  # results made (the watchdog's sign of progress)
+    source_reason: str = ""  # why the source is in its state (a fault's cause)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready copy, rounded for people and logs."""
@@ -193,6 +194,7 @@ class MetricsSnapshot:
             "source_state": self.source_state,
             "source_reconnects": self.source_reconnects,
             "frames_analysed": self.frames_analysed,
+            "source_reason": self.source_reason,
         }
 
     def log_line(self) -> str:
@@ -237,6 +239,7 @@ class PipelineMetrics:
         self._reported = 0
         self._queues: dict[str, int] = {}
         self._source_state = "unknown"
+        self._source_reason = ""
         self._reconnects = 0
 
     def frame_captured(self, t: float) -> None:
@@ -286,11 +289,12 @@ class PipelineMetrics:
         with self._lock:
             self._queues[name] = n
 
-    def set_source(self, state: str, reconnects: int) -> None:
-        """The frame source's state (streaming, reconnecting...) and reopen count."""
+    def set_source(self, state: str, reconnects: int, reason: str = "") -> None:
+        """The frame source's state (streaming, fault...), reopen count, and why."""
         with self._lock:
             self._source_state = state
             self._reconnects = reconnects
+            self._source_reason = reason
 
     def snapshot(self, now: float) -> MetricsSnapshot:
         """All figures at ``now`` (monotonic seconds)."""
@@ -311,4 +315,5 @@ class PipelineMetrics:
                 source_state=self._source_state,
                 source_reconnects=self._reconnects,
                 frames_analysed=self._frames_analysed,
+                source_reason=self._source_reason,
             )

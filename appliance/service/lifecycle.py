@@ -103,4 +103,5 @@ def status_line(assay: Her2Assay, snap: MetricsSnapshot | None,
 
 def local_health(snap: MetricsSnapshot) -> Health:
     """Health from the pipeline alone (no broker configured)."""
-    return assess(HealthReadings(source_state=snap.source_state))
+    return assess(HealthReadings(source_state=snap.source_state,
+                                 source_reason=snap.source_reason))

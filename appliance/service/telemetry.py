@@ -163,7 +163,7 @@ class Telemetry:
         """The box's health now, from the pipeline, the link, the outbox and the system."""
         stats = self.link.stats
         return assess(HealthReadings(
-            source_state=snap.source_state, source_reason="",
+            source_state=snap.source_state, source_reason=snap.source_reason,
             pipeline_failed=self._fatal(),
             broker_configured=True, broker_connected=stats.connected,
             broker_error=stats.last_error, outbox_depth=self.outbox.depth(),
