@@ -3,6 +3,9 @@
     appliance score --assay her2 [--json] IMAGE...
     appliance run [--source URI] [--display SINK] [--config FILE] [--store PATH]
     appliance config --defaults | --validate FILE
+    appliance case start|end|control start|control end|status|list ...
+    appliance report CASE_ID
+    appliance audit export|verify
 
 Exit codes: 0 done; 1 an image hit an internal error; 2 bad command line or
 config; 3 the model is missing or refused.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 import threading
 import time
@@ -19,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from appliance import __version__
+from appliance import __version__, cli_cases
 from appliance.assays.her2.assay import INTERNAL_ERROR, Her2Assay
 from appliance.capture.frame import Frame
 from appliance.capture.source import SourceError
@@ -29,6 +33,7 @@ from appliance.inference.manifest import ModelError
 from appliance.outputs.display.sinks import DisplayError
 from appliance.outputs.store import ResultStore, StoreError
 from appliance.service import runner
+from appliance.service.cases import CaseWorkflow, mqtt_case_messages
 from appliance.service.logs import configure_logging
 from appliance.service.recorder import Recorder
 
@@ -75,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "none"), help="display.sink")
     _common(rn)
 
+    cli_cases.add_parsers(sub, _common)
+
     cf = sub.add_parser("config", help="print the defaults or validate a config file")
     group = cf.add_mutually_exclusive_group(required=True)
     group.add_argument("--defaults", action="store_true", help="print the default config")
@@ -110,8 +117,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     failures = 0
     try:
         with Her2Assay.from_config(cfg) as assay:
-            recorder = Recorder(store=store, config_sha256=cfg.sha256(), overlay_dir=overlay,
-                                out=sys.stdout, as_json=args.json, with_cells=args.cells)
+            cases = None
+            if store is not None:
+                # Stills scored while a case is open join it, as the service's fields do.
+                cases = CaseWorkflow(cfg, store, case_message=mqtt_case_messages(
+                    cfg, socket.gethostname()))
+                assay.field_context = cases.context
+            recorder = Recorder(
+                store=store, config_sha256=cfg.sha256(), overlay_dir=overlay, out=sys.stdout,
+                as_json=args.json, with_cells=args.cells,
+                companion_for=(None if cases is None else
+                               lambda result, image: cases.companion(result, image,
+                                                                     source="score")))
             for seq, path in enumerate(args.images, start=1):
                 try:
                     image = load_still(path, cfg.input)
@@ -156,7 +173,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `appliance` command."""
     args = build_parser().parse_args(argv)
-    handlers = {"score": cmd_score, "run": cmd_run, "config": cmd_config}
+    handlers = {"score": cmd_score, "run": cmd_run, "config": cmd_config,
+                "case": lambda a: cli_cases.cmd_case(a, _load(a)),
+                "report": lambda a: cli_cases.cmd_report(a, _load(a)),
+                "audit": lambda a: cli_cases.cmd_audit(a, _load(a))}
     try:
         return handlers[args.command](args)
     except (ConfigError, SourceError, DisplayError) as exc:

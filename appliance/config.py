@@ -230,12 +230,74 @@ class QualityConfig:
     )
 
 
+CONTROL_LEVELS = ("0", "1+", "2+", "3+")
+CALIBRATING_LEVELS = ("2+", "3+")  # controls whose membranes sit well above the faint cut
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    calibration: bool = _f(
+        True, "Calibrate a case's intensity thresholds from its valid 3+ or 2+ control: the "
+        "thresholds scale by (control's measured OD / reference_od), so a weaker stain run "
+        "keeps its scores; false = nominal thresholds, the control is only checked",
+    )
+    reference_od: dict[str, float] = _f(
+        {"3+": 0.75, "2+": 0.40},
+        "Median membrane DAB OD of the completely stained tumour cells of a good control at "
+        "each level, on this microscope and camera; set it from the lab's validated runs "
+        "(`appliance case control-check` prints the measured value)", lo=0.05, hi=3.0,
+    )
+    min_ratio: float = _f(
+        0.6, "A control whose measured / reference OD is below this is too weak: failed",
+        lo=0.05, hi=1.0,
+    )
+    max_ratio: float = _f(
+        1.6, "A control whose measured / reference OD is above this is too strong: failed",
+        lo=1.0, hi=20.0,
+    )
+    min_cells: int = _f(
+        50, "Fewer tumour cells measured over the control's fields: the control is not "
+        "assessable (failed)", lo=1, hi=100000,
+    )
+    min_percent: dict[str, float] = _f(
+        {"3+": 50.0, "2+": 30.0, "1+": 30.0, "0": 0.0},
+        "Share of the control's tumour cells that must show its level's staining: complete "
+        "intense (3+), complete (2+), any membrane staining (1+); a 0 control must score 0",
+        lo=0, hi=100,
+    )
+    default_expected: str = _f(
+        "3+", "Expected level of a control check started without one (button, bare command)",
+        choices=CONTROL_LEVELS,
+    )
+
+
+@dataclass(frozen=True)
+class CaseConfig:
+    borderline_margin_percent: float = _f(
+        3.0, "A pooled percentage within this many percentage points of the positive_percent "
+        "cut-off (10%) is flagged borderline", lo=0, hi=50,
+    )
+    borderline_od_margin: float = _f(
+        0.05, "A mean membrane OD within this of an intensity threshold is flagged borderline",
+        lo=0, hi=1,
+    )
+    duplicate_similarity: float = _f(
+        0.85, "A field whose fingerprint matches an earlier field of the case this well is the "
+        "same field: kept in the record, counted once", lo=0.5, hi=1.0,
+    )
+    auto_id_prefix: str = _f(
+        "b", "Prefix of the case ids the box makes up (button, `case start` without an id)"
+    )
+
+
 @dataclass(frozen=True)
 class Her2Config:
     stain: StainConfig = field(default_factory=StainConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    case: CaseConfig = field(default_factory=CaseConfig)
 
 
 @dataclass(frozen=True)
@@ -380,6 +442,24 @@ class LedsConfig:
 
 
 @dataclass(frozen=True)
+class ButtonConfig:
+    backend: str = _f(
+        "none", "Case button: gpiod (a push button on one libgpiod v2 line) or none. A short "
+        "press opens a case or closes the open one; a long press starts or ends a control "
+        "check", choices=("none", "gpiod"),
+    )
+    gpiochip: str = _f("/dev/gpiochip0", "gpiod: the GPIO chip of the button's line")
+    line: str = _f("", "gpiod: the button's line offset or name")
+    active_low: bool = _f(
+        True, "The line reads low while pressed (button to ground, pull-up on)"
+    )
+    bias: str = _f("pull_up", "gpiod: the line's bias", choices=("pull_up", "pull_down",
+                                                                     "disabled", "as_is"))
+    debounce_ms: float = _f(30.0, "Edges closer than this are contact bounce", lo=0, hi=1000)
+    long_press_s: float = _f(2.0, "A press held this long is a long press", lo=0.3, hi=30)
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     watchdog_stall_s: float = _f(
         30.0, "No analysed frame (while the camera streams) for this long is a stall: the "
@@ -407,6 +487,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     leds: LedsConfig = field(default_factory=LedsConfig)
+    button: ButtonConfig = field(default_factory=ButtonConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -530,9 +611,26 @@ def _cross_checks(cfg: Config) -> None:
         )
     _check_source(cfg.source)
     _check_mqtt(cfg.mqtt)
+    _check_control(cfg.her2.control)
+    if cfg.button.backend == "gpiod" and not cfg.button.line:
+        raise ConfigError("button.line", "backend gpiod needs the button's line offset or name")
     if cfg.display.sink == "picamera2" and cfg.source.kind != "picamera2":
         raise ConfigError("display.sink", "picamera2 draws over the Pi camera's own preview: "
                           f"it needs a picamera2: source, not {cfg.source.uri!r}")
+
+
+def _check_control(c: ControlConfig) -> None:
+    for key in c.reference_od:
+        if key not in CALIBRATING_LEVELS:
+            raise ConfigError(f"her2.control.reference_od.{key}",
+                              f"only {', '.join(CALIBRATING_LEVELS)} controls calibrate")
+    for key in c.min_percent:
+        if key not in CONTROL_LEVELS:
+            raise ConfigError(f"her2.control.min_percent.{key}",
+                              f"not a control level ({', '.join(CONTROL_LEVELS)})")
+    if c.calibration and not c.reference_od:
+        raise ConfigError("her2.control.reference_od",
+                          "calibration = true needs a reference OD for 3+ or 2+")
 
 
 def _check_mqtt(m: MqttConfig) -> None:

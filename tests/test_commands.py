@@ -152,7 +152,8 @@ def test_untrusted_text_in_errors_is_short_and_ascii() -> None:
 
 # ------------------------------------------------------------------------ checker == schema
 
-KEYS = ("case_id", "assay", "objective", "um_per_px", "request_id", "extra", "Case_id", "")
+KEYS = ("case_id", "assay", "objective", "um_per_px", "expected", "request_id", "extra",
+        "Case_id", "")
 STRINGS = ("her2", "HER2", "", "10x", "20x", "40x", "auto", "63x", "c1", "a b", "S25/04711",
            "r-1.2:3_x", "x" * 64, "x" * 65, "y" * 128, "y" * 129, "tab\there", "abc\n", "\x7f",
            "\x1f", "\x00", "\u00e9", "\u2028", "\ud800", "0.5", " her2")
@@ -161,6 +162,8 @@ OTHERS: tuple[Any, ...] = (None, True, False, [], ["her2"], {}, {"a": 1})
 VALID: dict[str, list[dict[str, Any]]] = {
     "start_case": [{"case_id": "c1"}, {"case_id": "S 1", "assay": "her2"}],
     "end_case": [{"case_id": "c1"}],
+    "start_control": [{}, {"expected": "3+"}, {"expected": "1+"}],
+    "end_control": [{}],
     "set_assay": [{"assay": "her2"}],
     "set_objective": [{"objective": "20x"}, {"um_per_px": 0.5}],
     "snapshot": [{}],
@@ -172,6 +175,7 @@ VALID: dict[str, list[dict[str, Any]]] = {
 BOUNDARIES: dict[str, tuple[Any, ...]] = {  # values near each field's own rules
     "case_id": ("c", "y" * 128, "y" * 129, "", "a\x1fb", "a\x7f", "abc\n", "\u00e9 1", 7),
     "assay": ("her2", "HER2", "her2 ", "", None),
+    "expected": ("0", "1+", "2+", "3+", "3", "4+", "+3", "", 3, None),
     "objective": ("10x", "20x", "40x", "auto", "Auto", "63x", "", 40),
     "um_per_px": NUMBERS,
     "request_id": ("r", "a" * 64, "a" * 65, "r 1", "r\n", "", "q:1.2_3-x", 5, None),

@@ -192,9 +192,10 @@ def test_v1_database_migrates_in_place_to_the_outbox_schema(
                   outbox=lambda msg_id, seq: ("field", f"{seq}".encode()))
         assert [(m.seq, m.payload) for m in outbox.pending()] == [(1, b"1")]
         assert store.count() == 4
-    assert any("migrated from schema 1 to 2" in r.getMessage() for r in caplog.records)
+    assert any(f"migrated from schema 1 to {SCHEMA_VERSION}" in r.getMessage()
+               for r in caplog.records)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2 == SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3 == SCHEMA_VERSION
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     assert {"outbox", "outbox_seq", "outbox_dropped"} <= tables
 

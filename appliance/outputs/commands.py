@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from appliance import __version__
+from appliance.config import CONTROL_LEVELS
 from appliance.outputs.mqtt_contract import (
     REPLY_SCHEMA,
     Topics,
@@ -35,8 +36,8 @@ _log = logging.getLogger(__name__)
 _REFUSALS_LOGGED = 20
 _REFUSAL_WINDOW_S = 60.0
 
-COMMANDS = ("start_case", "end_case", "set_assay", "set_objective", "snapshot",
-            "reload_config", "ping")
+COMMANDS = ("start_case", "end_case", "start_control", "end_control", "set_assay",
+            "set_objective", "snapshot", "reload_config", "ping")
 ASSAYS = ("her2",)
 OBJECTIVES = ("10x", "20x", "40x", "auto")
 MAX_REQUEST_ID_CHARS = 64
@@ -84,6 +85,8 @@ _ASSAY = _Rule("string", choices=ASSAYS)
 SPECS: Mapping[str, _Spec] = {
     "start_case": _Spec({"case_id": _CASE_ID, "assay": _ASSAY}, required=("case_id",)),
     "end_case": _Spec({"case_id": _CASE_ID}, required=("case_id",)),
+    "start_control": _Spec({"expected": _Rule("string", choices=CONTROL_LEVELS)}),
+    "end_control": _Spec({}),
     "set_assay": _Spec({"assay": _ASSAY}, required=("assay",)),
     "set_objective": _Spec(
         {"objective": _Rule("string", choices=OBJECTIVES),

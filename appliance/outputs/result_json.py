@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.assays.her2.types import (
+    CaseTag,
     CellMeasurement,
     FieldResult,
     MembraneClass,
@@ -84,6 +85,13 @@ def _quality(q: QualityReport | None) -> dict[str, float] | None:
     }
 
 
+def _case(tag: CaseTag | None) -> dict[str, Any] | None:
+    if tag is None:
+        return None
+    return {"case_id": tag.case_id, "role": tag.role, "control": tag.control,
+            "calibration_factor": _num("case.calibration_factor", tag.calibration_factor, 4)}
+
+
 def cell_to_dict(cell: CellMeasurement) -> dict[str, Any]:
     """One tumour cell as its JSON object (positions in source-image pixels)."""
     name = f"cells[{cell.cell_id}]"
@@ -140,6 +148,9 @@ def result_to_dict(result: FieldResult, *, include_cells: bool = False) -> dict[
         "research_use_only": is_research_use_only(m),
         "timings_ms": {k: _num(f"timings_ms.{k}", v, 1) for k, v in result.timings_ms.items()},
         "created_at": _created_at(result),
+        "thresholds": (None if result.intensity_thresholds is None else
+                       [_num("thresholds", t, 4) for t in result.intensity_thresholds]),
+        "case": _case(result.case),
     }
     if include_cells:
         out["cells"] = [cell_to_dict(c) for c in result.cells]

@@ -10,6 +10,11 @@ saying why, and the backlog is retried in order on the next ``add()`` or
 ``flush()``. When the backlog overflows, the oldest row is dropped, logged at ERROR
 with what it said, and counted in :attr:`ResultStore.dropped`.
 
+Schema v3 adds the cases (:mod:`appliance.outputs.casebook`) and the audit trail
+(:mod:`appliance.outputs.audit`); ``add(..., companion=link)`` runs ``link(conn,
+row_id)`` in the result's transaction (the result joins its case and the audit trail
+atomically).
+
 Schema v2 adds the MQTT outbox (:mod:`appliance.outputs.outbox`): ``add(...,
 outbox=build)`` writes the result and its message in the same transaction, so a
 crash leaves both or neither, and a result waiting in the backlog keeps its message
@@ -32,6 +37,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from appliance.assays.her2.types import FieldResult
+from appliance.outputs.audit import create_audit_table
+from appliance.outputs.casebook import create_case_tables
 from appliance.outputs.outbox import DEFAULT_MAX_MESSAGES, MessageBuilder, append_message, report
 from appliance.outputs.result_json import result_to_json
 
@@ -115,9 +122,16 @@ def _add_outbox_v2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_cases_and_audit_v3(conn: sqlite3.Connection) -> None:
+    """Cases, their fields and control checks (casebook), and the append-only audit trail."""
+    create_case_tables(conn)
+    create_audit_table(conn)
+
+
 # Migration hook: entry i upgrades a database from user_version i to i + 1. Append a
 # function to change the schema; never edit one that has shipped.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_create_v1, _add_outbox_v2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _create_v1, _add_outbox_v2, _add_cases_and_audit_v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
@@ -138,12 +152,16 @@ class _Row:
     summary: str
 
 
+Companion = Callable[[sqlite3.Connection, int], None]
+
+
 @dataclass(frozen=True)
 class _Pending:
     """A result waiting to be written, with the builder of its outbox message if any."""
 
     row: _Row
     outbox: MessageBuilder | None = None
+    companion: Companion | None = None
 
     def describe(self) -> str:
         return self.row.summary + (" (and its MQTT message)" if self.outbox else "")
@@ -305,7 +323,7 @@ class ResultStore:
     # ------------------------------------------------------------ writing
 
     def add(self, result: FieldResult, *, config_sha256: str,
-            outbox: MessageBuilder | None = None) -> int:
+            outbox: MessageBuilder | None = None, companion: Companion | None = None) -> int:
         """Store one result and return its row id; the row is on disk when this returns.
 
         Older unwritten results go first, in order. If the write fails for a reason
@@ -320,8 +338,14 @@ class ResultStore:
         it raises an Exception, the result is still stored and the message is recorded
         in ``outbox_dropped`` (logged at ERROR); an interruption (KeyboardInterrupt)
         rolls both back and keeps the pair in the backlog.
+
+        ``companion(conn, row_id)`` writes what belongs with the result (its case link,
+        its audit entry) in the same transaction, under the store's lock. If it raises
+        an Exception (a bug), everything is rolled back, logged with the traceback, and
+        the result and its message are written again without it: a result is never lost
+        for its case link.
         """
-        item = _Pending(_make_row(result, config_sha256), outbox)
+        item = _Pending(_make_row(result, config_sha256), outbox, companion)
         with self._lock:
             self._open_conn()
             self._backlog.append(item)
@@ -370,10 +394,22 @@ class ResultStore:
     def _insert(self, conn: sqlite3.Connection, item: _Pending) -> int:
         """One transaction per result and its message: both committed, or neither."""
         cap = self.outbox_max_messages
-        with _transaction(conn):
-            row_id = int(conn.execute(_INSERT, item.row.values).lastrowid or 0)
-            appended = (append_message(conn, item.outbox, cap=cap, result_id=row_id)
-                        if item.outbox is not None else None)
+        try:
+            with _transaction(conn):
+                row_id = int(conn.execute(_INSERT, item.row.values).lastrowid or 0)
+                if item.companion is not None:
+                    item.companion(conn, row_id)
+                appended = (append_message(conn, item.outbox, cap=cap, result_id=row_id)
+                            if item.outbox is not None else None)
+        except sqlite3.Error:
+            raise
+        except Exception:
+            if item.companion is None:
+                raise
+            # A bug in the case link must not cost the result: store it without the link.
+            _log.exception("results store: linking a result to its case failed; stored "
+                           "without the link: %s", item.describe())
+            return self._insert(conn, _Pending(item.row, item.outbox, None))
         if appended is not None:
             report(appended, cap)  # only now: a rolled-back drop did not happen
         return row_id

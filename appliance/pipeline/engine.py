@@ -42,6 +42,7 @@ from appliance.capture.source import FrameSource, RejectedFrame, SourceError, So
 from appliance.capture.supervisor import CaptureSupervisor
 from appliance.config import Config
 from appliance.outputs.display import DisplayError, LiveComposer, LiveStatus, show_live
+from appliance.outputs.display.live import LiveCase
 from appliance.outputs.display.sinks import DisplaySink
 from appliance.pipeline.field_memory import FieldMemory
 from appliance.pipeline.metrics import MetricsSnapshot, PipelineMetrics
@@ -78,7 +79,8 @@ class Pipeline:
 
     def __init__(self, cfg: Config, *, assay: Her2Assay, open_source: Callable[[], FrameSource],
                  recorder: Recorder, display: Callable[[], DisplaySink] | None,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event,
+                 case_line: Callable[[], LiveCase | None] = lambda: None) -> None:
         self.cfg = cfg
         self.assay = assay
         self.recorder = recorder
@@ -86,6 +88,7 @@ class Pipeline:
         self.metrics = PipelineMetrics(cfg.pipeline.latency_window)
         self.model_thread = _wants_model_thread(cfg.pipeline.model_thread)
         self._open_source = open_source
+        self._case_line = case_line  # the open case for the display panel
         self._display_factory = display
         self._tracker = StillnessTracker(cfg.stability)
         self._policy = ReportPolicy(FieldMemory(cfg.stability))
@@ -357,6 +360,7 @@ class Pipeline:
             reported=in_view and latest is not None and latest.decision is not None,
             result_in_view=in_view, capture_fps=snap.capture_fps,
             processed_fps=snap.processed_fps, latency_ms=snap.latency_ms.get("p50"),
+            case=self._case_line(),
         )
         streaming = tracked is not None and state is SourceState.STREAMING
         show_live(sink, composer, tracked.frame.image if streaming and tracked else None,

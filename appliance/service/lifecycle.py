@@ -41,7 +41,8 @@ class Lifecycle:
                  stall_after_s: float, config_path: Path | None,
                  reload_requested: threading.Event | None = None,
                  health: Callable[[MetricsSnapshot], Health] | None = None,
-                 latest_reason: Callable[[], str | None] = lambda: None) -> None:
+                 latest_reason: Callable[[], str | None] = lambda: None,
+                 case_attention: Callable[[], bool] = lambda: False) -> None:
         self.assay = assay
         self.notifier = notifier
         self.leds = leds
@@ -50,6 +51,7 @@ class Lifecycle:
         self.reload_requested = reload_requested or threading.Event()
         self._health = health or local_health
         self._latest_reason = latest_reason
+        self._case_attention = case_attention  # the open case's control is not valid
         self._ready = False
         self._next_status = 0.0
         self.leds.show(LedState.BOOTING)
@@ -63,7 +65,8 @@ class Lifecycle:
         health = self._health(snap)
         scoring = snap.source_state == "streaming" and snap.processed_fps > 0
         self.leds.show(led_state(health, started=self._ready, scoring=scoring,
-                                 attention=self._latest_reason() in ATTENTION_CODES))
+                                 attention=self._latest_reason() in ATTENTION_CODES
+                                 or self._case_attention()))
         if now >= self._next_status:
             self._next_status = now + _STATUS_EVERY_S
             self.notifier.status(status_line(self.assay, snap, health))

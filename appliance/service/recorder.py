@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -13,7 +13,7 @@ from appliance.assays.her2.types import FieldResult
 from appliance.outputs.outbox import MessageBuilder
 from appliance.outputs.overlay import render_overlay, write_png
 from appliance.outputs.result_json import result_to_json
-from appliance.outputs.store import ResultStore, StoreError
+from appliance.outputs.store import Companion, ResultStore, StoreError
 from appliance.outputs.table import HEADER, format_row
 
 _log = logging.getLogger(__name__)
@@ -31,7 +31,9 @@ class Recorder:
                  overlay_dir: Path | None, out: TextIO, as_json: bool = False,
                  with_cells: bool = False,
                  message_for: Callable[[FieldResult], MessageBuilder] | None = None,
-                 after_store: Callable[[], None] | None = None) -> None:
+                 companion_for: Callable[[FieldResult, np.ndarray | None], Companion]
+                 | None = None,
+                 after_store: Sequence[Callable[[], None]] = ()) -> None:
         self.store = store
         self.config_sha256 = config_sha256
         self.overlay_dir = overlay_dir
@@ -39,7 +41,10 @@ class Recorder:
         self.as_json = as_json
         self.with_cells = with_cells
         self.message_for = message_for  # the MQTT outbox message committed with each result
-        self.after_store = after_store  # e.g. wake the MQTT publisher: the message is on disk
+        # The case link and audit entry, written in the result's transaction.
+        self.companion_for = companion_for
+        # e.g. wake the MQTT publisher (the message is on disk), refresh the case line
+        self.after_store = tuple(after_store)
         self.counts = {"fields": 0, "scored": 0, "not_scorable": 0, "store_errors": 0}
         self._header_done = False
 
@@ -49,10 +54,13 @@ class Recorder:
         self.counts["scored" if result.scored else "not_scorable"] += 1
         if self.store is not None:
             try:
-                self.store.add(result, config_sha256=self.config_sha256,
-                               outbox=self.message_for(result) if self.message_for else None)
-                if self.after_store is not None:
-                    self.after_store()
+                self.store.add(
+                    result, config_sha256=self.config_sha256,
+                    outbox=self.message_for(result) if self.message_for else None,
+                    companion=(self.companion_for(result, image) if self.companion_for
+                               else None))
+                for hook in self.after_store:
+                    hook()
             except StoreError as exc:
                 self.counts["store_errors"] += 1
                 _log.error("result of %s kept in memory, not yet stored: %s", result.file, exc)

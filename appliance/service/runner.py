@@ -8,6 +8,7 @@ reach the store before everything opened here is closed, in reverse order.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -21,9 +22,17 @@ from appliance.capture.source import FrameSource
 from appliance.config import Config
 from appliance.outputs.display.sinks import DisplaySink, open_display
 from appliance.outputs.leds import open_leds
+from appliance.outputs.mqtt_contract import read_case_salt
 from appliance.outputs.store import ResultStore
 from appliance.pipeline.engine import Pipeline
 from appliance.pipeline.metrics import PipelineMetrics
+from appliance.service.button import open_button
+from appliance.service.cases import (
+    CaseWorkflow,
+    button_handler,
+    case_needs_attention,
+    mqtt_case_messages,
+)
 from appliance.service.lifecycle import Lifecycle
 from appliance.service.notify import Notifier
 from appliance.service.recorder import Recorder
@@ -44,11 +53,16 @@ def run(cfg: Config, *, stop: threading.Event, out: TextIO,
     with ExitStack() as stack:
         store = stack.enter_context(ResultStore(cfg.store.path))
         assay = stack.enter_context(Her2Assay.from_config(cfg))
+        cases = CaseWorkflow(
+            cfg, store, case_message=mqtt_case_messages(cfg, socket.gethostname()),
+            salt=read_case_salt(cfg.mqtt.case_salt_file))
+        cases.refresh_live()  # a case left open before a restart goes on
+        assay.field_context = cases.context
         pipeline: Pipeline | None = None
         telemetry = None
         if cfg.mqtt.url:
             telemetry = Telemetry(
-                cfg, store=store, assay=assay, config_path=config_path,
+                cfg, store=store, assay=assay, cases=cases, config_path=config_path,
                 snapshot=lambda: pipeline.snapshot() if pipeline else PipelineMetrics(
                     16).snapshot(time.monotonic()),
                 fatal=lambda: repr(pipeline.fatal) if pipeline and pipeline.fatal else "",
@@ -57,11 +71,14 @@ def run(cfg: Config, *, stop: threading.Event, out: TextIO,
             store=store, config_sha256=cfg.sha256(),
             overlay_dir=Path(cfg.overlay.dir) if cfg.overlay.enabled else None, out=out,
             message_for=telemetry.message_for if telemetry else None,
-            after_store=telemetry.link.wake if telemetry else None,
+            companion_for=lambda result, image: cases.companion(result, image,
+                                                                 source="pipeline"),
+            after_store=[cases.after_field, *([telemetry.link.wake] if telemetry else [])],
         )
         sources = _SourceKeeper(cfg)
         pipeline = Pipeline(cfg, assay=assay, open_source=sources.new, recorder=recorder,
-                            display=_display_factory(cfg, sources), stop=stop)
+                            display=_display_factory(cfg, sources), stop=stop,
+                            case_line=cases.live)
         _log.info("scoring %s from %s with %s (%s), display %s%s", cfg.assay, cfg.source.uri,
                   assay.model.name, assay.model.precision, cfg.display.sink,
                   f", results to {cfg.mqtt.url} as {telemetry.device_id}" if telemetry else "")
@@ -72,12 +89,21 @@ def run(cfg: Config, *, stop: threading.Event, out: TextIO,
         stack.callback(notifier.close)
         leds = open_leds(cfg.leds)
         stack.callback(leds.close)
+        button = open_button(cfg.button, button_handler(cases))
+        if button is not None:
+            stack.callback(button.close)
+        if cases.live() is not None:
+            live = cases.live()
+            assert live is not None
+            _log.warning("case %s was left open (mode %s): it goes on; close it when done",
+                         live.case_id, live.mode)
         life = Lifecycle(
             assay=assay, notifier=notifier, leds=leds,
             stall_after_s=cfg.service.watchdog_stall_s, config_path=config_path,
             reload_requested=reload,
             health=telemetry.current_health if telemetry else None,
             latest_reason=pipeline.latest_reason_code,
+            case_attention=lambda: case_needs_attention(cases.live()),
         )
         pipeline.start()
         _wait(pipeline, stop, life, cfg.pipeline.metrics_interval_s)

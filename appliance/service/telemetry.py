@@ -14,9 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,31 +29,17 @@ from appliance.outputs.outbox import MessageBuilder, Outbox
 from appliance.outputs.result_json import result_to_dict
 from appliance.outputs.store import ResultStore
 from appliance.pipeline.metrics import MetricsSnapshot
+from appliance.service.cases import CaseError, CaseWorkflow
 from appliance.service.health import Health, HealthReadings, assess
 from appliance.service.reload import reload_config
 
 _log = logging.getLogger(__name__)
 
 
-@dataclass
-class CaseState:
-    """The case the pathologist has opened with ``start_case`` (opaque id only)."""
-
-    case_id: str
-    started_at: str
-    scores: Counter[str] = field(default_factory=Counter)
-    fields: int = 0
-
-    def summary(self, ended_at: str) -> dict[str, Any]:
-        """What the ``case`` message carries (issue #6 adds the clinical aggregate)."""
-        return {"case_id": self.case_id, "started_at": self.started_at, "ended_at": ended_at,
-                "fields": self.fields, "scores": dict(self.scores)}
-
-
 class Telemetry:
     """Link, outbox, health and metrics publishing, and command handling for one box."""
 
-    def __init__(self, cfg: Config, *, store: ResultStore, assay: Her2Assay,
+    def __init__(self, cfg: Config, *, store: ResultStore, assay: Her2Assay, cases: CaseWorkflow,
                  config_path: Path | None, snapshot: Callable[[], MetricsSnapshot],
                  fatal: Callable[[], str] = lambda: "", hostname: str | None = None) -> None:
         m = cfg.mqtt
@@ -70,9 +54,7 @@ class Telemetry:
         self._config_path = config_path
         self._snapshot = snapshot
         self._fatal = fatal
-        self._salt = contract.read_case_salt(m.case_salt_file) if m.case_salt_file else None
-        self._case: CaseState | None = None
-        self._case_lock = threading.Lock()
+        self.cases = cases
         self._last_health: Health | None = None
         self._last_extra: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -113,12 +95,7 @@ class Telemetry:
 
     def message_for(self, result: FieldResult) -> MessageBuilder:
         """The outbox message of one reported field (built inside the store's transaction)."""
-        with self._case_lock:
-            case = self._case
-            if case is not None:
-                case.fields += 1
-                case.scores[result.score.value if result.score else "not_scorable"] += 1
-        case_id = case.case_id if case is not None else None
+        case_id = result.case.case_id if result.case is not None else None
         body = result_to_dict(result)
 
         def build(msg_id: str, seq: int) -> tuple[str, bytes]:
@@ -184,36 +161,46 @@ class Telemetry:
 
     def _handlers(self) -> dict[str, Callable[[Command], dict[str, Any] | None]]:
         return {"start_case": self._start_case, "end_case": self._end_case,
+                "start_control": self._start_control, "end_control": self._end_control,
                 "set_assay": self._set_assay, "set_objective": self._set_objective,
                 "snapshot": self._snapshot_command, "reload_config": self._reload_config}
 
-    def _opaque(self, raw: str) -> str:
+    def _case_action(self, name: str, action: Callable[[], dict[str, Any]],
+                     field: str | None = None) -> dict[str, Any]:
+        """Run a case action; audit it; a CaseError is the command's refusal."""
         try:
-            return contract.opaque_case_id(raw, self._salt)
-        except ValueError as exc:
-            raise CommandRefused(str(exc), field="case_id") from exc
+            reply = action()
+        except CaseError as exc:
+            self.cases.record_command(name, f"refused: {exc}", source="mqtt")
+            raise CommandRefused(str(exc), field=field) from exc
+        self.cases.record_command(name, "done", source="mqtt", case_id=reply.get("case_id"))
+        return reply
 
     def _start_case(self, command: Command) -> dict[str, Any]:
-        case_id = self._opaque(str(command.args["case_id"]))
-        with self._case_lock:
-            if self._case is not None:
-                raise CommandRefused(f"case {self._case.case_id} is still open: end it first",
-                                     field="case_id")
-            self._case = CaseState(case_id, contract.iso_utc())
-        return {"case_id": case_id}
+        raw = str(command.args["case_id"])
+        return self._case_action("start_case", lambda: {
+            "case_id": self.cases.start_case(raw, source="mqtt").case_id}, field="case_id")
 
     def _end_case(self, command: Command) -> dict[str, Any]:
-        case_id = self._opaque(str(command.args["case_id"]))
-        with self._case_lock:
-            case = self._case
-            if case is None or case.case_id != case_id:
-                raise CommandRefused("no such open case", field="case_id")
-            self._case = None
-        summary = case.summary(contract.iso_utc())
-        self.outbox.enqueue_built(lambda msg_id, seq: ("case", contract.encode(
-            contract.case_message(self.device_id, summary, msg_id=msg_id, seq=seq))))
-        self.link.wake()
-        return summary
+        raw = str(command.args["case_id"])
+
+        def end() -> dict[str, Any]:
+            summary = self.cases.end_case(self.cases.case_id_for(raw), source="mqtt")
+            self.link.wake()  # the case message is in the outbox
+            return summary
+        return self._case_action("end_case", end, field="case_id")
+
+    def _start_control(self, command: Command) -> dict[str, Any]:
+        expected = command.args.get("expected")
+        return self._case_action("start_control", lambda: self.cases.start_control(
+            None if expected is None else str(expected), source="mqtt"))
+
+    def _end_control(self, command: Command) -> dict[str, Any]:
+        def end() -> dict[str, Any]:
+            check = self.cases.end_control(source="mqtt")
+            case = self.cases.live()
+            return {"case_id": case.case_id if case else None, **check.to_dict()}
+        return self._case_action("end_control", end)
 
     def _set_assay(self, command: Command) -> dict[str, Any]:
         assay = command.args["assay"]

@@ -12,7 +12,8 @@ Masks and stain are drawn with the same polygons, so the truth matches the pictu
 The field score is what :func:`appliance.assays.her2.rules.score_field` says about the
 membrane classes actually drawn, never an assumption. Everything random comes from
 ``np.random.default_rng(spec.seed)``: the scene and the camera use two spawned streams, so
-the same scene can be rendered without optics.
+the same scene can be rendered without optics (``spec.camera_seed``, when set, seeds the
+camera stream instead: one microscope and stain batch for all the fields of a slide).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tools.synth import optics
 
 SCORES = ("0", "1+", "2+", "3+")
 PATTERN_SCORE = {"null": "0", "ultralow": "0", "unusual_intense": "2+",
-                 "unusual_basolateral": "2+"}
+                 "unusual_basolateral": "2+", "control_3plus": "3+", "control_1plus": "1+"}
 TISSUES = ("tumour", "empty", "fat")
 
 # DAB OD on the membrane, per intensity: straddles the rule engine's 0.2 / 0.4 / 0.6
@@ -71,10 +72,19 @@ class FieldSpec:
     height: int = 480
     um_per_px: float | None = None  # None: log-uniform in [0.25, 1.0] (40x..10x objectives)
     target_score: str | None = None  # "0", "1+", "2+", "3+" or None (random)
-    pattern: str | None = None  # "null", "ultralow", "unusual_intense", "unusual_basolateral"
+    # "null", "ultralow", "unusual_intense", "unusual_basolateral", or the control tissues
+    # "control_3plus" (homogeneous strong complete) and "control_1plus" (faint incomplete)
+    pattern: str | None = None
     defocus_um: float | None = None  # blur sigma at the specimen; None: mild (<= 0.5 µm)
     tissue: str = "tumour"  # "tumour" | "empty" (glass only) | "fat" (fat, little tissue)
     jpeg_quality: int | None = None  # None: random (half PNG-clean, half JPEG 60..95)
+    # Stain run strength: the drawn DAB OD is multiplied by this before rendering, so an
+    # under- (< 1) or over-stained (> 1) run measures proportionally (Beer-Lambert). The
+    # truth stays the drawn recipe's: what the tissue should score with a correct stain.
+    dab_scale: float = 1.0
+    # None: the camera stream (stain batch, light, sensor) comes from ``seed``. An int: from
+    # this seed, so the fields of one slide share one microscope, camera and stain batch.
+    camera_seed: int | None = None
 
     def __post_init__(self) -> None:
         problems = _spec_problems(self)
@@ -194,20 +204,28 @@ def build_scene(spec: FieldSpec) -> Scene:
                  nucleus_labels=labels, membrane_owner=owner, cells=truth_cells)
 
 
-def render_scene(scene: Scene, *, camera: bool = True) -> np.ndarray:
+def render_scene(scene: Scene, *, camera: bool = True, exposure: float = 1.0) -> np.ndarray:
     """Beer-Lambert RGB of a scene; with ``camera`` the stain, light and sensor vary per seed.
 
     ``camera=False`` renders with the un-jittered StainConfig vectors, a white of 255 and no
     optics, so colour deconvolution with those vectors recovers the drawn ODs (tests).
+    The DAB is scaled by ``spec.dab_scale`` either way. ``exposure`` multiplies the light
+    reaching the sensor (a re-exposed view of the same field); 1.0 changes nothing.
     """
+    if not 0.1 <= exposure <= 4.0:
+        raise ValueError(f"exposure {exposure} is outside 0.1..4")
     stain = StainConfig()
     h_vec, d_vec = _unit(stain.hematoxylin), _unit(stain.dab)
+    dab_scale = scene.spec.dab_scale
     if not camera:
-        return optics.quantise_8bit(_transmission(scene, h_vec, d_vec))
-    rng = np.random.default_rng(scene.spec.seed).spawn(2)[1]
+        return optics.quantise_8bit(_transmission(scene, h_vec, d_vec, dab_scale))
+    camera_seed = scene.spec.seed if scene.spec.camera_seed is None else scene.spec.camera_seed
+    rng = np.random.default_rng(camera_seed).spawn(2)[1]
     defocus_um, jpeg_quality = _resolve_camera(scene.spec, rng)
     h_vec, d_vec = _jitter_vector(rng, h_vec, 15.0), _jitter_vector(rng, d_vec, 15.0)
-    light = _transmission(scene, h_vec, d_vec)
+    light = _transmission(scene, h_vec, d_vec, dab_scale)
+    if exposure != 1.0:
+        light = light * np.float32(exposure)
     sigma_px = defocus_um / scene.um_per_px
     # Real defocus is disc-shaped; a barely soft field is closer to a Gaussian.
     light = optics.defocus_blur(light, sigma_px, disc=defocus_um > 1.0)
@@ -246,6 +264,10 @@ def _spec_problems(spec: FieldSpec) -> list[str]:
         p.append("an empty (glass only) field cannot have a target score or pattern")
     if spec.jpeg_quality is not None and not 1 <= spec.jpeg_quality <= 100:
         p.append(f"jpeg_quality {spec.jpeg_quality} is outside 1..100")
+    if not 0.05 <= spec.dab_scale <= 3.0:
+        p.append(f"dab_scale {spec.dab_scale} is outside 0.05..3")
+    if spec.camera_seed is not None and spec.camera_seed < 0:
+        p.append(f"camera_seed {spec.camera_seed} is negative")
     return p
 
 
@@ -858,6 +880,12 @@ def _mix(rng: np.random.Generator, plan: _Plan, n: int) -> list[_Recipe]:
     elif key == "unusual_basolateral":
         counts["u_strong"] = min(n, max(above10, round(rng.uniform(0.2, 0.6) * n)))
         counts["faint_incomplete"] = round(rng.uniform(0.0, 0.3) * (n - counts["u_strong"]))
+    elif key == "control_3plus":
+        # Control tissue (cell line or known 3+ tumour): homogeneous, nearly all intense.
+        counts["intense"] = min(n, max(above10, round(rng.uniform(0.80, 0.95) * n)))
+        counts["complete_moderate"] = n - counts["intense"]
+    elif key == "control_1plus":
+        counts["faint_incomplete"] = min(n, max(above10, round(rng.uniform(0.5, 0.8) * n)))
     recipes = [r for name, c in counts.items() for r in _recipes_of(rng, name, c)]
     recipes += [_NONE] * (n - len(recipes))
     return sorted(recipes, key=lambda r: -r.rank)
@@ -882,6 +910,8 @@ def _recipes_of(rng: np.random.Generator, name: str, count: int) -> list[_Recipe
         elif name == "complete_wm":
             out.append(_Recipe((Intensity.FAINT, Intensity.MODERATE)[int(rng.integers(2))],
                                "complete", 4))
+        elif name == "complete_moderate":
+            out.append(_Recipe(Intensity.MODERATE, "complete", 4))
         elif name == "u_strong":
             out.append(_Recipe((Intensity.MODERATE, Intensity.STRONG)[int(rng.integers(2))],
                                "U" if rng.uniform() < 0.75 else "fragments", 3))
@@ -1190,9 +1220,12 @@ def _jitter_vector(rng: np.random.Generator, vec: np.ndarray, max_deg: float) ->
     return vec
 
 
-def _transmission(scene: Scene, h_vec: np.ndarray, d_vec: np.ndarray) -> np.ndarray:
+def _transmission(scene: Scene, h_vec: np.ndarray, d_vec: np.ndarray,
+                  dab_scale: float = 1.0) -> np.ndarray:
     """Beer-Lambert: transmitted fraction of the white light per channel, float32 (H, W, 3)."""
-    od = (scene.hematoxylin[:, :, None] * h_vec + scene.dab[:, :, None] * d_vec
+    # Skipping the product at 1.0 keeps every existing field bit-identical.
+    dab = scene.dab if dab_scale == 1.0 else scene.dab * np.float32(dab_scale)
+    od = (scene.hematoxylin[:, :, None] * h_vec + dab[:, :, None] * d_vec
           + scene.residual[:, :, None] * _RESIDUAL_VEC)
     return np.exp(-_LN10 * od).astype(np.float32)
 

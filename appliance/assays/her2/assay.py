@@ -26,13 +26,14 @@ from appliance.assays.her2.scale import estimate_um_per_px
 from appliance.assays.her2.stain import StainMaps, deconvolve
 from appliance.assays.her2.types import (
     CellMeasurement,
+    FieldContext,
     FieldResult,
     ModelRef,
     NotScorable,
 )
 from appliance.assays.her2.working_scale import choose_working_scale, resample
 from appliance.capture.frame import Frame
-from appliance.config import Config
+from appliance.config import Config, MeasureConfig
 from appliance.inference.backend import SegmentationBackend, to_model_input
 from appliance.inference.manifest import ModelManifest, load_manifest, verify_model
 from appliance.inference.onnxruntime_backend import OnnxRuntimeBackend
@@ -103,6 +104,9 @@ class Her2Assay:
             name=manifest.name, sha256=manifest.sha256(precision), precision=precision,
             validated_on=manifest.validated_on,
         )
+        # The open case's say on each field (its tag, calibrated thresholds); the
+        # composition root sets it when cases are kept. Asked once per field, in finish.
+        self.field_context: Callable[[], FieldContext | None] = lambda: None
 
     @classmethod
     def from_config(cls, cfg: Config) -> Her2Assay:
@@ -194,16 +198,26 @@ class Her2Assay:
         return logits
 
     def finish(self, prepared: PreparedField, logits: np.ndarray) -> FieldResult:
-        """Everything after the model: cells, membranes, cytoplasm gate, ASCO/CAP rules."""
+        """Everything after the model: cells, membranes, cytoplasm gate, ASCO/CAP rules.
+
+        The intensity thresholds are the open case's (calibrated by its control) when a
+        case is open, else the configured ones; the result records which.
+        """
         timer = _Timer(prepared.base.timings_ms)
-        h3, base, warnings = self.cfg.her2, prepared.base, prepared.warnings
+        h3, warnings = self.cfg.her2, prepared.warnings
+        context = self.field_context()
+        measure = h3.measure if context is None else replace(
+            h3.measure, intensity_thresholds=list(context.thresholds))
+        t = measure.intensity_thresholds
+        base = replace(prepared.base, intensity_thresholds=(t[0], t[1], t[2]),
+                       case=None if context is None else context.case)
         working, native = prepared.working_um_per_px, prepared.scale.um_per_px
         measured = timer("postprocess", lambda: self._measure(
-            logits, prepared.rgb.shape[:2], prepared.stains.dab, working))
+            logits, prepared.rgb.shape[:2], prepared.stains.dab, working, measure))
         stained_cytoplasm = _cytoplasm_refusal(measured, h3.quality.max_cytoplasm_dab)
         if stained_cytoplasm is not None:
             return self._refused(stained_cytoplasm, base, warnings)
-        cells = timer("rules", lambda: self._to_cells(measured, native, working))
+        cells = timer("rules", lambda: self._to_cells(measured, native, working, measure))
         verdict = timer("rules", lambda: score_field([c.membrane_class for c in cells],
                                                      h3.rules))
         if isinstance(verdict, NotScorable):
@@ -323,8 +337,7 @@ class Her2Assay:
                          multiple=self.manifest.input.multiple_of, stride=stride)
 
     def _measure(self, logits: np.ndarray, shape: tuple[int, int], dab: np.ndarray,
-                 working: float) -> list[cellmod.WorkingCell]:
-        m = self.cfg.her2.measure
+                 working: float, m: MeasureConfig) -> list[cellmod.WorkingCell]:
         classes = cellmod.class_map_from_logits(logits, shape)
         nuclei = cellmod.nucleus_instances(
             classes, min_area_px=max(1, round(m.min_nucleus_area_um2 / working**2)),
@@ -334,13 +347,12 @@ class Her2Assay:
                                      um_per_px=working, cfg=m)
 
     def _to_cells(self, measured: list[cellmod.WorkingCell], native: float,
-                  working: float) -> list[CellMeasurement]:
+                  working: float, measure: MeasureConfig) -> list[CellMeasurement]:
         """Working-scale cells → classified cells in source-image coordinates."""
         to_src = working / native
         out = []
         for i, c in enumerate(measured, start=1):
-            intensity, membrane = classify_cell(c.intensity_od, c.completeness,
-                                                self.cfg.her2.measure)
+            intensity, membrane = classify_cell(c.intensity_od, c.completeness, measure)
             points = np.rint(c.outline * to_src).astype(int).tolist()
             outline = tuple((x, y) for x, y in points)
             out.append(CellMeasurement(

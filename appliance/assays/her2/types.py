@@ -115,6 +115,24 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class CaseTag:
+    """The case a field was measured for, as the field's result records it."""
+
+    case_id: str  # opaque
+    role: str  # "tumour" | "control"
+    control: str  # the case's control: "valid" | "failed" | "not_checked" | "checking"
+    calibration_factor: float  # intensity thresholds x this (1.0 = nominal)
+
+
+@dataclass(frozen=True)
+class FieldContext:
+    """What the open case asks of the next field: its tag and the thresholds to use."""
+
+    case: CaseTag
+    thresholds: tuple[float, float, float]  # faint, moderate, strong DAB OD
+
+
+@dataclass(frozen=True)
 class FieldResult:
     """Everything known about one scored (or refused) field; the JSON contract's source."""
 
@@ -139,6 +157,8 @@ class FieldResult:
     quality: QualityReport | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     created_at: str = ""  # ISO 8601 UTC, set when the result is made
+    intensity_thresholds: tuple[float, float, float] | None = None  # measured with (None: refused)
+    case: CaseTag | None = None
 
     @property
     def scored(self) -> bool:

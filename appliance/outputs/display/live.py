@@ -85,6 +85,22 @@ Rect = tuple[int, int, int, int]  # x, y, width, height
 
 
 @dataclass(frozen=True)
+class LiveCase:
+    """The open case as the panel shows it, beside the field's own score."""
+
+    case_id: str
+    mode: str  # tumour | control (a control check in progress)
+    control: str  # valid | failed | not_checked | checking
+    control_expected: str | None
+    calibration: str  # in words
+    score: str | None  # the running pooled case score
+    category: str | None
+    fields_counted: int
+    tumour_cells: int
+    flags: int  # heterogeneity + borderline lines: "look again"
+
+
+@dataclass(frozen=True)
 class LiveStatus:
     """What the box knows about the live view besides the picture and the result."""
 
@@ -96,6 +112,7 @@ class LiveStatus:
     capture_fps: float
     processed_fps: float
     latency_ms: float | None  # capture -> result, p50
+    case: LiveCase | None = None  # the open case, if any
 
     def __post_init__(self) -> None:
         if self.source_state not in SOURCE_STATES:
@@ -238,6 +255,32 @@ def panel_rows(result: FieldResult | None, status: LiveStatus) -> list[Row]:
         rows.append(Row((Item(f"Tumour cells: {result.tumour_cells}", TEXT_COLOUR),)))
         rows.append(legend_row(result))
         rows += [Row((Item(f"Warning: {w}", ALERT_COLOUR),)) for w in result.warnings]
+    if status.case is not None:
+        rows += case_rows(status.case)
+    return rows
+
+
+def case_rows(case: LiveCase) -> list[Row]:
+    """The running case score and its control, below the field's own result."""
+    if case.score is not None:
+        score = f"Case score {case.score} {case.category or ''}".rstrip()
+    else:
+        score = "Case score: not yet (too few tumour cells)"
+    rows = [Row((Item(f"Case {case.case_id}", DIM_COLOUR),)),
+            Row((Item(f"{score} - {case.fields_counted} fields, {case.tumour_cells} cells",
+                      TEXT_COLOUR),))]
+    if case.mode == "control":
+        rows.append(Row((Item(f"CONTROL CHECK ({case.control_expected}): show the control "
+                              "tissue", ALERT_COLOUR),)))
+    elif case.control == "valid":
+        rows.append(Row((Item(f"Control valid; {case.calibration}", DIM_COLOUR),)))
+    elif case.control == "failed":
+        rows.append(Row((Item("CONTROL FAILED: scores not valid", ALERT_COLOUR),)))
+    else:
+        rows.append(Row((Item("CONTROL NOT CHECKED: scores not validated", ALERT_COLOUR),)))
+    if case.flags:
+        rows.append(Row((Item(f"{case.flags} flag(s): heterogeneous or borderline, look again",
+                              ALERT_COLOUR),)))
     return rows
 
 

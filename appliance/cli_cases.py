@@ -1,0 +1,188 @@
+"""`appliance case`, `appliance report` and `appliance audit`: the case workflow from a shell.
+
+They act on the results store directly, the same way the service does, so a case opened
+here is the case the running service files its fields under, and the other way round.
+
+    appliance case start [CASE_ID]          open a case (an id is made up when none is given)
+    appliance case control start [--expected 3+]   the next fields are the positive control
+    appliance case control end               decide on the control (valid / failed)
+    appliance case end [CASE_ID]             close the open case: its summary
+    appliance case status [CASE_ID] [--json] appliance case list
+    appliance report CASE_ID [--out DIR]     PDF + HTML report
+    appliance audit export [--case ID] [--out FILE]   appliance audit verify
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from appliance.config import CONTROL_LEVELS, Config
+from appliance.outputs import casebook
+from appliance.outputs import mqtt_contract as contract
+from appliance.outputs.audit import AuditLog
+from appliance.outputs.store import ResultStore
+from appliance.service.case_report import write_case_report
+from appliance.service.case_summary import CaseSummary
+from appliance.service.cases import CaseError, CaseWorkflow, mqtt_case_messages
+
+SOURCE = "cli"
+
+
+def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add the case, report and audit subcommands to the `appliance` parser."""
+    cs = sub.add_parser("case", help="open / close a case, check its positive control")
+    actions = cs.add_subparsers(dest="case_command", required=True)
+    start = actions.add_parser("start", help="open a case")
+    start.add_argument("case_id", nargs="?", help="the lab's case id (hashed with the site "
+                       "salt); omitted: the box makes one up")
+    end = actions.add_parser("end", help="close the open case and print its summary")
+    end.add_argument("case_id", nargs="?", help="must be the open case, if given")
+    control = actions.add_parser("control", help="positive-control check of the open case")
+    step = control.add_subparsers(dest="control_command", required=True)
+    cstart = step.add_parser("start", help="the fields reported next are the control's")
+    cstart.add_argument("--expected", choices=CONTROL_LEVELS,
+                        help="level the control must show (her2.control.default_expected)")
+    cend = step.add_parser("end", help="decide on the control shown since `control start`")
+    status = actions.add_parser("status", help="a case's summary (default: the open case)")
+    status.add_argument("case_id", nargs="?")
+    status.add_argument("--json", action="store_true", help="the summary as JSON")
+    listing = actions.add_parser("list", help="the newest cases")
+    for leaf in (start, end, cstart, cend, status, listing):
+        common(leaf)
+
+    rp = sub.add_parser("report", help="write a case's report (PDF and HTML)")
+    rp.add_argument("case_id", metavar="CASE_ID")
+    rp.add_argument("--out", type=Path, default=Path("var/reports"), help="folder for the report")
+    common(rp)
+
+    au = sub.add_parser("audit", help="export or verify the audit trail")
+    what = au.add_subparsers(dest="audit_command", required=True)
+    ex = what.add_parser("export", help="the audit trail as JSON lines")
+    ex.add_argument("--case", help="only this case's entries")
+    ex.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    common(ex)
+    common(what.add_parser("verify", help="check the audit trail's hash chain"))
+
+
+def _workflow(cfg: Config, store: ResultStore) -> CaseWorkflow:
+    return CaseWorkflow(cfg, store, case_message=mqtt_case_messages(cfg, socket.gethostname()),
+                        salt=contract.read_case_salt(cfg.mqtt.case_salt_file))
+
+
+def _resolve(cases: CaseWorkflow, raw: str | None) -> str | None:
+    """A case id as typed: the stored id itself, or the lab's id hashed as on start."""
+    if raw is None:
+        return None
+    if cases.store.read_with(lambda conn: casebook.get_case(conn, raw)) is not None:
+        return raw
+    return cases.case_id_for(raw)
+
+
+def cmd_case(args: argparse.Namespace, cfg: Config) -> int:
+    """`appliance case ...`: one action on the store's case state."""
+    with ResultStore(cfg.store.path) as store:
+        cases = _workflow(cfg, store)
+        try:
+            return _case_action(args, cases)
+        except CaseError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            cases.record_command(f"case_{args.case_command}", f"refused: {exc}",
+                                 source=SOURCE)
+            return 2
+
+
+def _case_action(args: argparse.Namespace, cases: CaseWorkflow) -> int:
+    action = args.case_command
+    if action == "start":
+        row = cases.start_case(args.case_id, source=SOURCE)
+        print(f"case {row.case_id} opened")
+        cases.record_command("case_start", "done", source=SOURCE, case_id=row.case_id)
+        return 0
+    elif action == "end":
+        closed = cases.end_case(_resolve(cases, args.case_id), source=SOURCE)
+        print(f"case {closed['case_id']} closed")
+        print(_summary_text(cases.summary(closed["case_id"])))
+    elif action == "control":
+        if args.control_command == "start":
+            out = cases.start_control(args.expected, source=SOURCE)
+            print(f"control check {out['round']} ({out['expected']}) started for case "
+                  f"{out['case_id']}: show the control tissue")
+        else:
+            check = cases.end_control(source=SOURCE)
+            print(f"control {check.expected}: {'VALID' if check.valid else 'FAILED'}")
+            for reason in check.reasons:
+                print(f"  {reason}")
+            print(f"  {check.calibration.describe()}")
+            if check.measured_od is not None:
+                print(f"  measured membrane OD {check.measured_od:.3f} (reference_od "
+                      f"{check.reference_od})")
+            return 0 if check.valid else 1
+    elif action == "status":
+        summary = cases.summary(_resolve(cases, args.case_id))
+        print(json.dumps(summary.to_dict(), indent=2) if args.json else _summary_text(summary))
+    else:
+        rows = cases.store.read_with(casebook.list_cases)
+        for c in rows:
+            state = "OPEN" if c.open else f"closed {c.closed_at}"
+            score = (c.summary or {}).get("score")
+            print(f"{c.case_id:40s} {c.opened_at}  {state}  score {score or '-'}")
+    cases.record_command(f"case_{action}", "done", source=SOURCE)
+    return 0
+
+
+def _summary_text(summary: CaseSummary) -> str:
+    s = summary.score
+    lines = [
+        f"case {summary.case.case_id} ({'open' if summary.case.open else 'closed'})",
+        f"  score {s.score.value if s.score else '-'} "
+        f"{s.category.value if s.category else ''}: {s.rule}",
+        f"  {s.fields_counted} distinct tumour fields of {s.fields_total}, "
+        f"{s.tumour_cells} tumour cells",
+        f"  control {summary.control_status}; {summary.calibration.describe()}",
+    ]
+    lines += [f"  heterogeneity: {h}" for h in s.heterogeneity]
+    lines += [f"  borderline: {b}" for b in s.borderline]
+    lines += [f"  warning: {w}" for w in summary.warnings]
+    return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
+    """`appliance report CASE_ID`: the PDF and HTML report of a case."""
+    with ResultStore(cfg.store.path) as store:
+        cases = _workflow(cfg, store)
+        try:
+            case_id = _resolve(cases, args.case_id)
+            summary = cases.summary(case_id, thumbnails=True)
+        except CaseError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        device = contract.device_id_for(cfg.mqtt, socket.gethostname())
+        paths = write_case_report(summary, args.out, device_id=device,
+                                  config_sha256=cfg.sha256())
+        cases.record_command("report", "written", source=SOURCE, case_id=case_id,
+                             detail={"files": [p.name for p in paths]})
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, cfg: Config) -> int:
+    """`appliance audit export|verify`."""
+    with ResultStore(cfg.store.path) as store:
+        log = AuditLog(store)
+        if args.audit_command == "verify":
+            problems = log.verify()
+            for p in problems:
+                print(p)
+            print("audit trail intact" if not problems else f"{len(problems)} problem(s)")
+            return 0 if not problems else 1
+        case = args.case
+        count = log.export(args.out if args.out else sys.stdout, case_id=case)
+        print(f"{count} audit entries", file=sys.stderr)
+    return 0

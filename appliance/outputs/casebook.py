@@ -1,0 +1,276 @@
+"""Cases in the results store: which case is open, its fields, its control checks.
+
+The store is the one place the case state lives, so every process that opens the store
+(the service, ``appliance case``, ``appliance score --case``) sees the same open case, a
+restart or a SIGKILL loses nothing, and an unclosed case is simply still open when the
+box comes back. These are plain functions over a connection: the caller holds the
+store's lock and runs them inside its transaction (``ResultStore.write_with`` /
+``read_with``, or the companion hook of ``ResultStore.add``), so a field result and its
+link to the case are committed together or not at all.
+
+Schema (v3):
+
+* ``cases``: one row per case; at most one has ``closed_at`` NULL (a partial unique
+  index). ``mode`` is ``tumour`` or ``control``; a control check in progress has its
+  ``control_round`` and ``control_expected`` level.
+* ``case_fields``: one row per reported field of a case, pointing at its ``results`` row,
+  with its role, the field fingerprint (to recognise a return to the same field) and a
+  small JPEG of its overlay for the report.
+* ``control_checks``: each decision on a control, with the measurements and calibration.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from appliance.pipeline.field_memory import FP_HEIGHT, FP_WIDTH, Fingerprint, similarity
+
+ROLES = ("tumour", "control")
+MODES = ROLES
+
+
+def create_case_tables(conn: sqlite3.Connection) -> None:
+    """The v3 case tables (called by the store's migration, inside its transaction)."""
+    conn.execute(
+        """
+        CREATE TABLE cases (
+            case_id TEXT PRIMARY KEY,
+            opened_at TEXT NOT NULL,
+            opened_by TEXT NOT NULL,
+            closed_at TEXT,
+            closed_by TEXT,
+            mode TEXT NOT NULL CHECK (mode IN ('tumour', 'control')),
+            control_expected TEXT,
+            control_round INTEGER NOT NULL DEFAULT 0,
+            summary_json TEXT
+        )
+        """
+    )
+    # At most one open case: the index holds the constant 1 for every open row.
+    conn.execute("CREATE UNIQUE INDEX cases_one_open ON cases ((closed_at IS NULL)) "
+                 "WHERE closed_at IS NULL")
+    conn.execute(
+        """
+        CREATE TABLE case_fields (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            case_id TEXT NOT NULL REFERENCES cases (case_id),
+            number INTEGER NOT NULL,
+            result_id INTEGER NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('tumour', 'control')),
+            control_round INTEGER,
+            duplicate_of INTEGER,
+            fingerprint BLOB,
+            thumbnail BLOB,
+            added_at TEXT NOT NULL,
+            UNIQUE (case_id, number)
+        )
+        """
+    )
+    conn.execute("CREATE INDEX case_fields_case ON case_fields (case_id)")
+    conn.execute(
+        """
+        CREATE TABLE control_checks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            case_id TEXT NOT NULL REFERENCES cases (case_id),
+            round INTEGER NOT NULL,
+            expected TEXT NOT NULL,
+            decided_at TEXT NOT NULL,
+            valid INTEGER NOT NULL CHECK (valid IN (0, 1)),
+            check_json TEXT NOT NULL
+        )
+        """
+    )
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    """A case as stored."""
+
+    case_id: str
+    opened_at: str
+    opened_by: str
+    closed_at: str | None
+    closed_by: str | None
+    mode: str
+    control_expected: str | None
+    control_round: int
+    summary: dict[str, Any] | None
+
+    @property
+    def open(self) -> bool:
+        return self.closed_at is None
+
+
+@dataclass(frozen=True)
+class CaseFieldRow:
+    """One field of a case, with its stored result (decoded) and overlay thumbnail."""
+
+    number: int
+    result_id: int
+    role: str
+    control_round: int | None
+    duplicate_of: int | None
+    added_at: str
+    result: dict[str, Any]
+    thumbnail: bytes | None
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One stored control decision."""
+
+    round: int
+    expected: str
+    decided_at: str
+    valid: bool
+    check: dict[str, Any]
+
+
+_CASE_COLUMNS = ("case_id", "opened_at", "opened_by", "closed_at", "closed_by", "mode",
+                 "control_expected", "control_round", "summary_json")
+
+
+def _case(row: Iterable[Any]) -> CaseRow:
+    d = dict(zip(_CASE_COLUMNS, row, strict=True))
+    summary = d.pop("summary_json")
+    return CaseRow(**d, summary=json.loads(summary) if summary else None)
+
+
+def open_case(conn: sqlite3.Connection) -> CaseRow | None:
+    """The open case, or None."""
+    row = conn.execute(f"SELECT {', '.join(_CASE_COLUMNS)} FROM cases "
+                       "WHERE closed_at IS NULL").fetchone()
+    return _case(row) if row else None
+
+
+def get_case(conn: sqlite3.Connection, case_id: str) -> CaseRow | None:
+    """A case by id, open or closed."""
+    row = conn.execute(f"SELECT {', '.join(_CASE_COLUMNS)} FROM cases WHERE case_id = ?",
+                       (case_id,)).fetchone()
+    return _case(row) if row else None
+
+
+def list_cases(conn: sqlite3.Connection, limit: int = 50) -> list[CaseRow]:
+    """The newest cases first."""
+    rows = conn.execute(f"SELECT {', '.join(_CASE_COLUMNS)} FROM cases "
+                        "ORDER BY opened_at DESC LIMIT ?", (limit,)).fetchall()
+    return [_case(r) for r in rows]
+
+
+def insert_case(conn: sqlite3.Connection, case_id: str, *, at: str, by: str) -> None:
+    """Open a new case; ValueError when one is open or the id was used before."""
+    current = open_case(conn)
+    if current is not None:
+        raise ValueError(f"case {current.case_id} is still open: close it first")
+    if get_case(conn, case_id) is not None:
+        raise ValueError(f"case {case_id} exists already (closed): case ids are not reused")
+    conn.execute("INSERT INTO cases (case_id, opened_at, opened_by, mode) "
+                 "VALUES (?, ?, ?, 'tumour')", (case_id, at, by))
+
+
+def set_mode(conn: sqlite3.Connection, case_id: str, mode: str, *,
+             expected: str | None = None, control_round: int | None = None) -> None:
+    """Switch a case between tumour fields and a control check."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {MODES}")
+    if control_round is None:
+        conn.execute("UPDATE cases SET mode = ?, control_expected = ? WHERE case_id = ?",
+                     (mode, expected, case_id))
+    else:
+        conn.execute("UPDATE cases SET mode = ?, control_expected = ?, control_round = ? "
+                     "WHERE case_id = ?", (mode, expected, control_round, case_id))
+
+
+def close_case(conn: sqlite3.Connection, case_id: str, *, at: str, by: str,
+               summary: dict[str, Any]) -> None:
+    """Close a case and keep its final summary."""
+    cur = conn.execute("UPDATE cases SET closed_at = ?, closed_by = ?, mode = 'tumour', "
+                       "control_expected = NULL, summary_json = ? "
+                       "WHERE case_id = ? AND closed_at IS NULL",
+                       (at, by, json.dumps(summary, sort_keys=True, allow_nan=False), case_id))
+    if cur.rowcount != 1:
+        raise ValueError(f"case {case_id} is not open")
+
+
+def encode_fingerprint(fp: Fingerprint) -> bytes:
+    """A fingerprint as float16 bytes (13.8 KB; ample precision for a correlation)."""
+    return fp.pixels.astype(np.float16).tobytes()
+
+
+def decode_fingerprint(blob: bytes) -> Fingerprint:
+    """The inverse of :func:`encode_fingerprint`."""
+    pixels = np.frombuffer(blob, np.float16).reshape(FP_HEIGHT, FP_WIDTH).astype(np.float32)
+    return Fingerprint(pixels)
+
+
+def link_field(conn: sqlite3.Connection, case_id: str, result_id: int, *, role: str,
+               control_round: int | None, at: str, fingerprint: Fingerprint | None,
+               thumbnail: bytes | None, same_field: float) -> tuple[int, int | None]:
+    """Add a stored result to a case; (its number in the case, the field it repeats or None).
+
+    A field whose fingerprint matches an earlier field of the same role (and, for a
+    control, the same check) at ``same_field`` or better is a return to that field:
+    it is kept, pointing at the first view.
+    """
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} is not one of {ROLES}")
+    (number,) = conn.execute("SELECT coalesce(max(number), 0) + 1 FROM case_fields "
+                             "WHERE case_id = ?", (case_id,)).fetchone()
+    duplicate_of = None
+    if fingerprint is not None and not fingerprint.blank:
+        rows = conn.execute(
+            "SELECT number, duplicate_of, fingerprint FROM case_fields WHERE case_id = ? AND "
+            "role = ? AND control_round IS ? AND fingerprint IS NOT NULL ORDER BY number",
+            (case_id, role, control_round)).fetchall()
+        for other, other_dup, blob in rows:
+            if similarity(fingerprint, decode_fingerprint(blob)) >= same_field:
+                duplicate_of = other_dup or other
+                break
+    conn.execute(
+        "INSERT INTO case_fields (case_id, number, result_id, role, control_round, duplicate_of, "
+        "fingerprint, thumbnail, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (case_id, number, result_id, role, control_round, duplicate_of,
+         None if fingerprint is None else encode_fingerprint(fingerprint), thumbnail, at))
+    return int(number), duplicate_of
+
+
+def case_fields(conn: sqlite3.Connection, case_id: str, *, role: str | None = None,
+                control_round: int | None = None,
+                thumbnails: bool = False) -> list[CaseFieldRow]:
+    """The fields of a case in order, with their decoded results."""
+    sql = ("SELECT f.number, f.result_id, f.role, f.control_round, f.duplicate_of, f.added_at, "
+           f"r.result_json, {'f.thumbnail' if thumbnails else 'NULL'} FROM case_fields f "
+           "JOIN results r ON r.id = f.result_id WHERE f.case_id = ?")
+    args: list[Any] = [case_id]
+    if role is not None:
+        sql += " AND f.role = ?"
+        args.append(role)
+    if control_round is not None:
+        sql += " AND f.control_round = ?"
+        args.append(control_round)
+    rows = conn.execute(sql + " ORDER BY f.number", args).fetchall()
+    return [CaseFieldRow(number=r[0], result_id=r[1], role=r[2], control_round=r[3],
+                         duplicate_of=r[4], added_at=r[5], result=json.loads(r[6]),
+                         thumbnail=r[7]) for r in rows]
+
+
+def insert_check(conn: sqlite3.Connection, case_id: str, *, control_round: int,
+                 expected: str, at: str, valid: bool, check: dict[str, Any]) -> None:
+    """Record one control decision."""
+    conn.execute("INSERT INTO control_checks (case_id, round, expected, decided_at, valid, "
+                 "check_json) VALUES (?, ?, ?, ?, ?, ?)",
+                 (case_id, control_round, expected, at, int(valid),
+                  json.dumps(check, sort_keys=True, allow_nan=False)))
+
+
+def checks(conn: sqlite3.Connection, case_id: str) -> list[CheckRow]:
+    """A case's control decisions, oldest first."""
+    rows = conn.execute("SELECT round, expected, decided_at, valid, check_json FROM "
+                        "control_checks WHERE case_id = ? ORDER BY id", (case_id,)).fetchall()
+    return [CheckRow(r[0], r[1], r[2], bool(r[3]), json.loads(r[4])) for r in rows]

@@ -1,0 +1,404 @@
+"""The case workflow: open and close cases, check the control, tie every field to its case.
+
+Every action (from an MQTT command, the ``appliance case`` CLI, the hardware button or
+``appliance score --case``) is one transaction on the results store that changes the
+case tables and appends its audit entry, so any process that opens the store sees the
+same case and a restart resumes it. The service asks :meth:`CaseWorkflow.context`
+before measuring each field (which case, which role, which thresholds), and the
+recorder stores each result with :meth:`CaseWorkflow.companion`, which links it to the
+case in the result's own transaction.
+
+Case ids are opaque: a raw id is hashed with the site's salt (``mqtt.case_salt_file``)
+or must already look opaque; ids the box makes up are ``<prefix>-<UTC time>-<random>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+import cv2
+import numpy as np
+
+from appliance.assays.her2.control import ControlCheck, evaluate_control
+from appliance.assays.her2.types import CaseTag, FieldContext, FieldResult
+from appliance.config import CONTROL_LEVELS, Config
+from appliance.outputs import audit, casebook
+from appliance.outputs import mqtt_contract as contract
+from appliance.outputs.display.live import LiveCase
+from appliance.outputs.outbox import MessageBuilder, append_message, report
+from appliance.outputs.overlay import render_overlay
+from appliance.outputs.store import Companion, ResultStore, StoreError
+from appliance.pipeline.field_memory import fingerprint
+from appliance.service.button import ButtonAction
+from appliance.service.case_summary import CaseSummary, control_state, readings, summarise
+
+_log = logging.getLogger(__name__)
+THUMBNAIL_WIDTH = 320
+_THUMBNAIL_QUALITY = 80
+SOURCES = ("mqtt", "cli", "button", "score", "service")
+
+
+class CaseError(Exception):
+    """A case action that cannot be done (no open case, one already open, bad id...)."""
+
+
+CaseMessage = Callable[[dict[str, Any]], MessageBuilder]
+
+
+class CaseWorkflow:
+    """Case actions on one results store, for one configuration."""
+
+    def __init__(self, cfg: Config, store: ResultStore, *,
+                 case_message: CaseMessage | None = None,
+                 salt: bytes | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self._case_message = case_message  # the MQTT `case` message, when MQTT is on
+        self._salt = salt
+        self._live: LiveCase | None = None
+        self._live_lock = threading.Lock()
+
+    # ------------------------------------------------------------ ids
+
+    def case_id_for(self, raw: str | None) -> str:
+        """The opaque id of a raw case id, or a new one made up when ``raw`` is None."""
+        if raw is None:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            return f"{self.cfg.her2.case.auto_id_prefix}-{stamp}-{secrets.token_hex(3)}"
+        try:
+            return contract.opaque_case_id(raw, self._salt)
+        except ValueError as exc:
+            raise CaseError(str(exc)) from exc
+
+    # ------------------------------------------------------------ actions
+
+    def start_case(self, raw_id: str | None, *, source: str) -> casebook.CaseRow:
+        """Open a case (one at a time); CaseError when one is open or the id is used."""
+        case_id = self.case_id_for(raw_id)
+        now = _now()
+
+        def work(conn: sqlite3.Connection) -> casebook.CaseRow:
+            try:
+                casebook.insert_case(conn, case_id, at=now, by=source)
+            except ValueError as exc:
+                raise CaseError(str(exc)) from exc
+            audit.append(conn, kind="case_opened", source=source, case_id=case_id,
+                         detail={}, at=now)
+            row = casebook.get_case(conn, case_id)
+            assert row is not None
+            return row
+        row = self._write(work)
+        _log.info("case %s opened (%s)", case_id, source)
+        self.refresh_live()
+        return row
+
+    def end_case(self, case_id: str | None, *, source: str) -> dict[str, Any]:
+        """Close the open case (``case_id`` must name it, if given); its final summary.
+
+        The summary is stored with the case, audited and, with MQTT on, queued as the
+        ``case`` message in the same transaction.
+        """
+        now = _now()
+
+        def work(conn: sqlite3.Connection) -> dict[str, Any]:
+            case = self._open(conn, case_id)
+            closing = replace(case, closed_at=now, closed_by=source)
+            summary = self._summary(conn, closing).to_dict()
+            casebook.close_case(conn, case.case_id, at=now, by=source, summary=summary)
+            audit.append(conn, kind="case_closed", source=source, case_id=case.case_id, at=now,
+                         detail={"score": summary["score"], "category": summary["category"],
+                                 "control": summary["control"]["status"],
+                                 "fields_counted": summary["fields_counted"],
+                                 "tumour_cells": summary["tumour_cells"]})
+            self._queue(conn, summary)
+            return summary
+        summary = self._write(work)
+        _log.info("case %s closed (%s): %s, control %s", summary["case_id"], source,
+                  summary["score"], summary["control"]["status"])
+        self.refresh_live()
+        return summary
+
+    def start_control(self, expected: str | None, *, source: str) -> dict[str, Any]:
+        """Start a control check: the fields reported next are the control's."""
+        level = expected or self.cfg.her2.control.default_expected
+        if level not in CONTROL_LEVELS:
+            raise CaseError(f"control level {level!r} is not one of {', '.join(CONTROL_LEVELS)}")
+
+        def work(conn: sqlite3.Connection) -> dict[str, Any]:
+            case = self._open(conn, None)
+            if case.mode == "control":
+                raise CaseError(f"a {case.control_expected} control check is already in "
+                                "progress: end it first")
+            round_ = case.control_round + 1
+            casebook.set_mode(conn, case.case_id, "control", expected=level,
+                              control_round=round_)
+            audit.append(conn, kind="control_started", source=source, case_id=case.case_id,
+                         detail={"expected": level, "round": round_})
+            return {"case_id": case.case_id, "expected": level, "round": round_}
+        out = self._write(work)
+        self.refresh_live()
+        return out
+
+    def end_control(self, *, source: str) -> ControlCheck:
+        """Decide on the control from the fields shown since it started; back to tumour."""
+        h3 = self.cfg.her2
+        now = _now()
+
+        def work(conn: sqlite3.Connection) -> ControlCheck:
+            case = self._open(conn, None)
+            if case.mode != "control" or case.control_expected is None:
+                raise CaseError("no control check in progress")
+            before = control_state(casebook.checks(conn, case.case_id), h3.measure, h3.control)
+            rows = casebook.case_fields(conn, case.case_id, role="control",
+                                        control_round=case.control_round)
+            distinct = [readings(f.result) for f in rows
+                        if f.duplicate_of is None and f.result.get("status") == "scored"]
+            check = evaluate_control(distinct, case.control_expected, measure=h3.measure,
+                                     rules=h3.rules, control=h3.control)
+            casebook.insert_check(conn, case.case_id, control_round=case.control_round,
+                                  expected=case.control_expected, at=now, valid=check.valid,
+                                  check=check.to_dict())
+            casebook.set_mode(conn, case.case_id, "tumour")
+            audit.append(conn, kind="control_check", source=source, case_id=case.case_id,
+                         at=now, detail=check.to_dict())
+            after = control_state(casebook.checks(conn, case.case_id), h3.measure, h3.control)
+            if after[1] != before[1]:
+                audit.append(conn, kind="thresholds_changed", source=source, at=now,
+                             case_id=case.case_id,
+                             detail={"from": list(before[1].thresholds),
+                                     "to": list(after[1].thresholds),
+                                     "factor": after[1].factor, "why": after[1].describe()})
+            return check
+        check = self._write(work)
+        _log.log(logging.INFO if check.valid else logging.WARNING, "control %s %s: %s",
+                 check.expected, "valid" if check.valid else "FAILED", "; ".join(check.reasons))
+        self.refresh_live()
+        return check
+
+    def record_command(self, name: str, outcome: str, *, source: str,
+                       case_id: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        """Audit a command: its name, what came of it, and the (opaque) case it acted on.
+
+        The caller passes only what may be kept: never a raw case id, which may be a
+        patient's record number.
+        """
+        try:
+            self.store.write_with(lambda conn: audit.append(
+                conn, kind="command", source=source,
+                detail={"name": name, "outcome": outcome, **(detail or {})},
+                case_id=_opaque_or_none(case_id)), flush_backlog=False)
+        except (StoreError, ValueError) as exc:
+            _log.error("audit of command %s not recorded: %s", name, exc)
+
+    # ------------------------------------------------------------ fields
+
+    def context(self) -> FieldContext | None:
+        """The open case's say on the next field (None outside a case).
+
+        Read from the store each time (two indexed queries), so a case opened by the
+        CLI or another process applies from the next field.
+        """
+        h3 = self.cfg.her2
+        try:
+            def read(conn: sqlite3.Connection) -> FieldContext | None:
+                case = casebook.open_case(conn)
+                if case is None:
+                    return None
+                status, calibration = control_state(casebook.checks(conn, case.case_id),
+                                                    h3.measure, h3.control)
+                if case.mode == "control":
+                    # A control is measured with the nominal thresholds: it is what
+                    # calibrates them.
+                    t = h3.measure.intensity_thresholds
+                    return FieldContext(CaseTag(case.case_id, "control", "checking", 1.0),
+                                        (t[0], t[1], t[2]))
+                return FieldContext(CaseTag(case.case_id, "tumour", status,
+                                            calibration.factor), calibration.thresholds)
+            return self.store.read_with(read)
+        except StoreError as exc:
+            # Nominal thresholds outside a case beat no result; the field says so.
+            _log.error("open case not readable, field measured outside a case: %s", exc)
+            return None
+
+    def companion(self, result: FieldResult, image: np.ndarray | None,
+                  *, source: str) -> Companion:
+        """The store hook that links a result to its case and audits it (one transaction).
+
+        The fingerprint and the thumbnail are made here, before the store's lock.
+        """
+        fp = fingerprint(image) if image is not None else None
+        thumb = self._thumbnail(result, image)
+        same = self.cfg.her2.case.duplicate_similarity
+
+        def link(conn: sqlite3.Connection, row_id: int) -> None:
+            case = casebook.open_case(conn)
+            tag = result.case
+            number = duplicate_of = None
+            if case is not None and (tag is None or tag.case_id == case.case_id):
+                role = tag.role if tag is not None else case.mode
+                number, duplicate_of = casebook.link_field(
+                    conn, case.case_id, row_id, role=role,
+                    control_round=case.control_round if role == "control" else None,
+                    at=_now(), fingerprint=fp, thumbnail=thumb, same_field=same)
+            elif tag is not None:
+                _log.warning("field %s was measured for case %s, which closed before it was "
+                             "stored: kept outside the case", result.file, tag.case_id)
+            audit.append(
+                conn, kind="field_result", source=source, result_id=row_id,
+                case_id=case.case_id if number is not None and case else None,
+                model_sha256=result.model.sha256 or None,
+                detail={"file": result.file, "seq": result.seq, "status": result.status,
+                        "score": result.score.value if result.score else None,
+                        "reason_code": result.reason_code, "tumour_cells": result.tumour_cells,
+                        "thresholds": list(result.intensity_thresholds or ()),
+                        "case_field": number, "duplicate_of": duplicate_of})
+        return link
+
+    def after_field(self) -> None:
+        """Refresh the overlay's case line (call after a result is stored)."""
+        self.refresh_live()
+
+    # ------------------------------------------------------------ reading
+
+    def summary(self, case_id: str | None = None, *, thumbnails: bool = False) -> CaseSummary:
+        """A case's summary now (the open one when ``case_id`` is None).
+
+        ``thumbnails`` loads the fields' overlay pictures too (for the report).
+        """
+        def read(conn: sqlite3.Connection) -> CaseSummary:
+            case = (casebook.open_case(conn) if case_id is None
+                    else casebook.get_case(conn, case_id))
+            if case is None:
+                raise CaseError("no open case" if case_id is None else "no such case")
+            return self._summary(conn, case, thumbnails=thumbnails)
+        return self.store.read_with(read)
+
+    def live(self) -> LiveCase | None:
+        """The open case for the overlay (as of the last refresh)."""
+        with self._live_lock:
+            return self._live
+
+    def refresh_live(self) -> None:
+        """Recompute the overlay's case line from the store (errors logged, never raised)."""
+        try:
+            summary = self.summary()
+        except CaseError:
+            live = None
+        except (StoreError, ValueError, KeyError) as exc:
+            _log.error("case summary not computed: %s", exc)
+            return
+        else:
+            s, case = summary.score, summary.case
+            live = LiveCase(
+                case_id=case.case_id, mode=case.mode,
+                control="checking" if case.mode == "control" else summary.control_status,
+                control_expected=case.control_expected,
+                calibration=summary.calibration.describe(),
+                score=s.score.value if s.score else None,
+                category=s.category.value if s.category else None,
+                fields_counted=s.fields_counted, tumour_cells=s.tumour_cells,
+                flags=len(s.heterogeneity) + len(s.borderline))
+        with self._live_lock:
+            self._live = live
+
+    # ------------------------------------------------------------ helpers
+
+    def _summary(self, conn: sqlite3.Connection, case: casebook.CaseRow, *,
+                 thumbnails: bool = False) -> CaseSummary:
+        return summarise(case, casebook.case_fields(conn, case.case_id, thumbnails=thumbnails),
+                         casebook.checks(conn, case.case_id), self.cfg.her2)
+
+    @staticmethod
+    def _open(conn: sqlite3.Connection, case_id: str | None) -> casebook.CaseRow:
+        case = casebook.open_case(conn)
+        if case is None:
+            raise CaseError("no case is open")
+        if case_id is not None and case.case_id != case_id:
+            raise CaseError("that case is not the open one")
+        return case
+
+    def _queue(self, conn: sqlite3.Connection, summary: dict[str, Any]) -> None:
+        if self._case_message is None:
+            return
+        cap = self.store.outbox_max_messages
+        appended = append_message(conn, self._case_message(summary), cap=cap)
+        report(appended, cap)
+
+    def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        try:
+            return self.store.write_with(work, flush_backlog=True)
+        except sqlite3.IntegrityError as exc:  # e.g. a second open case from another process
+            raise CaseError(f"refused by the store: {exc}") from exc
+
+    def _thumbnail(self, result: FieldResult, image: np.ndarray | None) -> bytes | None:
+        if image is None:
+            return None
+        try:
+            picture = render_overlay(image, result)
+            h, w = picture.shape[:2]
+            scale = THUMBNAIL_WIDTH / w
+            small = cv2.resize(picture, (THUMBNAIL_WIDTH, max(1, round(h * scale))),
+                               interpolation=cv2.INTER_AREA)
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, _THUMBNAIL_QUALITY])
+        except (cv2.error, ValueError) as exc:
+            _log.error("thumbnail of %s not made: %s", result.file, exc)
+            return None
+        return jpeg.tobytes() if ok else None
+
+
+def mqtt_case_messages(cfg: Config, hostname: str) -> CaseMessage | None:
+    """The builder of the MQTT ``case`` message, when MQTT is configured (else None).
+
+    Any process that closes a case (the service, the CLI) queues the message in the
+    outbox with the close; the service's MQTT link sends it.
+    """
+    if not cfg.mqtt.url:
+        return None
+    device_id = contract.device_id_for(cfg.mqtt, hostname)
+
+    def for_summary(summary: dict[str, Any]) -> MessageBuilder:
+        return lambda msg_id, seq: ("case", contract.encode(contract.case_message(
+            device_id, summary, msg_id=msg_id, seq=seq)))
+    return for_summary
+
+
+def case_needs_attention(live: LiveCase | None) -> bool:
+    """The status light asks for attention while the open case's control is not valid."""
+    return live is not None and live.mode == "tumour" and live.control != "valid"
+
+
+def button_handler(cases: CaseWorkflow) -> Callable[[ButtonAction], None]:
+    """What the case button does: toggle the case (short press) or the control (long)."""
+    def on_action(action: ButtonAction) -> None:
+        live = cases.live()
+        try:
+            if action is ButtonAction.CASE:
+                if live is None:
+                    cases.start_case(None, source="button")
+                else:
+                    cases.end_case(live.case_id, source="button")
+            elif live is not None and live.mode == "control":
+                cases.end_control(source="button")
+            else:
+                cases.start_control(None, source="button")
+        except CaseError as exc:
+            # e.g. a long press with no case open: the panel and LED already say why.
+            _log.warning("button %s: %s", action.value, exc)
+            cases.record_command(f"button_{action.value}", f"refused: {exc}", source="button")
+    return on_action
+
+
+def _opaque_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and contract.is_opaque_id(value) else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
