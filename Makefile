@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # System packages the test suite uses: the broker, systemd-analyze, shellcheck for deploy/.
 SYSTEM_PACKAGES := mosquitto systemd shellcheck
 
-.PHONY: demo test lint typecheck pytest system-deps model bench bench-pipeline clean
+.PHONY: demo test lint typecheck pytest system-deps model bench bench-pipeline eval-cases clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ bench: $(STAMP)
 ## bench-pipeline: real-time pipeline throughput, latency, drops, and a 10-minute memory soak
 bench-pipeline: $(STAMP)
 	$(BIN)/python -m tools.bench_pipeline --seconds 30 --soak-seconds 600
+
+## eval-cases: positive-control check and calibration on generated slides (about 5-10 min)
+eval-cases: $(STAMP)
+	$(BIN)/python -m tools.eval_cases --json build/eval/eval_cases.json
 
 clean:
 	rm -rf build var samples .pytest_cache .mypy_cache .ruff_cache

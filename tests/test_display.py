@@ -34,7 +34,9 @@ from appliance.outputs.display import (
 from appliance.outputs.display.live import (
     NO_PICTURE_BG,
     PANEL_ALPHA,
+    LiveCase,
     live_layout,
+    panel_rows,
     stage_line,
 )
 from appliance.outputs.display.picamera2_overlay import Picamera2OverlaySink
@@ -542,3 +544,39 @@ def _no_display_left_open() -> Iterator[None]:
     pygame = sys.modules.get("pygame")
     if pygame is not None and pygame.display.get_init():
         pygame.display.quit()
+
+
+def _case(control: str, mode: str = "tumour") -> LiveCase:
+    return LiveCase(case_id="c-7", mode=mode, control=control, control_expected="3+",
+                    calibration="calibrated by the control: thresholds x0.80",
+                    score="2+", category="equivocal", fields_counted=4, tumour_cells=612,
+                    flags=1)
+
+
+@pytest.mark.parametrize("control, mode, line, colour", [
+    ("not_checked", "tumour", "CONTROL NOT CHECKED", ALERT_COLOUR),
+    ("failed", "tumour", "CONTROL FAILED", ALERT_COLOUR),
+    ("valid", "tumour", "Control valid; calibrated by the control", None),
+    ("checking", "control", "CONTROL CHECK (3+)", ALERT_COLOUR),
+])
+def test_the_panel_shows_the_running_case_score_beside_the_field(
+        field: tuple[np.ndarray, FieldResult], control: str, mode: str, line: str,
+        colour: tuple[int, int, int] | None) -> None:
+    _, result = field
+    status = LiveStatus(source_state="streaming", source_reason="", stage="stable",
+                        reported=True, result_in_view=True, capture_fps=10.0,
+                        processed_fps=2.0, latency_ms=300.0, case=_case(control, mode))
+    items = [item for row in panel_rows(result, status) for item in row.items]
+    texts = [item.text for item in items]
+    assert any(t.startswith(f"{result.score.value}") or result.score.value in t
+               for t in texts[:3])  # the field's own score comes first
+    assert any("Case score 2+ equivocal - 4 fields, 612 cells" in t for t in texts)
+    match = next(item for item in items if item.text.startswith(line))
+    if colour is not None:
+        assert match.colour == colour
+    assert any("1 flag(s)" in t for t in texts)
+    bare = LiveStatus(source_state="streaming", source_reason="", stage="stable",
+                      reported=True, result_in_view=True, capture_fps=10.0,
+                      processed_fps=2.0, latency_ms=300.0)
+    assert not any("Case" in item.text for row in panel_rows(result, bare)
+                   for item in row.items)

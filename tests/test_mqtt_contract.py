@@ -16,13 +16,15 @@ from referencing import Registry, Resource
 
 from appliance.assays.her2.rules import score_field
 from appliance.assays.her2.types import FieldResult, MembraneClass, ModelRef, NotScorable
-from appliance.config import ConfigError, MqttConfig, RulesConfig
+from appliance.config import ConfigError, Her2Config, MqttConfig, RulesConfig
 from appliance.outputs import mqtt_contract as mc
+from appliance.outputs.casebook import CaseRow
 from appliance.outputs.commands import Command, parse_command
 from appliance.outputs.mqtt_contract import HealthReason, Topics
 from appliance.outputs.result_json import load_schema as load_result_schema
 from appliance.outputs.result_json import result_to_dict
 from appliance.pipeline.metrics import PipelineMetrics
+from appliance.service.case_summary import summarise
 
 NOW = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=timezone.utc)
 STARTED = NOW - timedelta(hours=2)
@@ -199,9 +201,15 @@ def test_field_message_refuses_what_is_not_a_result_json() -> None:
 
 
 def test_case_message_validates_and_needs_an_opaque_case_id(validators: dict[str, Any]) -> None:
-    doc = mc.case_message("box-1", {"case_id": "h-00ff", "fields": 12, "score": "2+"},
-                          msg_id="m2", seq=18, now=NOW)
+    case = CaseRow(case_id="h-00ff", opened_at="2025-03-14T09:20:00.000+00:00",
+                   opened_by="mqtt", closed_at="2025-03-14T09:41:02.000+00:00",
+                   closed_by="mqtt", mode="tumour", control_expected=None, control_round=0,
+                   summary=None)
+    summary = summarise(case, [], [], Her2Config()).to_dict()
+    doc = mc.case_message("box-1", summary, msg_id="m2", seq=18, now=NOW)
     assert errors(validators["case"], doc) == []
+    assert errors(validators["case"], mc.case_message(
+        "box-1", {"case_id": "h-00ff", "fields": 12}, msg_id="m2", seq=18, now=NOW)) != []
     for bad in ({"fields": 3}, {"case_id": "MRN 12345"}):
         with pytest.raises(ValueError, match=r"case\.case_id"):
             mc.case_message("box-1", bad, msg_id="m2", seq=18)

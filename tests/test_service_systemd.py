@@ -145,3 +145,21 @@ def test_no_leds_is_a_real_sink() -> None:
     sink.show(LedState.FAULT)
     sink.close()
     sink.close()
+
+
+def test_an_open_case_without_a_valid_control_asks_for_attention(
+        notify: NotifySocket) -> None:
+    notifier = Notifier.from_environment({"NOTIFY_SOCKET": str(notify.path)})
+    leds = _Leds()
+    needs_control = [True]
+    with Her2Assay.from_config(Config()) as assay:
+        life = Lifecycle(assay=assay, notifier=notifier, leds=leds, stall_after_s=30.0,
+                         config_path=None, case_attention=lambda: needs_control[0])
+        metrics = PipelineMetrics(16, started_at=0.0)
+        metrics.set_source("streaming", 0)
+        life.tick(metrics.snapshot(0.1), 0.1)
+        assert leds.states[-1] is LedState.ATTENTION
+        needs_control[0] = False  # the control was checked and is valid
+        life.tick(metrics.snapshot(0.2), 0.2)
+        assert leds.states[-1] is LedState.READY
+    notifier.close()

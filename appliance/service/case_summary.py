@@ -100,8 +100,9 @@ class CaseSummary:
             "heterogeneity": list(s.heterogeneity), "borderline": list(s.borderline),
             "warnings": list(self.warnings),
             "scores": dict(Counter(f.result.get("score") or "not_scorable" for f in tumour)),
-            "models": sorted({(f.result["model"]["name"], f.result["model"]["sha256"])
-                              for f in self.fields if "model" in f.result}),
+            "models": [{"name": n, "sha256": h} for n, h in sorted(
+                {(f.result["model"]["name"], f.result["model"]["sha256"])
+                 for f in self.fields if "model" in f.result})],
             "fields": fields,
         }
 

@@ -300,7 +300,7 @@ class CaseWorkflow:
                 case_id=case.case_id, mode=case.mode,
                 control="checking" if case.mode == "control" else summary.control_status,
                 control_expected=case.control_expected,
-                calibration=summary.calibration.describe(),
+                calibration=summary.calibration.short(),
                 score=s.score.value if s.score else None,
                 category=s.category.value if s.category else None,
                 fields_counted=s.fields_counted, tumour_cells=s.tumour_cells,

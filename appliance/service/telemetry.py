@@ -179,7 +179,8 @@ class Telemetry:
     def _start_case(self, command: Command) -> dict[str, Any]:
         raw = str(command.args["case_id"])
         return self._case_action("start_case", lambda: {
-            "case_id": self.cases.start_case(raw, source="mqtt").case_id}, field="case_id")
+            "case_id": self.cases.start_case(raw, source="mqtt").case_id,
+            "assay": self.cfg.assay}, field="case_id")
 
     def _end_case(self, command: Command) -> dict[str, Any]:
         raw = str(command.args["case_id"])

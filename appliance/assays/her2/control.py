@@ -57,6 +57,11 @@ class Calibration:
     thresholds: tuple[float, float, float]  # faint, moderate, strong (DAB OD)
     source: str  # "nominal" | "control"
 
+    def short(self) -> str:
+        """A few words for the live panel."""
+        return ("nominal thresholds" if self.source == "nominal"
+                else f"thresholds x{self.factor:.2f} (calibrated)")
+
     def describe(self) -> str:
         """In words, for the overlay and the report."""
         od = " / ".join(f"{t:.3f}" for t in self.thresholds)
