@@ -35,11 +35,12 @@ from tools.synth.her2_fields import SCORES
 
 @pytest.fixture(scope="module")
 def outcomes() -> Iterator[list[CaseOutcome]]:
-    with Her2Assay.from_config(Config()) as assay:
+    cfg = Config()
+    with Her2Assay.from_config(cfg) as assay:
         weak = evaluate(assay, [5], [0.7])
         faint = evaluate(assay, [7], [0.35])
-        # The shared assay is handed back outside any case.
-        assert assay.field_context() is None
+        # The shared assay is handed back as it was lent: its config, outside any case.
+        assert assay.cfg is cfg and assay.field_context() is None
     yield weak + faint
 
 

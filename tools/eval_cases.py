@@ -227,6 +227,7 @@ def evaluate(assay: Her2Assay, seeds: Sequence[int], scales: Sequence[float], *,
     """Every slide at every strength, calibration on and off, each in fresh stores."""
     jobs = [(seed, scale) for scale in scales for seed in seeds]
     outcomes: list[CaseOutcome] = []
+    cfg, context = assay.cfg, assay.field_context
     try:
         with tempfile.TemporaryDirectory(prefix="eval_cases_") as tmp:
             for n, (seed, scale) in enumerate(tqdm(jobs, desc="slides x strengths",
@@ -241,8 +242,8 @@ def evaluate(assay: Her2Assay, seeds: Sequence[int], scales: Sequence[float], *,
                     for b in benches:
                         b.close()
     finally:
-        # The assay is shared: leave it measuring outside any case, as it was loaded.
-        assay.field_context = lambda: None
+        # The assay is shared: hand it back with its own configuration and case context.
+        assay.cfg, assay.field_context = cfg, context
     return outcomes
 
 

@@ -56,14 +56,21 @@ class CaseWorkflow:
     """Case actions on one results store, for one configuration."""
 
     def __init__(self, cfg: Config, store: ResultStore, *,
-                 case_message: CaseMessage | None = None,
-                 salt: bytes | None = None) -> None:
-        self.cfg = cfg
+                 case_message: CaseMessage | None = None, salt: bytes | None = None,
+                 settings: Callable[[], Config] | None = None) -> None:
+        # ``settings`` follows a live reload (the service passes the assay's config), so
+        # a changed her2.control or her2.case section applies to the next action.
+        self._settings = settings or (lambda: cfg)
         self.store = store
         self._case_message = case_message  # the MQTT `case` message, when MQTT is on
         self._salt = salt
         self._live: LiveCase | None = None
         self._live_lock = threading.Lock()
+
+    @property
+    def cfg(self) -> Config:
+        """The configuration in force now."""
+        return self._settings()
 
     # ------------------------------------------------------------ ids
 

@@ -19,7 +19,7 @@ from typing import TextIO
 from appliance.assays.her2.assay import Her2Assay
 from appliance.capture.factory import open_source
 from appliance.capture.source import FrameSource
-from appliance.config import Config
+from appliance.config import Config, ConfigError
 from appliance.outputs.display.sinks import DisplaySink, open_display
 from appliance.outputs.leds import open_leds
 from appliance.outputs.mqtt_contract import read_case_salt
@@ -55,7 +55,7 @@ def run(cfg: Config, *, stop: threading.Event, out: TextIO,
         assay = stack.enter_context(Her2Assay.from_config(cfg))
         cases = CaseWorkflow(
             cfg, store, case_message=mqtt_case_messages(cfg, socket.gethostname()),
-            salt=read_case_salt(cfg.mqtt.case_salt_file))
+            salt=read_case_salt(cfg.mqtt.case_salt_file), settings=lambda: assay.cfg)
         cases.refresh_live()  # a case left open before a restart goes on
         assay.field_context = cases.context
         pipeline: Pipeline | None = None
@@ -89,7 +89,10 @@ def run(cfg: Config, *, stop: threading.Event, out: TextIO,
         stack.callback(notifier.close)
         leds = open_leds(cfg.leds)
         stack.callback(leds.close)
-        button = open_button(cfg.button, button_handler(cases))
+        try:
+            button = open_button(cfg.button, button_handler(cases))
+        except (ImportError, OSError) as exc:  # no gpiod bindings, or the line is busy
+            raise ConfigError("button.backend", str(exc)) from exc
         if button is not None:
             stack.callback(button.close)
         if cases.live() is not None:
