@@ -265,10 +265,12 @@ class MqttLink:
             self._cursor = 0
             self._backlog_end = self.outbox.newest_seq()
             retained = dict(self._retained)
+        # Subscribe before the birth: the broker handles one client's packets in order, so
+        # a dashboard that sees "online" can send a command at once and it is delivered.
+        client.subscribe(self.topics.cmd_filter, qos=1)
         client.publish(self.topics.status, self._birth, qos=1, retain=True)
         for topic, payload in retained.items():
             client.publish(topic, payload, qos=1, retain=True)
-        client.subscribe(self.topics.cmd_filter, qos=1)
         self.stats.connected = True
         self.stats.connects += 1
         _log.info("mqtt: connected to %s:%d; %d messages waiting", self.address.host,

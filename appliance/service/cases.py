@@ -240,8 +240,11 @@ class CaseWorkflow:
 
         The fingerprint and the thumbnail are made here, before the store's lock.
         """
-        fp = fingerprint(image) if image is not None else None
-        thumb = self._thumbnail(result, image)
+        # Fingerprint and thumbnail cost tens of ms: only for a field that joins a case.
+        # (A case opened by another process in between links without them.)
+        in_case = result.case is not None or self._case_open()
+        fp = fingerprint(image) if image is not None and in_case else None
+        thumb = self._thumbnail(result, image) if in_case else None
         same = self.cfg.her2.case.duplicate_similarity
 
         def link(conn: sqlite3.Connection, row_id: int) -> None:
@@ -321,6 +324,12 @@ class CaseWorkflow:
                  thumbnails: bool = False) -> CaseSummary:
         return summarise(case, casebook.case_fields(conn, case.case_id, thumbnails=thumbnails),
                          casebook.checks(conn, case.case_id), self.cfg.her2)
+
+    def _case_open(self) -> bool:
+        try:
+            return self.store.read_with(lambda conn: casebook.open_case(conn) is not None)
+        except StoreError:
+            return False
 
     @staticmethod
     def _open(conn: sqlite3.Connection, case_id: str | None) -> casebook.CaseRow:

@@ -95,11 +95,10 @@ def run(cfg: Config, *, stop: threading.Event, out: TextIO,
             raise ConfigError("button.backend", str(exc)) from exc
         if button is not None:
             stack.callback(button.close)
-        if cases.live() is not None:
-            live = cases.live()
-            assert live is not None
+        left_open = cases.live()
+        if left_open is not None:
             _log.warning("case %s was left open (mode %s): it goes on; close it when done",
-                         live.case_id, live.mode)
+                         left_open.case_id, left_open.mode)
         life = Lifecycle(
             assay=assay, notifier=notifier, leds=leds,
             stall_after_s=cfg.service.watchdog_stall_s, config_path=config_path,
