@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,29 +20,38 @@ from appliance.assays.her2.assay import Her2Assay
 from appliance.config import Config
 from tools.eval_cases import (
     NOT_SCORABLE,
+    CaseBench,
     CaseOutcome,
     evaluate,
     format_table,
+    missed_with_valid_control,
     parse_args,
     plot,
     scale_stats,
     setting_stats,
+    show_fields,
     slide_spec,
     to_json,
     tumour_scores,
 )
 from tools.synth.her2_fields import SCORES
+from tools.synth.her2_slide import SlideSpec, generate_slide
 
 
 @pytest.fixture(scope="module")
-def outcomes() -> Iterator[list[CaseOutcome]]:
-    cfg = Config()
-    with Her2Assay.from_config(cfg) as assay:
-        weak = evaluate(assay, [5], [0.7])
-        faint = evaluate(assay, [7], [0.35])
-        # The shared assay is handed back as it was lent: its config, outside any case.
-        assert assay.cfg is cfg and assay.field_context() is None
-    yield weak + faint
+def assay() -> Iterator[Her2Assay]:
+    with Her2Assay.from_config(Config()) as a:
+        yield a
+
+
+@pytest.fixture(scope="module")
+def outcomes(assay: Her2Assay) -> list[CaseOutcome]:
+    cfg = assay.cfg
+    weak = evaluate(assay, [5], [0.7])
+    faint = evaluate(assay, [7], [0.35])
+    # The shared assay is handed back as it was lent: its config, outside any case.
+    assert assay.cfg is cfg and assay.field_context() is None
+    return weak + faint
 
 
 def outcome(*, valid: bool, score: str, truth: str = "2+", calibration: bool = True,
@@ -71,6 +81,8 @@ def test_calibration_rescues_the_weak_run_and_the_faint_one_fails(
     assert weak_on.ratio == weak_off.ratio and faint_on.ratio == faint_off.ratio
     assert weak_on.ratio is not None and 0.55 < weak_on.ratio < 0.85
     assert weak_on.control_valid and not weak_off.control_valid
+    assert any("stain strength" in r for r in weak_on.control_reasons)
+    assert any("too weak" in r for r in faint_on.control_reasons), faint_on.control_reasons
     assert faint_on.ratio is not None and faint_on.ratio < 0.6
     assert not faint_on.control_valid and not faint_off.control_valid
     for o in outcomes:
@@ -79,6 +91,27 @@ def test_calibration_rescues_the_weak_run_and_the_faint_one_fails(
         assert set(o.field_scores) <= {*SCORES, NOT_SCORABLE}
     # A failed control leaves the nominal thresholds: both settings measure alike.
     assert faint_on.field_scores == faint_off.field_scores
+
+
+def test_a_field_refused_by_a_quality_gate_is_stored_in_both_cases(
+        assay: Her2Assay, tmp_path: Path) -> None:
+    one = generate_slide(SlideSpec(seed=3, control_fields=0, tumour_scores=("1+",),
+                                   width=640, height=480))[0]
+    blank = replace(one, image=np.full_like(one.image, 236))  # bare glass
+    benches = [CaseBench(assay.cfg, tmp_path / f"{on}.sqlite", calibration=on)
+               for on in (True, False)]
+    try:
+        for b in benches:
+            b.cases.start_case("c-blank", source="cli")
+        shown = show_fields(assay, [one, blank], benches, first_seq=1)
+        for bench, (scored, refused) in zip(benches, shown, strict=True):
+            assert scored.scored and scored.case is not None
+            assert not refused.scored and refused.reason_code == "no_tissue"
+            assert [f.result["status"] for f in bench.cases.summary().fields] == [
+                "scored", "not_scorable"]
+    finally:
+        for b in benches:
+            b.close()
 
 
 def test_figures_per_strength_follow_the_outcomes(outcomes: list[CaseOutcome],
@@ -112,6 +145,17 @@ def test_setting_stats_counts_all_cases_and_those_with_a_passed_control() -> Non
     assert stats.case_accuracy_when_valid == pytest.approx(1 / 2)
     assert stats.field_accuracy == pytest.approx(3 / 6)
     assert stats.field_accuracy_when_valid == pytest.approx(3 / 4)
+
+
+def test_only_wrong_cases_with_a_passed_control_are_listed() -> None:
+    lines = missed_with_valid_control([
+        outcome(valid=True, score="2+"),
+        outcome(valid=False, score="1+"),
+        replace(outcome(valid=True, score="1+", calibration=False), borderline=("near 10%",)),
+    ])
+    assert len(lines) == 1
+    assert "calibration off" in lines[0] and "case 1+, truth 2+" in lines[0]
+    assert "flagged borderline (near 10%)" in lines[0]
 
 
 def test_the_ratio_spread_uses_only_measured_calibration_on_cases() -> None:

@@ -73,6 +73,8 @@ class CaseOutcome:
     score: str | None  # the case score the workflow closed with
     field_truth: tuple[str | None, ...]  # each tumour field's own truth
     field_scores: tuple[str | None, ...]  # what each tumour field scored when it was shown
+    control_reasons: tuple[str, ...] = ()  # the check's decision in words
+    borderline: tuple[str, ...] = ()  # the case's borderline flags ("look again")
 
     @property
     def case_correct(self) -> bool:
@@ -145,9 +147,9 @@ class CaseBench:
     workflow's companion hook (case link and audit entry in the result's transaction).
     """
 
-    def __init__(self, store_path: Path, *, calibration: bool) -> None:
-        self.cfg = with_overrides(Config(), {"store.path": str(store_path),
-                                             "her2.control.calibration": calibration})
+    def __init__(self, base: Config, store_path: Path, *, calibration: bool) -> None:
+        self.cfg = with_overrides(base, {"store.path": str(store_path),
+                                         "her2.control.calibration": calibration})
         self.calibration = calibration
         self.store = ResultStore(self.cfg.store.path)
         self.cases = CaseWorkflow(self.cfg, self.store)
@@ -161,7 +163,10 @@ class CaseBench:
         """Measure a prepared field under this setting's open case and store it."""
         assay.cfg = self.cfg
         assay.field_context = self.cases.context
-        result = assay.finish(prepared, logits)
+        return self.store_result(assay.finish(prepared, logits), image)
+
+    def store_result(self, result: FieldResult, image: np.ndarray) -> FieldResult:
+        """Record a result as the service does; a store error stops the evaluation."""
         self.recorder.record(result, image)
         if self.recorder.counts["store_errors"]:
             # The recorder keeps going on a store error (as the service must); an evaluation
@@ -175,8 +180,8 @@ class CaseBench:
         self.store.close()
 
 
-def _show(assay: Her2Assay, fields: Sequence[SlideField], benches: Sequence[CaseBench],
-          first_seq: int) -> list[list[FieldResult]]:
+def show_fields(assay: Her2Assay, fields: Sequence[SlideField],
+                benches: Sequence[CaseBench], first_seq: int) -> list[list[FieldResult]]:
     """Show fields to every bench; results per bench, in the fields' order.
 
     Scale, quality gates and the model do not depend on the case (only the thresholds
@@ -189,10 +194,9 @@ def _show(assay: Her2Assay, fields: Sequence[SlideField], benches: Sequence[Case
         prepared = assay.prepare(frame)
         logits = None if prepared.refusal is not None else assay.infer(prepared)
         for out, bench in zip(results, benches, strict=True):
-            if logits is None:
+            if logits is None:  # refused by a quality gate: no model, no case thresholds
                 assert prepared.refusal is not None
-                bench.recorder.record(prepared.refusal, f.image)
-                out.append(prepared.refusal)
+                out.append(bench.store_result(prepared.refusal, f.image))
             else:
                 out.append(bench.finish(assay, prepared, logits, f.image))
     return results
@@ -206,9 +210,9 @@ def run_slide(assay: Her2Assay, fields: Sequence[SlideField], spec: SlideSpec,
     for b in benches:
         b.cases.start_case(CASE_ID, source="cli")
         b.cases.start_control(CONTROL_LEVEL, source="cli")
-    _show(assay, controls, benches, first_seq=1)
+    show_fields(assay, controls, benches, first_seq=1)
     checks = [b.cases.end_control(source="cli") for b in benches]
-    shown = _show(assay, tumours, benches, first_seq=len(controls) + 1)
+    shown = show_fields(assay, tumours, benches, first_seq=len(controls) + 1)
     truth = slide_truth(fields)[0]
     outcomes = []
     for bench, check, results in zip(benches, checks, shown, strict=True):
@@ -216,7 +220,8 @@ def run_slide(assay: Her2Assay, fields: Sequence[SlideField], spec: SlideSpec,
         outcomes.append(CaseOutcome(
             seed=spec.seed, dab_scale=spec.dab_scale, calibration=bench.calibration,
             control_valid=check.valid, ratio=check.ratio, truth=truth,
-            score=summary["score"],
+            score=summary["score"], control_reasons=check.reasons,
+            borderline=tuple(summary["borderline"]),
             field_truth=tuple(_truth_of(f.score) for f in tumours),
             field_scores=tuple(_score_of(r) for r in results)))
     return outcomes
@@ -234,7 +239,7 @@ def evaluate(assay: Her2Assay, seeds: Sequence[int], scales: Sequence[float], *,
                                                    disable=not progress)):
                 spec = slide_spec(seed, scale)
                 fields = generate_slide(spec)  # once for both settings
-                benches = [CaseBench(Path(tmp) / f"{n:04d}_{'on' if on else 'off'}.sqlite",
+                benches = [CaseBench(cfg, Path(tmp) / f"{n:04d}_{'on' if on else 'off'}.sqlite",
                                      calibration=on) for on in SETTINGS]
                 try:
                     outcomes += run_slide(assay, fields, spec, benches)
@@ -334,6 +339,16 @@ def format_table(rows: Sequence[ScaleStats]) -> str:
     columns = line([c for _, c, _ in _COLUMNS])
     body = [line(_row_cells(r)) for r in rows]
     return "\n".join([header, columns, "-" * len(columns), *body])
+
+
+def missed_with_valid_control(outcomes: Sequence[CaseOutcome]) -> list[str]:
+    """One line per wrong case score whose control passed: the errors a pathologist sees."""
+    return [f"seed {o.seed} at {o.dab_scale:g}, calibration {'on' if o.calibration else 'off'}: "
+            f"case {o.score or NOT_SCORABLE}, truth {o.truth}; fields "
+            f"{'/'.join(map(str, o.field_scores))} vs {'/'.join(map(str, o.field_truth))}; "
+            + (f"flagged borderline ({'; '.join(o.borderline)})" if o.borderline
+               else "not flagged borderline")
+            for o in outcomes if o.control_valid and not o.case_correct]
 
 
 def plot(rows: Sequence[ScaleStats], path: Path) -> None:
@@ -443,6 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     rows = scale_stats(outcomes)
     print(format_table(rows))
+    missed = missed_with_valid_control(outcomes)
+    print(f"wrong case scores with a passed control: {len(missed)}")
+    for line in missed:
+        print(f"  {line}")
     print(f"{len(seeds)} slides x {len(args.scales)} strengths x 2 settings in {seconds:.0f} s; "
           f"seeds {seeds[0]}..{seeds[-1]}; model {model['name']} {model['sha256'][:16]}")
     plot(rows, args.out)
