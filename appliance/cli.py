@@ -1,6 +1,7 @@
 """The `appliance` command: score still images, run the scoring loop, check a config.
 
-    appliance score --assay her2 [--json] IMAGE...
+    appliance score [--assay her2|hep2] [--json] IMAGE...
+    appliance score --assay hep2 --cell [--json] CELL_IMAGE...
     appliance run [--source URI] [--display SINK] [--config FILE] [--store PATH]
     appliance config --defaults | --validate FILE
     appliance case start|end|control start|control end|status|list ...
@@ -14,22 +15,26 @@ config; 3 the model is missing or refused.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from appliance import __version__, cli_cases
+from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.her2.assay import INTERNAL_ERROR, Her2Assay
 from appliance.capture.frame import Frame
 from appliance.capture.source import SourceError
 from appliance.capture.stills import ImageRejected, load_still
 from appliance.config import Config, ConfigError, describe_defaults, load_config, with_overrides
 from appliance.inference.manifest import ModelError
+from appliance.outputs import hep2_json
 from appliance.outputs.display.sinks import DisplayError
 from appliance.outputs.store import ResultStore, StoreError
 from appliance.service import runner
@@ -58,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("score", help="score still images (PNG/JPEG/TIFF, 8-bit RGB)")
     sc.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    sc.add_argument("--assay", default="her2", choices=("her2",))
+    sc.add_argument("--assay", choices=("her2", "hep2"),
+                    help="assay (default: the config's, her2)")
+    sc.add_argument("--cell", action="store_true",
+                    help="hep2: each image is one cell (a crop): its pattern and probabilities")
     sc.add_argument("--json", action="store_true", help="one JSON object per image")
     sc.add_argument("--cells", action="store_true", help="include per-cell results in the JSON")
     sc.add_argument("--no-overlay", action="store_true", help="write no overlay pictures")
@@ -112,8 +120,18 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_score(args: argparse.Namespace) -> int:
     """Score each image once; print a table row or a JSON line per image."""
     cfg = _load(args)
+    if args.cell and cfg.assay != "hep2":
+        raise ConfigError("assay", "--cell classifies single HEp-2 cells: use --assay hep2")
+    if cfg.assay == "hep2" and args.cell:
+        return _classify_cells(args, cfg)
     overlay = None if args.no_overlay or not cfg.overlay.enabled else Path(cfg.overlay.dir)
     store = None if args.no_store else ResultStore(cfg.store.path)
+    if cfg.assay == "hep2":
+        try:
+            return _score_hep2(args, cfg, overlay, store)
+        finally:
+            if store is not None:
+                store.close()
     failures = 0
     try:
         with Her2Assay.from_config(cfg) as assay:
@@ -144,6 +162,49 @@ def cmd_score(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     return 1 if failures else 0
+
+
+def _score_hep2(args: argparse.Namespace, cfg: Config, overlay: Path | None,
+                store: ResultStore | None) -> int:
+    """`score --assay hep2`: whole IIF fields."""
+    failures = 0
+    with Hep2Assay.from_config(cfg) as assay:
+        recorder = Recorder(store=store, config_sha256=cfg.sha256(), overlay_dir=overlay,
+                            out=sys.stdout, as_json=args.json, with_cells=args.cells)
+        for seq, path in enumerate(args.images, start=1):
+            try:
+                image = load_still(path, cfg.input, grey_ok=True)
+            except ImageRejected as exc:
+                recorder.record(assay.refuse_input(str(path), seq, exc.code, exc.reason), None)
+                continue
+            frame = Frame(image=image, seq=seq, timestamp=time.monotonic(), source=str(path))
+            result = assay.score_guarded(frame)
+            failures += result.reason_code == INTERNAL_ERROR
+            recorder.record(result, image)
+    return 1 if failures else 0
+
+
+def _classify_cells(args: argparse.Namespace, cfg: Config) -> int:
+    """`score --assay hep2 --cell`: one cell per image, as the public cell datasets are."""
+    bad = 0
+    with Hep2Assay.from_config(cfg) as assay:
+        for path in args.images:
+            try:
+                image = load_still(path, replace(cfg.input, min_side_px=8), grey_ok=True)
+            except ImageRejected as exc:
+                bad += 1
+                print(json.dumps({"file": str(path), "assay": "hep2", "kind": "cell",
+                                  "error": exc.reason, "reason_code": exc.code})
+                      if args.json else f"{path}: not classified: {exc.reason}")
+                continue
+            call = assay.classify_cell_image(image, str(path))
+            if args.json:
+                print(hep2_json.to_json(hep2_json.cell_call_to_dict(call)))
+            else:
+                top = sorted(call.probabilities.items(), key=lambda kv: -kv[1])[:3]
+                print(f"{path}: {call.icap} {call.pattern} ({call.confidence:.2f}); "
+                      + ", ".join(f"{n} {p:.2f}" for n, p in top[1:]))
+    return 2 if bad == len(args.images) else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -301,6 +301,71 @@ class Her2Config:
 
 
 @dataclass(frozen=True)
+class Hep2CellsConfig:
+    nucleus_diameter_um: float = _f(
+        14.0, "Typical HEp-2 interphase nucleus diameter (µm): segmentation scale and the "
+        "scale estimate when optics do not say", lo=4, hi=40,
+    )
+    min_area_um2: float = _f(40.0, "Smaller bright objects are debris, not cells", lo=1,
+                             hi=2000)
+    max_area_um2: float = _f(1500.0, "Larger objects are clumps, not one cell", lo=10,
+                             hi=20000)
+    crop_px: int = _f(64, "Side of the normalised cell crop the classifier sees", lo=16,
+                      hi=256)
+    crop_um: float = _f(
+        32.0, "Side of the cell crop at the specimen (µm): a cell and a margin", lo=8, hi=120,
+    )
+
+
+@dataclass(frozen=True)
+class Hep2SpecimenConfig:
+    min_cells: int = _f(
+        20, "Fewer classified interphase cells: the field is not scorable", lo=1, hi=100000,
+    )
+    mixed_share: float = _f(
+        0.25, "A second pattern holding at least this share of the classified cells is "
+        "reported too (mixed pattern)", lo=0.05, hi=0.5,
+    )
+    min_confidence: float = _f(
+        0.5, "Cells whose top class probability is below this are not counted for the "
+        "pattern (they still count for the intensity)", lo=0, hi=1,
+    )
+    mitotic_min_cells: int = _f(
+        2, "Metaphase cells needed before their plate staining may confirm or correct the "
+        "interphase call (AC-1 vs AC-4/5)", lo=1, hi=1000,
+    )
+
+
+@dataclass(frozen=True)
+class Hep2IntensityConfig:
+    negative_below: float = _f(
+        20.0, "Specimen intensity (calibrated units) below which it is negative (the lab's "
+        "screening cut-off, e.g. the 1:80 or 1:160 reference)", lo=0, hi=10000,
+    )
+    levels: list[float] = _f(
+        [60.0, 150.0], "Calibrated units from which a positive specimen is intermediate, and "
+        "strong (from negative_below up to the first: weak)"
+    )
+    exposure_ms: float = _f(
+        0.0, "Camera exposure the calibration was made at; 0 = not pinned (intensity is then "
+        "relative only, and results say so). Auto-exposure must be off", lo=0, hi=60000,
+    )
+    gain: float = _f(0.0, "Camera analogue gain the calibration was made at; 0 = not pinned",
+                     lo=0, hi=1000)
+    units_per_grey: float = _f(
+        1.0, "Calibrated units per 8-bit grey level above background at the pinned exposure "
+        "(from the reference slide: `appliance calibrate-iif`)", lo=0.0001, hi=10000,
+    )
+
+
+@dataclass(frozen=True)
+class Hep2Config:
+    cells: Hep2CellsConfig = field(default_factory=Hep2CellsConfig)
+    specimen: Hep2SpecimenConfig = field(default_factory=Hep2SpecimenConfig)
+    intensity: Hep2IntensityConfig = field(default_factory=Hep2IntensityConfig)
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     path: str = _f("var/results.sqlite", "SQLite results store")
 
@@ -474,12 +539,14 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class Config:
-    assay: str = _f("her2", "Assay to run", choices=("her2",))
+    assay: str = _f("her2", "Assay to run: her2 (brightfield IHC) or hep2 (ANA IIF)",
+                    choices=("her2", "hep2"))
     source: SourceConfig = field(default_factory=SourceConfig)
     optics: OpticsConfig = field(default_factory=OpticsConfig)
     input: InputConfig = field(default_factory=InputConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     her2: Her2Config = field(default_factory=Her2Config)
+    hep2: Hep2Config = field(default_factory=Hep2Config)
     store: StoreConfig = field(default_factory=StoreConfig)
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)
@@ -612,6 +679,14 @@ def _cross_checks(cfg: Config) -> None:
     _check_source(cfg.source)
     _check_mqtt(cfg.mqtt)
     _check_control(cfg.her2.control)
+    hi = cfg.hep2.intensity
+    if len(hi.levels) != 2 or not (hi.negative_below < hi.levels[0] < hi.levels[1]):
+        raise ConfigError("hep2.intensity.levels", "need two increasing values (intermediate, "
+                          f"strong) above negative_below {hi.negative_below}, got {hi.levels}")
+    c = cfg.hep2.cells
+    if c.max_area_um2 <= c.min_area_um2:
+        raise ConfigError("hep2.cells.max_area_um2", f"{c.max_area_um2} is not above "
+                          f"min_area_um2 {c.min_area_um2}")
     if cfg.button.backend == "gpiod" and not cfg.button.line:
         raise ConfigError("button.line", "backend gpiod needs the button's line offset or name")
     if cfg.display.sink == "picamera2" and cfg.source.kind != "picamera2":

@@ -21,6 +21,7 @@ from appliance.outputs import mqtt_contract as mc
 from appliance.outputs.casebook import CaseRow
 from appliance.outputs.commands import Command, parse_command
 from appliance.outputs.mqtt_contract import HealthReason, Topics
+from appliance.outputs.hep2_json import load_schema as load_hep2_schema
 from appliance.outputs.result_json import load_schema as load_result_schema
 from appliance.outputs.result_json import result_to_dict
 from appliance.pipeline.metrics import PipelineMetrics
@@ -41,8 +42,10 @@ PAYLOAD_SCHEMAS = ("status", "field", "case", "health", "metrics", "reply")
 def validators() -> dict[str, jsonschema.Draft202012Validator]:
     """One validator per docs/mqtt schema; the field schema finds the result schema by $id."""
     result_schema = load_result_schema()
-    registry: Registry[Any] = Registry().with_resource(
-        result_schema["$id"], Resource.from_contents(result_schema))
+    hep2_schema = load_hep2_schema()
+    registry: Registry[Any] = Registry().with_resources([
+        (result_schema["$id"], Resource.from_contents(result_schema)),
+        (hep2_schema["$id"], Resource.from_contents(hep2_schema))])
     out = {}
     for path in sorted(mc.SCHEMA_DIR.glob("*.schema.json")):
         name = path.name.removesuffix(".schema.json")

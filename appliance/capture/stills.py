@@ -62,8 +62,12 @@ class ImageRejected(Exception):
         self.reason = reason
 
 
-def load_still(path: str | Path, cfg: InputConfig) -> np.ndarray:
-    """Decode an image file into an (H, W, 3) uint8 RGB array, or raise ImageRejected."""
+def load_still(path: str | Path, cfg: InputConfig, *, grey_ok: bool = False) -> np.ndarray:
+    """Decode an image file into an (H, W, 3) uint8 RGB array, or raise ImageRejected.
+
+    ``grey_ok``: a grey-scale image is accepted and copied into the three channels (a
+    monochrome fluorescence camera); otherwise it is refused (HER2 needs colour).
+    """
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -72,7 +76,7 @@ def load_still(path: str | Path, cfg: InputConfig) -> np.ndarray:
         if size == 0:
             raise ImageRejected("empty_file", f"{p} is empty (0 bytes)")
         with p.open("rb") as fp:
-            return _decode(fp, cfg, str(p))
+            return _decode(fp, cfg, str(p), grey_ok)
     except ImageRejected:
         raise
     except OSError as exc:
@@ -92,7 +96,7 @@ def decode_image_bytes(data: bytes, cfg: InputConfig) -> np.ndarray:
 # ---------------------------------------------------------------- core
 
 
-def _decode(fp: IO[bytes], cfg: InputConfig, name: str) -> np.ndarray:
+def _decode(fp: IO[bytes], cfg: InputConfig, name: str, grey_ok: bool = False) -> np.ndarray:
     """Open lazily, check the header, then force the full decode and convert to RGB."""
     # A truncated file must be refused, never padded with grey: keep Pillow strict even if
     # some other code in the process relaxed it.
@@ -117,7 +121,7 @@ def _decode(fp: IO[bytes], cfg: InputConfig, name: str) -> np.ndarray:
         ) from exc
     with im:
         try:
-            _check_header(im, cfg, name)
+            _check_header(im, cfg, name, grey_ok)
             _force_load(im, name)
             return _to_rgb(im, name)
         except ImageRejected:
@@ -131,7 +135,8 @@ def _decode(fp: IO[bytes], cfg: InputConfig, name: str) -> np.ndarray:
             ) from exc
 
 
-def _check_header(im: ImageFile.ImageFile, cfg: InputConfig, name: str) -> None:
+def _check_header(im: ImageFile.ImageFile, cfg: InputConfig, name: str,
+                  grey_ok: bool = False) -> None:
     """Refuse on what the header says (size, bit depth, colour) before decoding pixels."""
     width, height = im.size
     megapixels = width * height / 1e6
@@ -153,13 +158,13 @@ def _check_header(im: ImageFile.ImageFile, cfg: InputConfig, name: str) -> None:
             f"{name} has more than 8 bits per sample or floating-point samples "
             f"(mode {im.mode}); {_EXPORT_HINT}",
         )
-    if im.mode in _GREY_MODES:
+    if im.mode in _GREY_MODES and not grey_ok:
         raise ImageRejected(
             "not_colour",
             f"{name} is a grey-scale or 1-bit image (mode {im.mode}); HER2 scoring needs a "
             "colour brightfield image of the H-DAB stain",
         )
-    if im.mode not in _COLOUR_MODES:
+    if im.mode not in _COLOUR_MODES and not (grey_ok and im.mode in _GREY_MODES):
         raise ImageRejected(
             "unsupported_mode",
             f"{name} uses the colour mode {im.mode}, which cannot be read as RGB; "

@@ -18,7 +18,8 @@ class OnnxRuntimeBackend:
     """A model file run by ONNX Runtime's CPU execution provider."""
 
     def __init__(self, path: Path, *, threads: int = 0, warmup_shape: tuple[int, int] = (256, 256),
-                 input_name: str | None = None) -> None:
+                 input_name: str | None = None,
+                 warmup_input: tuple[int, ...] | None = None) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
@@ -35,9 +36,11 @@ class OnnxRuntimeBackend:
         inputs = self._session.get_inputs()
         self._input = input_name or inputs[0].name
         self.name = f"onnxruntime-cpu:{path.name}"
+        self._outputs = [o.name for o in self._session.get_outputs()]
         # A warm-up run here, so the first real field is not mistaken for a stall.
+        # ``warmup_input`` is the whole input shape for models that are not (1, 3, H, W).
         h, w = warmup_shape
-        self.run(np.zeros((1, 3, h, w), dtype=np.float32))
+        self.run(np.zeros(warmup_input or (1, 3, h, w), dtype=np.float32))
         _log.info("loaded %s with %d threads", path, opts.intra_op_num_threads)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -46,6 +49,14 @@ class OnnxRuntimeBackend:
             raise ModelError(f"{self.name} is closed")
         out = self._session.run(None, {self._input: batch})
         return np.asarray(out[0], dtype=np.float32)
+
+    def run_named(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the model; every output by name (for models with several heads)."""
+        if self._session is None:
+            raise ModelError(f"{self.name} is closed")
+        out = self._session.run(None, {self._input: batch})
+        return {name: np.asarray(v, dtype=np.float32)
+                for name, v in zip(self._outputs, out, strict=True)}
 
     def close(self) -> None:
         """Drop the session (idempotent)."""

@@ -112,6 +112,10 @@ def _created_at(result: FieldResult) -> str:
     # JSON is made is the closest honest value (never an empty string).
     if result.created_at:
         return result.created_at
+    return _created_at_now()
+
+
+def _created_at_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 

@@ -36,7 +36,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from appliance.assays.her2.types import FieldResult
+from appliance.assays.hep2.types import Hep2Result
+from appliance.assays.results import AnyResult
+from appliance.outputs import hep2_json
 from appliance.outputs.audit import create_audit_table
 from appliance.outputs.casebook import create_case_tables
 from appliance.outputs.outbox import DEFAULT_MAX_MESSAGES, MessageBuilder, append_message, report
@@ -167,21 +169,33 @@ class _Pending:
         return self.row.summary + (" (and its MQTT message)" if self.outbox else "")
 
 
-def _make_row(result: FieldResult, config_sha256: str) -> _Row:
-    """Serialise a result into the column values (raises ValueError on a bad result)."""
+def _make_row(result: AnyResult, config_sha256: str) -> _Row:
+    """Serialise a result into the column values (raises ValueError on a bad result).
+
+    The columns are shared by the assays: for HEp-2, ``score`` holds the first pattern's
+    ICAP code, ``category`` the intensity level and ``tumour_cells`` the cell count.
+    """
     if not _SHA256.match(config_sha256):
         raise ValueError(f"config_sha256 must be 64 lower-case hex digits, got {config_sha256!r}")
-    text = result_to_json(result, include_cells=True)
-    doc = json.loads(text)
+    if isinstance(result, Hep2Result):
+        doc = hep2_json.result_to_dict(result, include_cells=True)
+        text = hep2_json.to_json(doc)
+        score = doc["patterns"][0]["icap"] if doc["patterns"] else None
+        category = doc["intensity"]["level"] if doc["intensity"] else None
+        cells = doc["cell_counts"]["total"]
+    else:
+        text = result_to_json(result, include_cells=True)
+        doc = json.loads(text)
+        score, category, cells = doc["score"], doc["category"], doc["tumour_cells"]
     values = (
-        doc["created_at"], doc["file"], doc["seq"], doc["assay"], doc["status"], doc["score"],
-        doc["category"], doc["tumour_cells"], doc["reason_code"], config_sha256,
+        doc["created_at"], doc["file"], doc["seq"], doc["assay"], doc["status"], score,
+        category, cells, doc["reason_code"], config_sha256,
         doc["model"]["name"], doc["model"]["sha256"], text,
     )
     summary = (
         f"file={doc['file']!r} seq={doc['seq']} created_at={doc['created_at']} "
-        f"status={doc['status']} score={doc['score']} category={doc['category']} "
-        f"tumour_cells={doc['tumour_cells']} reason_code={doc['reason_code']}"
+        f"assay={doc['assay']} status={doc['status']} score={score} category={category} "
+        f"cells={cells} reason_code={doc['reason_code']}"
     )
     return _Row(values=values, summary=summary)
 
@@ -322,7 +336,7 @@ class ResultStore:
 
     # ------------------------------------------------------------ writing
 
-    def add(self, result: FieldResult, *, config_sha256: str,
+    def add(self, result: AnyResult, *, config_sha256: str,
             outbox: MessageBuilder | None = None, companion: Companion | None = None) -> int:
         """Store one result and return its row id; the row is on disk when this returns.
 

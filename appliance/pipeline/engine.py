@@ -36,8 +36,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from appliance.assays.her2.assay import Her2Assay, PreparedField, ScaleInfo
-from appliance.assays.her2.types import FieldResult
+from appliance.assays.her2.assay import ScaleInfo
+from appliance.assays.results import RESULT_TYPES, AnyResult, FieldAssay
 from appliance.capture.source import FrameSource, RejectedFrame, SourceError, SourceState
 from appliance.capture.supervisor import CaptureSupervisor
 from appliance.config import Config
@@ -63,21 +63,22 @@ class _Job:
     """A frame on its way through prepare → model → finish."""
 
     tracked: Tracked
-    prepared: PreparedField | None = None
-    logits: np.ndarray | None = None
-    result: FieldResult | None = None  # set early when a step refused or failed
+    assay: FieldAssay | None = None  # the assay that prepared it finishes it (set_assay)
+    prepared: Any = None  # the assay's prepared field
+    logits: Any = None
+    result: AnyResult | None = None  # set early when a step refused or failed
 
 
 @dataclass(frozen=True)
 class _Record:
-    result: FieldResult
+    result: AnyResult
     image: np.ndarray | None
 
 
 class Pipeline:
     """Runs the capture, analysis, recording and display threads until stopped."""
 
-    def __init__(self, cfg: Config, *, assay: Her2Assay, open_source: Callable[[], FrameSource],
+    def __init__(self, cfg: Config, *, assay: FieldAssay, open_source: Callable[[], FrameSource],
                  recorder: Recorder, display: Callable[[], DisplaySink] | None,
                  stop: threading.Event,
                  case_line: Callable[[], LiveCase | None] = lambda: None) -> None:
@@ -101,6 +102,7 @@ class Pipeline:
         self._source_state = (SourceState.OPENING, "")
         self._supervisor: CaptureSupervisor | None = None
         self._scale_memo: tuple[int | None, ScaleInfo] | None = None  # prepare thread only
+        self._assay_changed = False
         self._display_errors: set[str] = set()  # display thread only
         self.fatal: BaseException | None = None  # what ended the pipeline, if not a stop
         self._lock = threading.Lock()
@@ -238,11 +240,25 @@ class Pipeline:
         self._model(job)
         self.metrics.stage_time("model", (time.perf_counter() - t0) * 1000.0)
 
+    def set_assay(self, assay: FieldAssay) -> None:
+        """Score the next frames with another assay (the ``set_assay`` command).
+
+        Frames already in a stage finish with the assay that prepared them; the caller
+        closes the old assay once the pipeline has stopped.
+        """
+        with self._lock:
+            self.assay = assay
+            self._assay_changed = True
+
     def _prepare(self, job: _Job) -> None:
         frame, still_id = job.tracked.frame, job.tracked.view.still_id
+        with self._lock:
+            assay = job.assay = self.assay
+            if self._assay_changed:  # another assay's scale estimate means nothing here
+                self._scale_memo, self._assay_changed = None, False
         hint = self._scale_hint(still_id)
-        prepared = self.assay.guarded(frame, lambda: self.assay.prepare(frame, hint))
-        if isinstance(prepared, FieldResult):
+        prepared = assay.guarded(frame, lambda: assay.prepare(frame, hint))
+        if isinstance(prepared, RESULT_TYPES):
             job.result = prepared
             return
         if hint is None and prepared.scale.source != "assumed":
@@ -267,9 +283,10 @@ class Pipeline:
     def _model(self, job: _Job) -> None:
         if job.result is not None or job.prepared is None:
             return
-        prepared = job.prepared
-        logits = self.assay.guarded(job.tracked.frame, lambda: self.assay.infer(prepared))
-        if isinstance(logits, FieldResult):
+        prepared, assay = job.prepared, job.assay
+        assert assay is not None
+        logits = assay.guarded(job.tracked.frame, lambda: assay.infer(prepared))
+        if isinstance(logits, RESULT_TYPES):
             job.result = logits
         else:
             job.logits = logits
@@ -277,8 +294,9 @@ class Pipeline:
     def _finish(self, job: _Job) -> None:
         frame = job.tracked.frame
         if job.result is None and job.prepared is not None and job.logits is not None:
-            prepared, logits = job.prepared, job.logits
-            job.result = self.assay.guarded(frame, lambda: self.assay.finish(prepared, logits))
+            prepared, logits, assay = job.prepared, job.logits, job.assay
+            assert assay is not None
+            job.result = assay.guarded(frame, lambda: assay.finish(prepared, logits))
         assert job.result is not None  # every path above sets it
         now = time.monotonic()
         outcome = Outcome(job.tracked, job.result, now,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from appliance.assays.her2.types import FieldResult
+from appliance.assays.results import AnyResult
 from appliance.capture.frame import Frame
 from appliance.pipeline.field_memory import FieldMemory, ReportDecision
 from appliance.pipeline.stability import Stage, ViewState
@@ -30,7 +30,7 @@ class Outcome:
     """The result of analysing one tracked frame."""
 
     tracked: Tracked
-    result: FieldResult
+    result: AnyResult
     done_t: float  # monotonic time the result was ready
     decision: ReportDecision | None  # None: not a candidate (view moving, settling, blurred)
 
@@ -46,7 +46,7 @@ class ReportPolicy:
     def __init__(self, memory: FieldMemory) -> None:
         self.memory = memory
 
-    def consider(self, tracked: Tracked, result: FieldResult) -> ReportDecision | None:
+    def consider(self, tracked: Tracked, result: AnyResult) -> ReportDecision | None:
         """The decision for one result; remembers what is reported."""
         view = tracked.view
         if view.stage is not Stage.STABLE or view.still_id is None or view.fingerprint is None:

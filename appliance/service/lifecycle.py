@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.assays.her2.assay import Her2Assay
+from appliance.assays.results import FieldAssay
 from appliance.config import ConfigError
 from appliance.outputs.leds import LedSink
 from appliance.outputs.leds.patterns import LedState, led_state
@@ -37,7 +37,7 @@ ATTENTION_CODES = frozenset({"out_of_focus", "no_tissue", "control_failed", "wro
 class Lifecycle:
     """systemd notifications, the watchdog, the status light and SIGHUP reloads."""
 
-    def __init__(self, *, assay: Her2Assay, notifier: Notifier, leds: LedSink,
+    def __init__(self, *, assay: FieldAssay, notifier: Notifier, leds: LedSink,
                  stall_after_s: float, config_path: Path | None,
                  reload_requested: threading.Event | None = None,
                  health: Callable[[MetricsSnapshot], Health] | None = None,
@@ -92,7 +92,7 @@ class Lifecycle:
         self.leds.show(LedState.BOOTING)
 
 
-def status_line(assay: Her2Assay, snap: MetricsSnapshot | None,
+def status_line(assay: FieldAssay, snap: MetricsSnapshot | None,
                 health: Health | None = None) -> str:
     """One line for `systemctl status`, e.g. 'scoring HER2 · 14.8 fps · ok'."""
     parts = [f"scoring {assay.cfg.assay.upper()}"]

@@ -9,12 +9,14 @@ from typing import TextIO
 
 import numpy as np
 
+from appliance.assays.hep2.types import Hep2Result
 from appliance.assays.her2.types import FieldResult
+from appliance.outputs import hep2_json, hep2_overlay
 from appliance.outputs.outbox import MessageBuilder
 from appliance.outputs.overlay import render_overlay, write_png
 from appliance.outputs.result_json import result_to_json
-from appliance.outputs.store import Companion, ResultStore, StoreError
-from appliance.outputs.table import HEADER, format_row
+from appliance.outputs.store import AnyResult, Companion, ResultStore, StoreError
+from appliance.outputs.table import HEADER, HEP2_HEADER, format_hep2_row, format_row
 
 _log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ class Recorder:
     def __init__(self, *, store: ResultStore | None, config_sha256: str,
                  overlay_dir: Path | None, out: TextIO, as_json: bool = False,
                  with_cells: bool = False,
-                 message_for: Callable[[FieldResult], MessageBuilder] | None = None,
+                 message_for: Callable[[AnyResult], MessageBuilder] | None = None,
                  companion_for: Callable[[FieldResult, np.ndarray | None], Companion]
                  | None = None,
                  after_store: Sequence[Callable[[], None]] = ()) -> None:
@@ -48,7 +50,7 @@ class Recorder:
         self.counts = {"fields": 0, "scored": 0, "not_scorable": 0, "store_errors": 0}
         self._header_done = False
 
-    def record(self, result: FieldResult, image: np.ndarray | None) -> None:
+    def record(self, result: AnyResult, image: np.ndarray | None) -> None:
         """Store, draw and print one result."""
         self.counts["fields"] += 1
         self.counts["scored" if result.scored else "not_scorable"] += 1
@@ -57,7 +59,9 @@ class Recorder:
                 self.store.add(
                     result, config_sha256=self.config_sha256,
                     outbox=self.message_for(result) if self.message_for else None,
-                    companion=(self.companion_for(result, image) if self.companion_for
+                    # Cases are the HER2 workflow: HEp-2 fields are stored on their own.
+                    companion=(self.companion_for(result, image)
+                               if self.companion_for and isinstance(result, FieldResult)
                                else None))
                 for hook in self.after_store:
                     hook()
@@ -68,20 +72,28 @@ class Recorder:
             self._write_overlay(result, image)
         self._print(result)
 
-    def _write_overlay(self, result: FieldResult, image: np.ndarray) -> None:
+    def _write_overlay(self, result: AnyResult, image: np.ndarray) -> None:
         assert self.overlay_dir is not None
         name = f"{result.seq:05d}_{Path(result.file).stem}_overlay.png"
         try:
-            write_png(self.overlay_dir / name, render_overlay(image, result))
+            picture = (hep2_overlay.render_overlay(image, result)
+                       if isinstance(result, Hep2Result) else render_overlay(image, result))
+            write_png(self.overlay_dir / name, picture)
         except OSError as exc:
             _log.error("overlay %s not written: %s", name, exc)
 
-    def _print(self, result: FieldResult) -> None:
+    def _print(self, result: AnyResult) -> None:
+        hep2 = isinstance(result, Hep2Result)
         if self.as_json:
-            print(result_to_json(result, include_cells=self.with_cells), file=self.out)
+            text = (hep2_json.to_json(hep2_json.result_to_dict(result,
+                                                               include_cells=self.with_cells))
+                    if isinstance(result, Hep2Result)
+                    else result_to_json(result, include_cells=self.with_cells))
+            print(text, file=self.out)
         else:
             if not self._header_done:
-                print(HEADER, file=self.out)
+                print(HEP2_HEADER if hep2 else HEADER, file=self.out)
                 self._header_done = True
-            print(format_row(result), file=self.out)
+            print(format_hep2_row(result) if isinstance(result, Hep2Result)
+                  else format_row(result), file=self.out)
         self.out.flush()

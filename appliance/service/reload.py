@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.assays.her2.assay import Her2Assay
+from appliance.assays.results import FieldAssay
 from appliance.config import Config, load_config
 
 LIVE_SECTIONS = ("optics", "her2")
@@ -33,7 +33,7 @@ def changed_sections(old: Config, new: Config) -> list[str]:
     return [k for k in b if a.get(k) != b[k]]
 
 
-def reload_config(assay: Her2Assay, path: Path) -> ReloadOutcome:
+def reload_config(assay: FieldAssay, path: Path) -> ReloadOutcome:
     """Load ``path`` and apply its live sections to ``assay``; ConfigError leaves all as it was."""
     new = load_config(path)
     changed = changed_sections(assay.cfg, new)

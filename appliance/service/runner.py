@@ -16,10 +16,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TextIO
 
-from appliance.assays.her2.assay import Her2Assay
+from appliance.assays.results import open_assay
 from appliance.capture.factory import open_source
 from appliance.capture.source import FrameSource
-from appliance.config import Config, ConfigError
+from appliance.config import Config, ConfigError, with_overrides
 from appliance.outputs.display.sinks import DisplaySink, open_display
 from appliance.outputs.leds import open_leds
 from appliance.outputs.mqtt_contract import read_case_salt
@@ -52,17 +52,35 @@ def run(cfg: Config, *, stop: threading.Event, out: TextIO,
     """
     with ExitStack() as stack:
         store = stack.enter_context(ResultStore(cfg.store.path))
-        assay = stack.enter_context(Her2Assay.from_config(cfg))
+        assay = open_assay(cfg)
+        stack.callback(assay.close)
+        pipeline: Pipeline | None = None
         cases = CaseWorkflow(
             cfg, store, case_message=mqtt_case_messages(cfg, socket.gethostname()),
-            salt=read_case_salt(cfg.mqtt.case_salt_file), settings=lambda: assay.cfg)
+            salt=read_case_salt(cfg.mqtt.case_salt_file),
+            settings=lambda: pipeline.assay.cfg if pipeline is not None else assay.cfg)
         cases.refresh_live()  # a case left open before a restart goes on
         assay.field_context = cases.context
-        pipeline: Pipeline | None = None
         telemetry = None
+        life: Lifecycle | None = None
+
+        def switch_assay(name: str) -> None:
+            """`set_assay`: load the other assay's model, then swap it in between frames."""
+            assert pipeline is not None and life is not None
+            new = open_assay(with_overrides(pipeline.assay.cfg, {"assay": name}))
+            stack.callback(new.close)  # frames in flight may still use the old one
+            if name == "her2":
+                new.field_context = cases.context
+            pipeline.set_assay(new)
+            life.assay = new
+            if telemetry is not None:
+                telemetry.assay = new
+            _log.info("assay switched to %s (%s)", name, new.model.name)
+
         if cfg.mqtt.url:
             telemetry = Telemetry(
                 cfg, store=store, assay=assay, cases=cases, config_path=config_path,
+                switch_assay=switch_assay,
                 snapshot=lambda: pipeline.snapshot() if pipeline else PipelineMetrics(
                     16).snapshot(time.monotonic()),
                 fatal=lambda: repr(pipeline.fatal) if pipeline and pipeline.fatal else "",

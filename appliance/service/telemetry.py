@@ -19,15 +19,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from appliance.assays.her2.assay import Her2Assay
-from appliance.assays.her2.types import FieldResult
+from appliance.assays.hep2.types import Hep2Result
+from appliance.assays.results import FieldAssay
 from appliance.config import Config, ConfigError, with_overrides
+from appliance.inference.manifest import ModelError
+from appliance.outputs import hep2_json
 from appliance.outputs import mqtt_contract as contract
 from appliance.outputs.commands import Command, CommandDispatcher, CommandRefused
 from appliance.outputs.mqtt_link import MqttLink
 from appliance.outputs.outbox import MessageBuilder, Outbox
 from appliance.outputs.result_json import result_to_dict
-from appliance.outputs.store import ResultStore
+from appliance.outputs.store import AnyResult, ResultStore
 from appliance.pipeline.metrics import MetricsSnapshot
 from appliance.service.cases import CaseError, CaseWorkflow
 from appliance.service.health import Health, HealthReadings, assess
@@ -39,9 +41,10 @@ _log = logging.getLogger(__name__)
 class Telemetry:
     """Link, outbox, health and metrics publishing, and command handling for one box."""
 
-    def __init__(self, cfg: Config, *, store: ResultStore, assay: Her2Assay, cases: CaseWorkflow,
+    def __init__(self, cfg: Config, *, store: ResultStore, assay: FieldAssay, cases: CaseWorkflow,
                  config_path: Path | None, snapshot: Callable[[], MetricsSnapshot],
-                 fatal: Callable[[], str] = lambda: "", hostname: str | None = None) -> None:
+                 fatal: Callable[[], str] = lambda: "", hostname: str | None = None,
+                 switch_assay: Callable[[str], None] | None = None) -> None:
         m = cfg.mqtt
         host = hostname or socket.gethostname()
         self.cfg = cfg
@@ -55,6 +58,7 @@ class Telemetry:
         self._snapshot = snapshot
         self._fatal = fatal
         self.cases = cases
+        self._switch_assay = switch_assay  # the runner's: load another assay, swap it in
         self._last_health: Health | None = None
         self._last_extra: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -93,10 +97,13 @@ class Telemetry:
 
     # ------------------------------------------------------------ results
 
-    def message_for(self, result: FieldResult) -> MessageBuilder:
+    def message_for(self, result: AnyResult) -> MessageBuilder:
         """The outbox message of one reported field (built inside the store's transaction)."""
-        case_id = result.case.case_id if result.case is not None else None
-        body = result_to_dict(result)
+        if isinstance(result, Hep2Result):
+            case_id, body = None, hep2_json.result_to_dict(result)
+        else:
+            case_id = result.case.case_id if result.case is not None else None
+            body = result_to_dict(result)
 
         def build(msg_id: str, seq: int) -> tuple[str, bytes]:
             return "field", contract.encode(contract.field_message(
@@ -204,10 +211,15 @@ class Telemetry:
         return self._case_action("end_control", end)
 
     def _set_assay(self, command: Command) -> dict[str, Any]:
-        assay = command.args["assay"]
-        if assay != self.cfg.assay:
-            raise CommandRefused(f"assay {assay!r} is not installed on this box "
-                                 f"(running {self.cfg.assay})", field="assay")
+        assay = str(command.args["assay"])
+        if assay == self.assay.cfg.assay:
+            return {"assay": assay}
+        if self._switch_assay is None:
+            raise CommandRefused(f"this box runs {self.assay.cfg.assay} only", field="assay")
+        try:
+            self._switch_assay(assay)
+        except (ModelError, ConfigError) as exc:
+            raise CommandRefused(f"cannot switch to {assay}: {exc}", field="assay") from exc
         return {"assay": assay}
 
     def _set_objective(self, command: Command) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from appliance.assays.her2.types import FieldResult
+from appliance.assays.results import AnyResult
 from appliance.outputs.display.live import (
     DEFAULT_SIZE,
     LiveComposer,
@@ -45,7 +45,7 @@ __all__ = [
 
 
 def show_live(sink: DisplaySink, composer: LiveComposer, frame: np.ndarray | None,
-              result: FieldResult | None, status: LiveStatus, *,
+              result: AnyResult | None, status: LiveStatus, *,
               show_cells: bool = True) -> None:
     """Compose what ``sink`` wants (the picture, or only annotations) and show it.
 

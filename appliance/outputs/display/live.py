@@ -29,7 +29,10 @@ from typing import Generic, TypeVar
 import cv2
 import numpy as np
 
+from appliance.assays.hep2.types import Hep2Result
 from appliance.assays.her2.types import FieldResult
+from appliance.assays.results import AnyResult
+from appliance.outputs import hep2_overlay
 from appliance.outputs.overlay import (
     ALERT_COLOUR,
     BANNER_BG,
@@ -238,20 +241,22 @@ def stage_line(status: LiveStatus) -> tuple[str, RGB, bool]:
     return "Scoring", TEXT_COLOUR, False
 
 
-def _shows_result(result: FieldResult | None, status: LiveStatus) -> bool:
+def _shows_result(result: AnyResult | None, status: LiveStatus) -> bool:
     return result is not None and status.streaming and status.result_in_view
 
 
-def panel_rows(result: FieldResult | None, status: LiveStatus) -> list[Row]:
+def panel_rows(result: AnyResult | None, status: LiveStatus) -> list[Row]:
     """The panel's text below the stage line, row by row, before layout."""
     rows: list[Row] = []
-    if result is not None and _shows_result(result, status):
+    if isinstance(result, Hep2Result) and _shows_result(result, status):
+        return hep2_overlay.banner_rows(result)
+    if isinstance(result, FieldResult) and _shows_result(result, status):
         rows += headline_rows(result)
     elif status.streaming:
         rows.append(Row((Item("No result for this field yet", DIM_COLOUR),)))
     if result is not None and is_research_use_only(result.model):
         rows.append(Row((Item(RESEARCH_USE_LINE, ALERT_COLOUR),)))
-    if result is not None and _shows_result(result, status):
+    if isinstance(result, FieldResult) and _shows_result(result, status):
         rows.append(Row((Item(f"Tumour cells: {result.tumour_cells}", TEXT_COLOUR),)))
         rows.append(legend_row(result))
         rows += [Row((Item(f"Warning: {w}", ALERT_COLOUR),)) for w in result.warnings]
@@ -332,7 +337,7 @@ def _rates_height(style: Style, lines: int) -> int:
     return lines * small_h + style.margin
 
 
-def render_panel(result: FieldResult | None, status: LiveStatus, layout: LiveLayout) -> np.ndarray:
+def render_panel(result: AnyResult | None, status: LiveStatus, layout: LiveLayout) -> np.ndarray:
     """The panel without the rate figures (those change every frame): RGB uint8."""
     _, _, pw, ph = layout.panel
     style = layout.style
@@ -412,7 +417,7 @@ class _Lru(Generic[_K, _V]):
             self._items.popitem(last=False)
 
 
-def _draws_cells(result: FieldResult | None, status: LiveStatus, show_cells: bool) -> bool:
+def _draws_cells(result: AnyResult | None, status: LiveStatus, show_cells: bool) -> bool:
     # Only the field the result was computed on, and only while it holds still.
     return show_cells and _shows_result(result, status) and status.stage == "stable"
 
@@ -437,7 +442,7 @@ class LiveComposer:
         self._annotations: _Lru[tuple[int, LiveStatus, LiveLayout, bool],
                                 tuple[object, np.ndarray]] = _Lru(4)
 
-    def compose(self, frame: np.ndarray | None, result: FieldResult | None,
+    def compose(self, frame: np.ndarray | None, result: AnyResult | None,
                 status: LiveStatus, *, size: tuple[int, int] | None,
                 show_cells: bool = True) -> np.ndarray:
         """The live picture: RGB uint8 of ``size`` (None: the frame's size plus the panel)."""
@@ -460,7 +465,7 @@ class LiveComposer:
         self._place_panel(out, result, status, layout)
         return out
 
-    def annotations(self, result: FieldResult | None, status: LiveStatus, *,
+    def annotations(self, result: AnyResult | None, status: LiveStatus, *,
                     size: tuple[int, int], show_cells: bool = True) -> np.ndarray:
         """Outlines and panel only, for a preview that shows the picture: RGBA uint8.
 
@@ -488,7 +493,7 @@ class LiveComposer:
         out[py:py + ph, px:px + pw, :3] = panel
         return out
 
-    def _render_annotations(self, result: FieldResult | None, status: LiveStatus,
+    def _render_annotations(self, result: AnyResult | None, status: LiveStatus,
                             layout: LiveLayout, cells: bool) -> np.ndarray:
         w, h = layout.size
         rgb = np.zeros((h, w, 3), dtype=np.uint8)
@@ -509,14 +514,14 @@ class LiveComposer:
 
     # ------------------------------------------------------------ cached parts
 
-    def _place_panel(self, out: np.ndarray, result: FieldResult | None, status: LiveStatus,
+    def _place_panel(self, out: np.ndarray, result: AnyResult | None, status: LiveStatus,
                      layout: LiveLayout) -> None:
         px, py, pw, ph = layout.panel
         view = out[py:py + ph, px:px + pw]
         view[:] = self._panel(result, status, layout)
         draw_rates(view, status, layout)
 
-    def _panel(self, result: FieldResult | None, status: LiveStatus,
+    def _panel(self, result: AnyResult | None, status: LiveStatus,
                layout: LiveLayout) -> np.ndarray:
         key = (id(result), status.without_rates(), layout)
         hit = self._panels.get(key)
@@ -526,12 +531,13 @@ class LiveComposer:
         self._panels.put(key, (result, panel))
         return panel
 
-    def _scaled_outlines(self, result: FieldResult, width: int, height: int) -> CellOutlines:
+    def _scaled_outlines(self, result: AnyResult, width: int, height: int) -> CellOutlines:
         key = (id(result), width, height)
         hit = self._outlines.get(key)
         if hit is not None and hit[0] is result:
             return hit[1]
-        outlines = cell_outlines(result, width, height)
+        outlines = (hep2_overlay.cell_outlines(result, width, height)
+                    if isinstance(result, Hep2Result) else cell_outlines(result, width, height))
         self._outlines.put(key, (result, outlines))
         return outlines
 
@@ -561,7 +567,7 @@ _shared = LiveComposer()
 _shared_lock = threading.Lock()
 
 
-def compose_live(frame: np.ndarray | None, result: FieldResult | None, status: LiveStatus, *,
+def compose_live(frame: np.ndarray | None, result: AnyResult | None, status: LiveStatus, *,
                  size: tuple[int, int] | None, show_cells: bool = True) -> np.ndarray:
     """The live picture through a shared :class:`LiveComposer` (see its ``compose``).
 
@@ -571,7 +577,7 @@ def compose_live(frame: np.ndarray | None, result: FieldResult | None, status: L
         return _shared.compose(frame, result, status, size=size, show_cells=show_cells)
 
 
-def compose_annotations(result: FieldResult | None, status: LiveStatus, *,
+def compose_annotations(result: AnyResult | None, status: LiveStatus, *,
                         size: tuple[int, int], show_cells: bool = True) -> np.ndarray:
     """The RGBA annotations through a shared :class:`LiveComposer` (see ``annotations``)."""
     with _shared_lock:

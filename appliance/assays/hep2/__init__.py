@@ -1,0 +1,1 @@
+"""HEp-2 indirect immunofluorescence (ANA): cell patterns, specimen pattern(s), intensity."""

@@ -1,0 +1,324 @@
+"""The HEp-2 assay: one fluorescence field in, one Hep2Result out.
+
+    quality gates → scale → cell segmentation → brightness → crops → classifier →
+    specimen rules (intensity cut-off, pattern votes, metaphase evidence)
+
+Same shape as the HER2 assay (prepare / infer / finish), so the real-time pipeline runs
+either; each step is a pure function in its own module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import TypeVar
+
+import cv2
+import numpy as np
+
+from appliance.assays.hep2 import intensity as brightness_mod
+from appliance.assays.hep2.crops import crops_for
+from appliance.assays.hep2.patterns import NAMES, pattern
+from appliance.assays.hep2.quality import measure_hep2_quality, quality_issues
+from appliance.assays.hep2.segmentation import Hep2Cells, segment_cells
+from appliance.assays.hep2.specimen import call_specimen
+from appliance.assays.hep2.types import MITOSIS_CLASSES, CellCall, Hep2Cell, Hep2Result
+from appliance.assays.her2.assay import ScaleInfo
+from appliance.assays.her2.types import FieldContext, ModelRef
+from appliance.capture.frame import Frame
+from appliance.config import Config
+from appliance.inference.manifest import ModelError, ModelManifest, load_manifest, verify_model
+from appliance.inference.onnxruntime_backend import OnnxRuntimeBackend
+
+ASSAY = "hep2"
+INTERNAL_ERROR = "internal_error"
+_BATCH = 256  # cells per classifier run: bounded memory on a big field
+# HEp-2 cells are 15-25 µm across; the scale estimate assumes the median whole cell is this.
+ASSUMED_CELL_DIAMETER_UM = 20.0
+_PROVISIONAL_UM_PER_PX = 0.5
+_PLAUSIBLE_UM_PER_PX = (0.15, 2.0)
+_T = TypeVar("_T")
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hep2Prepared:
+    """A field between ``prepare`` and ``finish``."""
+
+    base: Hep2Result  # not scorable until finish; scale, timings so far
+    warnings: list[str]
+    scale: ScaleInfo
+    cells: Hep2Cells | None = None
+    crops: np.ndarray | None = None  # (N, 2, S, S)
+    cell_ids: np.ndarray | None = None  # (N,) labels of the crops
+    brightness: np.ndarray | None = None  # (count,) grey above background, per label - 1
+    field_grey: float = 0.0  # the whole field's brightness (when no cell is found)
+    refusal: Hep2Result | None = None
+
+
+class Hep2Assay:
+    """Scores HEp-2 IIF fields with one loaded cell classifier."""
+
+    def __init__(self, cfg: Config, manifest: ModelManifest, backend: OnnxRuntimeBackend,
+                 precision: str) -> None:
+        self.cfg = cfg
+        self.manifest = manifest
+        self.backend = backend
+        self.model = ModelRef(name=manifest.name, sha256=manifest.sha256(precision),
+                              precision=precision, validated_on=manifest.validated_on)
+        # Cases are the HER2 workflow; the pipeline sets this on every assay.
+        self.field_context: Callable[[], FieldContext | None] = lambda: None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Hep2Assay:
+        """Load and verify the shipped classifier."""
+        if cfg.inference.backend != "onnxruntime":
+            raise ModelError("the HEp-2 classifier runs on ONNX Runtime only so far: set "
+                             "inference.backend = \"onnxruntime\" for assay hep2")
+        manifest = load_manifest(cfg.models_path() / ASSAY)
+        precision = cfg.inference.precision
+        path = verify_model(manifest, precision)
+        side = cfg.hep2.cells.crop_px
+        backend = OnnxRuntimeBackend(path, threads=cfg.inference.threads,
+                                     input_name=manifest.input.name,
+                                     warmup_input=(1, 2, side, side))
+        return cls(cfg, manifest, backend, precision)
+
+    def close(self) -> None:
+        """Release the model (idempotent)."""
+        self.backend.close()
+
+    def __enter__(self) -> Hep2Assay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, frame: Frame) -> Hep2Result:
+        """Score one field; refusals come back as a not-scorable result, never raised."""
+        prepared = self.prepare(frame)
+        if prepared.refusal is not None:
+            return prepared.refusal
+        return self.finish(prepared, self.infer(prepared))
+
+    def prepare(self, frame: Frame, scale: ScaleInfo | None = None) -> Hep2Prepared:
+        """Quality gates, scale, segmentation, brightness and crops (everything but the model).
+
+        ``scale`` reuses what an earlier frame of the same still view found.
+        """
+        t0 = time.perf_counter()
+        ms: dict[str, float] = {}
+        image = frame.image
+        green = image[..., 1].astype(np.float32)
+        declared = scale or self._declared_scale(frame)
+        # The gates need a scale for their smoothing; before the estimate, a provisional one.
+        q = measure_hep2_quality(image, declared.um_per_px if declared else
+                                 _PROVISIONAL_UM_PER_PX, self.cfg.hep2.cells)
+        issues = quality_issues(q)
+        warnings = [i.reason for i in issues if not i.fatal]
+        base = Hep2Result(file=frame.source, seq=frame.seq, status="not_scorable",
+                          model=self.model, image_width=frame.width,
+                          image_height=frame.height, timings_ms=ms)
+        fatal = [i for i in issues if i.fatal]
+        ms["quality"] = (time.perf_counter() - t0) * 1000.0
+        if fatal:
+            prep = Hep2Prepared(base, warnings, declared or ScaleInfo(0.0, "unknown", ()))
+            prep.refusal = self._refused(base, "; ".join(i.reason for i in fatal),
+                                         fatal[0].code, warnings)
+            return prep
+        t1 = time.perf_counter()
+        found = declared or estimate_scale(green, self.cfg)
+        cells = segment_cells(green, found.um_per_px, self.cfg.hep2.cells)
+        crops, ids = crops_for(green, cells.labels, found.um_per_px, self.cfg.hep2.cells)
+        bright = brightness_mod.cell_brightness(green, cells.labels, cells.background_map)
+        field_grey = (brightness_mod.field_brightness(green, cells.background_map)
+                      if cells.count == 0 else 0.0)
+        ms["cells"] = (time.perf_counter() - t1) * 1000.0
+        base = replace(base, um_per_px=found.um_per_px, um_per_px_source=found.source)
+        return Hep2Prepared(base, warnings + list(found.warnings), found, cells, crops, ids,
+                            bright, field_grey)
+
+    def infer(self, prepared: Hep2Prepared) -> dict[str, np.ndarray]:
+        """The classifier on every crop: pattern and mitosis logits."""
+        t0 = time.perf_counter()
+        crops = prepared.crops if prepared.crops is not None else np.zeros((0, 2, 1, 1))
+        outs: dict[str, list[np.ndarray]] = {"pattern_logits": [], "mitosis_logits": []}
+        for start in range(0, len(crops), _BATCH):
+            got = self.backend.run_named(np.ascontiguousarray(crops[start:start + _BATCH]))
+            for key in outs:
+                outs[key].append(got[key])
+        prepared.base.timings_ms["model"] = (time.perf_counter() - t0) * 1000.0
+        return {k: (np.concatenate(v) if v else np.zeros((0, len(NAMES) if k[0] == "p" else 3),
+                                                         np.float32))
+                for k, v in outs.items()}
+
+    def finish(self, prepared: Hep2Prepared, outputs: dict[str, np.ndarray]) -> Hep2Result:
+        """Cells with their classes, the specimen intensity, and the specimen rules."""
+        t0 = time.perf_counter()
+        assert prepared.cells is not None and prepared.cell_ids is not None
+        assert prepared.brightness is not None
+        h2 = self.cfg.hep2
+        um = prepared.scale.um_per_px
+        cells = _cells(prepared.cells, prepared.cell_ids, prepared.brightness, outputs, um,
+                       h2.intensity.units_per_grey)
+        interphase = [c for c in cells if not c.mitotic]
+        warnings = list(prepared.warnings)
+        measured = [c.brightness / h2.intensity.units_per_grey for c in interphase
+                    if not c.touches_edge] or [c.brightness / h2.intensity.units_per_grey
+                                               for c in interphase]
+        if measured:
+            grey = float(np.median(measured))
+        else:
+            # A negative well may show no cell at all: the field itself is measured.
+            grey = prepared.field_grey
+            warnings.append("no interphase cell found: intensity measured on the whole field")
+        units = brightness_mod.to_units(grey, h2.intensity)
+        calibrated = h2.intensity.exposure_ms > 0 and h2.intensity.gain > 0
+        if not calibrated:
+            warnings.append("intensity in relative units: camera exposure and gain are not "
+                            "pinned in the config (hep2.intensity.exposure_ms, gain)")
+        call = call_specimen(cells, units, specimen=h2.specimen, intensity=h2.intensity)
+        prepared.base.timings_ms["rules"] = (time.perf_counter() - t0) * 1000.0
+        common = dict(cells=tuple(cells), cells_interphase=len(interphase),
+                      cells_mitotic=len(cells) - len(interphase), intensity_units=units,
+                      intensity_level=call.intensity_level, intensity_calibrated=calibrated,
+                      warnings=tuple(warnings + list(call.warnings)), created_at=_now())
+        if call.positive is None:
+            return replace(prepared.base, status="not_scorable", reason=call.reason,
+                           reason_code=call.reason_code, **common)  # type: ignore[arg-type]
+        return replace(prepared.base, status="scored", positive=call.positive,
+                       patterns=call.patterns, **common)  # type: ignore[arg-type]
+
+    def classify_cell_image(self, image: np.ndarray, source: str) -> CellCall:
+        """One single-cell image (the public datasets' form): its pattern and probabilities.
+
+        The whole image is the cell: it is resampled to the classifier's crop and its mask
+        is the part brighter than the image's own background.
+        """
+        side = self.cfg.hep2.cells.crop_px
+        green = image[..., 1].astype(np.float32) if image.ndim == 3 else image.astype(np.float32)
+        small = cv2.resize(green, (side, side), interpolation=cv2.INTER_AREA)
+        bg = float(np.percentile(small, 5))
+        top = float(np.percentile(small, 99)) - bg
+        signal = np.clip((small - bg) / max(top, 1e-3), 0.0, 1.5)
+        mask = (small > bg + 0.1 * max(top, 1e-3)).astype(np.float32)
+        crop = np.stack([signal, mask])[None].astype(np.float32)
+        out = self.backend.run_named(crop)
+        probs = _softmax(out["pattern_logits"])[0]
+        mit = _softmax(out["mitosis_logits"])[0]
+        best = int(np.argmax(probs))
+        return CellCall(file=source, pattern=NAMES[best], icap=pattern(NAMES[best]).icap,
+                        confidence=float(probs[best]),
+                        probabilities={n: float(p) for n, p in zip(NAMES, probs, strict=True)},
+                        mitosis=MITOSIS_CLASSES[int(np.argmax(mit))], model=self.model)
+
+    def guarded(self, frame: Frame, step: Callable[[], _T]) -> _T | Hep2Result:
+        """Run one scoring step; a bug becomes this field's ``internal_error`` result."""
+        try:
+            return step()
+        except Exception as exc:  # the service must outlive a bad field
+            _log.exception("internal error scoring %s (seq %d)", frame.source, frame.seq)
+            return self.refuse_input(frame.source, frame.seq, INTERNAL_ERROR,
+                                     f"internal error: {exc!r}")
+
+    def score_guarded(self, frame: Frame) -> Hep2Result:
+        """``score``, with a bug in one field becoming that field's refusal."""
+        return self.guarded(frame, lambda: self.score(frame))
+
+    def refuse_input(self, source: str, seq: int, code: str, reason: str) -> Hep2Result:
+        """The result for an input that never became a frame (corrupt or unreadable file)."""
+        return Hep2Result(file=source, seq=seq, status="not_scorable", model=self.model,
+                          image_width=0, image_height=0, reason=reason, reason_code=code,
+                          created_at=_now())
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _refused(base: Hep2Result, reason: str, code: str,
+                 warnings: list[str]) -> Hep2Result:
+        return replace(base, status="not_scorable", reason=reason, reason_code=code,
+                       warnings=tuple(warnings), created_at=_now())
+
+    def _declared_scale(self, frame: Frame) -> ScaleInfo | None:
+        """µm/px the frame, the config or the objective declares (None: to be estimated)."""
+        optics = self.cfg.optics
+        if frame.um_per_px:
+            return ScaleInfo(frame.um_per_px, "frame", ())
+        if optics.um_per_px > 0:
+            return ScaleInfo(optics.um_per_px, "config", ())
+        if optics.objective != "auto":
+            return ScaleInfo(optics.objectives[optics.objective], "objective", ())
+        return None
+
+
+def estimate_scale(green: np.ndarray, cfg: Config) -> ScaleInfo:
+    """µm/px from the median size of the cells segmented at a provisional scale.
+
+    HEp-2 cells are a cell line of fairly even size, which makes them their own ruler.
+    Two rounds: the second segments at the first estimate (splitting and size filters
+    depend on the scale).
+    """
+    um = _PROVISIONAL_UM_PER_PX
+    found = 0
+    for _ in range(2):
+        cells = segment_cells(green, um, cfg.hep2.cells)
+        whole = cells.areas_px[~cells.touches_edge] if cells.count else np.zeros(0)
+        found = int(whole.size)
+        if found < 5:
+            break
+        diameter_px = float(np.sqrt(4.0 * np.median(whole) / np.pi))
+        um = ASSUMED_CELL_DIAMETER_UM / max(diameter_px, 1.0)
+    lo, hi = _PLAUSIBLE_UM_PER_PX
+    if found < 5:
+        return ScaleInfo(_PROVISIONAL_UM_PER_PX, "assumed", (
+            f"scale unknown: too few cells to estimate it; assumed {_PROVISIONAL_UM_PER_PX} "
+            "um/px (set optics.objective or optics.um_per_px)",))
+    warnings = [f"scale estimated from cell size: {um:.2f} um/px"]
+    if not lo <= um <= hi:
+        warnings.append(f"estimated scale {um:.2f} um/px is implausible; clamped")
+        um = min(hi, max(lo, um))
+    return ScaleInfo(um, "estimated", tuple(warnings))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def _cells(seg: Hep2Cells, ids: np.ndarray, bright: np.ndarray,
+           outputs: dict[str, np.ndarray], um_per_px: float,
+           units_per_grey: float) -> list[Hep2Cell]:
+    """Segmented cells with their classes, in source-image coordinates."""
+    probs = _softmax(outputs["pattern_logits"]) if len(ids) else np.zeros((0, len(NAMES)))
+    mit = _softmax(outputs["mitosis_logits"]) if len(ids) else np.zeros((0, 3))
+    out = []
+    for row, label in enumerate(ids):
+        i = int(label) - 1
+        p = probs[row]
+        best = int(np.argmax(p))
+        m = int(np.argmax(mit[row]))
+        contours, _ = cv2.findContours((seg.labels == label).astype(np.uint8),
+                                       cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        outline = (tuple((int(x), int(y)) for x, y in max(contours, key=len).reshape(-1, 2))
+                   if contours else ())
+        value = float(bright[i]) if i < len(bright) and np.isfinite(bright[i]) else 0.0
+        out.append(Hep2Cell(
+            cell_id=int(label), x=float(seg.centroids[i, 0]), y=float(seg.centroids[i, 1]),
+            area_um2=float(seg.areas_px[i]) * um_per_px**2,
+            brightness=max(0.0, value) * units_per_grey, pattern=NAMES[best],
+            confidence=float(p[best]),
+            probabilities={n: float(v) for n, v in zip(NAMES, p, strict=True)},
+            mitosis=MITOSIS_CLASSES[m], mitosis_confidence=float(mit[row, m]),
+            touches_edge=bool(seg.touches_edge[i]), outline=outline))
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,244 @@
+"""Quality gates for a HEp-2 indirect immunofluorescence field (numpy and cv2).
+
+:func:`measure_hep2_quality` turns a field into a handful of numbers (:class:`Hep2Quality`);
+:func:`quality_issues` compares them with the limits. Fatal issues make the field not
+scorable; the others are warnings shown beside the result.
+
+Why each measure is built the way it is:
+
+* Wrong stain: a fluorescence field is a dark background with green (FITC) light. A
+  brightfield field (HER2 H-DAB, H&E) has a bright background in every channel; a photo or
+  another fluorochrome has signal that is not mostly green. The colour is judged on what
+  rises above each channel's background, over the brightest pixels, so the red and blue
+  sensor noise and autofluorescence of a dark field do not count. A field with no signal
+  above the noise (a negative or empty well) has no colour to judge and is not refused.
+* Over-exposure: clipped green pixels as a share of the cell pixels, not of the field: the
+  intensity reads the brightest 5 % of each cell, so clipping of a few percent of the cells'
+  pixels already flattens it, however much dark background surrounds them.
+* Focus: the HER2 gate's sharpness ratio (fine- over coarse-scale RMS gradient on the
+  strongest edges, noise removed; :func:`appliance.assays.her2.quality.focus_measure`) on
+  the green channel at a fixed 0.5 µm per pixel. A ratio of two gradients of the same image
+  does not depend on the intensity or the exposure, and a fixed scale makes the same blur
+  in micrometres read the same at 10x and 40x.
+* Under-exposure: only when the signal cannot be told from the sensor noise and the
+  background is black; a negative specimen's faint cells are not an exposure problem.
+  A field without cells is not a quality issue either (it may be a negative specimen).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from appliance.assays.hep2.intensity import background_map
+from appliance.assays.hep2.segmentation import foreground_mask
+from appliance.assays.her2.quality import focus_measure, noise_sigma
+from appliance.assays.her2.types import QualityIssue
+from appliance.config import Hep2CellsConfig
+
+# Brightfield: every channel's median grey above this (glass seen in transmitted light).
+BRIGHTFIELD_MEDIAN = 80.0
+# FITC: green's share of the light above background, over the brightest pixels, at least
+# this. FITC with sensor noise and autofluorescence gives about 0.7-0.9; grey or white light
+# gives a third, another fluorochrome (DAPI, TRITC) far less than a half.
+MIN_GREEN_SHARE = 0.5
+_COLOUR_TOP_SHARE = 0.02  # the brightest 2 % of the field's excess light carry its colour
+CLIPPED_GREY = 250
+MAX_SATURATED = 0.05  # share of the cell pixels clipped in green: fatal above
+WARN_SATURATED = 0.01
+MIN_FOCUS = 1.6  # sharpness ratio below which the field is out of focus
+WARN_FOCUS_MARGIN = 1.1
+FOCUS_UM_PER_PX = 0.5  # the scale the sharpness is judged at
+_MIN_FOCUS_PIXELS = 400  # fewer cell pixels: focus is not judged
+# Signal vs noise: the brightest 5 % of the residual smoothed at 1 µm against this many
+# standard deviations of the smoothed noise; "black" background below this grey level.
+_SIGNAL_NOISE_SIGMAS = 4.0
+BLACK_BACKGROUND = 12.0
+_SIGNAL_SMOOTH_UM = 1.0
+
+
+@dataclass(frozen=True)
+class Hep2Quality:
+    """Measured numbers of one fluorescence field (grey levels are 8-bit, 0..255)."""
+
+    median_rgb: tuple[float, float, float]  # per-channel median (the background, mostly)
+    green_share: float  # green's share of the brightest light above background; NaN: none
+    signal: float  # brightest 5 % of the smoothed green above background, grey
+    noise_floor: float  # smoothed sensor noise times the signal gate's sigmas, grey
+    background: float  # median green background, grey
+    saturated_fraction: float  # clipped green share of the cell pixels (of the field if none)
+    focus: float  # sharpness ratio, ~1 blurred .. 2-4 sharp; 0 = not measurable
+    cell_fraction: float  # share of the field the foreground covers
+
+
+def measure_hep2_quality(rgb: np.ndarray, um_per_px: float,
+                         cfg: Hep2CellsConfig) -> Hep2Quality:
+    """Measure colour, exposure, signal and focus of an (H, W, 3) uint8 RGB field."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+    green = rgb[..., 1].astype(np.float32)
+    mask, bg = foreground_mask(green, um_per_px, cfg)
+    signal, floor = signal_and_floor(green, bg, um_per_px)
+    measurable = signal > floor
+    return Hep2Quality(
+        median_rgb=_channel_medians(rgb),
+        green_share=green_share(rgb) if _any_light(rgb, um_per_px, cfg) else float("nan"),
+        signal=signal,
+        noise_floor=floor,
+        background=float(np.median(bg)),
+        saturated_fraction=_saturated(green, mask),
+        focus=_focus(green, mask, um_per_px) if measurable else 0.0,
+        cell_fraction=float(mask.mean()),
+    )
+
+
+def green_share(rgb: np.ndarray) -> float:
+    """Green's share of the light above each channel's median, over the brightest 2 %."""
+    excess = rgb.reshape(-1, 3).astype(np.float32)
+    excess -= np.median(excess[:: max(1, excess.shape[0] // 50_000)], axis=0)
+    total = excess.sum(axis=1)
+    k = max(1, int(_COLOUR_TOP_SHARE * total.size))
+    top = np.argpartition(total, total.size - k)[total.size - k:]
+    light = np.clip(excess[top], 0, None).sum(axis=0)
+    return float(light[1] / max(float(light.sum()), 1e-6))
+
+
+def signal_and_floor(green: np.ndarray, bg: np.ndarray, um_per_px: float) -> tuple[float, float]:
+    """Brightest 5 % of the green over background, smoothed at 1 µm, and the noise floor."""
+    sigma = max(0.7, _SIGNAL_SMOOTH_UM / um_per_px)
+    resid = cv2.GaussianBlur(green - bg, (0, 0), sigma).reshape(-1)
+    k = max(1, int(np.ceil(0.05 * resid.size)))
+    signal = float(np.partition(resid, resid.size - k)[resid.size - k:].mean())
+    # White noise after a Gaussian blur keeps 1 / (2 sqrt(pi) sigma) of its deviation.
+    smoothed_noise = noise_sigma(green) / (2.0 * np.sqrt(np.pi) * sigma)
+    return signal, _SIGNAL_NOISE_SIGMAS * float(smoothed_noise)
+
+
+def quality_issues(q: Hep2Quality, *, min_focus: float = MIN_FOCUS,
+                   max_saturated: float = MAX_SATURATED) -> list[QualityIssue]:
+    """Fatal issues and warnings for a fluorescence field, most fundamental first.
+
+    A wrong stain stops everything else; no cells is not an issue (a negative specimen).
+    """
+    stain = _stain_issues(q)
+    if stain:
+        return stain
+    return (_over_exposure_issues(q, max_saturated) + _under_exposure_issues(q)
+            + _focus_issues(q, min_focus))
+
+
+def _stain_issues(q: Hep2Quality) -> list[QualityIssue]:
+    """Brightfield light or non-green signal: not a FITC immunofluorescence field."""
+    if min(q.median_rgb) > BRIGHTFIELD_MEDIAN:
+        r, g, b = q.median_rgb
+        return [QualityIssue(
+            "wrong_stain",
+            f"wrong stain: the background is bright in every channel (median R {r:.0f}, "
+            f"G {g:.0f}, B {b:.0f} of 255, above {BRIGHTFIELD_MEDIAN:.0f}): a brightfield "
+            "(transmitted-light) image, not immunofluorescence; the HEp-2 assay needs the "
+            "FITC fluorescence field on a dark background",
+            fatal=True,
+        )]
+    if np.isfinite(q.green_share) and q.green_share < MIN_GREEN_SHARE:
+        return [QualityIssue(
+            "wrong_stain",
+            f"wrong stain: only {q.green_share:.0%} of the light above the background is "
+            f"green (at least {MIN_GREEN_SHARE:.0%} expected for FITC): not a green "
+            "immunofluorescence field (another fluorochrome, a colour photograph or the "
+            "wrong filter cube)",
+            fatal=True,
+        )]
+    return []
+
+
+def _over_exposure_issues(q: Hep2Quality, limit: float) -> list[QualityIssue]:
+    """Clipped cells: their brightest pixels, hence the intensity, read too low."""
+    sat = q.saturated_fraction
+    if sat > limit:
+        return [QualityIssue(
+            "over_exposed",
+            f"over-exposed: {sat:.1%} of the cell pixels are clipped in green (limit "
+            f"{limit:.1%}); the intensity cannot be measured: shorten the exposure or lower "
+            "the gain (and re-calibrate if they were pinned)",
+            fatal=True,
+        )]
+    if sat > WARN_SATURATED:
+        return [QualityIssue(
+            "over_exposed",
+            f"partly over-exposed: {sat:.1%} of the cell pixels are clipped in green; the "
+            "intensity may read low",
+            fatal=False,
+        )]
+    return []
+
+
+def _under_exposure_issues(q: Hep2Quality) -> list[QualityIssue]:
+    """No signal above the noise on a black background: the exposure may be too short."""
+    if q.signal <= q.noise_floor and q.background < BLACK_BACKGROUND:
+        return [QualityIssue(
+            "under_exposed",
+            f"no signal above the sensor noise (brightest green {q.signal:.1f} grey over a "
+            f"{q.background:.0f} background, noise floor {q.noise_floor:.1f}): the exposure "
+            "may be too short or the lamp off; a truly negative well also looks like this",
+            fatal=False,
+        )]
+    return []
+
+
+def _focus_issues(q: Hep2Quality, limit: float) -> list[QualityIssue]:
+    """Blur merges speckles and dots into a haze: patterns look homogeneous."""
+    if q.focus <= 0:  # nothing to judge focus on (no signal, or too few cell pixels)
+        return []
+    if q.focus < limit:
+        return [QualityIssue(
+            "out_of_focus",
+            f"out of focus: sharpness {q.focus:.2f} is below {limit:.2f}; refocus on the "
+            "cells (blur makes speckled patterns look homogeneous)",
+            fatal=True,
+        )]
+    if q.focus < WARN_FOCUS_MARGIN * limit:
+        return [QualityIssue(
+            "out_of_focus",
+            f"slightly soft focus: sharpness {q.focus:.2f}, close to the limit {limit:.2f}",
+            fatal=False,
+        )]
+    return []
+
+
+def _any_light(rgb: np.ndarray, um_per_px: float, cfg: Hep2CellsConfig) -> bool:
+    """Light above the noise in any channel (red or blue fluorescence counts too)."""
+    brightest = np.asarray(cv2.max(cv2.max(rgb[..., 0], rgb[..., 1]), rgb[..., 2]), np.float32)
+    signal, floor = signal_and_floor(brightest, background_map(brightest, um_per_px, cfg),
+                                     um_per_px)
+    return signal > floor
+
+
+def _channel_medians(rgb: np.ndarray) -> tuple[float, float, float]:
+    """Median of each channel on a subsample (50 k pixels pin a median well enough)."""
+    flat = rgb.reshape(-1, 3)[:: max(1, rgb.shape[0] * rgb.shape[1] // 50_000)]
+    r, g, b = (float(v) for v in np.median(flat, axis=0))
+    return r, g, b
+
+
+def _saturated(green: np.ndarray, mask: np.ndarray) -> float:
+    """Clipped share of the cell pixels (of the whole field when there are none)."""
+    clipped = green >= CLIPPED_GREY
+    region = mask if mask.any() else np.ones_like(mask, dtype=bool)
+    return float(np.count_nonzero(clipped & region)) / float(np.count_nonzero(region))
+
+
+def _focus(green: np.ndarray, mask: np.ndarray, um_per_px: float) -> float:
+    """Sharpness ratio of the green at FOCUS_UM_PER_PX (coarser images as they are)."""
+    if um_per_px < FOCUS_UM_PER_PX:
+        h, w = green.shape
+        f = um_per_px / FOCUS_UM_PER_PX
+        size = (max(1, round(w * f)), max(1, round(h * f)))
+        green = cv2.resize(green, size, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    if np.count_nonzero(mask) < _MIN_FOCUS_PIXELS:
+        return 0.0
+    # Include the cells' rims: their edges are where blur shows most.
+    rim = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    return focus_measure(green, rim)

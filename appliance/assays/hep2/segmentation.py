@@ -1,0 +1,225 @@
+"""HEp-2 cells in a fluorescence field: a classical segmentation (numpy and cv2 only).
+
+1. Background: a grey opening wider than a cell on a coarse copy of the green channel
+   (:func:`appliance.assays.hep2.intensity.background_map`), so uneven illumination does
+   not move the threshold.
+2. Foreground: the background-subtracted green, smoothed at about a sixth of a nucleus
+   diameter and closed at a third of one, so speckles, dots, nucleoli and a cytoplasm
+   around a dark nucleus merge into one generous blob per cell rather than many bright
+   specks. The threshold is a share of Otsu's cut (between the cells and the background,
+   whatever the specimen's strength), never below a floor of a few noise standard
+   deviations of the smoothed image (a blank or negative field does not turn its noise
+   into cells). Holes are filled.
+3. Touching cells are split by a watershed on the distance transform, with one marker per
+   distance maximum at least ~0.6 nucleus radius from any higher one.
+4. Objects outside the configured area range (µm²) are dropped: debris and clumps.
+5. Each object grows 0.1 nucleus diameter into the background (never into a neighbour), so
+   the label covers the whole cell, on which the intensity is defined.
+
+Measured on generated fields (tools/synth/hep2_fields.py, seeds 101-104, 640x480, IoU >= 0.5
+against the whole cell): recall/precision about 0.93-0.99 for the nuclear patterns (envelope
+0.83-0.92), about 0.45 / 0.6 for the cytoplasmic ones, whose stained cytoplasms touch and
+merge, and about 0.15 for Golgi-like, whose signal is a small polar cluster on a nearly dark
+cell. Cells of those patterns are still found (the counts are close), but outlined poorly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from appliance.assays.hep2.intensity import background_map
+from appliance.assays.her2.cells import grow_cells
+from appliance.assays.her2.quality import noise_sigma
+from appliance.config import Hep2CellsConfig
+
+# Smoothing before the threshold and closing after it, in nucleus diameters (see step 2).
+_SMOOTH_NUCLEI = 1.0 / 6.0
+_CLOSE_NUCLEI = 1.0 / 3.0
+# Share of Otsu's cut used as the threshold: a generous mask keeps the dim rim of a cell
+# (cytoplasm, the edge of a blurred nucleus) that Otsu's cut itself would shave off.
+_OTSU_SHARE = 0.5
+# The threshold never falls below this many standard deviations of the smoothed noise.
+_NOISE_FLOOR_SIGMAS = 5.0
+_MIN_FLOOR_GREY = 2.0  # a clean (noise-free) image still needs a step above its background
+# Objects grow this many nucleus diameters into the background (not into a neighbour): most
+# patterns stain the nucleus far more than the cytoplasm, and the cell, not the nucleus, is
+# what the intensity is defined on (its brightest 5 % of pixels) and what a crop centres on.
+_GROW_NUCLEI = 0.1
+# Markers: distance maxima at least this many nucleus radii apart, and at least this deep.
+_MARKER_SEPARATION_RADII = 0.6
+_MARKER_MIN_DEPTH_RADII = 0.25
+
+
+@dataclass(frozen=True)
+class Hep2Cells:
+    """Cell instances of one field, in its pixels."""
+
+    labels: np.ndarray  # (H, W) int32, 0 = background, 1..count
+    count: int
+    areas_px: np.ndarray  # (count,) int64, entry i for label i + 1
+    centroids: np.ndarray  # (count, 2) float64 x, y
+    bboxes: np.ndarray  # (count, 4) int32 x, y, width, height
+    touches_edge: np.ndarray  # (count,) bool: cut by the picture's border
+    background: float  # median background grey level (of the map) under the field
+    background_map: np.ndarray  # (H, W) float32 background estimate the cells stand on
+
+
+def segment_cells(green: np.ndarray, um_per_px: float, cfg: Hep2CellsConfig) -> Hep2Cells:
+    """Segment the HEp-2 cells of a green-channel field ((H, W) grey levels 0..255)."""
+    mask, bg = foreground_mask(green, um_per_px, cfg)
+    radius_px = cfg.nucleus_diameter_um / (2.0 * um_per_px)
+    labels = split_touching(mask, radius_px)
+    labels = filter_by_area(labels, cfg.min_area_um2 / um_per_px**2,
+                            cfg.max_area_um2 / um_per_px**2)
+    steps = round(_GROW_NUCLEI * cfg.nucleus_diameter_um / um_per_px)
+    return describe(grow_cells(labels, np.zeros(labels.shape, bool), steps), bg)
+
+
+def foreground_mask(green: np.ndarray, um_per_px: float,
+                    cfg: Hep2CellsConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Cell pixels (bool, holes filled) and the background map they were measured against."""
+    raw, bg = _raw_foreground(green, um_per_px, cfg)
+    return fill_holes(raw), bg
+
+
+def _raw_foreground(green: np.ndarray, um_per_px: float,
+                    cfg: Hep2CellsConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Cell pixels before hole filling, and the background map."""
+    if green.ndim != 2 or green.size == 0:
+        raise ValueError(f"expected an (H, W) green-channel image, got shape {green.shape}")
+    if not np.isfinite(um_per_px) or um_per_px <= 0:
+        raise ValueError(f"um_per_px must be a positive number, got {um_per_px}")
+    img = green.astype(np.float32, copy=False)
+    bg = background_map(img, um_per_px, cfg)
+    nucleus_px = cfg.nucleus_diameter_um / um_per_px
+    sigma = max(0.7, _SMOOTH_NUCLEI * nucleus_px)
+    resid = cv2.GaussianBlur(img - bg, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    floor = max(_MIN_FLOOR_GREY,
+                _NOISE_FLOOR_SIGMAS * noise_sigma(img) * _smoothed_noise_share(sigma))
+    cut = max(floor, _OTSU_SHARE * _otsu(resid, floor))
+    mask = (resid > cut).astype(np.uint8)
+    k = 2 * round(_CLOSE_NUCLEI * nucleus_px / 2) + 1
+    if k > 1:
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disc)
+    return mask.astype(bool), bg
+
+
+def split_touching(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    """Label ``mask``'s objects, splitting touching cells at distance-transform necks."""
+    m8 = mask.astype(np.uint8)
+    if not m8.any():
+        return np.zeros(mask.shape, np.int32)
+    dist = cv2.distanceTransform(m8, cv2.DIST_L2, 5)
+    # A light blur removes the ridge wiggles that a ragged outline adds (false maxima).
+    dist = cv2.GaussianBlur(dist, (0, 0), max(1.0, 0.15 * radius_px))
+    sep = max(1, round(_MARKER_SEPARATION_RADII * radius_px))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * sep + 1, 2 * sep + 1))
+    depth = max(1.0, _MARKER_MIN_DEPTH_RADII * radius_px)
+    peaks = (dist >= cv2.dilate(dist, kernel)) & (dist >= depth) & mask.astype(bool)
+    _, markers = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
+    labels = _flood_from_markers(markers.astype(np.int32), dist, mask.astype(bool))
+    # Objects too thin or small for a marker keep a label of their own.
+    _n_obj, objects = cv2.connectedComponents((mask & (labels == 0)).astype(np.uint8),
+                                             connectivity=8)
+    extra = objects > 0
+    labels[extra] = objects[extra] + int(labels.max())
+    return labels
+
+
+def _flood_from_markers(markers: np.ndarray, dist: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A watershed by levels on the distance transform, grown by dilation (cv2 only).
+
+    Fronts advance a pixel per step into mask pixels whose distance is at or above a level
+    that falls half a pixel per step: deep pixels are claimed first, so two touching cells
+    meet at the neck between them, and a front never jumps across the background.
+    """
+    grown = markers.astype(np.float32)  # float32 holds labels up to 2**24 exactly
+    free = mask & (markers == 0)
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    square = np.ones((3, 3), np.uint8)
+    level, step = float(dist.max()), 0
+    while True:
+        reached = cv2.dilate(grown, cross if step % 2 else square)
+        new = free & (reached > 0) & (dist >= level)
+        if not new.any() and level <= 0:
+            break
+        grown[new] = reached[new]
+        free &= ~new
+        level, step = level - 0.5, step + 1
+    return grown.astype(np.int32)
+
+
+def filter_by_area(labels: np.ndarray, min_px: float, max_px: float) -> np.ndarray:
+    """Drop objects outside [min_px, max_px] and renumber the rest 1..n in label order."""
+    n = int(labels.max()) if labels.size else 0
+    if n == 0:
+        return np.zeros(labels.shape, np.int32)
+    area = np.bincount(labels.reshape(-1), minlength=n + 1)
+    keep = (area >= min_px) & (area <= max_px)
+    keep[0] = False
+    new_id = np.zeros(n + 1, np.int32)
+    new_id[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return new_id[labels]
+
+
+def describe(labels: np.ndarray, bg: np.ndarray) -> Hep2Cells:
+    """Areas, centroids, boxes and edge contact of labels 1..n."""
+    n = int(labels.max()) if labels.size else 0
+    h, w = labels.shape
+    outside = labels == 0
+    background = float(np.median(bg[outside])) if outside.any() else float(np.median(bg))
+    if n == 0:
+        return Hep2Cells(labels.astype(np.int32), 0, np.zeros(0, np.int64), np.zeros((0, 2)),
+                         np.zeros((0, 4), np.int32), np.zeros(0, bool), background, bg)
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs]
+    area = np.bincount(lab, minlength=n + 1)[1:].astype(np.int64)
+    cx = np.bincount(lab, weights=xs, minlength=n + 1)[1:] / np.maximum(area, 1)
+    cy = np.bincount(lab, weights=ys, minlength=n + 1)[1:] / np.maximum(area, 1)
+    x0, y0 = _group_extreme(lab, xs, n, np.minimum), _group_extreme(lab, ys, n, np.minimum)
+    x1, y1 = _group_extreme(lab, xs, n, np.maximum), _group_extreme(lab, ys, n, np.maximum)
+    bboxes = np.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], axis=1).astype(np.int32)
+    edge = (x0 == 0) | (y0 == 0) | (x1 == w - 1) | (y1 == h - 1)
+    return Hep2Cells(labels.astype(np.int32), n, area, np.stack([cx, cy], axis=1), bboxes,
+                     edge, background, bg)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every enclosed hole filled (a dark nucleus inside a stained cytoplasm)."""
+    h, w = mask.shape
+    padded = np.zeros((h + 2, w + 2), np.uint8)
+    padded[1:-1, 1:-1] = mask
+    flood = padded.copy()
+    ff_mask = np.zeros((h + 4, w + 4), np.uint8)
+    cv2.floodFill(flood, ff_mask, (0, 0), 1)  # reaches all background linked to the border
+    holes = flood[1:-1, 1:-1] == 0
+    return np.asarray(mask | holes)
+
+
+def _group_extreme(lab: np.ndarray, values: np.ndarray, n: int,
+                   op: np.ufunc) -> np.ndarray:
+    """Per-label min or max of ``values`` (labels 1..n)."""
+    init = np.iinfo(np.int64).max if op is np.minimum else -1
+    out = np.full(n + 1, init, np.int64)
+    op.at(out, lab, values)
+    return out[1:]
+
+
+def _otsu(resid: np.ndarray, floor: float) -> float:
+    """Otsu's cut of the residual over [0, its 99.9th percentile] (0 when flat)."""
+    top = float(np.percentile(resid, 99.9))
+    if top <= floor:
+        return 0.0  # nothing above the noise: no cells, the floor decides
+    scaled = np.clip(resid * (255.0 / top), 0, 255).astype(np.uint8)
+    t, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(t) * top / 255.0
+
+
+def _smoothed_noise_share(sigma: float) -> float:
+    """Standard deviation of white noise after a Gaussian blur of ``sigma`` px, per unit."""
+    # The blur kernel's L2 norm: 1 / (2 sqrt(pi) sigma) in 2-D for sigma of a pixel or more.
+    return float(min(1.0, 1.0 / (2.0 * np.sqrt(np.pi) * sigma)))

@@ -1,0 +1,133 @@
+"""Specimen-level rules: positive or negative, the pattern(s), confirmed by the metaphases.
+
+Pure functions over classified cells, so each rule is tested with constructed cells.
+
+1. **Negative** when the specimen intensity (calibrated units) is below the lab's
+   screening cut-off, whatever the classifier says of the faint cells: intensity is what
+   the titre / cut-off is about, and a dim field's texture is noise.
+2. **Patterns** from the interphase cells not cut by the border whose top class
+   probability reaches ``min_confidence``: each votes for its most probable staining
+   pattern (the "negative" class left out: in a positive specimen a dim cell is a weak
+   cell, not a negative pattern). The pattern with the largest share is reported, and
+   every other one whose share reaches ``mixed_share`` too (a mixed pattern).
+3. **Metaphases decide look-alikes.** In AC-1 the metaphase chromatin stains intensely,
+   in AC-2 it is speckled (stained); in AC-4 / AC-5 it does not stain. With at least
+   ``mitotic_min_cells`` metaphases, a homogeneous / dense-fine-speckled call whose
+   plates do not stain becomes the better of fine / coarse speckled, and the other way
+   round; the evidence says so. Without metaphases such a call carries a warning.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from appliance.assays.hep2.patterns import pattern
+from appliance.assays.hep2.types import Hep2Cell, PatternCall
+from appliance.config import Hep2IntensityConfig, Hep2SpecimenConfig
+
+PLATE_STAINS = ("homogeneous", "dense_fine_speckled")  # AC-1, AC-2: the metaphase plate stains
+PLATE_SPARED = ("fine_speckled", "coarse_speckled")  # AC-4, AC-5: it does not
+
+
+@dataclass(frozen=True)
+class SpecimenCall:
+    """The specimen's verdict, or why there is none."""
+
+    positive: bool | None  # None: not scorable
+    intensity_level: str | None
+    patterns: tuple[PatternCall, ...]
+    warnings: tuple[str, ...] = ()
+    reason: str | None = None  # not scorable: why
+    reason_code: str | None = None
+
+
+def intensity_level(units: float, cfg: Hep2IntensityConfig) -> str:
+    """negative / weak / intermediate / strong from the calibrated units."""
+    if units < cfg.negative_below:
+        return "negative"
+    intermediate, strong = cfg.levels
+    if units >= strong:
+        return "strong"
+    if units >= intermediate:
+        return "intermediate"
+    return "weak"
+
+
+def _call(name: str, share: float, confidence: float, evidence: str) -> PatternCall:
+    p = pattern(name)
+    return PatternCall(name=p.name, icap=p.icap, label=p.label, share=round(share, 4),
+                       confidence=round(confidence, 4), evidence=evidence)
+
+
+def _staining_vote(cell: Hep2Cell) -> tuple[str, float]:
+    """The cell's most probable pattern other than negative, and its probability."""
+    ranked = sorted(((p, n) for n, p in cell.probabilities.items() if n != "negative"),
+                    reverse=True)
+    prob, name = ranked[0]
+    return name, prob
+
+
+def _better_of(names: Sequence[str], cells: Sequence[Hep2Cell]) -> str:
+    """The class among ``names`` with the highest mean probability over ``cells``."""
+    return max(names, key=lambda n: sum(c.probabilities.get(n, 0.0) for c in cells))
+
+
+def metaphase_evidence(primary: str, mitotic: Sequence[Hep2Cell], voters: Sequence[Hep2Cell],
+                       cfg: Hep2SpecimenConfig) -> tuple[str, str, str | None]:
+    """(pattern after the metaphase check, evidence in words, warning or None)."""
+    if primary not in PLATE_STAINS + PLATE_SPARED:
+        return primary, "", None
+    if len(mitotic) < cfg.mitotic_min_cells:
+        return primary, f"{len(mitotic)} metaphase(s): too few to confirm", (
+            f"{pattern(primary).icap} not confirmed by metaphases (AC-1/AC-2 and AC-4/AC-5 "
+            "look alike in interphase): look for a metaphase")
+    stained = sum(c.mitosis == "mitotic_plate_stained" for c in mitotic)
+    plates = f"metaphase plates stain in {stained} of {len(mitotic)}"
+    plates_stain = stained * 2 > len(mitotic)
+    if plates_stain and primary in PLATE_SPARED:
+        new = _better_of(PLATE_STAINS, voters)
+        return new, f"{plates}: not {pattern(primary).icap}, {pattern(new).icap}", None
+    if not plates_stain and primary in PLATE_STAINS:
+        new = _better_of(PLATE_SPARED, voters)
+        return new, f"{plates}: not {pattern(primary).icap}, {pattern(new).icap}", None
+    return primary, f"{plates}: consistent", None
+
+
+def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2SpecimenConfig,
+                  intensity: Hep2IntensityConfig) -> SpecimenCall:
+    """Positive / negative, intensity level and the pattern(s) of one field's cells."""
+    level = intensity_level(units, intensity)
+    if level == "negative":
+        return SpecimenCall(False, level, (_call("negative", 1.0, 1.0, (
+            f"intensity {units:.0f} below the cut-off {intensity.negative_below:g}")),))
+    interphase = [c for c in cells if not c.mitotic and not c.touches_edge]
+    mitotic = [c for c in cells if c.mitotic]
+    if len(interphase) < specimen.min_cells:
+        return SpecimenCall(None, level, (), reason=(
+            f"too few whole interphase cells to call a pattern ({len(interphase)} < "
+            f"{specimen.min_cells})"), reason_code="too_few_cells")
+    voters = [c for c in interphase if _staining_vote(c)[1] >= specimen.min_confidence]
+    if len(voters) < specimen.min_cells:
+        return SpecimenCall(None, level, (), reason=(
+            f"only {len(voters)} cells classified with confidence >= "
+            f"{specimen.min_confidence:g} (need {specimen.min_cells})"),
+            reason_code="uncertain_pattern")
+    votes = Counter(_staining_vote(c)[0] for c in voters)
+    n = len(voters)
+    ranked = votes.most_common()
+    primary = ranked[0][0]
+    corrected, evidence, warning = metaphase_evidence(primary, mitotic, voters, specimen)
+    warnings = [warning] if warning else []
+
+    def confidence(name: str) -> float:
+        return sum(c.probabilities.get(name, 0.0) for c in voters) / n
+
+    calls = [_call(corrected, votes[primary] / n, confidence(corrected),
+                   evidence or f"{votes[primary]} of {n} cells")]
+    for name, count in ranked[1:]:
+        if count / n >= specimen.mixed_share and name != corrected:
+            calls.append(_call(name, count / n, confidence(name),
+                               f"{count} of {n} cells (mixed pattern)"))
+    return SpecimenCall(True, level, tuple(calls), tuple(warnings))

@@ -1,0 +1,89 @@
+"""Typed values that flow through the HEp-2 assay: cells, specimen calls, field results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from appliance.assays.her2.types import ModelRef
+
+MITOSIS_CLASSES = ("interphase", "mitotic_plate_stained", "mitotic_plate_unstained")
+INTENSITY_LEVELS = ("negative", "weak", "intermediate", "strong")
+
+
+@dataclass(frozen=True)
+class Hep2Cell:
+    """One segmented cell: where it is, how bright, and what the classifier says."""
+
+    cell_id: int
+    x: float  # centroid, source-image pixels
+    y: float
+    area_um2: float
+    brightness: float  # calibrated units (brightest 5% above background)
+    pattern: str  # the most probable pattern class
+    confidence: float  # its probability
+    probabilities: dict[str, float]  # every pattern class
+    mitosis: str  # one of MITOSIS_CLASSES
+    mitosis_confidence: float
+    touches_edge: bool = False
+    outline: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def mitotic(self) -> bool:
+        return self.mitosis != "interphase"
+
+
+@dataclass(frozen=True)
+class PatternCall:
+    """One pattern reported for the specimen (a mixed specimen has two or more)."""
+
+    name: str
+    icap: str
+    label: str
+    share: float  # fraction of the confidently classified interphase cells
+    confidence: float  # mean probability of this class over the cells that voted for it
+    evidence: str  # how it was decided, in words (e.g. "metaphase plates stain: AC-1")
+
+
+@dataclass(frozen=True)
+class Hep2Result:
+    """Everything known about one scored (or refused) IIF field; the JSON contract's source."""
+
+    file: str
+    seq: int
+    status: str  # "scored" | "not_scorable"
+    model: ModelRef
+    image_width: int
+    image_height: int
+    assay: str = "hep2"
+    reason: str | None = None
+    reason_code: str | None = None
+    positive: bool | None = None
+    intensity_level: str | None = None  # INTENSITY_LEVELS
+    intensity_units: float | None = None  # calibrated units (relative when not pinned)
+    intensity_calibrated: bool = False  # exposure and gain pinned in the config
+    patterns: tuple[PatternCall, ...] = ()
+    cells: tuple[Hep2Cell, ...] = ()
+    cells_interphase: int = 0
+    cells_mitotic: int = 0
+    warnings: tuple[str, ...] = ()
+    um_per_px: float | None = None
+    um_per_px_source: str = "unknown"
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    created_at: str = ""
+
+    @property
+    def scored(self) -> bool:
+        return self.status == "scored"
+
+
+@dataclass(frozen=True)
+class CellCall:
+    """The classifier on one single-cell image (`appliance score --assay hep2 --cell`)."""
+
+    file: str
+    pattern: str
+    icap: str
+    confidence: float
+    probabilities: dict[str, float]
+    mitosis: str
+    model: ModelRef

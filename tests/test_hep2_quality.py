@@ -1,0 +1,130 @@
+"""Quality gates of a HEp-2 fluorescence field: wrong stain, exposure, focus."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from appliance.assays.hep2.quality import (
+    Hep2Quality,
+    measure_hep2_quality,
+    quality_issues,
+)
+from appliance.config import Hep2CellsConfig
+from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+from tools.synth.her2_fields import FieldSpec, generate_field
+
+CELLS = Hep2CellsConfig()
+UM_PER_PX = 0.5
+
+
+def _fitc_field(seed: int, level: float = 80.0, blur_um: float = 0.0) -> np.ndarray:
+    """A drawn IIF field: speckled green nuclei on black, dim red/blue noise, 8-bit RGB."""
+    rng = np.random.default_rng(seed)
+    h, w = 480, 640
+    green: np.ndarray = np.zeros((h, w), np.float32)
+    for _ in range(25):
+        x, y = int(rng.integers(40, w - 40)), int(rng.integers(40, h - 40))
+        nucleus = np.zeros((h, w), np.float32)
+        cv2.circle(nucleus, (x, y), 14, 1.0, -1)
+        green += nucleus * level * (0.4 + 0.6 * rng.random((h, w)).astype(np.float32))
+    if blur_um > 0:
+        green = cv2.GaussianBlur(green, (0, 0), blur_um / UM_PER_PX)
+    rgb = np.stack([np.full((h, w), 4.0), 6.0 + green, np.full((h, w), 5.0)], axis=-1)
+    rgb += rng.normal(0.0, 1.5, rgb.shape)
+    return np.clip(rgb, 0, 255).round().astype(np.uint8)
+
+
+def _codes(rgb: np.ndarray, um_per_px: float = UM_PER_PX) -> dict[str, bool]:
+    """Issue codes of a field and whether each is fatal."""
+    q = measure_hep2_quality(rgb, um_per_px, CELLS)
+    return {i.code: i.fatal for i in quality_issues(q)}
+
+
+def test_a_sharp_fitc_field_passes() -> None:
+    assert _codes(_fitc_field(1)) == {}
+
+
+def test_a_her2_brightfield_field_is_refused_as_the_wrong_stain() -> None:
+    her2 = generate_field(FieldSpec(seed=11))
+    q = measure_hep2_quality(her2.image, her2.um_per_px, CELLS)
+    issues = quality_issues(q)
+    assert [(i.code, i.fatal) for i in issues] == [("wrong_stain", True)]
+    assert "brightfield" in issues[0].reason
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_colour_photographs_are_refused_bright_or_dark(name: str) -> None:
+    photo = np.asarray(getattr(data, name)())
+    assert _codes(photo) == {"wrong_stain": True}
+    # Darkened, the background no longer looks like glass: the colour gives it away.
+    dark = (photo * 0.25).astype(np.uint8)
+    q = measure_hep2_quality(dark, UM_PER_PX, CELLS)
+    issues = quality_issues(q)
+    assert [i.code for i in issues] == ["wrong_stain"]
+    assert "green" in issues[0].reason
+
+
+def test_red_fluorescence_is_refused_green_is_not() -> None:
+    fitc = _fitc_field(2)
+    assert "wrong_stain" not in _codes(fitc)
+    tritc = fitc[..., [1, 0, 2]]  # the same cells in the red channel
+    assert _codes(tritc) == {"wrong_stain": True}
+
+
+def test_negative_and_blank_wells_are_not_quality_failures() -> None:
+    # A blank well on a black background: no colour to judge, at most a warning.
+    blank = _fitc_field(3, level=0.0)
+    codes = _codes(blank)
+    assert codes == {"under_exposed": False}
+    # Faint negative cells are signal above the noise: no exposure warning, no refusal.
+    faint = _fitc_field(3, level=10.0)
+    assert _codes(faint) == {}
+
+
+def test_clipped_cells_are_over_exposed() -> None:
+    hot = _fitc_field(4, level=600.0)  # most nucleus pixels clip at 255
+    assert _codes(hot).get("over_exposed") is True
+    assert "over_exposed" not in _codes(_fitc_field(4, level=120.0))
+
+
+def test_blur_is_detected_and_does_not_depend_on_intensity() -> None:
+    sharp = [measure_hep2_quality(_fitc_field(5, lvl), UM_PER_PX, CELLS).focus
+             for lvl in (30.0, 200.0)]
+    blurred = [measure_hep2_quality(_fitc_field(5, lvl, blur_um=2.0), UM_PER_PX, CELLS).focus
+               for lvl in (30.0, 200.0)]
+    assert min(sharp) > 2.0 > 1.5 > max(blurred)
+    assert sharp[0] == pytest.approx(sharp[1], rel=0.15)
+    assert _codes(_fitc_field(5, 80.0, blur_um=2.0)).get("out_of_focus") is True
+
+
+def test_issue_reasons_name_the_numbers() -> None:
+    q = Hep2Quality(median_rgb=(3.0, 5.0, 4.0), green_share=0.8, signal=40.0, noise_floor=2.0,
+                    background=5.0, saturated_fraction=0.2, focus=1.0, cell_fraction=0.3)
+    issues = {i.code: i for i in quality_issues(q)}
+    assert set(issues) == {"over_exposed", "out_of_focus"}
+    assert "20.0%" in issues["over_exposed"].reason
+    assert "1.00" in issues["out_of_focus"].reason
+
+
+def test_bad_input_is_refused_with_a_reason() -> None:
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        measure_hep2_quality(np.zeros((64, 64), np.uint8), UM_PER_PX, CELLS)
+
+
+def _generated_focus(defocus_um: float, intensity: float) -> Hep2Quality:
+    field = generate_hep2_field(Hep2FieldSpec(
+        seed=201, width=640, height=480, patterns=(("fine_speckled", 1.0),),
+        intensity=intensity, defocus_um=defocus_um, um_per_px=0.4))
+    return measure_hep2_quality(field.image, field.um_per_px, CELLS)
+
+
+def test_generated_field_passes_and_its_blurred_twin_is_out_of_focus() -> None:
+    sharp = _generated_focus(0.0, 80.0)
+    assert quality_issues(sharp) == []
+    blurred = _generated_focus(3.0, 80.0)
+    assert {i.code: i.fatal for i in quality_issues(blurred)} == {"out_of_focus": True}
+    # The same blur at another intensity reads about the same sharpness.
+    assert _generated_focus(3.0, 200.0).focus == pytest.approx(blurred.focus, rel=0.15)

@@ -1,0 +1,112 @@
+"""Specimen-level HEp-2 rules on constructed cells."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from appliance.assays.hep2.patterns import NAMES, canonical, pattern
+from appliance.assays.hep2.specimen import call_specimen, intensity_level
+from appliance.assays.hep2.types import Hep2Cell
+from appliance.config import Hep2IntensityConfig, Hep2SpecimenConfig
+
+SPEC, INT = Hep2SpecimenConfig(), Hep2IntensityConfig()
+
+
+def cell(name: str, p: float = 0.9, *, mitosis: str = "interphase", runner_up: str = "negative",
+         edge: bool = False, cid: int = 0) -> Hep2Cell:
+    probs = dict.fromkeys(NAMES, 0.0)
+    probs[name] = p
+    probs[runner_up] = probs.get(runner_up, 0.0) + (1.0 - p)
+    return Hep2Cell(cell_id=cid, x=0.0, y=0.0, area_um2=200.0, brightness=80.0, pattern=name,
+                    confidence=p, probabilities=probs, mitosis=mitosis,
+                    mitosis_confidence=0.9, touches_edge=edge)
+
+
+def cells(name: str, n: int, **kw: object) -> list[Hep2Cell]:
+    return [cell(name, **kw) for _ in range(n)]  # type: ignore[arg-type]
+
+
+def call(cs: list[Hep2Cell], units: float = 80.0):
+    return call_specimen(cs, units, specimen=SPEC, intensity=INT)
+
+
+def test_one_pattern_is_called_with_its_icap_code_and_share() -> None:
+    result = call(cells("centromere", 40) + cells("fine_speckled", 5))
+    assert result.positive is True and result.intensity_level == "intermediate"
+    assert [(p.name, p.icap) for p in result.patterns] == [("centromere", "AC-3")]
+    assert result.patterns[0].share == pytest.approx(40 / 45, abs=1e-3)
+
+
+def test_a_mixed_specimen_reports_both_patterns_strongest_first() -> None:
+    result = call(cells("homogeneous", 25, runner_up="nucleolar_homogeneous")
+                  + cells("nucleolar_homogeneous", 15, runner_up="homogeneous")
+                  + cells("centromere", 3))
+    names = [p.name for p in result.patterns]
+    assert names[:2] == ["homogeneous", "nucleolar_homogeneous"] and len(names) == 2
+    assert "mixed" in result.patterns[1].evidence
+
+
+def test_low_intensity_is_negative_whatever_the_classifier_says() -> None:
+    result = call(cells("homogeneous", 50), units=12.0)
+    assert result.positive is False and result.intensity_level == "negative"
+    assert [p.icap for p in result.patterns] == ["AC-0"]
+
+
+@pytest.mark.parametrize("units, level", [(0, "negative"), (19.9, "negative"), (20, "weak"),
+                                          (59, "weak"), (60, "intermediate"),
+                                          (150, "strong"), (900, "strong")])
+def test_intensity_levels(units: float, level: str) -> None:
+    assert intensity_level(units, INT) == level
+
+
+def test_metaphases_flip_a_homogeneous_call_to_fine_speckled() -> None:
+    # Interphase cells look homogeneous (the classic AC-1 / AC-4 confusion), but every
+    # metaphase plate is dark: that is AC-4, not AC-1.
+    interphase = cells("homogeneous", 30, p=0.6, runner_up="fine_speckled")
+    plates_dark = cells("homogeneous", 4, mitosis="mitotic_plate_unstained")
+    flipped = call(interphase + plates_dark).patterns[0]
+    assert (flipped.name, flipped.icap) == ("fine_speckled", "AC-4")
+    assert "metaphase plates stain in 0 of 4" in flipped.evidence
+    # The same cells with stained plates stay AC-1.
+    plates_bright = cells("homogeneous", 4, mitosis="mitotic_plate_stained")
+    kept = call(interphase + plates_bright).patterns[0]
+    assert kept.icap == "AC-1" and "consistent" in kept.evidence
+
+
+def test_metaphases_flip_a_speckled_call_to_homogeneous() -> None:
+    interphase = cells("fine_speckled", 30, p=0.55, runner_up="homogeneous")
+    plates = cells("fine_speckled", 3, mitosis="mitotic_plate_stained")
+    assert call(interphase + plates).patterns[0].icap == "AC-1"
+
+
+def test_a_look_alike_without_metaphases_is_called_with_a_warning() -> None:
+    result = call(cells("fine_speckled", 30))
+    assert result.patterns[0].icap == "AC-4"
+    assert any("not confirmed by metaphases" in w for w in result.warnings)
+    assert call(cells("centromere", 30)).warnings == ()  # no look-alike: no warning
+
+
+def test_too_few_or_too_uncertain_cells_are_not_scorable() -> None:
+    few = call(cells("homogeneous", 10) + cells("homogeneous", 30, edge=True))
+    assert few.positive is None and few.reason_code == "too_few_cells"
+    flat = [replace(c, probabilities=dict.fromkeys(NAMES, 1 / len(NAMES)))
+            for c in cells("homogeneous", 40)]
+    unsure = call(flat)
+    assert unsure.positive is None and unsure.reason_code == "uncertain_pattern"
+
+
+def test_dim_cells_classified_negative_in_a_positive_specimen_vote_for_staining() -> None:
+    dim = cells("negative", 30, p=0.4, runner_up="golgi")  # golgi at 0.6
+    result = call(dim)
+    assert result.patterns[0].name == "golgi"
+
+
+def test_pattern_table_and_aliases() -> None:
+    assert pattern("golgi").icap == "AC-22"
+    assert canonical("NuMem") == "envelope_smooth"
+    assert canonical("Speckled") == "fine_speckled"
+    with pytest.raises(ValueError, match="ALIASES"):
+        canonical("mitotic spindle")
+    assert len(set(NAMES)) == len(NAMES) == 17
