@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from appliance import __version__, cli_cases
+from appliance import __version__, cli_cases, cli_hep2
 from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.her2.assay import INTERNAL_ERROR, Her2Assay
 from appliance.capture.frame import Frame
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rn)
 
     cli_cases.add_parsers(sub, _common)
+    cli_hep2.add_parsers(sub, _common)
 
     cf = sub.add_parser("config", help="print the defaults or validate a config file")
     group = cf.add_mutually_exclusive_group(required=True)
@@ -237,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"score": cmd_score, "run": cmd_run, "config": cmd_config,
                 "case": lambda a: cli_cases.cmd_case(a, _load(a)),
                 "report": lambda a: cli_cases.cmd_report(a, _load(a)),
-                "audit": lambda a: cli_cases.cmd_audit(a, _load(a))}
+                "audit": lambda a: cli_cases.cmd_audit(a, _load(a)),
+                "calibrate-iif": lambda a: cli_hep2.cmd_calibrate_iif(a, _load(a))}
     try:
         return handlers[args.command](args)
     except (ConfigError, SourceError, DisplayError) as exc:

@@ -75,6 +75,11 @@ class SourceConfig:
                                 hi=60)
     reconnect_max_s: float = _f(10.0, "Longest wait between reopening attempts (back-off cap)",
                                 lo=0.1, hi=600)
+    exposure_us: float = _f(
+        0.0, "Camera exposure in µs; 0 = automatic (never for hep2 intensity)", lo=0,
+        hi=10_000_000,
+    )
+    gain: float = _f(0.0, "Camera analogue gain; 0 = automatic", lo=0, hi=1000)
 
     @property
     def kind(self) -> str:

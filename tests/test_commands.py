@@ -129,7 +129,7 @@ def test_errors_name_the_field_and_the_reason(name: str, payload: bytes, field: 
 
 
 def test_the_request_id_is_echoed_once_it_is_valid() -> None:
-    err = must_fail("set_assay", b'{"request_id": "q-7", "assay": "hep2"}')
+    err = must_fail("set_assay", b'{"request_id": "q-7", "assay": "hep3"}')
     assert (err.field, err.request_id) == ("assay", "q-7")
     err = must_fail("set_assay", b'{"request_id": "q 7", "assay": "her2"}')
     assert (err.field, err.request_id) == ("request_id", None)
@@ -174,7 +174,7 @@ VALID: dict[str, list[dict[str, Any]]] = {
 
 BOUNDARIES: dict[str, tuple[Any, ...]] = {  # values near each field's own rules
     "case_id": ("c", "y" * 128, "y" * 129, "", "a\x1fb", "a\x7f", "abc\n", "\u00e9 1", 7),
-    "assay": ("her2", "HER2", "her2 ", "", None),
+    "assay": ("her2", "hep2", "HER2", "her2 ", "hep-2", "", None),
     "expected": ("0", "1+", "2+", "3+", "3", "4+", "+3", "", 3, None),
     "objective": ("10x", "20x", "40x", "auto", "Auto", "63x", "", 40),
     "um_per_px": NUMBERS,

@@ -20,8 +20,8 @@ from appliance.config import ConfigError, Her2Config, MqttConfig, RulesConfig
 from appliance.outputs import mqtt_contract as mc
 from appliance.outputs.casebook import CaseRow
 from appliance.outputs.commands import Command, parse_command
-from appliance.outputs.mqtt_contract import HealthReason, Topics
 from appliance.outputs.hep2_json import load_schema as load_hep2_schema
+from appliance.outputs.mqtt_contract import HealthReason, Topics
 from appliance.outputs.result_json import load_schema as load_result_schema
 from appliance.outputs.result_json import result_to_dict
 from appliance.pipeline.metrics import PipelineMetrics

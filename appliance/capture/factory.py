@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from appliance.capture.gstreamer import GstreamerSource
@@ -11,6 +12,8 @@ from appliance.capture.source import FrameSource, SourceError
 from appliance.capture.synthetic import SyntheticSource
 from appliance.capture.v4l2 import V4l2Source
 from appliance.config import SOURCE_KINDS, InputConfig, SourceConfig
+
+_log = logging.getLogger(__name__)
 
 
 def open_source(cfg: SourceConfig, input_cfg: InputConfig, *,
@@ -34,13 +37,21 @@ def open_source(cfg: SourceConfig, input_cfg: InputConfig, *,
                                loop=cfg.loop)
     if kind == "v4l2":
         return V4l2Source(target, width=cfg.width, height=cfg.height, fps=cfg.fps,
-                          fourcc=cfg.fourcc, read_timeout_s=cfg.read_timeout_s)
+                          fourcc=cfg.fourcc, read_timeout_s=cfg.read_timeout_s,
+                          exposure_us=cfg.exposure_us, gain=cfg.gain)
     if kind == "gstreamer":
+        if cfg.exposure_us or cfg.gain:
+            # OpenCV cannot reach the camera element inside a pipeline: the pipeline string
+            # itself must pin them (docs/hep2-calibration.md); the config only declares them.
+            _log.warning("source %s: exposure_us and gain are not applied to a GStreamer "
+                         "pipeline; pin them in the pipeline (e.g. v4l2src extra-controls, "
+                         "nvarguscamerasrc exposuretimerange / gainrange / aelock)", cfg.uri)
         return GstreamerSource(target, read_timeout_s=cfg.read_timeout_s)
     if kind == "picamera2":
         return Picamera2Source(_number(cfg.uri, target, "a camera index"), width=cfg.width,
                                height=cfg.height, fps=cfg.fps,
-                               read_timeout_s=cfg.read_timeout_s, preview=camera_preview)
+                               read_timeout_s=cfg.read_timeout_s, preview=camera_preview,
+                               exposure_us=cfg.exposure_us, gain=cfg.gain)
     raise SourceError(f"source {cfg.uri!r}: unknown kind {kind!r}; expected one of "
                       f"{', '.join(k + ':' for k in SOURCE_KINDS)}")
 

@@ -5,6 +5,13 @@ runs where it is not installed. Its ``"RGB888"`` format is named after libcamera
 little-endian pixel word: in memory each pixel is B, G, R, which is why
 ``Helpers.make_image`` in picamera2 (``picamera2/request.py``) decodes it with PIL's
 raw mode ``"BGR"``. The array is reversed along the channels here to give RGB.
+
+Exposure and gain (``source.exposure_us``, ``source.gain``) go into the configuration's
+controls as libcamera names them: ``AeEnable`` False, ``ExposureTime`` (integer µs) and
+``AnalogueGain``. The sensor rounds the exposure to whole lines and caps it at the frame
+duration, so after start the frame metadata is read back:
+:attr:`Picamera2Source.exposure_pinned` is True only when it holds what was asked (the
+HEp-2 intensity needs it).
 """
 
 from __future__ import annotations
@@ -22,6 +29,12 @@ from appliance.capture.source import SourceError, SourceFault
 _log = logging.getLogger(__name__)
 
 INSTALL_HINT = "picamera2 is not installed: apt install python3-picamera2 on Raspberry Pi OS"
+# A pinned value read back further than this from the request is not what was asked for
+# (line-time rounding of the exposure stays well inside it).
+PIN_TOLERANCE = 0.01
+# Frames whose metadata are checked after start: libcamera may apply controls a frame or
+# two late.
+_PIN_CHECK_FRAMES = 4
 
 
 class Picamera2Source:
@@ -29,6 +42,7 @@ class Picamera2Source:
 
     def __init__(self, camera_index: int = 0, *, width: int = 0, height: int = 0,
                  fps: float = 0.0, read_timeout_s: float = 2.0, preview: bool = False,
+                 exposure_us: float = 0.0, gain: float = 0.0,
                  camera_factory: Callable[[int], Any] | None = None) -> None:
         if camera_index < 0:
             raise SourceError(f"picamera2 source: camera index {camera_index} is negative")
@@ -40,6 +54,11 @@ class Picamera2Source:
         self.camera_index = camera_index
         self.source_id = f"picamera2:{camera_index}"
         self.width, self.height, self.fps = width, height, fps
+        if exposure_us < 0 or gain < 0:
+            raise SourceError(f"picamera2 source: exposure {exposure_us} us and gain {gain} "
+                              "must be 0 (automatic) or positive")
+        self.exposure_us, self.gain = exposure_us, gain
+        self._pin_problems: list[str] = ["not open"]
         self.read_timeout_s = read_timeout_s
         self.preview = preview  # run picamera2's DRM preview (the picamera2 display sink)
         self._factory = camera_factory
@@ -68,12 +87,27 @@ class Picamera2Source:
                 # the annotations with set_overlay.
                 camera.start_preview(_drm_preview())
             camera.start()
+            self._pin_problems = self._check_pinned(camera)
         except Exception as exc:
             _close_quietly(camera, self.source_id)
             raise SourceFault(
                 f"cannot start camera {self.camera_index} ({type(exc).__name__}: {exc})"
             ) from exc
         self._camera = camera
+
+    @property
+    def exposure_pinned(self) -> bool:
+        """True when the open camera holds the configured exposure and gain (AE off).
+
+        False when either is automatic (0 in the config), when the sensor did not take a
+        value, or while closed: the HEp-2 intensity is then in relative units only.
+        """
+        return self._camera is not None and not self._pin_problems
+
+    @property
+    def exposure_problems(self) -> tuple[str, ...]:
+        """Why :attr:`exposure_pinned` is False, in words (empty when pinned)."""
+        return tuple(self._pin_problems)
 
     @property
     def camera(self) -> Any:
@@ -99,6 +133,7 @@ class Picamera2Source:
     def close(self) -> None:
         """Stop and close the camera (idempotent; safe after a failed open)."""
         camera, self._camera = self._camera, None
+        self._pin_problems = ["not open"]
         if camera is not None:
             _close_quietly(camera, self.source_id)
 
@@ -108,8 +143,60 @@ class Picamera2Source:
         if self.width and self.height:
             main["size"] = (self.width, self.height)
         controls: dict[str, Any] = {"FrameRate": self.fps} if self.fps else {}
+        controls.update(exposure_controls(self.exposure_us, self.gain))
         # queue=False: capture_array waits for a new frame instead of returning a queued one.
         return {"main": main, "queue": False, "controls": controls}
+
+
+    def _check_pinned(self, camera: Any) -> list[str]:
+        """Compare the frames' metadata with the pinned values; problems in words."""
+        if self.exposure_us <= 0 and self.gain <= 0:
+            return ["exposure and gain are automatic (source.exposure_us, source.gain = 0)"]
+        problems: list[str] = []
+        for _ in range(_PIN_CHECK_FRAMES):
+            problems = pin_problems(camera.capture_metadata(), self.exposure_us, self.gain)
+            if not problems:
+                _log.info("%s: exposure pinned at %g us, gain %g (AE off)", self.source_id,
+                          self.exposure_us, self.gain)
+                return []
+        for problem in problems:
+            _log.warning("%s: %s: the HEp-2 intensity is in relative units", self.source_id,
+                         problem)
+        return problems
+
+
+def exposure_controls(exposure_us: float, gain: float) -> dict[str, Any]:
+    """libcamera controls that pin what is set (> 0); automatic exposure off if either is."""
+    controls: dict[str, Any] = {}
+    if exposure_us > 0:
+        controls["ExposureTime"] = max(1, round(exposure_us))  # an integer in libcamera
+    if gain > 0:
+        controls["AnalogueGain"] = float(gain)
+    if controls:
+        # A fixed exposure with automatic gain would still follow the brightness.
+        controls["AeEnable"] = False
+    return controls
+
+
+def pin_problems(metadata: Any, exposure_us: float, gain: float) -> list[str]:
+    """What a frame's metadata shows against the pinned exposure and gain, in words."""
+    if not isinstance(metadata, dict):
+        return [f"the camera gave no frame metadata ({type(metadata).__name__})"]
+    problems: list[str] = []
+    checks = (("ExposureTime", exposure_us, "exposure", "us", "source.exposure_us"),
+              ("AnalogueGain", gain, "gain", "", "source.gain"))
+    for key, wanted, what, unit, setting in checks:
+        if wanted <= 0:
+            problems.append(f"{what} is automatic ({setting} = 0)")
+            continue
+        got = metadata.get(key)
+        if not isinstance(got, (int, float)):
+            problems.append(f"the frame metadata has no {key}")
+        elif abs(float(got) - wanted) > PIN_TOLERANCE * wanted:
+            problems.append(f"the camera holds {what} {float(got):g}{unit and ' ' + unit}, not "
+                            f"the {wanted:g}{unit and ' ' + unit} asked for (outside the "
+                            "sensor's range or longer than the frame duration)")
+    return problems
 
 
 def _picamera2_class() -> Callable[[int], Any]:

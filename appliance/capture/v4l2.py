@@ -8,6 +8,17 @@ backends that do not know it (V4L2 among them) refuse it harmlessly. The timeout
 not passed to ``open()``: OpenCV refuses to open with a parameter the backend does not
 consume.
 
+Exposure and gain (``source.exposure_us``, ``source.gain``) are pinned for the HEp-2
+intensity, which is only comparable between fields taken at one exposure. On the V4L2
+backend ``CAP_PROP_AUTO_EXPOSURE`` takes the raw ``V4L2_CID_EXPOSURE_AUTO`` menu value
+(1 = manual, 3 = aperture priority, a UVC camera's usual automatic mode),
+``CAP_PROP_EXPOSURE`` is ``exposure_time_absolute`` in units of 100 µs and
+``CAP_PROP_GAIN`` is the driver's own gain number. That holds while the environment
+variable ``OPENCV_VIDEOIO_V4L_RANGE_NORMALIZED`` is unset: set, it rescales the properties
+to [0, 1). ``set()`` does not prove that the driver took a value (OpenCV ignores a clamp
+or a refused control), so every pinned value is read back, and
+:attr:`V4l2Source.exposure_pinned` says whether the camera holds what was asked.
+
 The small helpers :func:`read_rgb`, :func:`fourcc_text`, :func:`set_read_timeout` and
 :func:`opencv_message` are shared with :mod:`appliance.capture.gstreamer`.
 """
@@ -29,6 +40,10 @@ from appliance.capture.source import SourceError, SourceFault
 _log = logging.getLogger(__name__)
 
 FOURCCS = ("MJPG", "YUYV", "any")
+V4L2_EXPOSURE_MANUAL = 1  # V4L2_CID_EXPOSURE_AUTO menu: manual exposure time and iris
+V4L2_EXPOSURE_UNIT_US = 100.0  # exposure_time_absolute counts 100 µs steps
+# A pinned value read back further than this from the request is not what was asked for.
+PIN_TOLERANCE = 0.01
 
 
 class VideoCaptureLike(Protocol):
@@ -128,6 +143,7 @@ class V4l2Source:
 
     def __init__(self, device: str, *, width: int = 0, height: int = 0, fps: float = 0.0,
                  fourcc: str = "MJPG", read_timeout_s: float = 2.0,
+                 exposure_us: float = 0.0, gain: float = 0.0,
                  capture_factory: CaptureFactory = cv2.VideoCapture) -> None:
         if not device.strip():
             raise SourceError("v4l2 source: no device given (expected v4l2:/dev/videoN or "
@@ -140,8 +156,13 @@ class V4l2Source:
         self.width, self.height, self.fps = width, height, fps
         self.fourcc = fourcc
         self.read_timeout_s = read_timeout_s
+        if exposure_us < 0 or gain < 0:
+            raise SourceError(f"v4l2 source: exposure {exposure_us} us and gain {gain} must "
+                              "be 0 (automatic) or positive")
+        self.exposure_us, self.gain = exposure_us, gain
         self._factory = capture_factory
         self._cap: VideoCaptureLike | None = None
+        self._pin_problems: list[str] = ["not open"]
         self._pixel_format = "unknown"
         self._seq = 0
 
@@ -149,6 +170,20 @@ class V4l2Source:
     def is_open(self) -> bool:
         """True between a successful open() and close()."""
         return self._cap is not None
+
+    @property
+    def exposure_pinned(self) -> bool:
+        """True when the open camera holds the configured exposure and gain (auto off).
+
+        False when either is automatic (0 in the config), when the driver did not take a
+        value, or while closed: the HEp-2 intensity is then in relative units only.
+        """
+        return self._cap is not None and not self._pin_problems
+
+    @property
+    def exposure_problems(self) -> tuple[str, ...]:
+        """Why :attr:`exposure_pinned` is False, in words (empty when pinned)."""
+        return tuple(self._pin_problems)
 
     def open(self) -> None:
         """Open and configure the camera (no-op when open); SourceFault when it cannot."""
@@ -181,6 +216,7 @@ class V4l2Source:
     def close(self) -> None:
         """Release the camera (idempotent; safe after a failed open)."""
         cap, self._cap = self._cap, None
+        self._pin_problems = ["not open"]
         if cap is not None:
             cap.release()
 
@@ -197,6 +233,8 @@ class V4l2Source:
         # One buffer: the pipeline wants the freshest picture, not a queue of old ones.
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         set_read_timeout(cap, self.read_timeout_s, self.source_id)
+        # After the frame rate: a driver caps the exposure time at the frame interval.
+        self._pin_problems = pin_exposure(cap, self.exposure_us, self.gain, self.source_id)
         self._pixel_format = fourcc_text(cap.get(cv2.CAP_PROP_FOURCC))
         if self.fourcc != "any" and self._pixel_format != self.fourcc:
             _log.warning("%s: asked for %s, the camera delivers %s", self.source_id,
@@ -212,3 +250,60 @@ class V4l2Source:
             return f"{path} does not exist (is the camera plugged in?)"
         return (f"{path} exists but is not usable as a V4L2 capture device (in use by another "
                 "program, no permission: is the user in the 'video' group?, or a metadata node)")
+
+
+# ---------------------------------------------------------------- exposure and gain
+
+
+def pin_exposure(cap: VideoCaptureLike, exposure_us: float, gain: float,
+                 where: str) -> list[str]:
+    """Turn auto exposure off and set exposure and gain; the problems, in words.
+
+    An empty list means the camera reads back manual mode, the exposure and the gain asked
+    for (within :data:`PIN_TOLERANCE`). Each problem is logged as a WARNING because the
+    intensity of an IIF field taken so is not comparable with the calibration's.
+    """
+    problems: list[str] = []
+    if exposure_us <= 0:
+        problems.append("exposure is automatic (source.exposure_us = 0)")
+    else:
+        problems += _pin_exposure_time(cap, exposure_us)
+    if gain <= 0:
+        problems.append("gain is automatic (source.gain = 0)")
+    else:
+        cap.set(cv2.CAP_PROP_GAIN, gain)
+        got = cap.get(cv2.CAP_PROP_GAIN)
+        if not _close_to(got, gain):
+            problems.append(f"the driver holds gain {got:g}, not the {gain:g} asked for (gain "
+                            "control missing, clamped to its range, or automatic gain on)")
+    asked = exposure_us > 0 or gain > 0
+    for problem in problems:
+        # Automatic settings are the normal case outside HEp-2: only a refused pin warns.
+        if asked:
+            _log.warning("%s: %s: the HEp-2 intensity is in relative units", where, problem)
+    if not problems:
+        _log.info("%s: exposure pinned at %g us, gain %g (auto exposure off)", where,
+                  exposure_us, gain)
+    return problems
+
+
+def _pin_exposure_time(cap: VideoCaptureLike, exposure_us: float) -> list[str]:
+    """Manual mode first (the driver ignores the time while automatic), then the time."""
+    cap.set(cv2.CAP_PROP_AUTO_EXPOSURE, V4L2_EXPOSURE_MANUAL)
+    mode = cap.get(cv2.CAP_PROP_AUTO_EXPOSURE)
+    if round(mode) != V4L2_EXPOSURE_MANUAL:
+        return [f"the driver kept auto exposure mode {mode:g} (asked for "
+                f"{V4L2_EXPOSURE_MANUAL}, manual): it has no manual exposure"]
+    steps = max(1, round(exposure_us / V4L2_EXPOSURE_UNIT_US))
+    cap.set(cv2.CAP_PROP_EXPOSURE, steps)
+    got_us = cap.get(cv2.CAP_PROP_EXPOSURE) * V4L2_EXPOSURE_UNIT_US
+    if not _close_to(got_us, exposure_us):
+        return [f"the driver holds exposure {got_us:g} us, not the {exposure_us:g} us asked "
+                "for (clamped to its range or the frame interval; V4L2 sets it in steps "
+                "of 100 us)"]
+    return []
+
+
+def _close_to(got: float, wanted: float) -> bool:
+    """``got`` within :data:`PIN_TOLERANCE` of a positive ``wanted``."""
+    return abs(got - wanted) <= PIN_TOLERANCE * wanted

@@ -38,7 +38,7 @@ _REFUSAL_WINDOW_S = 60.0
 
 COMMANDS = ("start_case", "end_case", "start_control", "end_control", "set_assay",
             "set_objective", "snapshot", "reload_config", "ping")
-ASSAYS = ("her2",)
+ASSAYS = ("her2", "hep2")
 OBJECTIVES = ("10x", "20x", "40x", "auto")
 MAX_REQUEST_ID_CHARS = 64
 MAX_CASE_ID_CHARS = 128

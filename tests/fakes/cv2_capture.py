@@ -12,6 +12,14 @@ The camera (:class:`FakeCamera`) is shared by every capture made from it, as a
 device is shared by every ``open``: it scripts what opens return and what each read
 does (an array is a frame, ``None`` a failed read, an exception is raised). When the
 script is empty it keeps delivering numbered frames, like a live camera.
+
+Exposure and gain follow OpenCV's V4L2 backend without range normalisation:
+``CAP_PROP_AUTO_EXPOSURE`` is the raw ``V4L2_CID_EXPOSURE_AUTO`` menu (1 manual, 3 aperture
+priority, a UVC camera's default), ``CAP_PROP_EXPOSURE`` is ``exposure_time_absolute`` in
+100 µs steps, ``CAP_PROP_GAIN`` the driver's gain number. As in OpenCV, ``set()`` returns
+True even when the driver clamps the value to its range or ignores it (a camera without
+manual exposure keeps its automatic mode; the time is inactive while automatic): only
+``get()`` tells what the device holds.
 """
 
 from __future__ import annotations
@@ -25,7 +33,11 @@ import numpy as np
 
 # Properties each backend accepts in set(); anything else returns False like OpenCV.
 V4L2_PROPS = frozenset({cv2.CAP_PROP_FOURCC, cv2.CAP_PROP_FRAME_WIDTH,
-                        cv2.CAP_PROP_FRAME_HEIGHT, cv2.CAP_PROP_FPS, cv2.CAP_PROP_BUFFERSIZE})
+                        cv2.CAP_PROP_FRAME_HEIGHT, cv2.CAP_PROP_FPS, cv2.CAP_PROP_BUFFERSIZE,
+                        cv2.CAP_PROP_AUTO_EXPOSURE, cv2.CAP_PROP_EXPOSURE,
+                        cv2.CAP_PROP_GAIN})
+EXPOSURE_PROPS = frozenset({cv2.CAP_PROP_AUTO_EXPOSURE, cv2.CAP_PROP_EXPOSURE,
+                            cv2.CAP_PROP_GAIN})
 GSTREAMER_PROPS = frozenset({cv2.CAP_PROP_READ_TIMEOUT_MSEC})
 
 ReadStep = np.ndarray | BaseException | None
@@ -52,8 +64,18 @@ class FakeCamera:
 
     def __init__(self, *, size: tuple[int, int] = (64, 48), fourccs: Iterable[str] = ("YUYV",
                  "MJPG"), backend: int = cv2.CAP_V4L2,
-                 reads: Iterable[ReadStep] = ()) -> None:
+                 reads: Iterable[ReadStep] = (),
+                 exposure_range: tuple[int, int] = (3, 2047),
+                 gain_range: tuple[int, int] | None = (0, 255),
+                 manual_exposure: bool = True) -> None:
         self.size = size
+        # The device's controls, as v4l2-ctl would list them (exposure in 100 µs steps).
+        self.exposure_range = exposure_range
+        self.gain_range = gain_range  # None: the camera has no gain control
+        self.manual_exposure = manual_exposure  # False: the auto-exposure menu has no manual
+        self.controls: dict[int, float] = {cv2.CAP_PROP_AUTO_EXPOSURE: 3.0,
+                                           cv2.CAP_PROP_EXPOSURE: 156.0,
+                                           cv2.CAP_PROP_GAIN: 0.0}
         self.fourccs = tuple(fourccs)
         self.backend = backend
         self.reads: deque[ReadStep] = deque(reads)
@@ -75,6 +97,23 @@ class FakeCamera:
     def fail_opens(self, count: int) -> None:
         """The next ``count`` opens fail (device unplugged), then opens succeed again."""
         self.open_results.extend([False] * count)
+
+    def set_control(self, prop: int, value: float) -> None:
+        """What the driver does with a control write: clamp, ignore, or take it."""
+        if prop == cv2.CAP_PROP_AUTO_EXPOSURE:
+            mode = round(value)
+            if mode in (1, 3) and (mode == 3 or self.manual_exposure):
+                self.controls[prop] = float(mode)
+            return
+        if prop == cv2.CAP_PROP_EXPOSURE:
+            if self.controls[cv2.CAP_PROP_AUTO_EXPOSURE] != 1:
+                return  # inactive while automatic: the write is refused, OpenCV ignores it
+            lo, hi = self.exposure_range
+            self.controls[prop] = float(min(max(round(value), lo), hi))
+            return
+        if prop == cv2.CAP_PROP_GAIN and self.gain_range is not None:
+            lo, hi = self.gain_range
+            self.controls[prop] = float(min(max(round(value), lo), hi))
 
     def next_read(self) -> tuple[bool, np.ndarray | None]:
         if not self.reads:
@@ -130,6 +169,9 @@ class FakeVideoCapture:
             if not any(fourcc(f) == int(value) for f in self._camera.fourccs):
                 return False  # the driver does not offer that format
             self._fourcc = int(value)
+        if propId in EXPOSURE_PROPS:
+            self._camera.set_control(propId, value)
+            return True  # OpenCV ignores what the driver answers (clamp, refusal)
         self.props[propId] = float(value)
         return True
 
@@ -142,6 +184,10 @@ class FakeVideoCapture:
             return float(self.props.get(propId, self._camera.size[0]))
         if propId == cv2.CAP_PROP_FRAME_HEIGHT:
             return float(self.props.get(propId, self._camera.size[1]))
+        if propId in EXPOSURE_PROPS:
+            if propId == cv2.CAP_PROP_GAIN and self._camera.gain_range is None:
+                return 0.0  # no gain control on this device: nothing to read back
+            return self._camera.controls[propId]
         return self.props.get(propId, 0.0)
 
     def release(self) -> None:

@@ -8,6 +8,11 @@ frame in the configured format; ``close`` may be called again. For ``"RGB888"`` 
 array holds B, G, R in that order (libcamera's little-endian naming), for
 ``"BGR888"`` R, G, B.
 
+``capture_metadata(wait=None)`` returns a frame's metadata: ``ExposureTime`` (µs, whole
+sensor lines, capped by the frame duration ``1e6 / FrameRate``) and ``AnalogueGain``
+(clamped to the sensor's range) — the manual values from the configuration's controls
+(``AeEnable`` False, ``ExposureTime``, ``AnalogueGain``), or the automatic ones.
+
 A :class:`CameraRig` describes the cameras plugged in and what they see, and can be
 told to raise mid-stream; :meth:`CameraRig.module` builds a module object to put in
 ``sys.modules["picamera2"]``.
@@ -28,6 +33,12 @@ class CameraRig:
     def __init__(self, scene: np.ndarray, *, cameras: int = 1) -> None:
         self.scene = scene
         self.cameras = cameras
+        # The sensor: exposure in whole lines, its limits, and the analogue gain range.
+        self.line_us = 14.0
+        self.exposure_limits_us = (30, 600_000)
+        self.gain_limits = (1.0, 16.0)
+        self.auto_exposure_us = 20_000  # what the AGC/AEC picks on this scene
+        self.auto_gain = 2.0
         self.fail_at: dict[int, BaseException] = {}  # capture number -> error to raise
         self.made: list[FakePicamera2] = []
         self.captures = 0
@@ -138,6 +149,25 @@ class FakePicamera2:
         if stream["format"] == "BGR888":
             return rgb.copy()
         raise RuntimeError(f"Format {stream['format']} not supported by the fake")
+
+    def capture_metadata(self, wait: Any = None) -> dict[str, Any]:
+        if not self.started or self.camera_config is None:
+            raise RuntimeError("Camera is not running")
+        rig = self._rig
+        controls = self.camera_config.get("controls", {})
+        manual = controls.get("AeEnable", True) is False
+        exposure = float(controls["ExposureTime"]) if manual and "ExposureTime" in controls \
+            else float(rig.auto_exposure_us)
+        lo, hi = rig.exposure_limits_us
+        if controls.get("FrameRate"):
+            hi = min(hi, int(1e6 / float(controls["FrameRate"])))
+        lines = round(min(max(exposure, lo), hi) / rig.line_us)
+        gain = float(controls["AnalogueGain"]) if manual and "AnalogueGain" in controls \
+            else rig.auto_gain
+        glo, ghi = rig.gain_limits
+        return {"ExposureTime": int(lines * rig.line_us), "AnalogueGain": min(max(gain, glo), ghi),
+                "AeLocked": manual, "FrameDuration": int(1e6 / float(controls.get("FrameRate",
+                                                                                30.0)))}
 
     def stop(self) -> None:
         self.stopped += 1

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from appliance.assays.hep2 import intensity as brightness_mod
+from appliance.assays.hep2.calibration import intensity_is_calibrated
 from appliance.assays.hep2.crops import crops_for
 from appliance.assays.hep2.patterns import NAMES, pattern
 from appliance.assays.hep2.quality import measure_hep2_quality, quality_issues
@@ -178,10 +179,9 @@ class Hep2Assay:
             grey = prepared.field_grey
             warnings.append("no interphase cell found: intensity measured on the whole field")
         units = brightness_mod.to_units(grey, h2.intensity)
-        calibrated = h2.intensity.exposure_ms > 0 and h2.intensity.gain > 0
+        calibrated, why = intensity_is_calibrated(self.cfg.source, h2.intensity)
         if not calibrated:
-            warnings.append("intensity in relative units: camera exposure and gain are not "
-                            "pinned in the config (hep2.intensity.exposure_ms, gain)")
+            warnings.append(why)  # ends in ": relative units"
         call = call_specimen(cells, units, specimen=h2.specimen, intensity=h2.intensity)
         prepared.base.timings_ms["rules"] = (time.perf_counter() - t0) * 1000.0
         common = dict(cells=tuple(cells), cells_interphase=len(interphase),

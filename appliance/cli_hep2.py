@@ -1,0 +1,239 @@
+"""`appliance calibrate-iif`: the HEp-2 intensity calibration with a reference slide.
+
+    appliance calibrate-iif IMAGE... --reference-units U [--write CONFIG] [--config FILE]
+
+Each IMAGE is a field of the reference slide taken at the camera's pinned exposure and
+gain (``source.exposure_us``, ``source.gain``). The fields are scored with the HEp-2 assay,
+their intensity in grey levels gives ``units_per_grey`` (the median field, at most 20 %
+spread), and the command prints the ``[hep2.intensity]`` lines to put in the config. With
+``--write`` it writes the config (``--config``'s text, or an empty one) with those three
+keys changed and every other byte kept, atomically. Procedure: docs/hep2-calibration.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.calibration import (
+    Calibration,
+    CalibrationError,
+    units_per_grey_from_reference,
+)
+from appliance.capture.frame import Frame
+from appliance.capture.stills import ImageRejected, load_still
+from appliance.config import Config, ConfigError, SourceConfig, config_from_dict
+from appliance.files import write_atomic
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 on JetPack 6
+    import tomli as tomllib
+
+TABLE = "hep2.intensity"
+KEYS = ("exposure_ms", "gain", "units_per_grey")
+EXIT_REFUSED = 2  # the calibration was refused: nothing written
+
+
+def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add the calibrate-iif subcommand to the `appliance` parser."""
+    ci = sub.add_parser(
+        "calibrate-iif", help="HEp-2 intensity calibration from fields of a reference slide "
+        "(at the pinned exposure and gain)")
+    ci.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                    help="reference-slide fields (at least 3)")
+    ci.add_argument("--reference-units", type=float, required=True, metavar="U",
+                    help="the reference slide's intensity in the lab's units")
+    ci.add_argument("--write", type=Path, metavar="CONFIG",
+                    help="write the config (--config's text) with the calibration to this file")
+    common(ci)
+
+
+def cmd_calibrate_iif(args: argparse.Namespace, cfg: Config) -> int:
+    """Score the reference fields, print the calibration, and write it when asked.
+
+    Raises ConfigError when the camera's exposure or gain is not pinned; returns 2 (and
+    writes nothing) when the fields refuse a calibration, 0 when done.
+    """
+    require_pinned(cfg.source)
+    try:
+        greys = measure_reference_fields(cfg, args.images)
+        cal = units_per_grey_from_reference([g for _, g in greys], args.reference_units)
+        lines = calibration_lines(cfg.source, cal)
+        new_text = None
+        if args.write is not None:
+            old_text = _read_text(args.config) if args.config is not None else ""
+            new_text = update_config_text(old_text, calibration_values(cfg.source, cal))
+    except CalibrationError as exc:
+        print(f"error: calibration refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    for path, grey in greys:
+        print(f"{path}: {grey:.2f} grey levels above background")
+    print(f"median {cal.median_grey:.2f} grey over {cal.fields} fields (spread {cal.cv:.1%}); "
+          f"reference {cal.reference_units:g} units -> {cal.units_per_grey:.6g} units per grey")
+    for warning in cal.warnings:
+        print(f"warning: {warning}")
+    print("\n".join(lines))
+    if args.write is not None and new_text is not None:
+        write_atomic(args.write, new_text.encode("utf-8"))
+        print(f"written to {args.write}")
+    return 0
+
+
+def require_pinned(source: SourceConfig) -> None:
+    """A calibration needs the camera's exposure and gain pinned: ConfigError otherwise."""
+    if source.exposure_us <= 0:
+        raise ConfigError("source.exposure_us", "calibrate-iif needs the camera exposure "
+                          "pinned (auto exposure off): set source.exposure_us in µs")
+    if source.gain <= 0:
+        raise ConfigError("source.gain", "calibrate-iif needs the camera gain pinned: set "
+                          "source.gain")
+
+
+def measure_reference_fields(cfg: Config, images: Sequence[Path]) -> list[tuple[Path, float]]:
+    """Each field's specimen intensity in grey levels above background, scored by Hep2Assay.
+
+    Raises CalibrationError naming the first field that could not be measured.
+    """
+    out: list[tuple[Path, float]] = []
+    with Hep2Assay.from_config(cfg) as assay:
+        for seq, path in enumerate(images, start=1):
+            try:
+                image = load_still(path, cfg.input, grey_ok=True)
+            except ImageRejected as exc:
+                raise CalibrationError(f"{path}: not read: {exc.reason}") from exc
+            frame = Frame(image=image, seq=seq, timestamp=time.monotonic(), source=str(path))
+            result = assay.score(frame)
+            if result.intensity_units is None:
+                raise CalibrationError(f"{path}: not measured: {result.reason}")
+            if result.cells_interphase == 0:
+                raise CalibrationError(f"{path}: no interphase cell found: not a field of a "
+                                       "stained reference slide")
+            # The assay reports units at the config's current calibration: undo it.
+            out.append((path, result.intensity_units / cfg.hep2.intensity.units_per_grey))
+    return out
+
+
+def calibration_values(source: SourceConfig, cal: Calibration) -> dict[str, float]:
+    """The [hep2.intensity] keys a calibration sets."""
+    return {"exposure_ms": source.exposure_us / 1000.0, "gain": source.gain,
+            "units_per_grey": float(f"{cal.units_per_grey:.6g}")}
+
+
+def calibration_lines(source: SourceConfig, cal: Calibration) -> list[str]:
+    """The TOML lines to put in the config."""
+    values = calibration_values(source, cal)
+    return [f"[{TABLE}]"] + [f"{k} = {toml_float(values[k])}" for k in KEYS]
+
+
+def toml_float(value: float) -> str:
+    """A finite float as a TOML float literal (always with a point or an exponent)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number")
+    text = repr(float(value))
+    return text if any(c in text for c in ".eE") else text + ".0"
+
+
+_TABLE_LINE = re.compile(r"^\s*\[")
+_HEADER = re.compile(r"^\s*\[\s*([^\[\]#]+?)\s*\]\s*(#.*)?$")
+
+
+def update_config_text(text: str, values: Mapping[str, float]) -> str:
+    """``text`` with the [hep2.intensity] ``values`` set; every other byte kept.
+
+    Keys present in a ``[hep2.intensity]`` table are changed in place (a trailing comment
+    kept); missing ones are added at the end of that table; a missing table is appended.
+    The result is parsed and compared with the original, so a config written in a form this
+    editor does not follow (inline tables, dotted keys) is refused with CalibrationError,
+    never damaged.
+    """
+    newline = "\r\n" if "\r\n" in text else "\n"
+    lines = text.splitlines(keepends=True)
+    start = _find_table(lines, TABLE)
+    if start is None:
+        if lines and not lines[-1].endswith(("\n", "\r")):
+            lines[-1] += newline
+        block = [f"[{TABLE}]{newline}"] + [f"{k} = {toml_float(v)}{newline}"
+                                          for k, v in values.items()]
+        lines += ([newline] if lines else []) + block
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if _TABLE_LINE.match(lines[i])),
+                   len(lines))
+        missing = dict(values)
+        for i in range(start + 1, end):
+            for key in list(missing):
+                changed = _set_value(lines[i], key, missing[key])
+                if changed is not None:
+                    lines[i] = changed
+                    del missing[key]
+        last = max((i for i in range(start, end) if lines[i].strip()), default=start)
+        if not lines[last].endswith(("\n", "\r")):
+            lines[last] += newline
+        lines[last + 1:last + 1] = [f"{k} = {toml_float(v)}{newline}"
+                                    for k, v in missing.items()]
+    new_text = "".join(lines)
+    _verify_update(text, new_text, values)
+    return new_text
+
+
+def _find_table(lines: Sequence[str], name: str) -> int | None:
+    """Index of the ``[name]`` header line (spaces around the dots allowed)."""
+    for i, line in enumerate(lines):
+        m = _HEADER.match(line.rstrip("\r\n"))
+        if m and re.sub(r"\s*\.\s*", ".", m.group(1)) == name:
+            return i
+    return None
+
+
+def _set_value(line: str, key: str, value: float) -> str | None:
+    """``line`` with ``key``'s value replaced, or None when the line does not set ``key``."""
+    m = re.match(rf"^(\s*{re.escape(key)}\s*=\s*)([^#\r\n]*?)(\s*#[^\r\n]*)?(\r?\n)?$", line)
+    if m is None:
+        return None
+    return f"{m.group(1)}{toml_float(value)}{m.group(3) or ''}{m.group(4) or ''}"
+
+
+def _verify_update(old: str, new: str, values: Mapping[str, float]) -> None:
+    """The edited text parses, holds ``values`` and is otherwise the same config."""
+    try:
+        before, after = tomllib.loads(old), tomllib.loads(new)
+    except tomllib.TOMLDecodeError as exc:
+        raise CalibrationError(
+            f"the config could not be updated automatically ({exc}): it sets {TABLE} in a "
+            "form this command does not edit; put the printed lines in it by hand") from exc
+    table = after.get("hep2", {}).get("intensity", {})
+    if any(table.get(k) != v for k, v in values.items()):
+        raise CalibrationError(f"the updated config does not hold the calibration in "
+                               f"[{TABLE}]: put the printed lines in it by hand")
+    for data in (before, after):
+        for key in values:
+            data.get("hep2", {}).get("intensity", {}).pop(key, None)
+        hep2 = data.get("hep2", {})
+        if hep2.get("intensity") == {}:
+            del hep2["intensity"]
+        if data.get("hep2") == {}:
+            del data["hep2"]
+    if before != after:
+        raise CalibrationError("updating the config would change other keys: put the printed "
+                               "lines in it by hand")
+    try:
+        config_from_dict(tomllib.loads(new))
+    except ConfigError as exc:
+        raise CalibrationError(f"the updated config is not valid: {exc}") from exc
+
+
+def _read_text(path: Path) -> str:
+    """The file's text with its line endings as they are (read_text would translate them)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise CalibrationError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CalibrationError(f"{path} is not UTF-8 text: {exc}") from exc

@@ -1,0 +1,181 @@
+"""The HEp-2 assay end to end with the shipped classifier: fields, cells, CLI, store, pipeline."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from appliance.assays.hep2.assay import Hep2Assay
+from appliance.capture.frame import Frame
+from appliance.config import Config, with_overrides
+from appliance.outputs import hep2_json
+from appliance.outputs.hep2_overlay import render_overlay
+from appliance.outputs.store import ResultStore
+from appliance.service import runner
+from tests.broker import Mosquitto
+from tests.imagefiles import write_rgb
+from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+from tools.synth.her2_fields import FieldSpec, generate_field
+
+REPO = Path(__file__).resolve().parent.parent
+CFG = with_overrides(Config(), {"assay": "hep2"})
+VALIDATOR = jsonschema.Draft202012Validator(hep2_json.load_schema())
+
+
+@pytest.fixture(scope="module")
+def assay() -> Iterator[Hep2Assay]:
+    with Hep2Assay.from_config(CFG) as a:
+        yield a
+
+
+def field(pattern: str | None, *, seed: int, intensity: float = 120.0,
+          mixed: str | None = None) -> np.ndarray:
+    patterns = None if pattern is None else (
+        ((pattern, 0.5), (mixed, 0.5)) if mixed else ((pattern, 1.0),))
+    return generate_hep2_field(Hep2FieldSpec(
+        seed=seed, width=800, height=600, um_per_px=0.5, patterns=patterns,
+        intensity=intensity, photobleaching=0.0, mitotic_fraction=0.06)).image
+
+
+def score(assay: Hep2Assay, image: np.ndarray, source: str = "f") -> dict:
+    result = assay.score(Frame(image=image, seq=1, timestamp=0.0, source=source,
+                               um_per_px=0.5))
+    doc = hep2_json.result_to_dict(result, include_cells=True)
+    VALIDATOR.validate(doc)
+    return doc
+
+
+def test_a_positive_field_is_called_with_its_icap_code(assay: Hep2Assay) -> None:
+    doc = score(assay, field("centromere", seed=71_001))
+    assert doc["status"] == "scored" and doc["positive"] is True, doc["reason"]
+    assert doc["patterns"][0]["icap"] == "AC-3"
+    assert doc["intensity"]["level"] in ("intermediate", "strong")
+    assert doc["cell_counts"]["interphase"] >= 20
+    assert doc["intensity"]["calibrated"] is False
+    assert any("relative units" in w for w in doc["warnings"])
+
+
+def test_a_negative_field_is_ac0(assay: Hep2Assay) -> None:
+    doc = score(assay, field("negative", seed=71_002, intensity=6.0))
+    assert doc["status"] == "scored" and doc["positive"] is False
+    assert [p["icap"] for p in doc["patterns"]] == ["AC-0"]
+    assert doc["intensity"]["level"] == "negative"
+
+
+def test_a_her2_brightfield_field_is_refused_as_the_wrong_stain(assay: Hep2Assay) -> None:
+    her2 = generate_field(FieldSpec(seed=71_003, width=640, height=480, um_per_px=0.5)).image
+    doc = score(assay, her2)
+    assert doc["status"] == "not_scorable" and doc["reason_code"] == "wrong_stain"
+    assert "brightfield" in doc["reason"]
+
+
+def test_the_overlay_draws_the_call(assay: Hep2Assay) -> None:
+    image = field("homogeneous", seed=71_004)
+    result = assay.score(Frame(image=image, seq=1, timestamp=0.0, source="f", um_per_px=0.5))
+    picture = render_overlay(image, result)
+    assert picture.shape[0] > image.shape[0] and picture.shape[1] == image.shape[1]
+    assert (picture[: image.shape[0]] != image).any()  # outlines drawn
+
+
+def test_the_cli_scores_fields_and_cells_and_refuses_bad_files(tmp_path: Path) -> None:
+    write_rgb(tmp_path / "pos.png", field("nucleolar_clumpy", seed=71_005))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    f = generate_hep2_field(Hep2FieldSpec(seed=71_006, width=640, height=480, um_per_px=0.5,
+                                          patterns=(("golgi", 1.0),), intensity=120.0))
+    cell = max(f.cells, key=lambda c: (not c.touches_edge, c.brightness))
+    x, y = int(cell.x), int(cell.y)
+    write_rgb(tmp_path / "cell.png", np.ascontiguousarray(f.image[max(0, y - 32):y + 32,
+                                                                  max(0, x - 32):x + 32]))
+    env = {"PYTHONPATH": str(REPO)}
+    store = tmp_path / "r.sqlite"
+    proc = subprocess.run(
+        [sys.executable, "-m", "appliance", "score", "--assay", "hep2", "--json",
+         "--store", str(store), "--overlay-dir", str(tmp_path / "ov"),
+         str(tmp_path / "pos.png"), str(tmp_path / "broken.png")],
+        capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    docs = [json.loads(line) for line in proc.stdout.splitlines()]
+    for doc in docs:
+        VALIDATOR.validate(doc)
+    assert docs[0]["status"] == "scored" and docs[1]["reason_code"] == "corrupt_image"
+    with ResultStore(store) as s:
+        rows = s.recent(5)
+    assert {r["assay"] for r in rows} == {"hep2"} and len(rows) == 2
+    assert len(list((tmp_path / "ov").glob("*.png"))) == 1
+    cells = subprocess.run(
+        [sys.executable, "-m", "appliance", "score", "--assay", "hep2", "--cell", "--json",
+         str(tmp_path / "cell.png")], capture_output=True, text=True, env=env, timeout=120,
+        check=False)
+    assert cells.returncode == 0, cells.stderr
+    call = json.loads(cells.stdout)
+    assert call["kind"] == "cell" and call["icap"].startswith("AC-")
+    assert abs(sum(call["probabilities"].values()) - 1.0) < 1e-3
+
+
+def test_the_real_time_pipeline_runs_the_hep2_assay(tmp_path: Path) -> None:
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    for i, p in enumerate(("homogeneous", "centromere")):
+        write_rgb(folder / f"f{i}.png", field(p, seed=71_010 + i))
+    cfg = with_overrides(CFG, {
+        "source.uri": f"replay:{folder}", "source.fps": 20.0, "source.hold_s": 1.0,
+        "stability.stable_s": 0.2, "display.sink": "none", "overlay.enabled": False,
+        "store.path": str(tmp_path / "r.sqlite"), "optics.um_per_px": 0.5})
+    out = io.StringIO()
+    counts = runner.run(cfg, stop=threading.Event(), out=out)
+    assert counts["fields"] == 2, out.getvalue()
+    with ResultStore(cfg.store.path) as s:
+        rows = s.recent(5)
+    assert [r["result"]["patterns"][0]["icap"] for r in reversed(rows)] == ["AC-1", "AC-3"]
+
+
+def test_set_assay_switches_the_running_box_to_hep2(tmp_path: Path, broker: Mosquitto) -> None:
+    from tests.test_case_service import appliance, config
+    from tests.test_mqtt_service import DEVICE, Subscriber, finish
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    for i in range(2):
+        write_rgb(folder / f"f{i}.png", field("centromere", seed=71_020 + i))
+    cfg = config(tmp_path, folder, mqtt_port=broker.port)
+    status = Subscriber(broker.port, f"eyepiece/{DEVICE}/status", client_id="status-watch")
+    replies = Subscriber(broker.port, f"eyepiece/{DEVICE}/cmd/+/reply", client_id="replies")
+    fields = Subscriber(broker.port, f"eyepiece/{DEVICE}/field", client_id="fields")
+    log = tmp_path / "service.log"
+    proc = appliance("run", "--config", str(cfg), cwd=tmp_path, background=True, log=log)
+    assert isinstance(proc, subprocess.Popen)
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dashboard-cmd")
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    try:
+        status.wait_for("birth", lambda ms: any(json.loads(m.payload)["status"] == "online"
+                                                for m in ms))
+        sender.publish(f"eyepiece/{DEVICE}/cmd/set_assay",
+                       json.dumps({"assay": "hep2", "request_id": "sw"}), qos=1)
+        reply = json.loads(replies.wait_for("the reply", lambda ms: len(ms) >= 1)[0].payload)
+        assert reply["ok"] is True, reply
+        got = fields.wait_for("a HEp-2 field", lambda ms: any(
+            json.loads(m.payload)["result"]["assay"] == "hep2" for m in ms))
+        hep2 = next(json.loads(m.payload)["result"] for m in got
+                    if json.loads(m.payload)["result"]["assay"] == "hep2")
+        VALIDATOR.validate(hep2)
+        assert hep2["status"] == "scored" and hep2["patterns"][0]["icap"] == "AC-3"
+    finally:
+        sender.loop_stop()
+        proc.send_signal(signal.SIGTERM)
+        text = finish(proc, log)
+        for s in (status, replies, fields):
+            s.close()
+    assert "assay switched to hep2" in text

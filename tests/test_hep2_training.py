@@ -1,0 +1,199 @@
+"""HEp-2 classifier tooling: a lab's datasets, a training smoke run, the shipped model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from appliance.assays.hep2.patterns import NAMES
+from appliance.config import Hep2CellsConfig
+from appliance.inference.manifest import file_sha256, load_manifest, verify_model
+from tools.hep2_dataset import (
+    MIXED_WEIGHT,
+    WEAK_WEIGHT,
+    crop_mask,
+    field_crops,
+    folder_crops,
+    perturb_mask,
+    read_specimen_csv,
+)
+
+CFG = Hep2CellsConfig()
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "hep2"
+
+
+def speckled_cell(rng: np.random.Generator, size: int = 70, dots: int = 12) -> np.ndarray:
+    """A grey single-cell crop: a dim disk with bright dots on a dark background (uint8)."""
+    img = np.full((size, size), 12, np.uint8)
+    c = size // 2
+    cv2.circle(img, (c, c), size // 3, 60, thickness=-1)
+    for _ in range(dots):
+        x, y = (int(v) for v in c + rng.integers(-size // 5, size // 5, size=2))
+        cv2.circle(img, (x, y), 2, 220, thickness=-1)
+    return img
+
+
+def ringed_cell(size: int = 70) -> np.ndarray:
+    """A grey crop with a bright nuclear rim (envelope-like)."""
+    img = np.full((size, size), 12, np.uint8)
+    cv2.circle(img, (size // 2, size // 2), size // 3, 40, thickness=-1)
+    cv2.circle(img, (size // 2, size // 2), size // 3, 230, thickness=3)
+    return img
+
+
+def make_tree(root: Path, rng: np.random.Generator, per_class: int = 6) -> None:
+    """An ICPR-2014-like tree: 'NuMem' (an alias) as grey PNG, 'Speckled' as RGB TIFF."""
+    (root / "NuMem").mkdir(parents=True)
+    (root / "Speckled").mkdir()
+    for i in range(per_class):
+        cv2.imwrite(str(root / "NuMem" / f"{i:03d}.png"), ringed_cell(60 + i))
+        grey = speckled_cell(rng, 64 + i)
+        rgb = np.stack([grey // 8, grey, grey // 8], axis=-1)  # BGR order: green in the middle
+        cv2.imwrite(str(root / "Speckled" / f"{i:03d}.tif"), rgb)
+
+
+def test_folder_tree_with_aliases(tmp_path: Path) -> None:
+    make_tree(tmp_path, np.random.default_rng(0))
+    data = folder_crops(tmp_path, CFG)
+    assert len(data) == 12
+    assert data.crops.shape == (12, 2, CFG.crop_px, CFG.crop_px)
+    names = sorted({NAMES[i] for i in data.pattern})
+    assert names == ["envelope_smooth", "fine_speckled"]
+    assert np.all(data.mitosis == -1)  # a lab's crops say nothing about mitosis
+    # The mask channel marks the cell, not the whole crop, and the signal is normalised.
+    assert 0.15 < data.crops[:, 1].mean() < 0.9
+    assert data.crops[:, 0].max() <= 1.5
+
+
+def test_unknown_class_folder_is_refused(tmp_path: Path) -> None:
+    make_tree(tmp_path, np.random.default_rng(0), per_class=1)
+    (tmp_path / "Blobby").mkdir()
+    with pytest.raises(ValueError, match="Blobby"):
+        folder_crops(tmp_path, CFG)
+
+
+def test_empty_or_missing_tree_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no dataset folder"):
+        folder_crops(tmp_path / "nope", CFG)
+    (tmp_path / "golgi").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        folder_crops(tmp_path, CFG)
+
+
+def test_companion_mask_is_used(tmp_path: Path) -> None:
+    (tmp_path / "homogeneous").mkdir()
+    img = np.full((64, 64), 90, np.uint8)  # flat: thresholding would find nothing
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    cv2.imwrite(str(tmp_path / "homogeneous" / "a.png"), img)
+    cv2.imwrite(str(tmp_path / "homogeneous" / "a_Mask.png"), mask)
+    data = folder_crops(tmp_path, CFG)
+    assert len(data) == 1  # the mask file is not a sample
+    assert data.crops[0, 1].mean() == pytest.approx(0.25, abs=0.03)
+
+
+def test_crop_mask_falls_back_to_ones_on_a_flat_crop() -> None:
+    assert crop_mask(np.full((40, 40), 77, np.float32)).all()
+    cell = crop_mask(ringed_cell().astype(np.float32))
+    assert 0.2 < cell.mean() < 0.6
+
+
+def test_mask_perturbation_is_small_and_seeded() -> None:
+    mask = np.zeros((80, 80), bool)
+    cv2.circle(mask.view(np.uint8), (40, 40), 20, 1, thickness=-1)
+    a = perturb_mask(mask, 0.5, np.random.default_rng(3))
+    b = perturb_mask(mask, 0.5, np.random.default_rng(3))
+    np.testing.assert_array_equal(a, b)
+    changes = [np.mean(perturb_mask(mask, 0.5, np.random.default_rng(s)) != mask)
+               for s in range(10)]
+    assert max(changes) > 0  # it does perturb
+    assert max(changes) < 0.12  # by about a micrometre at most
+
+
+def test_specimen_csv_and_weak_labels(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    field = np.full((120, 160), 10, np.uint8)
+    for x in (40, 110):
+        field[30:100, x - 30:x + 30] = np.maximum(field[30:100, x - 30:x + 30],
+                                                  speckled_cell(rng, 70)[:, 5:65])
+    cv2.imwrite(str(tmp_path / "f1.png"), field)
+    cv2.imwrite(str(tmp_path / "f2.png"), field)
+    (tmp_path / "labels.csv").write_text("file,pattern,pattern2\nf1.png,Speckled\n"
+                                         "f2.png,homogeneous,NuMem\n")
+
+    def two_blobs(green: np.ndarray, um_per_px: float) -> np.ndarray:
+        labels = np.zeros(green.shape, np.int32)
+        labels[40:90, 20:60] = 1
+        labels[40:90, 90:130] = 2
+        return labels
+
+    data = field_crops(tmp_path / "labels.csv", 0.5, CFG, segment=two_blobs)
+    assert len(data) == 4
+    assert [NAMES[i] for i in data.pattern] == ["fine_speckled"] * 2 + ["homogeneous"] * 2
+    np.testing.assert_allclose(data.weight, [WEAK_WEIGHT] * 2 + [MIXED_WEIGHT] * 2)
+    assert np.all(data.mitosis == -1)
+
+
+def test_specimen_csv_with_unknown_pattern_names_the_line(tmp_path: Path) -> None:
+    (tmp_path / "l.csv").write_text("a.png,homogeneous\nb.png,sparkly\n")
+    with pytest.raises(ValueError, match=r"l\.csv:2"):
+        read_specimen_csv(tmp_path / "l.csv")
+
+
+def test_one_epoch_training_exports_a_valid_onnx(tmp_path: Path) -> None:
+    from tools.hep2_net import INPUT_NAME, MITOSIS_OUTPUT, PATTERN_OUTPUT, export_onnx
+    from tools.train_hep2 import quantise, train_model
+
+    make_tree(tmp_path / "cells", np.random.default_rng(2), per_class=8)
+    data = folder_crops(tmp_path / "cells", CFG)
+    model, losses = train_model(data, epochs=1, batch=8, width=4, show=False)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(model, fp32)
+    int8 = tmp_path / "m_int8.onnx"
+    quantise(fp32, int8, data.crops[:8])
+    for path in (fp32, int8):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert [i.name for i in sess.get_inputs()] == [INPUT_NAME]
+        assert [o.name for o in sess.get_outputs()] == [PATTERN_OUTPUT, MITOSIS_OUTPUT]
+        pat, mit = sess.run(None, {INPUT_NAME: data.crops[:5]})  # a batch size not exported
+        assert pat.shape == (5, len(NAMES)) and mit.shape == (5, 3)
+        assert np.isfinite(pat).all() and np.isfinite(mit).all()
+
+
+def test_shipped_model_matches_its_manifest() -> None:
+    manifest = load_manifest(SHIPPED)
+    assert manifest.assay == "hep2"
+    assert manifest.classes == NAMES
+    assert manifest.raw["outputs"]["mitosis_logits"]["classes"] == [
+        "interphase", "mitotic_plate_stained", "mitotic_plate_unstained"]
+    assert "generated data only" in manifest.validated_on
+    assert {"fp32", "int8"} <= set(manifest.files)
+    for precision, (name, sha) in manifest.files.items():
+        assert file_sha256(SHIPPED / name) == sha
+        assert verify_model(manifest, precision) == SHIPPED / name
+    metrics = manifest.raw["metrics"]
+    assert 0.0 <= metrics["int8"]["mean_class_accuracy"] <= 1.0
+
+
+def test_generated_crops_are_stratified_and_seeded() -> None:
+    from tools.hep2_dataset import generated_crops
+
+    classes = ("homogeneous", "centromere", "golgi")
+    kwargs = {"classes": classes, "rng_seed": 5, "width": 240, "height": 180,
+              "um_per_px": 0.5, "mitotic_fraction": 0.3}
+    a = generated_crops(range(900, 960), 4, CFG, **kwargs)  # type: ignore[arg-type]
+    b = generated_crops(range(900, 960), 4, CFG, **kwargs)  # type: ignore[arg-type]
+    assert np.bincount(a.pattern, minlength=len(NAMES))[[NAMES.index(c) for c in classes]]\
+        .tolist() == [4, 4, 4]
+    np.testing.assert_array_equal(a.crops, b.crops)
+    np.testing.assert_array_equal(a.mitosis, b.mitosis)
+    assert set(a.mitosis.tolist()) <= {0, 1, 2}
+    # The mask channel marks one whole cell near the centre of each crop.
+    centre = a.crops[:, 1, 28:36, 28:36].mean(axis=(1, 2))
+    assert np.all(centre > 0.9)

@@ -1,0 +1,318 @@
+"""Cell-crop datasets for the HEp-2 classifier: generated, a lab's cell folders, a lab's fields.
+
+Three sources, one form (:class:`CropSet`: the normalised crops of crops.py, a pattern
+index into patterns.NAMES, a mitosis index into MITOSIS_CLASSES or -1 when unknown, and a
+per-crop loss weight):
+
+* **generated** (:func:`generated_crops`): fields from tools/synth/hep2_fields.py, one
+  pattern per field, cells cropped with the generator's own truth masks after a random
+  erode / dilate / shift of each mask, so the network does not learn to rely on perfect
+  segmentation. Stratified: the fields cycle through the patterns and each pattern stops
+  contributing once it has its share. Seeded end to end.
+* **a lab's cell crops** (:func:`folder_crops`): the ICPR 2014 / I3A layout,
+  ``DIR/<class name>/*.png|tif``; folder names go through patterns.canonical (so
+  "NuMem" is envelope_smooth). The whole image is the cell: its mask is a companion
+  ``<stem>_mask.*`` file when there is one, else an Otsu threshold of the crop, else all
+  ones. The mitotic state is unknown (-1: not trained on).
+* **a lab's whole fields** (:func:`field_crops`): a CSV ``file,pattern[,pattern2]`` of
+  specimen labels. Cells are segmented by appliance.assays.hep2.segmentation and every
+  cell takes the specimen's pattern. These are WEAK labels: a specimen's pattern is not
+  every cell's (unstained or mitotic cells, debris, a minor second pattern), so such
+  crops get weight 0.5, and 0.25 for two-pattern specimens, where each cell is labelled
+  with the first (strongest) pattern because which cell shows which is not known.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from appliance.assays.hep2.crops import cell_crop, crops_for
+from appliance.assays.hep2.patterns import NAMES, canonical
+from appliance.assays.hep2.types import MITOSIS_CLASSES
+from appliance.config import Hep2CellsConfig
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+# Seed ranges: never overlap, so held-out figures are honest.
+TRAIN_SEEDS = range(700_000, 710_000)
+VAL_SEEDS = range(720_000, 721_000)
+CALIBRATION_SEEDS = range(730_000, 731_000)
+WEAK_WEIGHT = 0.5
+MIXED_WEIGHT = 0.25
+
+Segmenter = Callable[[np.ndarray, float], np.ndarray]
+
+
+@dataclass(frozen=True)
+class CropSet:
+    """Normalised crops with their labels."""
+
+    crops: np.ndarray  # (N, 2, S, S) float32
+    pattern: np.ndarray  # (N,) int64 index into patterns.NAMES
+    mitosis: np.ndarray  # (N,) int64 index into MITOSIS_CLASSES, -1 unknown
+    weight: np.ndarray  # (N,) float32 loss weight (1 exact, < 1 weak labels)
+
+    def __len__(self) -> int:
+        return len(self.pattern)
+
+    def subset(self, index: np.ndarray) -> CropSet:
+        """The crops at ``index``."""
+        return CropSet(self.crops[index], self.pattern[index], self.mitosis[index],
+                       self.weight[index])
+
+
+def concat(sets: Iterable[CropSet], crop_px: int = 64) -> CropSet:
+    """One CropSet from several (an empty one when there are none)."""
+    sets = [s for s in sets if len(s)]
+    if not sets:
+        return CropSet(np.zeros((0, 2, crop_px, crop_px), np.float32), np.zeros(0, np.int64),
+                       np.zeros(0, np.int64), np.zeros(0, np.float32))
+    return CropSet(np.concatenate([s.crops for s in sets]),
+                   np.concatenate([s.pattern for s in sets]),
+                   np.concatenate([s.mitosis for s in sets]),
+                   np.concatenate([s.weight for s in sets]))
+
+
+# --- generated cells -------------------------------------------------------------------------
+
+def perturb_mask(mask: np.ndarray, um_per_px: float, rng: np.random.Generator) -> np.ndarray:
+    """The mask eroded or dilated by up to ~1 µm and shifted by up to ~1 µm (never empty)."""
+    px = max(1, round(1.0 / um_per_px))
+    grown = mask.astype(np.uint8)
+    r = int(rng.integers(-px, px + 1))
+    if r:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(r) + 1, 2 * abs(r) + 1))
+        grown = np.asarray(cv2.dilate(grown, kernel) if r > 0 else cv2.erode(grown, kernel))
+    dx, dy = (int(v) for v in rng.integers(-px, px + 1, size=2))
+    out = np.roll(grown, (dy, dx), axis=(0, 1)).astype(bool)
+    return out if out.any() else mask.astype(bool)
+
+
+def mitosis_index(mitotic: bool, plate_stained: bool) -> int:
+    """Index into MITOSIS_CLASSES of a cell's truth."""
+    if not mitotic:
+        return 0
+    return 1 if plate_stained else 2
+
+
+def field_cell_crops(field: object, cfg: Hep2CellsConfig, rng: np.random.Generator,
+                     classes: Iterable[str] = NAMES) -> CropSet:
+    """Crops of the whole (not edge-cut) cells of one generated field, masks perturbed."""
+    keep = set(classes)
+    image = field.image  # type: ignore[attr-defined]
+    labels = field.cell_labels  # type: ignore[attr-defined]
+    um = float(field.um_per_px)  # type: ignore[attr-defined]
+    green = image[..., 1].astype(np.float32)
+    crops, pats, mits = [], [], []
+    for cell in field.cells:  # type: ignore[attr-defined]
+        if cell.touches_edge or cell.pattern not in keep:
+            continue
+        mask = perturb_mask(labels == cell.cell_id, um, rng)
+        ys, xs = np.nonzero(mask)
+        crops.append(cell_crop(green, mask, (float(xs.mean()), float(ys.mean())), um, cfg))
+        pats.append(NAMES.index(cell.pattern))
+        mits.append(mitosis_index(cell.mitotic, cell.plate_stained))
+    n = len(pats)
+    if not n:
+        return concat([], cfg.crop_px)
+    return CropSet(np.stack(crops), np.array(pats, np.int64), np.array(mits, np.int64),
+                   np.ones(n, np.float32))
+
+
+def generated_crops(seeds: Iterable[int], per_class: int, cfg: Hep2CellsConfig, *,
+                    classes: tuple[str, ...] = NAMES, rng_seed: int = 0,
+                    max_per_field: int = 40,
+                    progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
+                    **spec_overrides: Any) -> CropSet:
+    """Up to ``per_class`` crops of each class from generated one-pattern fields.
+
+    Field ``i`` of ``seeds`` shows pattern ``classes[i % len(classes)]`` (stratified); a
+    class that has its ``per_class`` crops is skipped from then on. Stops when every class
+    is full or the seeds run out. At most ``max_per_field`` cells of a field are used (a
+    random choice), so a class is seen at many scales, intensities and cameras.
+    ``spec_overrides`` go to Hep2FieldSpec (e.g. width, mitotic_fraction).
+    """
+    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+
+    rng = np.random.default_rng(rng_seed)
+    counts = dict.fromkeys(classes, 0)
+    sets: list[CropSet] = []
+    seed_list = list(seeds)
+    order = progress(range(len(seed_list))) if progress else range(len(seed_list))
+    for i in order:
+        name = classes[i % len(classes)]
+        if counts[name] >= per_class:
+            if all(c >= per_class for c in counts.values()):
+                break
+            continue
+        spec = Hep2FieldSpec(seed=seed_list[i], patterns=((name, 1.0),),
+                             **spec_overrides)
+        got = field_cell_crops(generate_hep2_field(spec), cfg, rng, classes=(name,))
+        take = min(len(got), per_class - counts[name], max_per_field)
+        counts[name] += take
+        sets.append(got.subset(np.sort(rng.permutation(len(got))[:take])))
+    return concat(sets, cfg.crop_px)
+
+
+# --- a lab's cell crops (ICPR 2014 / I3A layout) ----------------------------------------------
+
+def read_grey(path: Path) -> np.ndarray:
+    """An image file as one float32 channel in 8-bit grey levels (green of an RGB image)."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f"cannot read image {path}")
+    if img.ndim == 3:
+        # OpenCV is BGR(A): index 1 is green either way.
+        img = img[..., 1]
+    scale = 255.0 / 65535.0 if img.dtype == np.uint16 else 1.0
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{path}: unsupported pixel type {img.dtype} (8- or 16-bit expected)")
+    return img.astype(np.float32) * np.float32(scale)
+
+
+def crop_mask(grey: np.ndarray) -> np.ndarray:
+    """The cell's mask in a whole-cell crop: Otsu's threshold, its largest blob filled.
+
+    Falls back to all ones when the threshold finds no sensible cell (a blank or flat
+    crop, or a "cell" that fills almost nothing or everything).
+    """
+    smooth = np.asarray(cv2.GaussianBlur(grey, (0, 0), 1.0), np.float32)
+    lo, hi = float(smooth.min()), float(smooth.max())
+    g8 = ((smooth - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
+    if int(g8.max()) - int(g8.min()) < 8:
+        return np.ones(grey.shape, bool)
+    _, th = cv2.threshold(g8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(th, connectivity=8)
+    if n < 2:
+        return np.ones(grey.shape, bool)
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    blob = (lab == biggest).astype(np.uint8)
+    contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(blob)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    share = filled.mean()
+    if share < 0.05 or share > 0.98:
+        return np.ones(grey.shape, bool)
+    return filled.astype(bool)
+
+
+def whole_image_crop(grey: np.ndarray, mask: np.ndarray, cfg: Hep2CellsConfig) -> np.ndarray:
+    """The normalised crop of an image that IS one cell: its longer side fills the crop."""
+    h, w = grey.shape
+    outside = ~mask
+    background = float(np.percentile(grey[outside], 20.0)) if outside.any() else 0.0
+    # Pretend the image's longer side spans crop_um: the crop then shows exactly the image.
+    um_per_px = cfg.crop_um / max(h, w)
+    return cell_crop(grey, mask, ((w - 1) / 2.0, (h - 1) / 2.0), um_per_px, cfg,
+                     background=background)
+
+
+def _companion_mask(path: Path) -> np.ndarray | None:
+    for p in path.parent.iterdir():
+        if p.stem.lower() == f"{path.stem.lower()}_mask" and p.suffix.lower() in IMAGE_SUFFIXES:
+            return read_grey(p) > 0
+    return None
+
+
+def folder_classes(root: Path) -> dict[str, str]:
+    """Folder name -> our class name for every class folder under ``root``; clear errors."""
+    if not root.is_dir():
+        raise ValueError(f"no dataset folder at {root}")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise ValueError(f"{root} has no class folders (expected DIR/<class name>/*.png)")
+    out = {}
+    for name in folders:
+        try:
+            out[name] = canonical(name)
+        except ValueError as exc:
+            raise ValueError(f"dataset {root}: folder {name!r}: {exc}") from None
+    return out
+
+
+def folder_crops(root: Path, cfg: Hep2CellsConfig) -> CropSet:
+    """Crops from a folder-per-class tree of single-cell images (ICPR 2014 / I3A layout)."""
+    crops, pats = [], []
+    for folder, name in folder_classes(root).items():
+        files = sorted(p for p in (root / folder).iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES
+                       and not p.stem.lower().endswith("_mask"))
+        for path in files:
+            grey = read_grey(path)
+            mask = _companion_mask(path)
+            if mask is None or mask.shape != grey.shape or not mask.any():
+                mask = crop_mask(grey)
+            crops.append(whole_image_crop(grey, mask, cfg))
+            pats.append(NAMES.index(name))
+    if not pats:
+        raise ValueError(f"{root}: the class folders hold no images ({', '.join(IMAGE_SUFFIXES)})")
+    n = len(pats)
+    return CropSet(np.stack(crops), np.array(pats, np.int64), np.full(n, -1, np.int64),
+                   np.ones(n, np.float32))
+
+
+# --- a lab's whole fields with specimen labels -------------------------------------------------
+
+def read_specimen_csv(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """Rows ``file,pattern[,pattern2]`` (a header row starting "file" is skipped)."""
+    rows = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            cells = [c.strip() for c in row if c.strip()]
+            if not cells or (lineno == 1 and cells[0].lower() == "file"):
+                continue
+            if len(cells) < 2:
+                raise ValueError(f"{path}:{lineno}: expected file,pattern[,pattern2]")
+            try:
+                names = tuple(canonical(c) for c in cells[1:3])
+            except ValueError as exc:
+                raise ValueError(f"{path}:{lineno}: {exc}") from None
+            rows.append((cells[0], names))
+    if not rows:
+        raise ValueError(f"{path}: no labelled fields")
+    return rows
+
+
+def _default_segmenter(cfg: Hep2CellsConfig) -> Segmenter:
+    try:
+        from appliance.assays.hep2.segmentation import segment_cells
+    except ImportError as exc:
+        raise RuntimeError(f"whole-field training needs appliance.assays.hep2.segmentation "
+                           f"({exc})") from exc
+
+    def run(green: np.ndarray, um_per_px: float) -> np.ndarray:
+        return segment_cells(green, um_per_px, cfg).labels
+
+    return run
+
+
+def field_crops(csv_path: Path, um_per_px: float, cfg: Hep2CellsConfig, *,
+                segment: Segmenter | None = None) -> CropSet:
+    """Weakly labelled crops of every segmented cell of the fields listed in ``csv_path``.
+
+    Files are relative to the CSV's folder. ``segment(green, um_per_px) -> labels``
+    defaults to the assay's own segmentation, so training sees the masks the box makes.
+    """
+    if not (um_per_px > 0 and math.isfinite(um_per_px)):
+        raise ValueError(f"um_per_px must be positive, got {um_per_px!r}")
+    seg = segment or _default_segmenter(cfg)
+    sets = []
+    for name, patterns in read_specimen_csv(csv_path):
+        green = read_grey(csv_path.parent / name)
+        crops, _ids = crops_for(green, seg(green, um_per_px), um_per_px, cfg)
+        n = len(crops)
+        weight = WEAK_WEIGHT if len(patterns) == 1 else MIXED_WEIGHT
+        sets.append(CropSet(crops, np.full(n, NAMES.index(patterns[0]), np.int64),
+                            np.full(n, -1, np.int64), np.full(n, weight, np.float32)))
+    return concat(sets, cfg.crop_px)
+
+
+__all__ = ["MITOSIS_CLASSES", "CropSet", "concat", "field_crops", "folder_crops",
+           "generated_crops"]
