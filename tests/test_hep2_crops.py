@@ -128,3 +128,21 @@ def test_bad_input_is_refused(mask_shape: tuple[int, int], um: float, match: str
     green = np.zeros((50, 60), np.float32)
     with pytest.raises(ValueError, match=match):
         cell_crop(green, np.zeros(mask_shape, bool), (30.0, 25.0), um, CFG)
+
+
+def test_crops_of_a_generated_field() -> None:
+    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+
+    field = generate_hep2_field(Hep2FieldSpec(seed=11, width=240, height=180, um_per_px=0.5,
+                                              patterns=(("centromere", 1.0),)))
+    crops, ids = crops_for(field.image[..., 1].astype(np.float32), field.cell_labels,
+                           field.um_per_px, CFG)
+    assert sorted(ids.tolist()) == sorted(c.cell_id for c in field.cells)
+    whole = [i for i, cid in enumerate(ids)
+             if not next(c for c in field.cells if c.cell_id == cid).touches_edge]
+    assert whole
+    for i in whole:
+        inside = crops[i, 1] > 0
+        # Each crop is normalised on its own cell, bright or dim.
+        assert 0.8 < np.percentile(crops[i, 0][inside], 99) < 1.2
+        assert crops[i, 1, 30:34, 30:34].all()  # the meant cell sits in the middle
