@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # System packages the test suite uses: the broker, systemd-analyze, shellcheck for deploy/.
 SYSTEM_PACKAGES := mosquitto systemd shellcheck
 
-.PHONY: demo test lint typecheck pytest system-deps model bench bench-pipeline eval-cases clean
+.PHONY: demo test lint typecheck pytest system-deps model bench bench-pipeline eval-cases eval-hep2 bench-hep2 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,16 @@ bench-pipeline: $(STAMP)
 ## eval-cases: positive-control check and calibration on generated slides (about 5-10 min)
 eval-cases: $(STAMP)
 	$(BIN)/python -m tools.eval_cases --json build/eval/eval_cases.json
+
+## eval-hep2: HEp-2 assay on held-out generated specimens, INT8 and FP32, targets of issue #7
+## (about 3-4 min per precision on 2 cores)
+eval-hep2: $(STAMP)
+	$(BIN)/python -m tools.eval_hep2 --precision int8 --specimens 20 --json build/eval/eval_hep2_int8.json
+	$(BIN)/python -m tools.eval_hep2 --precision fp32 --specimens 20 --json build/eval/eval_hep2_fp32.json
+
+## bench-hep2: HEp-2 classifier cells/s and whole-assay fields/s, FP32 vs INT8
+bench-hep2: $(STAMP)
+	$(BIN)/python -m tools.bench_hep2 --json build/bench/bench_hep2.json
 
 clean:
 	rm -rf build var samples .pytest_cache .mypy_cache .ruff_cache

@@ -325,7 +325,21 @@ class Hep2CellsConfig:
 @dataclass(frozen=True)
 class Hep2SpecimenConfig:
     min_cells: int = _f(
-        20, "Fewer classified interphase cells: the field is not scorable", lo=1, hi=100000,
+        8, "Fewer confidently classified interphase cells: the field is not scorable (a 40x "
+        "field may hold only a dozen cells)", lo=1, hi=100000,
+    )
+    few_cells: int = _f(
+        20, "Fewer voting cells than this: the call carries a warning to look at more fields",
+        lo=1, hi=100000,
+    )
+    second_vote: float = _f(
+        0.3, "A cell also votes for its best pattern of another region of the cell (nucleus, "
+        "nucleolus, envelope, cytoplasm) when that pattern has at least this probability: "
+        "mixed patterns in the same cells (e.g. AC-1 + AC-15)", lo=0.05, hi=1,
+    )
+    mitotic_probability: float = _f(
+        0.7, "A cell is a metaphase when the mitosis head gives it at least this probability "
+        "(otherwise interphase: a false metaphase would drop a voter)", lo=0.34, hi=1,
     )
     mixed_share: float = _f(
         0.25, "A second pattern holding at least this share of the classified cells is "

@@ -128,3 +128,14 @@ def test_generated_field_passes_and_its_blurred_twin_is_out_of_focus() -> None:
     assert {i.code: i.fatal for i in quality_issues(blurred)} == {"out_of_focus": True}
     # The same blur at another intensity reads about the same sharpness.
     assert _generated_focus(3.0, 200.0).focus == pytest.approx(blurred.focus, rel=0.15)
+
+
+def test_negative_wells_with_greyish_autofluorescence_are_not_the_wrong_stain() -> None:
+    # Autofluorescence is broadband: below the colour-judging level its hue says nothing.
+    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+
+    for seed in range(500_000, 500_020):
+        f = generate_hep2_field(Hep2FieldSpec(seed=seed, width=480, height=360,
+                                              patterns=(("negative", 1.0),)))
+        codes = _codes(f.image)
+        assert "wrong_stain" not in codes, (seed, codes)

@@ -89,7 +89,7 @@ def test_a_look_alike_without_metaphases_is_called_with_a_warning() -> None:
 
 
 def test_too_few_or_too_uncertain_cells_are_not_scorable() -> None:
-    few = call(cells("homogeneous", 10) + cells("homogeneous", 30, edge=True))
+    few = call(cells("homogeneous", 5) + cells("homogeneous", 30, edge=True))
     assert few.positive is None and few.reason_code == "too_few_cells"
     flat = [replace(c, probabilities=dict.fromkeys(NAMES, 1 / len(NAMES)))
             for c in cells("homogeneous", 40)]
@@ -110,3 +110,19 @@ def test_pattern_table_and_aliases() -> None:
     with pytest.raises(ValueError, match="ALIASES"):
         canonical("mitotic spindle")
     assert len(set(NAMES)) == len(NAMES) == 17
+
+
+def test_few_voting_cells_still_call_but_warn() -> None:
+    result = call(cells("centromere", 12))
+    assert result.patterns[0].icap == "AC-3"
+    assert any("only 12 cells" in w for w in result.warnings)
+
+
+def test_a_cell_showing_two_regions_votes_for_both() -> None:
+    # Homogeneous nuclei with a fibrillar cytoplasm in the same cells (AC-1 + AC-15).
+    both = cells("homogeneous", 30, p=0.55, runner_up="cyto_fibrillar")
+    result = call(both)
+    assert [p.icap for p in result.patterns] == ["AC-1", "AC-15"]
+    # Two patterns of one region (nucleoplasm) do not split one cell's vote.
+    same_region = cells("homogeneous", 30, p=0.55, runner_up="centromere")
+    assert [p.icap for p in call(same_region).patterns] == ["AC-1"]

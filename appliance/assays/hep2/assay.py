@@ -166,7 +166,7 @@ class Hep2Assay:
         h2 = self.cfg.hep2
         um = prepared.scale.um_per_px
         cells = _cells(prepared.cells, prepared.cell_ids, prepared.brightness, outputs, um,
-                       h2.intensity.units_per_grey)
+                       h2.intensity.units_per_grey, h2.specimen.mitotic_probability)
         interphase = [c for c in cells if not c.mitotic]
         warnings = list(prepared.warnings)
         measured = [c.brightness / h2.intensity.units_per_grey for c in interphase
@@ -293,9 +293,13 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _cells(seg: Hep2Cells, ids: np.ndarray, bright: np.ndarray,
-           outputs: dict[str, np.ndarray], um_per_px: float,
-           units_per_grey: float) -> list[Hep2Cell]:
-    """Segmented cells with their classes, in source-image coordinates."""
+           outputs: dict[str, np.ndarray], um_per_px: float, units_per_grey: float,
+           mitotic_probability: float) -> list[Hep2Cell]:
+    """Segmented cells with their classes, in source-image coordinates.
+
+    A cell is a metaphase only when the mitosis head is sure of it: a false metaphase
+    would take a voter away from the pattern call.
+    """
     probs = _softmax(outputs["pattern_logits"]) if len(ids) else np.zeros((0, len(NAMES)))
     mit = _softmax(outputs["mitosis_logits"]) if len(ids) else np.zeros((0, 3))
     out = []
@@ -303,11 +307,7 @@ def _cells(seg: Hep2Cells, ids: np.ndarray, bright: np.ndarray,
         i = int(label) - 1
         p = probs[row]
         best = int(np.argmax(p))
-        m = int(np.argmax(mit[row]))
-        contours, _ = cv2.findContours((seg.labels == label).astype(np.uint8),
-                                       cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        outline = (tuple((int(x), int(y)) for x, y in max(contours, key=len).reshape(-1, 2))
-                   if contours else ())
+        m = 0 if 1.0 - mit[row, 0] < mitotic_probability else 1 + int(np.argmax(mit[row, 1:]))
         value = float(bright[i]) if i < len(bright) and np.isfinite(bright[i]) else 0.0
         out.append(Hep2Cell(
             cell_id=int(label), x=float(seg.centroids[i, 0]), y=float(seg.centroids[i, 1]),
@@ -316,8 +316,19 @@ def _cells(seg: Hep2Cells, ids: np.ndarray, bright: np.ndarray,
             confidence=float(p[best]),
             probabilities={n: float(v) for n, v in zip(NAMES, p, strict=True)},
             mitosis=MITOSIS_CLASSES[m], mitosis_confidence=float(mit[row, m]),
-            touches_edge=bool(seg.touches_edge[i]), outline=outline))
+            touches_edge=bool(seg.touches_edge[i]), outline=_outline(seg, i, int(label))))
     return out
+
+
+def _outline(seg: Hep2Cells, index: int, label: int) -> tuple[tuple[int, int], ...]:
+    """The cell's outer contour in image pixels, traced in its bounding box only."""
+    x, y, w, h = (int(v) for v in seg.bboxes[index])
+    window = (seg.labels[y:y + h, x:x + w] == label).astype(np.uint8)
+    contours, _ = cv2.findContours(window, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                   offset=(x, y))
+    if not contours:
+        return ()
+    return tuple((int(px), int(py)) for px, py in max(contours, key=len).reshape(-1, 2))
 
 
 def _now() -> str:

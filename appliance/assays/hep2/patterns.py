@@ -23,6 +23,21 @@ class Pattern:
     compartment: str  # "none" | "nuclear" | "cytoplasmic"
     metaphase: str  # the metaphase chromatin plate: stained | speckled | dots | unstained
 
+    @property
+    def region(self) -> str:
+        """Where in the cell it stains: none | nucleoplasm | nucleolus | envelope | cytoplasm.
+
+        Two patterns of different regions can show in the same cell (a mixed pattern such
+        as AC-1 + AC-15); two of the same region cannot.
+        """
+        if self.compartment != "nuclear":
+            return "cytoplasm" if self.compartment == "cytoplasmic" else "none"
+        if self.name.startswith("nucleolar"):
+            return "nucleolus"
+        if self.name.startswith("envelope"):
+            return "envelope"
+        return "nucleoplasm"
+
 
 PATTERNS: tuple[Pattern, ...] = (
     Pattern("negative", "AC-0", "negative", "none", "unstained"),

@@ -44,9 +44,14 @@ BRIGHTFIELD_MEDIAN = 80.0
 # this. FITC with sensor noise and autofluorescence gives about 0.7-0.9; grey or white light
 # gives a third, another fluorochrome (DAPI, TRITC) far less than a half.
 MIN_GREEN_SHARE = 0.5
+# Colour is judged only on light at least this bright above background (grey levels of the
+# brightest channel): a negative well's faint autofluorescence reads below it.
+_COLOUR_MIN_GREY = 15.0
 _COLOUR_TOP_SHARE = 0.02  # the brightest 2 % of the field's excess light carry its colour
 CLIPPED_GREY = 250
-MAX_SATURATED = 0.05  # share of the cell pixels clipped in green: fatal above
+# Share of the cell pixels clipped in green. Patterns stay readable in a bright field,
+# so clipping is a warning (the intensity reads low) until most of the cells are white.
+MAX_SATURATED = 0.25  # fatal above
 WARN_SATURATED = 0.01
 MIN_FOCUS = 1.6  # sharpness ratio below which the field is out of focus
 WARN_FOCUS_MARGIN = 1.1
@@ -71,6 +76,7 @@ class Hep2Quality:
     saturated_fraction: float  # clipped green share of the cell pixels (of the field if none)
     focus: float  # sharpness ratio, ~1 blurred .. 2-4 sharp; 0 = not measurable
     cell_fraction: float  # share of the field the foreground covers
+    light: float = 0.0  # brightest 2 %: mean excess grey of the brightest channel
 
 
 def measure_hep2_quality(rgb: np.ndarray, um_per_px: float,
@@ -91,18 +97,24 @@ def measure_hep2_quality(rgb: np.ndarray, um_per_px: float,
         saturated_fraction=_saturated(green, mask),
         focus=_focus(green, mask, um_per_px) if measurable else 0.0,
         cell_fraction=float(mask.mean()),
+        light=_top_light(rgb)[1],
     )
 
 
 def green_share(rgb: np.ndarray) -> float:
     """Green's share of the light above each channel's median, over the brightest 2 %."""
+    return _top_light(rgb)[0]
+
+
+def _top_light(rgb: np.ndarray) -> tuple[float, float]:
+    """(green's share, mean excess grey of the brightest channel) over the brightest 2 %."""
     excess = rgb.reshape(-1, 3).astype(np.float32)
     excess -= np.median(excess[:: max(1, excess.shape[0] // 50_000)], axis=0)
     total = excess.sum(axis=1)
     k = max(1, int(_COLOUR_TOP_SHARE * total.size))
     top = np.argpartition(total, total.size - k)[total.size - k:]
     light = np.clip(excess[top], 0, None).sum(axis=0)
-    return float(light[1] / max(float(light.sum()), 1e-6))
+    return float(light[1] / max(float(light.sum()), 1e-6)), float(light.max() / k)
 
 
 def signal_and_floor(green: np.ndarray, bg: np.ndarray, um_per_px: float) -> tuple[float, float]:
@@ -141,7 +153,10 @@ def _stain_issues(q: Hep2Quality) -> list[QualityIssue]:
             "FITC fluorescence field on a dark background",
             fatal=True,
         )]
-    if np.isfinite(q.green_share) and q.green_share < MIN_GREEN_SHARE:
+    # The colour of the light is judged only where there is real signal: a negative well's
+    # faint autofluorescence is grey-ish and must not read as "the wrong fluorochrome".
+    if q.light > _COLOUR_MIN_GREY and np.isfinite(q.green_share) \
+            and q.green_share < MIN_GREEN_SHARE:
         return [QualityIssue(
             "wrong_stain",
             f"wrong stain: only {q.green_share:.0%} of the light above the background is "
@@ -160,15 +175,15 @@ def _over_exposure_issues(q: Hep2Quality, limit: float) -> list[QualityIssue]:
         return [QualityIssue(
             "over_exposed",
             f"over-exposed: {sat:.1%} of the cell pixels are clipped in green (limit "
-            f"{limit:.1%}); the intensity cannot be measured: shorten the exposure or lower "
-            "the gain (and re-calibrate if they were pinned)",
+            f"{limit:.1%}); neither pattern nor intensity can be read: shorten the exposure "
+            "or lower the gain (and re-calibrate if they were pinned)",
             fatal=True,
         )]
     if sat > WARN_SATURATED:
         return [QualityIssue(
             "over_exposed",
             f"partly over-exposed: {sat:.1%} of the cell pixels are clipped in green; the "
-            "intensity may read low",
+            "intensity reads low (it is at least the value given)",
             fatal=False,
         )]
     return []

@@ -9,7 +9,10 @@ Pure functions over classified cells, so each rule is tested with constructed ce
    probability reaches ``min_confidence``: each votes for its most probable staining
    pattern (the "negative" class left out: in a positive specimen a dim cell is a weak
    cell, not a negative pattern). The pattern with the largest share is reported, and
-   every other one whose share reaches ``mixed_share`` too (a mixed pattern).
+   every other one whose share reaches ``mixed_share`` too (a mixed pattern). A cell
+   may also vote for its best pattern of *another region* of the cell (nucleoplasm,
+   nucleolus, envelope, cytoplasm) when that reaches ``second_vote``: AC-1 + AC-15 show
+   in the same cells, and one vote per cell would hide the second pattern.
 3. **Metaphases decide look-alikes.** In AC-1 the metaphase chromatin stains intensely,
    in AC-2 it is speckled (stained); in AC-4 / AC-5 it does not stain. With at least
    ``mitotic_min_cells`` metaphases, a homogeneous / dense-fine-speckled call whose
@@ -114,7 +117,9 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
             f"only {len(voters)} cells classified with confidence >= "
             f"{specimen.min_confidence:g} (need {specimen.min_cells})"),
             reason_code="uncertain_pattern")
-    votes = Counter(_staining_vote(c)[0] for c in voters)
+    votes: Counter[str] = Counter()
+    for c in voters:
+        votes.update(cell_votes(c, specimen.second_vote))
     n = len(voters)
     ranked = votes.most_common()
     primary = ranked[0][0]
@@ -130,4 +135,19 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
         if count / n >= specimen.mixed_share and name != corrected:
             calls.append(_call(name, count / n, confidence(name),
                                f"{count} of {n} cells (mixed pattern)"))
+    if n < specimen.few_cells:
+        warnings.append(f"pattern called from only {n} cells: look at more fields")
     return SpecimenCall(True, level, tuple(calls), tuple(warnings))
+
+
+def cell_votes(cell: Hep2Cell, second_vote: float) -> list[str]:
+    """The pattern(s) one cell votes for: its best, and its best of another region."""
+    first, _ = _staining_vote(cell)
+    region = pattern(first).region
+    others = [(p, n) for n, p in cell.probabilities.items()
+              if n != "negative" and pattern(n).region not in (region, "none")]
+    if others:
+        prob, name = max(others)
+        if prob >= second_vote:
+            return [first, name]
+    return [first]

@@ -1,0 +1,267 @@
+"""HEp-2 benchmark: the cell classifier alone, and the whole assay per field, FP32 vs INT8.
+
+    python -m tools.bench_hep2 [--fields 8] [--repeats 30] [--batch 256] [--quick]
+                               [--out docs/img/bench_hep2.png] [--json FILE]
+
+1. Classifier alone: one batch of real cell crops (cut from generated fields by the assay's
+   own crop step) through ONNX Runtime, FP32 and INT8 alternating within each repeat so
+   both see the same machine load; median of the repeats, cells/s, and how often the two
+   agree on the pattern and on the mitotic state.
+2. Whole assay (quality gates + segmentation + crops + classifier + specimen rules, as
+   ``Hep2Assay.score`` runs it, scale declared) on generated fields at 800x600 and
+   1280x960 (0.5 µm/px, the 20x objective), FP32 and INT8 alternating field by field:
+   fields/s, cells/s and the stage split from ``result.timings_ms`` (quality / cells /
+   model / rules).
+
+Prints a table and writes a chart; asserts nothing (speed targets live here, never in
+tests). Absolute times on a shared 2-core machine drift from run to run: compare the
+ratios, which come from one run. Seeds from 900000: never trained on, apart from the eval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.patterns import NAMES
+from appliance.capture.frame import Frame
+from appliance.config import Config, with_overrides
+from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field
+
+BENCH_SEED = 900_000  # apart from training (700000+) and the eval (500000+)
+PRECISIONS = ("fp32", "int8")
+SIZES = ((800, 600), (1280, 960))
+UM_PER_PX = 0.5
+STAGES = ("quality", "cells", "model", "rules")
+STAINED = tuple(n for n in NAMES if n != "negative")
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(values)) if len(values) else float("nan")
+
+
+def bench_field_set(count: int, width: int, height: int, *, first_seed: int = BENCH_SEED
+                    ) -> list[Hep2Field]:
+    """``count`` positive fields of one size, the stained patterns in turn, at 0.5 µm/px."""
+    return [generate_hep2_field(Hep2FieldSpec(
+        seed=first_seed + i, width=width, height=height, um_per_px=UM_PER_PX,
+        patterns=((STAINED[i % len(STAINED)], 1.0),), intensity=100.0))
+        for i in range(count)]
+
+
+def crop_batch(assay: Hep2Assay, fields: Sequence[Hep2Field], size: int) -> np.ndarray:
+    """``size`` real cell crops cut by the assay from ``fields`` (repeated if too few)."""
+    got = []
+    for i, f in enumerate(fields):
+        prepared = assay.prepare(Frame(image=f.image, seq=i, timestamp=0.0, source="bench",
+                                       um_per_px=f.um_per_px))
+        if prepared.crops is not None and len(prepared.crops):
+            got.append(prepared.crops)
+    if not got:
+        raise RuntimeError("no cell crop in the benchmark fields: segmentation found no cell")
+    crops = np.concatenate(got)
+    reps = -(-size // len(crops))  # ceiling division
+    return np.ascontiguousarray(np.concatenate([crops] * reps)[:size])
+
+
+def time_classifier(assays: dict[str, Hep2Assay], batch: np.ndarray, repeats: int
+                    ) -> dict[str, list[float]]:
+    """Milliseconds per batch for each precision, alternating which goes first."""
+    times: dict[str, list[float]] = {p: [] for p in assays}
+    order = list(assays)
+    for r in tqdm(range(repeats), desc="classifier"):
+        for p in order if r % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            assays[p].backend.run_named(batch)
+            times[p].append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def agreement(assays: dict[str, Hep2Assay], batch: np.ndarray) -> dict[str, float]:
+    """Share of crops where FP32 and INT8 give the same pattern, and the same mitotic state."""
+    outs = {p: a.backend.run_named(batch) for p, a in assays.items()}
+    f, i = outs["fp32"], outs["int8"]
+    return {
+        "pattern": float(np.mean(f["pattern_logits"].argmax(1) == i["pattern_logits"].argmax(1))),
+        "mitosis": float(np.mean(f["mitosis_logits"].argmax(1) == i["mitosis_logits"].argmax(1))),
+    }
+
+
+def classifier_report(times: dict[str, list[float]], batch: int) -> dict[str, dict[str, float]]:
+    """Median ms per batch, ms per cell and cells/s of each precision."""
+    out = {}
+    for p, t in times.items():
+        ms = _median(t)
+        out[p] = {"ms_per_batch": round(ms, 2), "ms_per_cell": round(ms / batch, 4),
+                  "cells_per_s": round(1000.0 * batch / ms, 1)}
+    return out
+
+
+def time_assay(assays: dict[str, Hep2Assay], fields: Sequence[Hep2Field], label: str
+               ) -> dict[str, dict[str, object]]:
+    """Whole-assay timings per precision on ``fields``, alternating which goes first."""
+    totals: dict[str, list[float]] = defaultdict(list)
+    stages: dict[str, dict[str, list[float]]] = {p: defaultdict(list) for p in assays}
+    cells: list[int] = []
+    order = list(assays)
+    for i, f in enumerate(tqdm(fields, desc=f"assay {label}")):
+        frame = Frame(image=f.image, seq=i, timestamp=0.0, source="bench",
+                      um_per_px=f.um_per_px)
+        for p in order if i % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            result = assays[p].score(frame)
+            totals[p].append((time.perf_counter() - t0) * 1000.0)
+            for k in STAGES:
+                stages[p][k].append(result.timings_ms.get(k, 0.0))
+        cells.append(len(result.cells))
+    out: dict[str, dict[str, object]] = {}
+    for p in assays:
+        total = _median(totals[p])
+        per_field = _median(cells)
+        out[p] = {"ms_per_field": round(total, 1), "fields_per_s": round(1000.0 / total, 2),
+                  "cells_per_field": per_field,
+                  "cells_per_s": round(1000.0 * per_field / total, 1),
+                  "stages_ms": {k: round(_median(stages[p][k]), 1) for k in STAGES}}
+    return out
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The figures as fixed-width text (for the closing note)."""
+    clf, fields, agree = report["classifier"], report["assay"], report["agreement"]
+    batch = report["batch"]
+    lines = [f"classifier alone (batch of {batch} crops, median of {report['repeats']})",
+             f"{'precision':<10}{'ms/batch':>10}{'ms/cell':>10}{'cells/s':>10}"]
+    for p in PRECISIONS:
+        c = clf[p]
+        lines.append(f"{p:<10}{c['ms_per_batch']:>10.1f}{c['ms_per_cell']:>10.3f}"
+                     f"{c['cells_per_s']:>10.0f}")
+    speedup = clf["fp32"]["ms_per_batch"] / clf["int8"]["ms_per_batch"]
+    lines.append(f"INT8 speed-up over FP32: {speedup:.2f}x; FP32/INT8 agreement: pattern "
+                 f"{agree['pattern']:.3f}, mitosis {agree['mitosis']:.3f}")
+    lines += ["", "whole assay per field (0.5 um/px, scale declared)",
+              f"{'size':<10}{'precision':<10}{'cells':>6}{'ms':>8}{'fields/s':>10}"
+              f"{'cells/s':>9}" + "".join(f"{s:>9}" for s in STAGES)]
+    for size, per in fields.items():
+        for p in PRECISIONS:
+            r = per[p]
+            lines.append(f"{size:<10}{p:<10}{r['cells_per_field']:>6.0f}"
+                         f"{r['ms_per_field']:>8.0f}{r['fields_per_s']:>10.2f}"
+                         f"{r['cells_per_s']:>9.0f}"
+                         + "".join(f"{r['stages_ms'][s]:>9.1f}" for s in STAGES))
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Classifier cells/s per precision, and the stage split of the whole assay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clf, fields = report["classifier"], report["assay"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2),
+                                      gridspec_kw={"width_ratios": [1, 2]})
+    left.bar(list(PRECISIONS), [clf[p]["cells_per_s"] for p in PRECISIONS],
+             color=["#E69F00", "#D55E00"])
+    left.set_ylabel("cells/s")
+    left.set_title(f"Classifier alone (batch {report['batch']})")
+    labels = [f"{size}\n{p}" for size in fields for p in PRECISIONS]
+    bottom = np.zeros(len(labels))
+    colours = ("#999999", "#0072B2", "#D55E00", "#009E73")
+    for stage, colour in zip(STAGES, colours, strict=True):
+        values = np.array([fields[size][p]["stages_ms"][stage]
+                           for size in fields for p in PRECISIONS])
+        right.bar(labels, values, bottom=bottom, label=stage, color=colour)
+        bottom += values
+    right.set_ylabel("median ms per field")
+    right.set_title("Whole assay, stage split (lower is better)")
+    right.legend(fontsize=8)
+    fig.suptitle(f"HEp-2 assay speed, {report['device']}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; --quick is a few fields and repeats (a smoke run)."""
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_hep2", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fields", type=_positive, default=8, help="fields per size")
+    ap.add_argument("--repeats", type=_positive, default=30, help="classifier repeats")
+    ap.add_argument("--batch", type=_positive, default=256, help="crops per classifier run")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="ONNX Runtime threads (default 0: one per core)")
+    ap.add_argument("--models-dir", default="", help="default: the shipped models/")
+    ap.add_argument("--out", type=Path, default=Path("docs/img/bench_hep2.png"),
+                    help="the chart (PNG)")
+    ap.add_argument("--json", type=Path, default=None, help="write all numbers here")
+    ap.add_argument("--quick", action="store_true", help="2 fields per size, 4 repeats")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.fields, args.repeats = 2, 4
+    if args.threads < 0:
+        ap.error(f"--threads {args.threads}: not negative")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Load both precisions, run both benchmarks, return the report."""
+    base = with_overrides(Config(), {"assay": "hep2", "inference.models_dir": args.models_dir,
+                                     "inference.threads": args.threads})
+    assays = {p: Hep2Assay.from_config(with_overrides(base, {"inference.precision": p}))
+              for p in PRECISIONS}
+    try:
+        sets = {f"{w}x{h}": bench_field_set(args.fields, w, h) for w, h in SIZES}
+        batch = crop_batch(assays["int8"], sets["800x600"], args.batch)
+        times = time_classifier(assays, batch, args.repeats)
+        report: dict[str, Any] = {
+            "device": f"{os.cpu_count()} CPU cores, ONNX Runtime threads "
+                      f"{args.threads or 'one per core'}",
+            "batch": args.batch, "repeats": args.repeats, "fields_per_size": args.fields,
+            "um_per_px": UM_PER_PX, "model": assays["int8"].model.name,
+            "classifier": classifier_report(times, args.batch),
+            "agreement": agreement(assays, batch),
+            "assay": {label: time_assay(assays, fields, label) for label, fields in sets.items()},
+        }
+    finally:
+        for a in assays.values():
+            a.close()
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, print the table, write the chart (and the JSON)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    report = run(args)
+    print(format_table(report))
+    plot(report, args.out)
+    print(f"chart: {args.out}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"numbers: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
