@@ -161,6 +161,43 @@ def generated_crops(seeds: Iterable[int], per_class: int, cfg: Hep2CellsConfig, 
     return concat(sets, cfg.crop_px)
 
 
+def save_cropset(path: Path, data: CropSet) -> None:
+    """Write ``data`` to ``path`` (.npz, uncompressed: the crops are read back often)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part.npz")
+    np.savez(tmp, crops=data.crops, pattern=data.pattern, mitosis=data.mitosis,
+             weight=data.weight)
+    tmp.replace(path)  # atomic: a run killed mid-write leaves no half cache behind
+
+
+def load_cropset(path: Path) -> CropSet:
+    """A CropSet written by :func:`save_cropset`; clear error when the file is not one."""
+    try:
+        with np.load(path) as z:
+            data = CropSet(z["crops"].astype(np.float32), z["pattern"].astype(np.int64),
+                           z["mitosis"].astype(np.int64), z["weight"].astype(np.float32))
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: not a crop cache ({exc})") from exc
+    n = len(data.pattern)
+    if not (len(data.crops) == len(data.mitosis) == len(data.weight) == n):
+        raise ValueError(f"{path}: crop cache arrays differ in length")
+    return data
+
+
+def cached(path: Path | None, build: Callable[[], CropSet]) -> CropSet:
+    """``build()``, or its earlier result from ``path`` when there is one (None: no cache).
+
+    The caller puts every input of ``build`` in the file name, so a cache is never reused
+    for other seeds or counts.
+    """
+    if path is not None and path.is_file():
+        return load_cropset(path)
+    data = build()
+    if path is not None:
+        save_cropset(path, data)
+    return data
+
+
 # --- a lab's cell crops (ICPR 2014 / I3A layout) ----------------------------------------------
 
 def read_grey(path: Path) -> np.ndarray:
@@ -314,5 +351,6 @@ def field_crops(csv_path: Path, um_per_px: float, cfg: Hep2CellsConfig, *,
     return concat(sets, cfg.crop_px)
 
 
-__all__ = ["MITOSIS_CLASSES", "CropSet", "concat", "field_crops", "folder_crops",
-           "generated_crops"]
+__all__ = ["MITOSIS_CLASSES", "CropSet", "cached", "concat", "field_crops", "folder_crops",
+           "generated_crops",
+           "load_cropset", "save_cropset"]

@@ -3,9 +3,10 @@
 Input: normalised cell crops (N, 2, 64, 64) from appliance/assays/hep2/crops.py (signal,
 cell mask). Two heads on one shared trunk: the cell's pattern (17 classes, patterns.NAMES
 order) and its mitotic state (interphase / metaphase plate stained / plate unstained; the
-plate is what separates AC-1 from AC-4/5). Plain Conv-BN-ReLU blocks, global pooling and
-linear heads only, so the Q/DQ INT8 graph stays friendly to ONNX Runtime and TensorRT;
-80 k weights, about 17 M multiply-adds a cell: hundreds of cells a second on a Pi-class CPU.
+plate is what separates AC-1 from AC-4/5). Plain Conv-BN-ReLU blocks, global mean and max
+pooling and linear heads only, so the Q/DQ INT8 graph stays friendly to ONNX Runtime and
+TensorRT; 82 k weights, about 17 M multiply-adds a cell: hundreds of cells a second on a
+Pi-class CPU.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class Hep2Net(nn.Module):
     """(N, 2, 64, 64) crops -> ((N, 17) pattern logits, (N, 3) mitosis logits)."""
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int = 16, max_pool: bool = True) -> None:
         super().__init__()
         w1, w2, w3, w4 = width, width * 2, width * 3, width * 4
         self.trunk = nn.Sequential(
@@ -46,11 +47,18 @@ class Hep2Net(nn.Module):
             _block(w3, w4),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.pattern = nn.Linear(w4, len(NAMES))
-        self.mitosis = nn.Linear(w4, len(MITOSIS_CLASSES))
+        # The global max beside the mean: a few bright dots (AC-7, AC-10) barely move a
+        # cell's mean feature but own its max.
+        self.max_pool = nn.AdaptiveMaxPool2d(1) if max_pool else None
+        feats = w4 * (2 if max_pool else 1)
+        self.pattern = nn.Linear(feats, len(NAMES))
+        self.mitosis = nn.Linear(feats, len(MITOSIS_CLASSES))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = torch.flatten(self.pool(self.trunk(x)), 1)
+        t = self.trunk(x)
+        f = torch.flatten(self.pool(t), 1)
+        if self.max_pool is not None:
+            f = torch.cat([f, torch.flatten(self.max_pool(t), 1)], dim=1)
         return self.pattern(f), self.mitosis(f)
 
 

@@ -1,6 +1,8 @@
 """Train the HEp-2 cell classifier, export FP32 and INT8 ONNX, measure them, write the manifest.
 
     python -m tools.train_hep2 --out models/hep2 [--per-class 600] [--epochs 12]
+    python -m tools.train_hep2 --cache build/hep2_cache --per-class 1000 --steps 950
+    python -m tools.train_hep2 ... --resume          # continue from --checkpoint
     python -m tools.train_hep2 --cells-dir LAB/cells            # + a lab's folder per class
     python -m tools.train_hep2 --fields-csv LAB/fields.csv --fields-um-per-px 0.5
 
@@ -13,12 +15,19 @@ per-channel weights), calibrated on generated crops of seeds 730000+.
 
 Writes into --out: hep2_fp32.onnx, hep2_int8.onnx, hep2_int8_trt.onnx, manifest.json;
 into --plots: hep2_training_loss.png and hep2_confusion_int8.png.
+
+--cache DIR keeps each generated crop set as a .npz named by its seeds, counts and
+options (a rebuild of 17 k crops takes minutes); --data-only stops after building them.
+Training length is --steps (or --epochs); --time-budget-min fits it to a wall-clock
+budget instead (the manifest then records the step count, which --steps reproduces).
+The torch checkpoint (--checkpoint, every epoch end) lets --resume continue a run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import tempfile
 import time
@@ -26,6 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -44,6 +54,7 @@ from tools.hep2_dataset import (
     TRAIN_SEEDS,
     VAL_SEEDS,
     CropSet,
+    cached,
     concat,
     field_crops,
     folder_crops,
@@ -66,6 +77,8 @@ VALIDATED_ON = (
 )
 TRAIN_MITOTIC_FRACTION = 0.12
 MITOSIS_LOSS_WEIGHT = 0.5  # the mitosis head rides along; the pattern is the main task
+WARMUP_STEPS = 150
+PROBE_STEPS = 30  # steps timed before a time-budgeted run fixes its length
 
 
 def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -94,32 +107,108 @@ def class_weights(pattern: np.ndarray) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+def lr_at(step: int, total: int, peak: float, warmup: int = WARMUP_STEPS) -> float:
+    """One-cycle learning rate: linear warm-up from peak/25, then cosine down to ~0.
+
+    The warm-up is a fixed number of steps (not a share of ``total``), so the first steps
+    are the same whatever ``total`` turns out to be (see ``time_budget_s``).
+    """
+    warm = max(1, min(warmup, total // 5))
+    if step < warm:
+        return peak * (0.04 + 0.96 * step / warm)
+    frac = min(1.0, (step - warm) / max(1, total - warm))
+    return peak * (1e-4 + (1.0 - 1e-4) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+
+def _save_checkpoint(path: Path, model: Hep2Net, opt: torch.optim.Optimizer, state: dict[str, Any],
+                     rng: np.random.Generator) -> None:
+    """Model, optimiser, progress and RNG states at an epoch boundary (atomic write)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
+                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, model: Hep2Net, opt: torch.optim.Optimizer,
+                     rng: np.random.Generator) -> dict[str, Any]:
+    """Restore what :func:`_save_checkpoint` wrote; returns the progress state."""
+    if not path.is_file():
+        raise ValueError(f"--resume: no checkpoint at {path}")
+    ck = torch.load(path, weights_only=False)
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: checkpoint does not fit this network (width?): {exc}") from exc
+    opt.load_state_dict(ck["opt"])
+    rng.bit_generator.state = ck["rng"]
+    torch.set_rng_state(ck["torch_rng"])
+    return dict(ck["state"])
+
+
 def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-3,
-                width: int = 16, seed: int = 1, show: bool = True) -> tuple[Hep2Net, list[float]]:
-    """Train a Hep2Net on ``data``; returns the model (eval mode) and the per-step losses."""
+                width: int = 16, seed: int = 1, show: bool = True,
+                label_smoothing: float = 0.0, steps: int | None = None,
+                time_budget_s: float | None = None, checkpoint: Path | None = None,
+                resume: bool = False, stop_after_epochs: int | None = None,
+                init: Path | None = None) -> tuple[Hep2Net, list[float]]:
+    """Train a Hep2Net on ``data``; returns the model (eval mode) and the per-step losses.
+
+    Length: ``steps`` optimiser steps when given, else ``epochs`` passes over the data.
+    ``time_budget_s`` instead fits the run to a wall-clock budget: after PROBE_STEPS steps
+    the total is fixed from the measured step time, so the schedule still ends at a low
+    learning rate (the step count is returned in the losses' length and reproduces the run
+    with ``steps``). The pace is measured once: on a machine whose load changes, prefer
+    ``steps``. ``checkpoint`` is written at every epoch end; ``resume`` continues
+    from it with the same data, width and seed; ``stop_after_epochs`` ends this call
+    early (the schedule is unchanged), to be resumed later. ``init`` starts from the
+    weights of an earlier run's checkpoint with a fresh optimiser and schedule (a warm
+    restart: a second, shorter cycle of the one-cycle schedule).
+    """
     if not len(data):
         raise ValueError("no training crops")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = Hep2Net(width=width)
-    steps = epochs * -(-len(data) // batch)
+    per_epoch = -(-len(data) // batch)
+    total = steps if steps is not None else epochs * per_epoch
+    if init is not None:
+        if not init.is_file():
+            raise ValueError(f"--init: no checkpoint at {init}")
+        try:
+            model.load_state_dict(torch.load(init, weights_only=False)["model"])
+        except (RuntimeError, KeyError) as exc:
+            raise ValueError(f"{init}: not a checkpoint of this network: {exc}") from exc
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
-                                                pct_start=0.15)
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "total": total, "losses": [],
+                             "fixed": time_budget_s is None}
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume needs a checkpoint path")
+        state = _load_checkpoint(checkpoint, model, opt, rng)
+        total = int(state["total"])
     cw = class_weights(data.pattern)
     crops = torch.from_numpy(data.crops)
     pattern = torch.from_numpy(data.pattern)
     mitosis = torch.from_numpy(data.mitosis)
     weight = torch.from_numpy(data.weight)
-    losses: list[float] = []
+    losses: list[float] = list(state["losses"])
+    step = int(state["step"])
     model.train()
-    bar = tqdm(total=steps, desc="training", disable=not show)
-    for _epoch in range(epochs):
+    bar = tqdm(total=total, initial=step, desc="training", disable=not show)
+    start = time.perf_counter()
+    epochs_here = 0
+    while step < total and (stop_after_epochs is None or epochs_here < stop_after_epochs):
         for idx in batches(len(data), batch, rng):
+            if step >= total:
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, lr)
             t = torch.from_numpy(idx)
             p_logits, m_logits = model(augment(crops[t], rng))
             w = weight[t]
-            loss_p = (F.cross_entropy(p_logits, pattern[t], weight=cw, reduction="none")
+            loss_p = (F.cross_entropy(p_logits, pattern[t], weight=cw, reduction="none",
+                                      label_smoothing=label_smoothing)
                       * w).sum() / (cw[pattern[t]] * w).sum().clamp(min=1e-6)
             known = mitosis[t] >= 0  # a lab's crops carry no mitosis truth
             loss_m = (F.cross_entropy(m_logits[known], mitosis[t][known]) if bool(known.any())
@@ -128,10 +217,20 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
             opt.zero_grad()
             loss.backward()
             opt.step()
-            sched.step()
             losses.append(loss.item())
+            step += 1
+            if not state["fixed"] and step == PROBE_STEPS and time_budget_s is not None:
+                # Fit the schedule to the budget from the measured pace (warm-up unchanged).
+                pace = (time.perf_counter() - start) / PROBE_STEPS
+                total = max(step + 1, int(time_budget_s / pace))
+                state["fixed"] = True
+                bar.total = total
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        state.update(step=step, epoch=int(state["epoch"]) + 1, total=total, losses=losses)
+        epochs_here += 1
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, model, opt, state, rng)
     bar.close()
     model.eval()
     return model, losses
@@ -322,16 +421,44 @@ def write_manifest(directory: Path, manifest: dict[str, object]) -> None:
                                              + "\n", encoding="utf-8")
 
 
+def _cache_path(args: argparse.Namespace, kind: str, seeds: range, per_class: int,
+                rng_seed: int, **extra: object) -> Path | None:
+    """Cache file of one generated crop set: every input that shapes it is in the name."""
+    if not args.cache:
+        return None
+    tail = "".join(f"_{k}{v}" for k, v in sorted(extra.items()))
+    return Path(args.cache) / f"{kind}_s{seeds.start}_n{per_class}_r{rng_seed}{tail}.npz"
+
+
+def _generated(args: argparse.Namespace, cfg: Hep2CellsConfig, kind: str, seeds: range,
+               per_class: int, rng_seed: int, max_per_field: int = 40,
+               **overrides: Any) -> CropSet:
+    """Generated crops, read from / written to the --cache folder when one is given."""
+    path = _cache_path(args, kind, seeds, per_class, rng_seed, f=max_per_field, **overrides)
+    return cached(path, lambda: generated_crops(
+        seeds, per_class, cfg, rng_seed=rng_seed, max_per_field=max_per_field,
+        progress=lambda r: tqdm(r, desc=f"{kind} fields"), **overrides))
+
+
 def _training_data(args: argparse.Namespace, cfg: Hep2CellsConfig) -> CropSet:
     # More metaphases than a real well holds, so the mitosis head sees enough of them.
-    sets = [generated_crops(TRAIN_SEEDS, args.per_class, cfg, rng_seed=args.seed,
-                            mitotic_fraction=TRAIN_MITOTIC_FRACTION,
-                            progress=lambda r: tqdm(r, desc="training fields"))]
+    sets = [_generated(args, cfg, "train", TRAIN_SEEDS, args.per_class, args.seed,
+                       mitotic_fraction=TRAIN_MITOTIC_FRACTION)]
     if args.cells_dir:
         sets.append(folder_crops(Path(args.cells_dir), cfg))
     if args.fields_csv:
         sets.append(field_crops(Path(args.fields_csv), args.fields_um_per_px, cfg))
     return concat(sets, cfg.crop_px)
+
+
+def _init_recipe(path: str) -> object:
+    """The training recipe of the run whose weights --init starts from (None: not given)."""
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))["training"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"--init-manifest {path}: no training recipe there ({exc})") from exc
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
@@ -340,16 +467,24 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     cfg = Hep2CellsConfig()
     if cfg.crop_px != CROP_PX:
         raise ValueError(f"the network takes {CROP_PX} px crops, config says {cfg.crop_px}")
+    _init_recipe(args.init_manifest)  # fail before hours of work, not after
     t0 = time.time()
     train = _training_data(args, cfg)
-    val = generated_crops(VAL_SEEDS, args.val_per_class, cfg, rng_seed=args.seed + 1,
-                          max_per_field=args.val_per_field,
-                          progress=lambda r: tqdm(r, desc="held-out fields"))
-    calib = generated_crops(CALIBRATION_SEEDS, args.calibration_per_class, cfg,
-                            rng_seed=args.seed + 2)
+    val = _generated(args, cfg, "val", VAL_SEEDS, args.val_per_class, args.seed + 1,
+                     max_per_field=args.val_per_field)
+    calib = _generated(args, cfg, "calib", CALIBRATION_SEEDS, args.calibration_per_class,
+                       args.seed + 2)
     data_s = time.time() - t0
-    model, losses = train_model(train, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                                width=args.width, seed=args.seed)
+    if args.data_only:
+        print(f"data: {len(train)} training, {len(val)} held-out, {len(calib)} calibration "
+              f"crops in {data_s:.0f} s")
+        return {}
+    model, losses = train_model(
+        train, epochs=args.epochs, batch=args.batch, lr=args.lr, width=args.width,
+        seed=args.seed, label_smoothing=args.label_smoothing, steps=args.steps or None,
+        time_budget_s=args.time_budget_min * 60.0 if args.time_budget_min else None,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None, resume=args.resume,
+        init=Path(args.init) if args.init else None)
     train_s = time.time() - t0 - data_s
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -373,9 +508,21 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "lab_cells_dir": args.cells_dir, "lab_fields_csv": args.fields_csv,
         "train_crops": len(train), "per_class": args.per_class,
         "held_out_crops": len(val), "calibration_crops": len(calib),
-        "epochs": args.epochs, "batch": args.batch, "lr": args.lr, "width": args.width,
-        "seed": args.seed, "optimizer": "AdamW, one-cycle",
-        "loss": "class-weighted cross-entropy (pattern) + 0.5 x cross-entropy (mitosis)",
+        "epochs": round(len(losses) / -(-len(train) // args.batch), 2),
+        "steps": len(losses), "batch": args.batch, "lr": args.lr, "width": args.width,
+        "pooling": "global mean + global max",
+        "seed": args.seed,
+        "optimizer": f"AdamW, one-cycle ({WARMUP_STEPS} warm-up steps, cosine to ~0)",
+        "loss": f"class-weighted cross-entropy with label smoothing {args.label_smoothing} "
+                "(pattern) + 0.5 x cross-entropy (mitosis)",
+        "init": args.init or None,
+        "init_run": _init_recipe(args.init_manifest),
+        "command": "python -m tools.train_hep2 " + " ".join(
+            f"--{k} {v}" for k, v in (("per-class", args.per_class), ("steps", len(losses)),
+                                       ("batch", args.batch), ("lr", args.lr),
+                                       ("width", args.width), ("seed", args.seed),
+                                       ("label-smoothing", args.label_smoothing))
+            + ((("init", args.init),) if args.init else ())),
         "augmentation": "rot90, flip, gamma 0.8..1.25 on the signal",
         "torch": torch.__version__, "data_seconds": round(data_s),
         "train_seconds": round(train_s), "final_loss": float(np.mean(losses[-50:])),
@@ -399,11 +546,30 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache", default="",
+                    help="folder for generated crop sets (.npz), e.g. build/hep2_cache")
+    ap.add_argument("--label-smoothing", type=float, default=0.05)
+    ap.add_argument("--steps", type=int, default=0,
+                    help="optimiser steps (overrides --epochs; 0: use --epochs)")
+    ap.add_argument("--time-budget-min", type=float, default=0.0,
+                    help="fit the training length to this many minutes (0: off); the "
+                         "manifest records the steps run, which --steps reproduces")
+    ap.add_argument("--checkpoint", default="build/hep2_train.pt",
+                    help="torch checkpoint written at each epoch end ('' : none)")
+    ap.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    ap.add_argument("--init", default="",
+                    help="start from this checkpoint's weights (fresh optimiser and schedule)")
+    ap.add_argument("--init-manifest", default="",
+                    help="manifest of the --init run: its recipe is kept in the new manifest")
+    ap.add_argument("--data-only", action="store_true",
+                    help="build (and cache) the crop sets, then stop")
     ap.add_argument("--cells-dir", default="", help="a lab's DIR/<class>/*.png cell crops")
     ap.add_argument("--fields-csv", default="", help="a lab's file,pattern[,pattern2] CSV")
     ap.add_argument("--fields-um-per-px", type=float, default=0.5,
                     help="pixel size of the lab's fields (µm at the specimen)")
     manifest = run(ap.parse_args())
+    if not manifest:
+        return
     for precision, m in manifest["metrics"].items():  # type: ignore[attr-defined]
         print(f"{precision}: mean class accuracy {m['mean_class_accuracy']}, "
               f"mitosis {m['mitosis_mean_class_accuracy']}, {m['cells_per_s_2_threads']} cells/s")

@@ -1,0 +1,108 @@
+"""Training-tool plumbing of the HEp-2 classifier: schedule, crop cache, checkpoint resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tools.hep2_dataset import CropSet, cached, load_cropset, save_cropset
+from tools.train_hep2 import lr_at, train_model
+
+
+def small_set(n: int = 24, seed: int = 0) -> CropSet:
+    """Random two-class crops: enough for the plumbing, no learning asked of it."""
+    rng = np.random.default_rng(seed)
+    crops = rng.random((n, 2, 64, 64), dtype=np.float32)
+    crops[:, 1] = (crops[:, 1] > 0.5).astype(np.float32)
+    return CropSet(crops, np.arange(n, dtype=np.int64) % 2, np.zeros(n, np.int64),
+                   np.ones(n, np.float32))
+
+
+def test_one_cycle_schedule_warms_up_then_decays_to_near_zero() -> None:
+    peak, total = 3e-3, 1000
+    lrs = [lr_at(s, total, peak, warmup=100) for s in range(total)]
+    assert lrs[0] == pytest.approx(0.04 * peak)
+    assert max(lrs) == pytest.approx(peak)
+    assert int(np.argmax(lrs)) == 100
+    tail = np.array(lrs[100:])
+    assert np.all(np.diff(tail) <= 0)
+    assert lrs[-1] < 0.01 * peak
+
+
+def test_warm_up_is_capped_for_short_runs() -> None:
+    # A 50-step run cannot spend 150 steps warming up: warm-up is at most a fifth.
+    lrs = [lr_at(s, 50, 1.0, warmup=150) for s in range(50)]
+    assert int(np.argmax(lrs)) == 10
+
+
+def test_crop_cache_builds_once_then_reads(tmp_path: Path) -> None:
+    calls = []
+
+    def build() -> CropSet:
+        calls.append(1)
+        return small_set(6)
+
+    path = tmp_path / "c" / "train.npz"
+    first = cached(path, build)
+    second = cached(path, build)
+    assert len(calls) == 1 and path.is_file()
+    np.testing.assert_array_equal(first.crops, second.crops)
+    np.testing.assert_array_equal(first.pattern, second.pattern)
+    assert second.crops.dtype == np.float32 and second.pattern.dtype == np.int64
+    assert cached(None, build) is not None and len(calls) == 2  # no cache: always builds
+
+
+def test_a_broken_cache_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, crops=np.zeros((2, 2, 64, 64), np.float32))
+    with pytest.raises(ValueError, match=r"bad\.npz"):
+        load_cropset(bad)
+    uneven = tmp_path / "uneven.npz"
+    s = small_set(4)
+    save_cropset(uneven, CropSet(s.crops, s.pattern[:3], s.mitosis, s.weight))
+    with pytest.raises(ValueError, match="length"):
+        load_cropset(uneven)
+
+
+def test_resumed_training_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    data = small_set()
+    full, full_losses = train_model(data, epochs=3, batch=8, width=4, show=False)
+    ck = tmp_path / "ck.pt"
+    train_model(data, epochs=3, batch=8, width=4, show=False, checkpoint=ck,
+                stop_after_epochs=1)
+    resumed, losses = train_model(data, epochs=3, batch=8, width=4, show=False,
+                                  checkpoint=ck, resume=True)
+    assert len(losses) == len(full_losses) == 9
+    np.testing.assert_allclose(losses, full_losses, rtol=1e-5)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train_model(small_set(), epochs=1, batch=8, width=4, show=False,
+                    checkpoint=tmp_path / "none.pt", resume=True)
+
+
+def test_fixed_step_count_is_honoured() -> None:
+    _model, losses = train_model(small_set(), epochs=99, steps=5, batch=8, width=4, show=False)
+    assert len(losses) == 5
+
+
+def test_init_starts_from_a_checkpoints_weights(tmp_path: Path) -> None:
+    data = small_set()
+    ck = tmp_path / "stage1.pt"
+    first, _ = train_model(data, epochs=1, batch=8, width=4, show=False, checkpoint=ck)
+    # Zero steps of a second stage: the weights are exactly the first stage's.
+    second, losses = train_model(data, epochs=1, steps=0, batch=8, width=4, show=False,
+                                 init=ck)
+    assert losses == []
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train_model(data, epochs=1, batch=8, width=4, show=False, init=tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not a checkpoint of this network"):
+        train_model(data, epochs=1, batch=8, width=8, show=False, init=ck)
