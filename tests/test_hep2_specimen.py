@@ -88,13 +88,17 @@ def test_a_look_alike_without_metaphases_is_called_with_a_warning() -> None:
     assert call(cells("centromere", 30)).warnings == ()  # no look-alike: no warning
 
 
-def test_too_few_or_too_uncertain_cells_are_not_scorable() -> None:
+def test_too_few_or_too_uncertain_cells_give_a_positive_without_a_pattern() -> None:
     few = call(cells("homogeneous", 5) + cells("homogeneous", 30, edge=True))
-    assert few.positive is None and few.reason_code == "too_few_cells"
+    assert few.positive is True and few.patterns == ()
+    assert any("too few whole interphase cells" in w for w in few.warnings)
     flat = [replace(c, probabilities=dict.fromkeys(NAMES, 1 / len(NAMES)))
             for c in cells("homogeneous", 40)]
     unsure = call(flat)
-    assert unsure.positive is None and unsure.reason_code == "uncertain_pattern"
+    assert unsure.positive is True and unsure.patterns == ()
+    assert any("confidence" in w for w in unsure.warnings)
+    # A dim field with few cells is still simply negative.
+    assert call(cells("homogeneous", 3), units=5.0).positive is False
 
 
 def test_dim_cells_classified_negative_in_a_positive_specimen_vote_for_staining() -> None:

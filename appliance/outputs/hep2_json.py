@@ -22,9 +22,10 @@ def _check(result: Hep2Result) -> None:
     where = f"HEp-2 result for {result.file!r} (seq {result.seq})"
     if result.status not in ("scored", "not_scorable"):
         raise ValueError(f"{where}: status {result.status!r}")
-    if result.scored and (result.positive is None or result.intensity_level is None
-                          or not result.patterns):
-        raise ValueError(f"{where}: scored but positive, intensity or patterns missing")
+    if result.scored and (result.positive is None or result.intensity_level is None):
+        raise ValueError(f"{where}: scored but positive or intensity missing")
+    if result.scored and not result.positive and not result.patterns:
+        raise ValueError(f"{where}: negative but no AC-0 pattern")
     if not result.scored and not result.reason:
         raise ValueError(f"{where}: not scorable but no reason given")
 

@@ -49,6 +49,9 @@ def banner_rows(result: Hep2Result) -> list[Row]:
     elif not result.positive:
         rows.append(Row((Item(f"ANA NEGATIVE (AC-0)   intensity {result.intensity_units:.0f}",
                               TEXT_COLOUR),), big=True))
+    elif not result.patterns:
+        rows.append(Row((Item("ANA POSITIVE - pattern not determinable here", TEXT_COLOUR),),
+                        big=True))
     else:
         first = result.patterns[0]
         rows.append(Row((Item(f"ANA POSITIVE {first.icap} {first.label}", TEXT_COLOUR),),
@@ -56,6 +59,7 @@ def banner_rows(result: Hep2Result) -> list[Row]:
         for p in result.patterns[1:]:
             rows.append(Row((Item(f"+ {p.icap} {p.label} ({100 * p.share:.0f}% of cells)",
                                   TEXT_COLOUR),), big=True))
+    if result.scored and result.positive:
         units = "units" if result.intensity_calibrated else "relative units"
         rows.append(Row((Item(f"Intensity {result.intensity_level}: {result.intensity_units:.0f}"
                               f" {units}", TEXT_COLOUR),)))

@@ -107,16 +107,16 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
             f"intensity {units:.0f} below the cut-off {intensity.negative_below:g}")),))
     interphase = [c for c in cells if not c.mitotic and not c.touches_edge]
     mitotic = [c for c in cells if c.mitotic]
-    if len(interphase) < specimen.min_cells:
-        return SpecimenCall(None, level, (), reason=(
-            f"too few whole interphase cells to call a pattern ({len(interphase)} < "
-            f"{specimen.min_cells})"), reason_code="too_few_cells")
     voters = [c for c in interphase if _staining_vote(c)[1] >= specimen.min_confidence]
     if len(voters) < specimen.min_cells:
-        return SpecimenCall(None, level, (), reason=(
-            f"only {len(voters)} cells classified with confidence >= "
-            f"{specimen.min_confidence:g} (need {specimen.min_cells})"),
-            reason_code="uncertain_pattern")
+        # The intensity says positive; the pattern needs more cells (a 40x field may hold
+        # a dozen). Positive without a pattern is what a lab would say of this field.
+        why = (f"too few whole interphase cells to call a pattern ({len(interphase)} < "
+               f"{specimen.min_cells})" if len(interphase) < specimen.min_cells else
+               f"only {len(voters)} cells classified with confidence >= "
+               f"{specimen.min_confidence:g} (need {specimen.min_cells})")
+        return SpecimenCall(True, level, (), (
+            f"pattern not determinable in this field: {why}; look at more fields",))
     votes: Counter[str] = Counter()
     for c in voters:
         votes.update(cell_votes(c, specimen.second_vote))
