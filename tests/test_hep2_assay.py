@@ -172,6 +172,13 @@ def test_set_assay_switches_the_running_box_to_hep2(tmp_path: Path, broker: Mosq
                     if json.loads(m.payload)["result"]["assay"] == "hep2")
         VALIDATOR.validate(hep2)
         assert hep2["status"] == "scored" and hep2["patterns"][0]["icap"] == "AC-3"
+        # The retained birth now names the assay and model the box runs.
+        births = status.wait_for("the new birth", lambda ms: any(
+            json.loads(m.payload).get("assay") == "hep2" for m in ms))
+        birth = next(json.loads(m.payload) for m in births
+                     if json.loads(m.payload).get("assay") == "hep2")
+        assert birth["status"] == "online"
+        assert [m["name"] for m in birth["models"]] == ["hep2-cells-v1"]
     finally:
         sender.loop_stop()
         proc.send_signal(signal.SIGTERM)

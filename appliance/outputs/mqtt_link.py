@@ -178,6 +178,12 @@ class MqttLink:
         """A message was just committed to the outbox: send it now, not at the next poll."""
         self._new_rows.set()
 
+    def set_birth(self, birth: bytes) -> None:
+        """A new retained ``online`` message (the assay changed): sent now and on reconnect."""
+        self._birth = birth
+        if self._connected.is_set():
+            self._client.publish(self.topics.status, birth, qos=1, retain=True)
+
     def publish_state(self, topic: str, payload: bytes, *, retain: bool) -> bool:
         """Health, metrics: sent now if connected (QoS 1); retained ones again on reconnect.
 

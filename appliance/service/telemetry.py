@@ -66,11 +66,10 @@ class Telemetry:
         started = datetime.now(timezone.utc)
         self.dispatcher = CommandDispatcher(self._handlers(), device_id=self.device_id,
                                             max_bytes=m.max_command_bytes)
+        self._started = started
         self.link = MqttLink(
             m, client_id=f"eyepiece-{self.device_id}", topics=self.topics, outbox=self.outbox,
-            birth=contract.encode(contract.birth(
-                self.device_id, models=[assay.model], assay=cfg.assay,
-                config_sha256=cfg.sha256(), started_at=started)),
+            birth=self._birth(assay),
             will=contract.encode(contract.will(self.device_id)),
             stopped=contract.encode(contract.stopped(self.device_id)),
             on_command=self._on_command,
@@ -220,7 +219,14 @@ class Telemetry:
             self._switch_assay(assay)
         except (ModelError, ConfigError) as exc:
             raise CommandRefused(f"cannot switch to {assay}: {exc}", field="assay") from exc
+        self.link.set_birth(self._birth(self.assay))  # the dashboard sees the new assay
         return {"assay": assay}
+
+    def _birth(self, assay: FieldAssay) -> bytes:
+        """The retained ``online`` message for the assay now running."""
+        return contract.encode(contract.birth(
+            self.device_id, models=[assay.model], assay=assay.cfg.assay,
+            config_sha256=assay.cfg.sha256(), started_at=self._started))
 
     def _set_objective(self, command: Command) -> dict[str, Any]:
         args = command.args
