@@ -186,3 +186,25 @@ def test_set_assay_switches_the_running_box_to_hep2(tmp_path: Path, broker: Mosq
         for s in (status, replies, fields):
             s.close()
     assert "assay switched to hep2" in text
+
+
+def test_intensity_is_calibrated_only_when_the_camera_held_the_pinned_exposure(
+        assay: Hep2Assay) -> None:
+    pinned = with_overrides(CFG, {"source.exposure_us": 10_000.0, "source.gain": 2.0,
+                                  "hep2.intensity.exposure_ms": 10.0,
+                                  "hep2.intensity.gain": 2.0})
+    image = field("centromere", seed=71_030)
+    original = assay.cfg
+    try:
+        assay.cfg = pinned
+        docs = {}
+        for said in (None, True, False):
+            frame = Frame(image=image, seq=1, timestamp=0.0, source="cam", um_per_px=0.5,
+                          exposure_pinned=said)
+            docs[said] = hep2_json.result_to_dict(assay.score(frame))
+    finally:
+        assay.cfg = original
+    assert docs[None]["intensity"]["calibrated"] is True  # a still: the config's word
+    assert docs[True]["intensity"]["calibrated"] is True
+    assert docs[False]["intensity"]["calibrated"] is False
+    assert any("did not take the pinned exposure" in w for w in docs[False]["warnings"])

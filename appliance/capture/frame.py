@@ -22,6 +22,9 @@ class Frame:
     um_per_px: float | None = None
     # What the camera delivered before conversion to RGB (MJPG, YUYV, RGB888, BGR, file...).
     pixel_format: str = "RGB"
+    # The camera's own word on its exposure: False when it did not take the configured
+    # exposure and gain (the HEp-2 intensity is then relative); None when it cannot say.
+    exposure_pinned: bool | None = None
 
     def __post_init__(self) -> None:
         img = self.image

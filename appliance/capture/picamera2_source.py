@@ -128,7 +128,8 @@ class Picamera2Source:
         rgb = _rgb888_to_rgb(array, self.source_id)
         self._seq += 1
         return Frame(image=rgb, seq=self._seq, timestamp=time.monotonic(),
-                     source=self.source_id, pixel_format="RGB888")
+                     source=self.source_id, pixel_format="RGB888",
+                     exposure_pinned=self.exposure_pinned)
 
     def close(self) -> None:
         """Stop and close the camera (idempotent; safe after a failed open)."""

@@ -211,7 +211,8 @@ class V4l2Source:
         rgb = read_rgb(self._cap, self.source_id)
         self._seq += 1
         return Frame(image=rgb, seq=self._seq, timestamp=time.monotonic(),
-                     source=self.source_id, pixel_format=self._pixel_format)
+                     source=self.source_id, pixel_format=self._pixel_format,
+                     exposure_pinned=self.exposure_pinned)
 
     def close(self) -> None:
         """Release the camera (idempotent; safe after a failed open)."""

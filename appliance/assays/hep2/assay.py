@@ -57,6 +57,7 @@ class Hep2Prepared:
     cell_ids: np.ndarray | None = None  # (N,) labels of the crops
     brightness: np.ndarray | None = None  # (count,) grey above background, per label - 1
     field_grey: float = 0.0  # the whole field's brightness (when no cell is found)
+    exposure_pinned: bool | None = None  # the camera's word (None: a still, or cannot say)
     refusal: Hep2Result | None = None
 
 
@@ -142,7 +143,7 @@ class Hep2Assay:
         ms["cells"] = (time.perf_counter() - t1) * 1000.0
         base = replace(base, um_per_px=found.um_per_px, um_per_px_source=found.source)
         return Hep2Prepared(base, warnings + list(found.warnings), found, cells, crops, ids,
-                            bright, field_grey)
+                            bright, field_grey, frame.exposure_pinned)
 
     def infer(self, prepared: Hep2Prepared) -> dict[str, np.ndarray]:
         """The classifier on every crop: pattern and mitosis logits."""
@@ -180,6 +181,10 @@ class Hep2Assay:
             warnings.append("no interphase cell found: intensity measured on the whole field")
         units = brightness_mod.to_units(grey, h2.intensity)
         calibrated, why = intensity_is_calibrated(self.cfg.source, h2.intensity)
+        if calibrated and prepared.exposure_pinned is False:
+            # The config is right, but the camera did not take it (see the service log).
+            calibrated, why = False, ("the camera did not take the pinned exposure and gain: "
+                                      "relative units")
         if not calibrated:
             warnings.append(why)  # ends in ": relative units"
         call = call_specimen(cells, units, specimen=h2.specimen, intensity=h2.intensity)
