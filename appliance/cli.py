@@ -28,7 +28,8 @@ from typing import Any
 
 from appliance import __version__, cli_cases, cli_hep2
 from appliance.assays.hep2.assay import Hep2Assay
-from appliance.assays.her2.assay import INTERNAL_ERROR, Her2Assay
+from appliance.assays.her2.assay import Her2Assay
+from appliance.assays.shell import INTERNAL_ERROR
 from appliance.capture.frame import Frame
 from appliance.capture.source import SourceError
 from appliance.capture.stills import ImageRejected, load_still

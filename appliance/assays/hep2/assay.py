@@ -29,13 +29,13 @@ from appliance.assays.hep2.specimen import call_specimen
 from appliance.assays.hep2.types import MITOSIS_CLASSES, CellCall, Hep2Cell, Hep2Result
 from appliance.assays.her2.assay import ScaleInfo
 from appliance.assays.her2.types import FieldContext, ModelRef
+from appliance.assays.shell import AssayShell
 from appliance.capture.frame import Frame
 from appliance.config import Config
 from appliance.inference.manifest import ModelError, ModelManifest, load_manifest, verify_model
 from appliance.inference.onnxruntime_backend import OnnxRuntimeBackend
 
 ASSAY = "hep2"
-INTERNAL_ERROR = "internal_error"
 _BATCH = 256  # cells per classifier run: bounded memory on a big field
 # HEp-2 cells are 15-25 µm across; the scale estimate assumes the median whole cell is this.
 ASSUMED_CELL_DIAMETER_UM = 20.0
@@ -61,8 +61,10 @@ class Hep2Prepared:
     refusal: Hep2Result | None = None
 
 
-class Hep2Assay:
+class Hep2Assay(AssayShell[Hep2Result]):
     """Scores HEp-2 IIF fields with one loaded cell classifier."""
+
+    backend: OnnxRuntimeBackend
 
     def __init__(self, cfg: Config, manifest: ModelManifest, backend: OnnxRuntimeBackend,
                  precision: str) -> None:
@@ -88,25 +90,6 @@ class Hep2Assay:
                                      input_name=manifest.input.name,
                                      warmup_input=(1, 2, side, side))
         return cls(cfg, manifest, backend, precision)
-
-    def close(self) -> None:
-        """Release the model (idempotent)."""
-        self.backend.close()
-
-    def __enter__(self) -> Hep2Assay:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ------------------------------------------------------------------ scoring
-
-    def score(self, frame: Frame) -> Hep2Result:
-        """Score one field; refusals come back as a not-scorable result, never raised."""
-        prepared = self.prepare(frame)
-        if prepared.refusal is not None:
-            return prepared.refusal
-        return self.finish(prepared, self.infer(prepared))
 
     def prepare(self, frame: Frame, scale: ScaleInfo | None = None) -> Hep2Prepared:
         """Quality gates, scale, segmentation, brightness and crops (everything but the model).
@@ -221,19 +204,6 @@ class Hep2Assay:
                         confidence=float(probs[best]),
                         probabilities={n: float(p) for n, p in zip(NAMES, probs, strict=True)},
                         mitosis=MITOSIS_CLASSES[int(np.argmax(mit))], model=self.model)
-
-    def guarded(self, frame: Frame, step: Callable[[], _T]) -> _T | Hep2Result:
-        """Run one scoring step; a bug becomes this field's ``internal_error`` result."""
-        try:
-            return step()
-        except Exception as exc:  # the service must outlive a bad field
-            _log.exception("internal error scoring %s (seq %d)", frame.source, frame.seq)
-            return self.refuse_input(frame.source, frame.seq, INTERNAL_ERROR,
-                                     f"internal error: {exc!r}")
-
-    def score_guarded(self, frame: Frame) -> Hep2Result:
-        """``score``, with a bug in one field becoming that field's refusal."""
-        return self.guarded(frame, lambda: self.score(frame))
 
     def refuse_input(self, source: str, seq: int, code: str, reason: str) -> Hep2Result:
         """The result for an input that never became a frame (corrupt or unreadable file)."""

@@ -32,6 +32,7 @@ from appliance.assays.her2.types import (
     NotScorable,
 )
 from appliance.assays.her2.working_scale import choose_working_scale, resample
+from appliance.assays.shell import AssayShell
 from appliance.capture.frame import Frame
 from appliance.config import Config, MeasureConfig
 from appliance.inference.backend import SegmentationBackend, to_model_input
@@ -40,7 +41,6 @@ from appliance.inference.onnxruntime_backend import OnnxRuntimeBackend
 from appliance.inference.tiling import run_tiled
 
 ASSAY = "her2"
-INTERNAL_ERROR = "internal_error"
 TENSORRT_INT8 = "int8_trt"  # the manifest's file for TensorRT's explicit INT8
 # Scale estimation runs on a small copy, and on a larger one when the nuclei in the small
 # one are under _ESTIMATE_MIN_NUCLEUS_PX across (low power, large frames).
@@ -92,8 +92,10 @@ class _Timer:
         return value
 
 
-class Her2Assay:
+class Her2Assay(AssayShell[FieldResult]):
     """Scores HER2 IHC fields with one loaded model."""
+
+    backend: SegmentationBackend
 
     def __init__(self, cfg: Config, manifest: ModelManifest, backend: SegmentationBackend,
                  precision: str) -> None:
@@ -128,25 +130,6 @@ class Her2Assay:
             backend = OnnxRuntimeBackend(path, threads=cfg.inference.threads,
                                          input_name=manifest.input.name)
         return cls(cfg, manifest, backend, precision)
-
-    def close(self) -> None:
-        """Release the model (idempotent)."""
-        self.backend.close()
-
-    def __enter__(self) -> Her2Assay:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ------------------------------------------------------------------ scoring
-
-    def score(self, frame: Frame) -> FieldResult:
-        """Score one field; refusals come back as a not-scorable FieldResult, never raised."""
-        prepared = self.prepare(frame)
-        if prepared.refusal is not None:
-            return prepared.refusal
-        return self.finish(prepared, self.infer(prepared))
 
     def prepare(self, frame: Frame, scale: ScaleInfo | None = None) -> PreparedField:
         """Everything before the model: scale, resampling, deconvolution, quality gates.
@@ -228,23 +211,6 @@ class Her2Assay:
             percent={k: round(v, 3) for k, v in verdict.percent.items()},
             cells=tuple(cells), warnings=tuple(warnings), created_at=_now(),
         )
-
-    def guarded(self, frame: Frame, step: Callable[[], _T]) -> _T | FieldResult:
-        """Run one scoring step; a bug becomes this field's ``internal_error`` result."""
-        try:
-            return step()
-        except Exception as exc:  # the service must outlive a bad field
-            _log.exception("internal error scoring %s (seq %d)", frame.source, frame.seq)
-            return self.refuse_input(frame.source, frame.seq, INTERNAL_ERROR,
-                                     f"internal error: {exc!r}")
-
-    def score_guarded(self, frame: Frame) -> FieldResult:
-        """``score``, but a bug in one field becomes that field's refusal, logged in full.
-
-        The loop and the other fields go on; the result says ``internal_error`` so the
-        dashboard and the store show that something went wrong, never a silent gap.
-        """
-        return self.guarded(frame, lambda: self.score(frame))
 
     def refuse_input(self, source: str, seq: int, code: str, reason: str) -> FieldResult:
         """The result for an input that never became a frame (corrupt or unreadable file)."""
