@@ -20,12 +20,9 @@ from appliance.outputs.overlay import (
     CellOutlines,
     Item,
     Row,
-    Style,
-    check_rgb,
-    draw_glyphs,
     draw_outlines,
-    layout_rows,
     outline_thickness,
+    with_banner,
 )
 from appliance.outputs.result_json import is_research_use_only
 
@@ -122,12 +119,4 @@ def draw_cells(canvas: np.ndarray, result: Hep2Result) -> None:
 
 def render_overlay(image: np.ndarray, result: Hep2Result) -> np.ndarray:
     """``image`` with the cells drawn and the banner below it (a new RGB uint8 array)."""
-    check_rgb(image)
-    h, w = image.shape[:2]
-    style = Style.for_size(w, h)
-    glyphs, banner_h = layout_rows(banner_rows(result), style, w)
-    out = np.empty((h + banner_h, w, 3), dtype=np.uint8)
-    out[:h] = image
-    draw_cells(out[:h], result)
-    draw_glyphs(out[h:], glyphs)
-    return out
+    return with_banner(image, banner_rows(result), lambda canvas: draw_cells(canvas, result))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -407,14 +407,23 @@ def render_overlay(image: np.ndarray, result: FieldResult) -> np.ndarray:
 
     Returns a new RGB uint8 array, as wide as ``image`` and taller by the banner.
     """
+    return with_banner(image, banner_rows(result), lambda canvas: draw_cells(canvas, result))
+
+
+def with_banner(image: np.ndarray, rows: Sequence[Row],
+                draw: Callable[[np.ndarray], None]) -> np.ndarray:
+    """``image`` with ``draw`` applied to a copy of it and the ``rows`` as a banner below.
+
+    Any assay's stored picture: ``draw`` paints its cells on the picture part in place.
+    """
     check_rgb(image)
     h, w = image.shape[:2]
     style = Style.for_size(w, h)
-    glyphs, banner_h = layout_rows(banner_rows(result), style, w)
+    glyphs, banner_h = layout_rows(rows, style, w)
     # One allocation: the image and the banner are views of the output.
     out = np.empty((h + banner_h, w, 3), dtype=np.uint8)
     out[:h] = image
-    draw_cells(out[:h], result)
+    draw(out[:h])
     draw_glyphs(out[h:], glyphs)
     return out
 
