@@ -346,7 +346,8 @@ class Hep2SpecimenConfig:
         "reported too (mixed pattern)", lo=0.05, hi=0.5,
     )
     min_confidence: float = _f(
-        0.5, "Cells whose top class probability is below this are not counted for the "
+        0.5, "Cells whose votes (best pattern, plus a second region's pattern when it "
+        "reaches second_vote) hold less probability than this are not counted for the "
         "pattern (they still count for the intensity)", lo=0, hi=1,
     )
     mitotic_min_cells: int = _f(

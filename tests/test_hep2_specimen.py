@@ -7,7 +7,12 @@ from dataclasses import replace
 import pytest
 
 from appliance.assays.hep2.patterns import NAMES, canonical, pattern
-from appliance.assays.hep2.specimen import call_specimen, intensity_level
+from appliance.assays.hep2.specimen import (
+    call_specimen,
+    intensity_level,
+    vote_confidence,
+    votes_from_probabilities,
+)
 from appliance.assays.hep2.types import Hep2Cell
 from appliance.config import Hep2IntensityConfig, Hep2SpecimenConfig
 
@@ -130,3 +135,26 @@ def test_a_cell_showing_two_regions_votes_for_both() -> None:
     # Two patterns of one region (nucleoplasm) do not split one cell's vote.
     same_region = cells("homogeneous", 30, p=0.55, runner_up="centromere")
     assert [p.icap for p in call(same_region).patterns] == ["AC-1"]
+
+
+def test_a_compound_cell_split_between_its_two_patterns_is_a_confident_voter() -> None:
+    # The classifier is taught compound cells as half one pattern, half the other: neither
+    # half reaches min_confidence alone, but the cell's two votes together do.
+    split = cells("centromere", 30, p=0.48, runner_up="golgi")
+    assert all(vote_confidence(c, SPEC.second_vote) >= SPEC.min_confidence for c in split)
+    result = call(split)
+    assert {p.icap for p in result.patterns} == {"AC-3", "AC-22"}
+    assert all(p.share == 1.0 for p in result.patterns)
+    # A cell torn between two look-alikes of one region is not confident.
+    one = cell("centromere", p=0.45, runner_up="coarse_speckled")
+    probs = {**one.probabilities, "coarse_speckled": 0.4, "negative": 0.15}
+    torn = [replace(one, probabilities=probs) for _ in range(30)]
+    assert vote_confidence(torn[0], SPEC.second_vote) == pytest.approx(0.45)
+    assert call(torn).patterns == ()
+
+
+def test_votes_from_probabilities_needs_the_second_region_to_reach_second_vote() -> None:
+    probs = dict.fromkeys(NAMES, 0.0)
+    probs.update(homogeneous=0.7, cyto_fibrillar=0.2, nucleolar_homogeneous=0.1)
+    assert votes_from_probabilities(probs, 0.3) == ["homogeneous"]
+    assert votes_from_probabilities(probs, 0.15) == ["homogeneous", "cyto_fibrillar"]

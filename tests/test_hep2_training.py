@@ -198,3 +198,72 @@ def test_generated_crops_are_stratified_and_seeded() -> None:
     # The mask channel marks one whole cell near the centre of each crop.
     centre = a.crops[:, 1, 28:36, 28:36].mean(axis=(1, 2))
     assert np.all(centre > 0.9)
+
+
+def test_compound_crops_carry_both_patterns_of_different_regions() -> None:
+    from tools.hep2_dataset import compound_crops, compound_pairs
+    from tools.synth.hep2_fields import region_of
+
+    pairs = compound_pairs()
+    assert all(region_of(a) != region_of(b) for a, b in pairs)
+    assert ("centromere", "golgi") in pairs and ("cyto_fibrillar", "golgi") not in pairs
+    data = compound_crops(range(950, 960), 12, CFG, rng_seed=3, width=240, height=180,
+                          um_per_px=0.5, intensity=90.0)
+    assert len(data) == 12
+    assert (data.seconds >= 0).all() and (data.seconds != data.pattern).all()
+    assert (data.mitosis == 0).all()  # interphase only: a plate shows one pattern
+    for first, second in zip(data.pattern, data.seconds, strict=True):
+        assert region_of(NAMES[first]) != region_of(NAMES[second])
+
+
+def test_segmented_crops_are_the_assays_own_crops_labelled_by_the_truth() -> None:
+    from appliance.assays.hep2.crops import crops_for
+    from appliance.assays.hep2.segmentation import segment_cells
+    from tools.hep2_dataset import field_cell_crops
+    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+
+    field = generate_hep2_field(Hep2FieldSpec(seed=4, width=320, height=240, um_per_px=0.5,
+                                              intensity=120.0, patterns=(("golgi", 1.0),)))
+    got = field_cell_crops(field, CFG, np.random.default_rng(0), segmented=True)
+    assert len(got) > 0 and set(got.pattern.tolist()) == {NAMES.index("golgi")}
+    green = field.image[..., 1].astype(np.float32)
+    assay_crops, _ = crops_for(green, segment_cells(green, 0.5, CFG).labels, 0.5, CFG)
+    # Every training crop is one the assay itself cuts from this field.
+    for crop in got.crops:
+        assert min(float(np.abs(crop - a).max()) for a in assay_crops) == 0.0
+
+
+def test_soft_targets_split_compound_cells_and_the_loss_prefers_them() -> None:
+    torch = pytest.importorskip("torch")
+    from tools.train_hep2 import COMPOUND_SPLIT, pattern_loss, pattern_targets
+
+    pattern = torch.tensor([1, 3])
+    second = torch.tensor([-1, 16])
+    t = pattern_targets(pattern, second, len(NAMES), smoothing=0.0)
+    assert t[0, 1] == 1.0 and t[0].sum() == pytest.approx(1.0)
+    assert t[1, 3] == pytest.approx(1 - COMPOUND_SPLIT)
+    assert t[1, 16] == pytest.approx(COMPOUND_SPLIT)
+    smooth = pattern_targets(pattern, second, len(NAMES), smoothing=0.17)
+    assert torch.allclose(smooth.sum(dim=1), torch.ones(2))
+    ones = torch.ones(len(NAMES))
+    w = torch.ones(2)
+    # For the compound cell, logits naming both patterns beat logits naming one.
+    both = torch.zeros(1, len(NAMES))
+    both[0, 3] = both[0, 16] = 6.0
+    one = torch.zeros(1, len(NAMES))
+    one[0, 3] = 6.0
+    assert pattern_loss(both, t[1:], ones, w[:1]) < pattern_loss(one, t[1:], ones, w[:1])
+
+
+def test_crop_cache_round_trip_keeps_seconds_and_reads_old_caches(tmp_path: Path) -> None:
+    from tools.hep2_dataset import CropSet, load_cropset, save_cropset
+
+    data = CropSet(np.zeros((3, 2, 8, 8), np.float32), np.array([1, 2, 3]),
+                   np.array([0, 0, -1]), np.ones(3, np.float32), np.array([-1, 16, -1]))
+    save_cropset(tmp_path / "a.npz", data)
+    back = load_cropset(tmp_path / "a.npz")
+    assert back.seconds.tolist() == [-1, 16, -1]
+    # A cache written before compound cells: no "second" array, read as none.
+    np.savez(tmp_path / "old.npz", crops=data.crops, pattern=data.pattern,
+             mitosis=data.mitosis, weight=data.weight)
+    assert load_cropset(tmp_path / "old.npz").seconds.tolist() == [-1, -1, -1]

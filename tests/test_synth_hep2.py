@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from functools import lru_cache
 
@@ -410,3 +411,25 @@ def test_mixed_patterns_of_different_regions_sometimes_share_cells() -> None:
                   if c.pattern == "nucleolar_homogeneous"]
         glow.append(float(np.median(ratios)))
     assert min(glow) < 0.07 and max(glow) > 0.15
+
+
+def test_combined_flag_forces_compound_or_separate_cells_and_records_the_second() -> None:
+    pair = (("centromere", 0.5), ("golgi", 0.5))
+    base = Hep2FieldSpec(seed=11, width=400, height=300, um_per_px=0.5, intensity=80.0,
+                         patterns=pair)
+    compound = generate_hep2_field(dataclasses.replace(base, combined=True))
+    separate = generate_hep2_field(dataclasses.replace(base, combined=False))
+    for c in compound.cells:
+        assert {c.pattern, c.second} == {"centromere", "golgi"}
+    assert all(c.second is None for c in separate.cells)
+    # The draw is made either way, so a spec that leaves it open regenerates as before.
+    drawn = generate_hep2_field(base)
+    again = generate_hep2_field(drawn.spec)
+    np.testing.assert_array_equal(drawn.image, again.image)
+    assert [c.second for c in drawn.cells] == [c.second for c in again.cells]
+
+
+def test_combined_needs_two_patterns_of_different_regions() -> None:
+    for patterns in ((("homogeneous", 1.0),), (("cyto_fibrillar", 0.5), ("golgi", 0.5))):
+        with pytest.raises(ValueError, match="combined needs two patterns"):
+            generate_hep2_field(Hep2FieldSpec(seed=1, patterns=patterns, combined=True))

@@ -277,7 +277,9 @@ def write_models_dir(rig: Rig, tmp: Path) -> Path:
     onnx.write_bytes(rig.onnx.read_bytes())
     manifest = {
         "name": "her2-test", "assay": "her2", "validated_on": "test",
-        "files": {"int8": {"path": onnx.name, "sha256": file_sha256(onnx)}},
+        # The tool builds TensorRT's own symmetric file for int8, as the assay loads it.
+        "files": {p: {"path": onnx.name, "sha256": file_sha256(onnx)}
+                  for p in ("int8", "int8_trt")},
         "input": {"name": "image", "mean": [0.5] * 3, "std": [0.2] * 3, "multiple_of": 8,
                   "um_per_px_range": [0.5, 1.0]},
         "output": {"name": "logits", "classes": ["a", "b", "c", "d"], "stride": 2},

@@ -109,4 +109,8 @@ def test_engine_unit_runs_once_before_the_service_on_jetson_only() -> None:
     assert _ENGINE in _one(main, "Unit", "Wants").split()
     start = _one(engine, "Service", "ExecStart").split()
     assert start[0] == "/opt/eyepiece/venv/bin/python"
-    assert start[1:] == ["-m", "tools.build_engine", "--if-needed"]
+    # The same config as eyepiece.service (its engine_dir), and both assays' engines.
+    assert start[1:] == ["-m", "tools.build_engine", "--config", "/etc/eyepiece/eyepiece.toml",
+                         "--assay", "all", "--if-needed"]
+    main_start = _one(main, "Service", "ExecStart").split()
+    assert main_start[main_start.index("--config") + 1] == "/etc/eyepiece/eyepiece.toml"

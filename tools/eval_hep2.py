@@ -50,11 +50,11 @@ from appliance.assays.hep2.specimen import intensity_level
 from appliance.assays.hep2.types import INTENSITY_LEVELS, Hep2Result
 from appliance.capture.frame import Frame
 from appliance.config import Config, Hep2IntensityConfig, with_overrides
+from tools.hep2_dataset import match_cells
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field, region_of
 
 FIRST_SEED = 500_000  # held out: training uses 700000+, the unit tests small seeds
 WIDTH, HEIGHT = 800, 600
-MIN_IOU = 0.5
 STAINED = tuple(n for n in NAMES if n != "negative")  # the positive single-pattern classes
 # Pairs that differ in compartment or look, so a mixed call is not asking the classifier to
 # split hairs. The first three stain different regions, so the generator draws both in the
@@ -171,50 +171,6 @@ def scale_band(um_per_px: float) -> str:
 
 
 # ------------------------------------------------------------------------------ cell matching
-
-
-def match_cells(seg_labels: np.ndarray, centroids: np.ndarray, truth_labels: np.ndarray,
-                *, min_iou: float = MIN_IOU) -> dict[int, int]:
-    """Segmented label -> truth cell id, for every segmented cell that matches one.
-
-    A match is the truth cell overlapping it with IoU >= ``min_iou``, or failing that the
-    truth cell under its centroid (a segmented cell a bit too large or small is still
-    that cell; one lying on background matches nothing). ``centroids``: (count, 2) x, y
-    of labels 1..count.
-    """
-    if seg_labels.shape != truth_labels.shape:
-        raise ValueError(f"segmentation {seg_labels.shape} and truth {truth_labels.shape} "
-                         "label images differ in shape")
-    n_seg = int(seg_labels.max(initial=0))
-    n_truth = int(truth_labels.max(initial=0))
-    if n_seg == 0:
-        return {}
-    seg = seg_labels.ravel().astype(np.int64)
-    tru = truth_labels.ravel().astype(np.int64)
-    # One bincount gives every (segmented, truth) overlap: the intersections of all pairs.
-    pairs = np.bincount(seg * (n_truth + 1) + tru, minlength=(n_seg + 1) * (n_truth + 1))
-    inter = pairs.reshape(n_seg + 1, n_truth + 1)
-    seg_area = inter.sum(axis=1)
-    truth_area = inter.sum(axis=0)
-    out: dict[int, int] = {}
-    h, w = seg_labels.shape
-    for s in range(1, n_seg + 1):
-        if seg_area[s] == 0:
-            continue
-        row = inter[s, 1:]
-        t = int(np.argmax(row)) + 1 if row.size else 0
-        if t and row[t - 1] > 0:
-            iou = row[t - 1] / (seg_area[s] + truth_area[t] - row[t - 1])
-            if iou >= min_iou:
-                out[s] = t
-                continue
-        if s - 1 < len(centroids):
-            x, y = centroids[s - 1]
-            xi, yi = min(w - 1, max(0, round(float(x)))), min(h - 1, max(0, round(float(y))))
-            under = int(truth_labels[yi, xi])
-            if under:
-                out[s] = under
-    return out
 
 
 def add_cells(tally: CellTally, truth: Hep2Field, seg: Hep2Cells, result: Hep2Result) -> None:
@@ -465,11 +421,19 @@ def format_report(cells: dict[str, object], specimens: dict[str, object],
     return "\n".join(lines)
 
 
+def _no_pattern(o: SpecimenOutcome) -> str:
+    """What a specimen with no pattern was called: positive / negative without one, or
+    not scorable."""
+    if o.status != "scored":
+        return o.status
+    return "positive, no pattern" if o.positive else "negative, no pattern"
+
+
 def wrong_specimens(outcomes: Iterable[SpecimenOutcome]) -> list[str]:
     """One line per specimen with a wrong pattern or sign: what a reviewer looks at."""
     return [f"seed {o.seed} ({o.kind}, {o.um_per_px:.2f} um/px): truth "
             f"{'+'.join(o.truth_patterns)} {o.truth_intensity:.0f} u, got "
-            f"{'+'.join(o.reported) or o.status} "
+            f"{'+'.join(o.reported) or _no_pattern(o)} "
             f"{'-' if o.intensity is None else f'{o.intensity:.0f}'} u"
             + (f" ({o.reason})" if o.reason else "")
             for o in outcomes if not (o.pattern_correct and o.sign_correct)]

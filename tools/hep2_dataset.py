@@ -5,10 +5,15 @@ index into patterns.NAMES, a mitosis index into MITOSIS_CLASSES or -1 when unkno
 per-crop loss weight):
 
 * **generated** (:func:`generated_crops`): fields from tools/synth/hep2_fields.py, one
-  pattern per field, cells cropped with the generator's own truth masks after a random
-  erode / dilate / shift of each mask, so the network does not learn to rely on perfect
-  segmentation. Stratified: the fields cycle through the patterns and each pattern stops
-  contributing once it has its share. Seeded end to end.
+  pattern per field. A field's cells are cut either with the generator's own truth masks
+  after a random erode / dilate / shift of each mask, or as the assay's segmentation
+  finds and crops them (labelled by the truth cell they match): the network must know a
+  Golgi-like cell found as its bright spot as well as the whole cell. Stratified: the
+  fields cycle through the patterns and each pattern stops contributing once it has its
+  share. Seeded end to end.
+* **compound cells** (:func:`compound_crops`): two patterns of different regions drawn
+  in the same cells (AC-3 in the nucleus with AC-22 in the cytoplasm, say), with the
+  second pattern in ``CropSet.second``.
 * **a lab's cell crops** (:func:`folder_crops`): the ICPR 2014 / I3A layout,
   ``DIR/<class name>/*.png|tif``; folder names go through patterns.canonical (so
   "NuMem" is envelope_smooth). The whole image is the cell: its mask is a companion
@@ -44,7 +49,10 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 TRAIN_SEEDS = range(700_000, 710_000)
 VAL_SEEDS = range(720_000, 721_000)
 CALIBRATION_SEEDS = range(730_000, 731_000)
+COMPOUND_SEEDS = range(740_000, 750_000)  # compound (two-region) cells for training
+VAL_COMPOUND_SEEDS = range(750_000, 751_000)
 WEAK_WEIGHT = 0.5
+MIN_IOU = 0.5  # a segmented cell is the truth cell it overlaps this much (else: centroid)
 MIXED_WEIGHT = 0.25
 
 Segmenter = Callable[[np.ndarray, float], np.ndarray]
@@ -58,6 +66,18 @@ class CropSet:
     pattern: np.ndarray  # (N,) int64 index into patterns.NAMES
     mitosis: np.ndarray  # (N,) int64 index into MITOSIS_CLASSES, -1 unknown
     weight: np.ndarray  # (N,) float32 loss weight (1 exact, < 1 weak labels)
+    # (N,) int64: the second pattern of a compound cell (two regions stained), -1 none.
+    second: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.second is None:
+            object.__setattr__(self, "second", np.full(len(self.pattern), -1, np.int64))
+
+    @property
+    def seconds(self) -> np.ndarray:
+        """``second`` as an array (never None after construction)."""
+        assert self.second is not None
+        return self.second
 
     def __len__(self) -> int:
         return len(self.pattern)
@@ -65,7 +85,7 @@ class CropSet:
     def subset(self, index: np.ndarray) -> CropSet:
         """The crops at ``index``."""
         return CropSet(self.crops[index], self.pattern[index], self.mitosis[index],
-                       self.weight[index])
+                       self.weight[index], self.seconds[index])
 
 
 def concat(sets: Iterable[CropSet], crop_px: int = 64) -> CropSet:
@@ -77,7 +97,8 @@ def concat(sets: Iterable[CropSet], crop_px: int = 64) -> CropSet:
     return CropSet(np.concatenate([s.crops for s in sets]),
                    np.concatenate([s.pattern for s in sets]),
                    np.concatenate([s.mitosis for s in sets]),
-                   np.concatenate([s.weight for s in sets]))
+                   np.concatenate([s.weight for s in sets]),
+                   np.concatenate([s.seconds for s in sets]))
 
 
 # --- generated cells -------------------------------------------------------------------------
@@ -95,6 +116,50 @@ def perturb_mask(mask: np.ndarray, um_per_px: float, rng: np.random.Generator) -
     return out if out.any() else mask.astype(bool)
 
 
+def match_cells(seg_labels: np.ndarray, centroids: np.ndarray, truth_labels: np.ndarray,
+                *, min_iou: float = MIN_IOU) -> dict[int, int]:
+    """Segmented label -> truth cell id, for every segmented cell that matches one.
+
+    A match is the truth cell overlapping it with IoU >= ``min_iou``, or failing that the
+    truth cell under its centroid (a segmented cell a bit too large or small is still
+    that cell; one lying on background matches nothing). ``centroids``: (count, 2) x, y
+    of labels 1..count.
+    """
+    if seg_labels.shape != truth_labels.shape:
+        raise ValueError(f"segmentation {seg_labels.shape} and truth {truth_labels.shape} "
+                         "label images differ in shape")
+    n_seg = int(seg_labels.max(initial=0))
+    n_truth = int(truth_labels.max(initial=0))
+    if n_seg == 0:
+        return {}
+    seg = seg_labels.ravel().astype(np.int64)
+    tru = truth_labels.ravel().astype(np.int64)
+    # One bincount gives every (segmented, truth) overlap: the intersections of all pairs.
+    pairs = np.bincount(seg * (n_truth + 1) + tru, minlength=(n_seg + 1) * (n_truth + 1))
+    inter = pairs.reshape(n_seg + 1, n_truth + 1)
+    seg_area = inter.sum(axis=1)
+    truth_area = inter.sum(axis=0)
+    out: dict[int, int] = {}
+    h, w = seg_labels.shape
+    for s in range(1, n_seg + 1):
+        if seg_area[s] == 0:
+            continue
+        row = inter[s, 1:]
+        t = int(np.argmax(row)) + 1 if row.size else 0
+        if t and row[t - 1] > 0:
+            iou = row[t - 1] / (seg_area[s] + truth_area[t] - row[t - 1])
+            if iou >= min_iou:
+                out[s] = t
+                continue
+        if s - 1 < len(centroids):
+            x, y = centroids[s - 1]
+            xi, yi = min(w - 1, max(0, round(float(x)))), min(h - 1, max(0, round(float(y))))
+            under = int(truth_labels[yi, xi])
+            if under:
+                out[s] = under
+    return out
+
+
 def mitosis_index(mitotic: bool, plate_stained: bool) -> int:
     """Index into MITOSIS_CLASSES of a cell's truth."""
     if not mitotic:
@@ -102,33 +167,76 @@ def mitosis_index(mitotic: bool, plate_stained: bool) -> int:
     return 1 if plate_stained else 2
 
 
-def field_cell_crops(field: object, cfg: Hep2CellsConfig, rng: np.random.Generator,
-                     classes: Iterable[str] = NAMES) -> CropSet:
-    """Crops of the whole (not edge-cut) cells of one generated field, masks perturbed."""
-    keep = set(classes)
-    image = field.image  # type: ignore[attr-defined]
-    labels = field.cell_labels  # type: ignore[attr-defined]
-    um = float(field.um_per_px)  # type: ignore[attr-defined]
-    green = image[..., 1].astype(np.float32)
-    crops, pats, mits = [], [], []
-    for cell in field.cells:  # type: ignore[attr-defined]
-        if cell.touches_edge or cell.pattern not in keep:
+def _truth_mask_crops(field: Any, cfg: Hep2CellsConfig, rng: np.random.Generator
+                      ) -> list[tuple[np.ndarray, Any]]:
+    """(crop, truth cell) of every whole cell, cut with its own mask after a perturbation."""
+    labels, um = field.cell_labels, float(field.um_per_px)
+    green = field.image[..., 1].astype(np.float32)
+    out = []
+    for cell in field.cells:
+        if cell.touches_edge:
             continue
         mask = perturb_mask(labels == cell.cell_id, um, rng)
         ys, xs = np.nonzero(mask)
-        crops.append(cell_crop(green, mask, (float(xs.mean()), float(ys.mean())), um, cfg))
+        out.append((cell_crop(green, mask, (float(xs.mean()), float(ys.mean())), um, cfg),
+                    cell))
+    return out
+
+
+def _segmented_crops(field: Any, cfg: Hep2CellsConfig) -> list[tuple[np.ndarray, Any]]:
+    """(crop, truth cell) of every whole cell the assay's own segmentation finds, cut as
+    the assay cuts it (crops_for), labelled by the truth cell it matches.
+
+    A Golgi-like or nucleolar cell is often found as its bright part only: the classifier
+    must know that crop too, not just the whole-cell mask of the truth.
+    """
+    from appliance.assays.hep2.segmentation import segment_cells
+
+    um = float(field.um_per_px)
+    green = field.image[..., 1].astype(np.float32)
+    seg = segment_cells(green, um, cfg)
+    crops, ids = crops_for(green, seg.labels, um, cfg)
+    matches = match_cells(seg.labels, seg.centroids, field.cell_labels)
+    by_id = {c.cell_id: c for c in field.cells}
+    out = []
+    for crop, sid in zip(crops, ids.tolist(), strict=True):
+        cell = by_id.get(matches.get(sid, 0))
+        if cell is not None and not seg.touches_edge[sid - 1] and not cell.touches_edge:
+            out.append((crop, cell))
+    return out
+
+
+def field_cell_crops(field: object, cfg: Hep2CellsConfig, rng: np.random.Generator,
+                     classes: Iterable[str] = NAMES, *, compound: bool = False,
+                     segmented: bool = False) -> CropSet:
+    """Crops of the whole (not edge-cut) cells of one generated field.
+
+    ``segmented``: the cells as the assay's segmentation finds and crops them; otherwise
+    the truth masks, perturbed. ``compound``: only the interphase cells drawn with two
+    patterns (their second in ``second``).
+    """
+    keep = set(classes)
+    found = _segmented_crops(field, cfg) if segmented else _truth_mask_crops(field, cfg, rng)
+    crops, pats, mits, seconds = [], [], [], []
+    for crop, cell in found:
+        if cell.pattern not in keep:
+            continue
+        if compound and (cell.second is None or cell.mitotic):
+            continue
+        crops.append(crop)
         pats.append(NAMES.index(cell.pattern))
         mits.append(mitosis_index(cell.mitotic, cell.plate_stained))
+        seconds.append(NAMES.index(cell.second) if cell.second is not None else -1)
     n = len(pats)
     if not n:
         return concat([], cfg.crop_px)
     return CropSet(np.stack(crops), np.array(pats, np.int64), np.array(mits, np.int64),
-                   np.ones(n, np.float32))
+                   np.ones(n, np.float32), np.array(seconds, np.int64))
 
 
 def generated_crops(seeds: Iterable[int], per_class: int, cfg: Hep2CellsConfig, *,
                     classes: tuple[str, ...] = NAMES, rng_seed: int = 0,
-                    max_per_field: int = 40,
+                    max_per_field: int = 40, segmented_share: float = 0.0,
                     progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
                     **spec_overrides: Any) -> CropSet:
     """Up to ``per_class`` crops of each class from generated one-pattern fields.
@@ -137,7 +245,9 @@ def generated_crops(seeds: Iterable[int], per_class: int, cfg: Hep2CellsConfig, 
     class that has its ``per_class`` crops is skipped from then on. Stops when every class
     is full or the seeds run out. At most ``max_per_field`` cells of a field are used (a
     random choice), so a class is seen at many scales, intensities and cameras.
-    ``spec_overrides`` go to Hep2FieldSpec (e.g. width, mitotic_fraction).
+    ``segmented_share`` of the fields are cut as the assay's segmentation finds them
+    (see :func:`field_cell_crops`). ``spec_overrides`` go to Hep2FieldSpec (e.g. width,
+    mitotic_fraction).
     """
     from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 
@@ -154,9 +264,54 @@ def generated_crops(seeds: Iterable[int], per_class: int, cfg: Hep2CellsConfig, 
             continue
         spec = Hep2FieldSpec(seed=seed_list[i], patterns=((name, 1.0),),
                              **spec_overrides)
-        got = field_cell_crops(generate_hep2_field(spec), cfg, rng, classes=(name,))
+        segmented = segmented_share > 0 and rng.random() < segmented_share
+        got = field_cell_crops(generate_hep2_field(spec), cfg, rng, classes=(name,),
+                               segmented=segmented)
         take = min(len(got), per_class - counts[name], max_per_field)
         counts[name] += take
+        sets.append(got.subset(np.sort(rng.permutation(len(got))[:take])))
+    return concat(sets, cfg.crop_px)
+
+
+def compound_pairs(classes: tuple[str, ...] = NAMES) -> list[tuple[str, str]]:
+    """Every pair of staining classes of different cell regions (they can share a cell)."""
+    from tools.synth.hep2_fields import region_of
+
+    staining = [n for n in classes if region_of(n) != "none"]
+    return [(a, b) for i, a in enumerate(staining) for b in staining[i + 1:]
+            if region_of(a) != region_of(b)]
+
+
+def compound_crops(seeds: Iterable[int], count: int, cfg: Hep2CellsConfig, *,
+                   rng_seed: int = 0, max_per_field: int = 12, segmented_share: float = 0.0,
+                   progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
+                   **spec_overrides: Any) -> CropSet:
+    """About ``count`` crops of compound cells: two patterns of different regions in one cell.
+
+    Field ``i`` draws pair ``i`` of :func:`compound_pairs` (cycling), both patterns in
+    every cell (``combined=True``), so the classifier learns that a cell can show, say,
+    AC-3 in its nucleus and AC-22 in its cytoplasm, and gives both their probability.
+    At most ``max_per_field`` cells per field, so every pair is seen at many looks.
+    """
+    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+
+    rng = np.random.default_rng(rng_seed)
+    pairs = compound_pairs()
+    sets: list[CropSet] = []
+    have = 0
+    seed_list = list(seeds)
+    order = progress(range(len(seed_list))) if progress else range(len(seed_list))
+    for i in order:
+        if have >= count:
+            break
+        a, b = pairs[i % len(pairs)]
+        spec = Hep2FieldSpec(seed=seed_list[i], patterns=((a, 0.5), (b, 0.5)), combined=True,
+                             **spec_overrides)
+        segmented = segmented_share > 0 and rng.random() < segmented_share
+        got = field_cell_crops(generate_hep2_field(spec), cfg, rng, compound=True,
+                               segmented=segmented)
+        take = min(len(got), count - have, max_per_field)
+        have += take
         sets.append(got.subset(np.sort(rng.permutation(len(got))[:take])))
     return concat(sets, cfg.crop_px)
 
@@ -166,7 +321,7 @@ def save_cropset(path: Path, data: CropSet) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part.npz")
     np.savez(tmp, crops=data.crops, pattern=data.pattern, mitosis=data.mitosis,
-             weight=data.weight)
+             weight=data.weight, second=data.seconds)
     tmp.replace(path)  # atomic: a run killed mid-write leaves no half cache behind
 
 
@@ -174,12 +329,16 @@ def load_cropset(path: Path) -> CropSet:
     """A CropSet written by :func:`save_cropset`; clear error when the file is not one."""
     try:
         with np.load(path) as z:
+            # Caches written before compound cells have no "second": none then.
+            second = z["second"].astype(np.int64) if "second" in z.files else None
             data = CropSet(z["crops"].astype(np.float32), z["pattern"].astype(np.int64),
-                           z["mitosis"].astype(np.int64), z["weight"].astype(np.float32))
+                           z["mitosis"].astype(np.int64), z["weight"].astype(np.float32),
+                           second)
     except (OSError, KeyError, ValueError) as exc:
         raise ValueError(f"{path}: not a crop cache ({exc})") from exc
     n = len(data.pattern)
-    if not (len(data.crops) == len(data.mitosis) == len(data.weight) == n):
+    if not (len(data.crops) == len(data.mitosis) == len(data.weight) == len(data.seconds)
+            == n):
         raise ValueError(f"{path}: crop cache arrays differ in length")
     return data
 
@@ -351,6 +510,6 @@ def field_crops(csv_path: Path, um_per_px: float, cfg: Hep2CellsConfig, *,
     return concat(sets, cfg.crop_px)
 
 
-__all__ = ["MITOSIS_CLASSES", "CropSet", "cached", "concat", "field_crops", "folder_crops",
-           "generated_crops",
+__all__ = ["MITOSIS_CLASSES", "CropSet", "cached", "compound_crops", "compound_pairs", "concat",
+           "field_crops", "folder_crops", "generated_crops",
            "load_cropset", "save_cropset"]

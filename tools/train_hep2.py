@@ -51,10 +51,13 @@ from appliance.config import Hep2CellsConfig
 from appliance.inference.manifest import file_sha256
 from tools.hep2_dataset import (
     CALIBRATION_SEEDS,
+    COMPOUND_SEEDS,
     TRAIN_SEEDS,
+    VAL_COMPOUND_SEEDS,
     VAL_SEEDS,
     CropSet,
     cached,
+    compound_crops,
     concat,
     field_crops,
     folder_crops,
@@ -79,6 +82,10 @@ TRAIN_MITOTIC_FRACTION = 0.12
 MITOSIS_LOSS_WEIGHT = 0.5  # the mitosis head rides along; the pattern is the main task
 WARMUP_STEPS = 150
 PROBE_STEPS = 30  # steps timed before a time-budgeted run fixes its length
+# A compound cell (two regions stained) is taught as half one pattern, half the other, so
+# its probabilities name both and the specimen rules can count both (specimen.cell_votes).
+COMPOUND_SPLIT = 0.5
+SECOND_VOTE = 0.3  # hep2.specimen.second_vote default: what "both named" means below
 
 
 def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -105,6 +112,27 @@ def class_weights(pattern: np.ndarray) -> torch.Tensor:
     w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()),
                  0.0)
     return torch.tensor(w, dtype=torch.float32)
+
+
+def pattern_targets(pattern: torch.Tensor, second: torch.Tensor, n_classes: int,
+                    smoothing: float) -> torch.Tensor:
+    """(N, C) target distributions: one-hot, or split between a compound cell's two
+    patterns; then label smoothing (``smoothing`` spread evenly over all classes)."""
+    t = F.one_hot(pattern, n_classes).to(torch.float32)
+    two = second >= 0
+    if bool(two.any()):
+        t[two] *= 1.0 - COMPOUND_SPLIT
+        t[two] += COMPOUND_SPLIT * F.one_hot(second[two], n_classes).to(torch.float32)
+    return t * (1.0 - smoothing) + smoothing / n_classes
+
+
+def pattern_loss(logits: torch.Tensor, targets: torch.Tensor, class_w: torch.Tensor,
+                 sample_w: torch.Tensor) -> torch.Tensor:
+    """Class- and sample-weighted cross-entropy against soft targets, normalised by the
+    total weight so a batch of rare classes does not dominate the step size."""
+    tw = targets * class_w
+    per = -(tw * F.log_softmax(logits, dim=1)).sum(dim=1)
+    return (per * sample_w).sum() / (tw.sum(dim=1) * sample_w).sum().clamp(min=1e-6)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int = WARMUP_STEPS) -> float:
@@ -190,6 +218,7 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
     cw = class_weights(data.pattern)
     crops = torch.from_numpy(data.crops)
     pattern = torch.from_numpy(data.pattern)
+    second = torch.from_numpy(data.seconds)
     mitosis = torch.from_numpy(data.mitosis)
     weight = torch.from_numpy(data.weight)
     losses: list[float] = list(state["losses"])
@@ -206,10 +235,8 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
                 group["lr"] = lr_at(step, total, lr)
             t = torch.from_numpy(idx)
             p_logits, m_logits = model(augment(crops[t], rng))
-            w = weight[t]
-            loss_p = (F.cross_entropy(p_logits, pattern[t], weight=cw, reduction="none",
-                                      label_smoothing=label_smoothing)
-                      * w).sum() / (cw[pattern[t]] * w).sum().clamp(min=1e-6)
+            targets = pattern_targets(pattern[t], second[t], len(NAMES), label_smoothing)
+            loss_p = pattern_loss(p_logits, targets, cw, weight[t])
             known = mitosis[t] >= 0  # a lab's crops carry no mitosis truth
             loss_m = (F.cross_entropy(m_logits[known], mitosis[t][known]) if bool(known.any())
                       else p_logits.sum() * 0.0)
@@ -272,17 +299,50 @@ def quantise(fp32: Path, out: Path, calibration: np.ndarray, *, symmetric: bool 
 
 # --- measurement -----------------------------------------------------------------------------
 
-def onnx_predict(path: Path, crops: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Pattern and mitosis class indices of ``crops`` from an ONNX model file."""
+def onnx_outputs(path: Path, crops: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Pattern probabilities (N, classes) and mitosis logits of ``crops`` from a model file."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     pats, mits = [], []
     for i in range(0, len(crops), batch):
         p, m = sess.run([PATTERN_OUTPUT, MITOSIS_OUTPUT], {INPUT_NAME: crops[i:i + batch]})
-        pats.append(np.argmax(p, axis=1))
-        mits.append(np.argmax(m, axis=1))
+        e = np.exp(p - p.max(axis=1, keepdims=True))
+        pats.append(e / e.sum(axis=1, keepdims=True))
+        mits.append(m)
+    if not pats:
+        return np.zeros((0, len(NAMES)), np.float32), np.zeros((0, len(MITOSIS_CLASSES)))
     return np.concatenate(pats), np.concatenate(mits)
+
+
+def onnx_predict(path: Path, crops: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Pattern and mitosis class indices of ``crops`` from an ONNX model file."""
+    p, m = onnx_outputs(path, crops, batch)
+    return np.argmax(p, axis=1), np.argmax(m, axis=1)
+
+
+def both_named(probs: np.ndarray, first: np.ndarray, second: np.ndarray,
+               second_vote: float = SECOND_VOTE) -> np.ndarray:
+    """Per compound crop: do the specimen rules' votes (appliance.assays.hep2.specimen.
+    cell_votes) name both of its patterns?"""
+    from appliance.assays.hep2.specimen import votes_from_probabilities
+
+    out = np.zeros(len(first), bool)
+    for i, row in enumerate(probs):
+        votes = votes_from_probabilities(dict(zip(NAMES, row.tolist(), strict=True)),
+                                         second_vote)
+        out[i] = {NAMES[first[i]], NAMES[second[i]]} <= set(votes)
+    return out
+
+
+def measure_compound(path: Path, data: CropSet) -> dict[str, object]:
+    """Held-out compound cells: how often the votes name both patterns, per region pair."""
+    if not len(data):
+        return {"cells": 0}
+    probs, _ = onnx_outputs(path, data.crops)
+    both = both_named(probs, data.pattern, data.seconds)
+    return {"cells": len(data), "both_named": round(float(both.mean()), 4),
+            "second_vote": SECOND_VOTE}
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
@@ -432,18 +492,36 @@ def _cache_path(args: argparse.Namespace, kind: str, seeds: range, per_class: in
 
 def _generated(args: argparse.Namespace, cfg: Hep2CellsConfig, kind: str, seeds: range,
                per_class: int, rng_seed: int, max_per_field: int = 40,
-               **overrides: Any) -> CropSet:
+               segmented_share: float = 0.0, **overrides: Any) -> CropSet:
     """Generated crops, read from / written to the --cache folder when one is given."""
-    path = _cache_path(args, kind, seeds, per_class, rng_seed, f=max_per_field, **overrides)
+    extra = {"g": segmented_share} if segmented_share else {}
+    path = _cache_path(args, kind, seeds, per_class, rng_seed, f=max_per_field, **extra,
+                       **overrides)
     return cached(path, lambda: generated_crops(
         seeds, per_class, cfg, rng_seed=rng_seed, max_per_field=max_per_field,
+        segmented_share=segmented_share,
         progress=lambda r: tqdm(r, desc=f"{kind} fields"), **overrides))
+
+
+def _compound(args: argparse.Namespace, cfg: Hep2CellsConfig, kind: str, seeds: range,
+              count: int, rng_seed: int, segmented_share: float = 0.0) -> CropSet:
+    """Compound-cell crops, cached like :func:`_generated`."""
+    if count <= 0:
+        return concat([], cfg.crop_px)
+    extra = {"g": segmented_share} if segmented_share else {}
+    path = _cache_path(args, kind, seeds, count, rng_seed, **extra)
+    return cached(path, lambda: compound_crops(
+        seeds, count, cfg, rng_seed=rng_seed, segmented_share=segmented_share,
+        progress=lambda r: tqdm(r, desc=f"{kind} fields")))
 
 
 def _training_data(args: argparse.Namespace, cfg: Hep2CellsConfig) -> CropSet:
     # More metaphases than a real well holds, so the mitosis head sees enough of them.
     sets = [_generated(args, cfg, "train", TRAIN_SEEDS, args.per_class, args.seed,
-                       mitotic_fraction=TRAIN_MITOTIC_FRACTION)]
+                       segmented_share=args.segmented_share,
+                       mitotic_fraction=TRAIN_MITOTIC_FRACTION),
+            _compound(args, cfg, "compound", COMPOUND_SEEDS, args.compound, args.seed,
+                      segmented_share=args.segmented_share)]
     if args.cells_dir:
         sets.append(folder_crops(Path(args.cells_dir), cfg))
     if args.fields_csv:
@@ -474,10 +552,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                      max_per_field=args.val_per_field)
     calib = _generated(args, cfg, "calib", CALIBRATION_SEEDS, args.calibration_per_class,
                        args.seed + 2)
+    val_compound = _compound(args, cfg, "valcompound", VAL_COMPOUND_SEEDS,
+                             args.val_compound, args.seed + 1)
     data_s = time.time() - t0
     if args.data_only:
-        print(f"data: {len(train)} training, {len(val)} held-out, {len(calib)} calibration "
-              f"crops in {data_s:.0f} s")
+        print(f"data: {len(train)} training ({int((train.seconds >= 0).sum())} compound), "
+              f"{len(val)} + {len(val_compound)} compound held-out, {len(calib)} "
+              f"calibration crops in {data_s:.0f} s")
         return {}
     model, losses = train_model(
         train, epochs=args.epochs, batch=args.batch, lr=args.lr, width=args.width,
@@ -494,6 +575,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     metrics: dict[str, object] = {}
     for precision in PRECISIONS:
         m, cm = measure(out / f"hep2_{precision}.onnx", val)
+        m["compound"] = measure_compound(out / f"hep2_{precision}.onnx", val_compound)
         metrics[precision] = m
         if precision == "int8":
             plot_confusion(cm, Path(args.plots) / "hep2_confusion_int8.png",
@@ -504,7 +586,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "script": "tools/train_hep2.py",
         "data": f"generated one-pattern fields (tools/synth/hep2_fields.py, seeds from "
                 f"{TRAIN_SEEDS.start}, mitotic_fraction {TRAIN_MITOTIC_FRACTION}), whole "
-                "cells, <= 40 per field, masks perturbed (erode/dilate/shift <= 1 µm)",
+                f"cells, <= 40 per field; {args.segmented_share:g} of the fields cut as the "
+                "assay's segmentation finds the cells (labelled by the truth cell matched), "
+                "the others with the truth masks perturbed (erode/dilate/shift <= 1 µm); "
+                f"plus {args.compound} compound cells (two patterns of different regions in "
+                f"one cell, every such pair, seeds from {COMPOUND_SEEDS.start}) taught as "
+                f"{COMPOUND_SPLIT:g} / {1 - COMPOUND_SPLIT:g}",
         "lab_cells_dir": args.cells_dir, "lab_fields_csv": args.fields_csv,
         "train_crops": len(train), "per_class": args.per_class,
         "held_out_crops": len(val), "calibration_crops": len(calib),
@@ -513,12 +600,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "pooling": "global mean + global max",
         "seed": args.seed,
         "optimizer": f"AdamW, one-cycle ({WARMUP_STEPS} warm-up steps, cosine to ~0)",
-        "loss": f"class-weighted cross-entropy with label smoothing {args.label_smoothing} "
+        "loss": f"class-weighted cross-entropy against soft targets (compound cells split "
+                f"between their two patterns), label smoothing {args.label_smoothing} "
                 "(pattern) + 0.5 x cross-entropy (mitosis)",
         "init": args.init or None,
         "init_run": _init_recipe(args.init_manifest),
         "command": "python -m tools.train_hep2 " + " ".join(
-            f"--{k} {v}" for k, v in (("per-class", args.per_class), ("steps", len(losses)),
+            f"--{k} {v}" for k, v in (("per-class", args.per_class), ("compound", args.compound),
+                                       ("segmented-share", args.segmented_share),
+                                       ("steps", len(losses)),
                                        ("batch", args.batch), ("lr", args.lr),
                                        ("width", args.width), ("seed", args.seed),
                                        ("label-smoothing", args.label_smoothing))
@@ -540,6 +630,13 @@ def main() -> None:
     ap.add_argument("--val-per-class", type=int, default=150)
     ap.add_argument("--val-per-field", type=int, default=40)
     ap.add_argument("--calibration-per-class", type=int, default=20)
+    ap.add_argument("--segmented-share", type=float, default=0.5,
+                    help="share of generated training fields cut by the assay's own "
+                         "segmentation (the rest: perturbed truth masks)")
+    ap.add_argument("--compound", type=int, default=2000,
+                    help="compound training cells (two patterns of different regions)")
+    ap.add_argument("--val-compound", type=int, default=600,
+                    help="held-out compound cells (both patterns named?)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -572,7 +669,8 @@ def main() -> None:
         return
     for precision, m in manifest["metrics"].items():  # type: ignore[attr-defined]
         print(f"{precision}: mean class accuracy {m['mean_class_accuracy']}, "
-              f"mitosis {m['mitosis_mean_class_accuracy']}, {m['cells_per_s_2_threads']} cells/s")
+              f"mitosis {m['mitosis_mean_class_accuracy']}, compound both named "
+              f"{m['compound'].get('both_named')}, {m['cells_per_s_2_threads']} cells/s")
 
 
 if __name__ == "__main__":

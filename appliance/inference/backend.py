@@ -1,4 +1,4 @@
-"""The interface every inference backend implements, and input preparation shared by all."""
+"""The interfaces inference backends implement, and input preparation shared by all."""
 
 from __future__ import annotations
 
@@ -16,6 +16,20 @@ class SegmentationBackend(Protocol):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on a (N, 3, H, W) float32 batch; H and W are multiples of the stride."""
+        ...
+
+    def close(self) -> None:
+        """Release the model; calling it twice is harmless."""
+        ...
+
+
+class ClassifierBackend(Protocol):
+    """Runs one classifier with several heads: a batch of items in, every head's logits out."""
+
+    name: str
+
+    def run_named(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the model on a (N, ...) float32 batch; each output by name, N rows each."""
         ...
 
     def close(self) -> None:

@@ -6,6 +6,12 @@ deprecated since TensorRT 10.1. Running follows the TensorRT 10 name-based I/O A
 ``set_input_shape`` and ``set_tensor_address`` for every I/O tensor, then
 ``execute_async_v3`` on one CUDA stream, with pycuda page-locked host buffers.
 
+Two kinds of model run here. An image model (HER2) has one (1, 3, H, W) input whose
+profile spans H and W up to a tile; a classifier of fixed-size items (the HEp-2 cells,
+manifest input shape ``["n", 2, 64, 64]``) has a profile over the batch N only, up to
+the assay's batch, and a larger batch is run in parts. ``run`` gives one output (HER2),
+``run_named`` every output by name (the HEp-2 pattern and mitosis heads).
+
 ``tensorrt`` and ``pycuda`` are imported only when this backend is used, so the rest
 of the appliance runs (and is tested) where neither exists. Shape and buffer logic is
 in pure functions; the CUDA calls are a handful of lines behind :class:`CudaApi`.
@@ -36,12 +42,13 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
     from appliance.config import Config
-    from appliance.inference.backend import SegmentationBackend
 
 _log = logging.getLogger(__name__)
 
 Shape = tuple[int, ...]
 MAX_CACHED_SHAPES = 8  # tiles + a few padded field sizes; more would only hold GPU memory
+# The batch the engine's kernels are tuned for: a field's cells at 20x are about this many.
+DEFAULT_OPT_BATCH = 64
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -49,7 +56,7 @@ MAX_CACHED_SHAPES = 8  # tiles + a few padded field sizes; more would only hold 
 
 @dataclass(frozen=True)
 class ProfileShapes:
-    """One optimisation profile for the dynamic H/W input: NCHW min, opt and max."""
+    """One optimisation profile for the model's input: NCHW min, opt and max shapes."""
 
     input_name: str
     min: Shape
@@ -71,6 +78,71 @@ def profile_shapes(spec: InputSpec, tile_px: int) -> ProfileShapes:
     return ProfileShapes(spec.name, (1, 3, m, m), (1, 3, side, side), (1, 3, side, side))
 
 
+def batch_item_shape(manifest: ModelManifest) -> Shape | None:
+    """The fixed (C, H, W) of each item when only the batch is dynamic, else None.
+
+    Read from the manifest's ``input.shape``: ``["n", 2, 64, 64]`` (a named batch, every
+    other dimension a number) gives ``(2, 64, 64)``. A manifest without a shape, or with
+    named H and W too, is an image model tiled over H and W (the HER2 profile).
+    """
+    inp = manifest.raw.get("input")
+    shape = inp.get("shape") if isinstance(inp, dict) else None
+    if not isinstance(shape, list) or len(shape) < 2 or not isinstance(shape[0], str):
+        return None
+    rest = shape[1:]
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in rest):
+        return None
+    if any(d < 1 for d in rest):
+        raise ModelError(f"{manifest.directory / 'manifest.json'}: input shape {shape} has a "
+                         "dimension below 1")
+    return tuple(rest)
+
+
+def check_item_side(manifest: ModelManifest, side: int, key: str) -> None:
+    """Refuse a config whose square items differ from the batch-dynamic model's.
+
+    The engine is built for the manifest's item shape, so a config key (``key``, e.g.
+    ``hep2.cells.crop_px``) giving another size would fail every run; it fails at load.
+    """
+    item = batch_item_shape(manifest)
+    if item is None:
+        raise ModelError(f"{manifest.directory / 'manifest.json'}: model {manifest.name} has "
+                         "no input shape with a named batch and fixed items (e.g. "
+                         "[\"n\", 2, 64, 64]); no batch profile for TensorRT")
+    if item[1:] != (side, side):
+        raise ModelError(f"{key} = {side}, but {manifest.directory / 'manifest.json'} gives "
+                         f"the model's items as {'x'.join(map(str, item))}: set {key} = "
+                         f"{item[-1]} or ship a model for {side} px")
+
+
+def batch_profile_shapes(input_name: str, item: Shape, max_batch: int,
+                         opt_batch: int = DEFAULT_OPT_BATCH) -> ProfileShapes:
+    """A profile over the batch only: 1 to ``max_batch`` items of the fixed ``item`` shape.
+
+    ``max_batch`` is the most the assay sends in one run; the optimum is ``opt_batch``
+    (a typical field), never above the maximum.
+    """
+    if max_batch < 1:
+        raise ModelError(f"no TensorRT profile for a largest batch of {max_batch}")
+    opt = max(1, min(opt_batch, max_batch))
+    return ProfileShapes(input_name, (1, *item), (opt, *item), (max_batch, *item))
+
+
+def profile_for(manifest: ModelManifest, tile_px: int, max_batch: int | None) -> ProfileShapes:
+    """The profile an engine for this model is built with (and stamped with).
+
+    A classifier of fixed-size items gets a profile over the batch up to ``max_batch``;
+    an image model the tile profile of :func:`profile_shapes` (``max_batch`` unused).
+    """
+    item = batch_item_shape(manifest)
+    if item is None:
+        return profile_shapes(manifest.input, tile_px)
+    if max_batch is None:
+        raise ModelError(f"model {manifest.name}: input {manifest.input.name!r} is dynamic in "
+                         "its batch only; the engine needs the assay's largest batch")
+    return batch_profile_shapes(manifest.input.name, item, max_batch)
+
+
 def describe_profile(profile: ProfileShapes) -> str:
     """The profile as stamped: ``1x3x8x8..1x3x512x512..1x3x512x512``."""
     return "..".join("x".join(str(d) for d in s) for s in (profile.min, profile.opt, profile.max))
@@ -86,6 +158,52 @@ def check_batch(batch: np.ndarray, lo: Shape, hi: Shape) -> None:
                 f"TensorRT input shape {batch.shape} is outside the engine's profile "
                 f"{lo}..{hi} (axis {axis})"
             )
+
+
+def batch_slices(shape: Shape, lo: Shape, hi: Shape) -> list[slice]:
+    """The engine runs a batch of ``shape`` needs: parts of at most the profile's batch.
+
+    Only the batch axis is split. An item outside the profile (a crop of another size)
+    is refused: it means another model or a config that does not match this one.
+    """
+    if len(shape) != len(lo):
+        raise ModelError(f"TensorRT input must have {len(lo)} dimensions, got {shape}")
+    for axis in range(1, len(shape)):
+        if not lo[axis] <= shape[axis] <= hi[axis]:
+            item = ("x".join(str(d) for d in lo[1:]) if lo[1:] == hi[1:] else
+                    f"{lo[1:]}..{hi[1:]}")
+            raise ModelError(f"TensorRT input shape {shape} is outside the engine's profile "
+                             f"{lo}..{hi} (axis {axis}): each item must be {item}")
+    n = shape[0]
+    if n < lo[0]:
+        raise ModelError(f"TensorRT input shape {shape}: a batch of {n}, the engine's profile "
+                         f"{lo}..{hi} takes at least {lo[0]}")
+    step = hi[0]
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def allocation_shape(shape: Shape, lo: Shape, hi: Shape) -> Shape:
+    """The input shape buffers are made for: the profile's largest batch when only N varies.
+
+    A classifier sees a different number of cells in every field; buffers for the largest
+    batch, used in part, are made once instead of once per cell count. Buffers of an image
+    model (H and W vary, batch fixed) are made per shape, as before.
+    """
+    if len(shape) == len(lo) and lo[1:] == hi[1:] and lo[0] != hi[0]:
+        return (hi[0], *shape[1:])
+    return shape
+
+
+def leading_view(host: np.ndarray, shape: Shape) -> np.ndarray:
+    """The first elements of a flat-contiguous host buffer, as an array of ``shape``.
+
+    With the batch the leading axis, the first N items of a buffer made for more are
+    exactly a dense (N, ...) tensor, on the host as on the device.
+    """
+    count = int(np.prod(shape, dtype=np.int64))
+    if any(d < 0 for d in shape) or count > host.size:
+        raise ModelError(f"tensor shape {shape} does not fit its buffer of {host.shape}")
+    return host.reshape(-1)[:count].reshape(shape)
 
 
 def nbytes_of(shape: Shape, dtype: np.dtype[Any]) -> int:
@@ -336,8 +454,10 @@ def io_tensors(trt_mod: Any, engine: trt.ICudaEngine) -> list[IoTensor]:
 
 
 class TensorRTBackend:
-    """A stamped TensorRT engine run on one CUDA stream (the SegmentationBackend interface).
+    """A stamped TensorRT engine run on one CUDA stream.
 
+    ``run`` is the SegmentationBackend interface (one output); ``run_named`` the
+    ClassifierBackend one (every output by name, batches above the profile in parts).
     A ``cuda`` passed in becomes the backend's: ``close()`` releases it.
     """
 
@@ -372,48 +492,80 @@ class TensorRTBackend:
             if inputs != [input_name]:
                 raise ModelError(f"{engine_file}: inputs {inputs}, expected [{input_name!r}]")
             self._input = input_name
-            self._output = pick_output(self._tensors, output_name)
+            self.outputs = [t.name for t in self._tensors if not t.is_input]
+            if output_name is not None:
+                pick_output(self._tensors, output_name)  # a wrong name fails at load
+            self._output_name = output_name
             lo, opt, hi = (tuple(d) for d in engine.get_tensor_profile_shape(input_name, 0))
             self._lo, self._hi = tuple(lo), tuple(hi)
             self._stream = self._cuda.stream()
             self._context = engine.create_execution_context()
         # A warm-up at the common shape: the first real field must not look like a stall.
-        self.run(np.zeros(tuple(opt), dtype=np.float32))
+        self._execute(np.zeros(tuple(opt), dtype=np.float32))
 
-    def _buffers(self, context: trt.IExecutionContext, shape: Shape) -> _Buffers:
-        """Set the input shape, then the buffers for it (made once per shape)."""
+    def _set_shape(self, context: trt.IExecutionContext, shape: Shape) -> None:
         if not context.set_input_shape(self._input, shape):
             raise ModelError(f"TensorRT refused input shape {shape} for {self._input!r}")
-        bufs = self._cache.get(shape)
-        if bufs is None:
-            shapes = {t.name: tuple(context.get_tensor_shape(t.name)) for t in self._tensors}
-            shapes[self._input] = shape
-            bufs = allocate(self._cuda, shapes, {t.name: t.dtype for t in self._tensors})
-            self._cache.put(shape, bufs)
-        return bufs
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run the engine on a (N, 3, H, W) float32 batch; returns the logits."""
+    def _buffers(self, context: trt.IExecutionContext,
+                 shape: Shape) -> tuple[_Buffers, dict[str, Shape]]:
+        """Set the input shape; the buffers for it (made once) and every tensor's shape."""
+        key = allocation_shape(shape, self._lo, self._hi)
+        bufs = self._cache.get(key)
+        if bufs is None:
+            self._set_shape(context, key)
+            shapes = {t.name: tuple(context.get_tensor_shape(t.name)) for t in self._tensors}
+            shapes[self._input] = key
+            bufs = allocate(self._cuda, shapes, {t.name: t.dtype for t in self._tensors})
+            self._cache.put(key, bufs)
+            if key == shape:
+                return bufs, bufs.shapes
+        self._set_shape(context, shape)
+        if key == shape:
+            return bufs, bufs.shapes
+        shapes = {t.name: tuple(context.get_tensor_shape(t.name)) for t in self._tensors}
+        shapes[self._input] = shape
+        return bufs, shapes
+
+    def _execute(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """One engine run on a batch inside the profile; every output, copied, by name."""
         context = self._context
         if context is None:
             raise ModelError(f"{self.name} is closed")
         shape = tuple(int(d) for d in batch.shape)
         check_batch(batch, self._lo, self._hi)
         with self._cuda.current():
-            bufs = self._buffers(context, shape)
-            np.copyto(bufs.host[self._input], batch, casting="same_kind")
+            bufs, shapes = self._buffers(context, shape)
+            host = {t.name: leading_view(bufs.host[t.name], shapes[t.name])
+                    for t in self._tensors}
+            np.copyto(host[self._input], batch, casting="same_kind")
             for t in self._tensors:
                 if not context.set_tensor_address(t.name, int(bufs.device[t.name])):
                     raise ModelError(f"TensorRT refused the address of tensor {t.name!r}")
-            self._cuda.htod(bufs.device[self._input], bufs.host[self._input], self._stream)
+            self._cuda.htod(bufs.device[self._input], host[self._input], self._stream)
             if not context.execute_async_v3(self._stream.handle):
                 raise ModelError(f"{self.name}: execute_async_v3 failed")
-            for t in self._tensors:
-                if not t.is_input:
-                    self._cuda.dtoh(bufs.host[t.name], bufs.device[t.name], self._stream)
+            for name in self.outputs:
+                self._cuda.dtoh(host[name], bufs.device[name], self._stream)
             self._stream.synchronize()
-            # A copy: the page-locked buffer is reused by the next run.
-            return np.array(bufs.host[self._output], dtype=np.float32)
+            # Copies: the page-locked buffers are reused by the next run.
+            return {name: np.array(host[name], dtype=np.float32) for name in self.outputs}
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run the engine on a (N, 3, H, W) float32 batch; returns the logits."""
+        if self._context is None:
+            raise ModelError(f"{self.name} is closed")
+        return self._execute(batch)[pick_output(self._tensors, self._output_name)]
+
+    def run_named(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name; a batch above the profile's largest runs in parts, in order."""
+        if self._context is None:
+            raise ModelError(f"{self.name} is closed")
+        parts = [self._execute(batch[rows])
+                 for rows in batch_slices(tuple(batch.shape), self._lo, self._hi)]
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.outputs}
 
     def close(self) -> None:
         """Free GPU memory and the engine (idempotent)."""
@@ -427,13 +579,16 @@ class TensorRTBackend:
 
 
 def ensure_engine(cfg: Config, manifest: ModelManifest, precision: str, onnx_path: Path,
-                  cuda: CudaApi, *, force: bool = False) -> tuple[Path, EngineStamp, bool]:
+                  cuda: CudaApi, *, force: bool = False,
+                  max_batch: int | None = None) -> tuple[Path, EngineStamp, bool]:
     """Build the engine unless a current one exists: (engine path, its stamp, whether built).
 
     ``onnx_path`` must come from :func:`verify_model`: the stamp records the manifest's
-    sha256, so only a checked file may be built from.
+    sha256, so only a checked file may be built from. ``max_batch`` is the assay's batch
+    for a classifier of fixed-size items (see :func:`profile_for`); the stamp records the
+    profile, so another batch or tile size rebuilds.
     """
-    profile = profile_shapes(manifest.input, cfg.inference.tile_px)
+    profile = profile_for(manifest, cfg.inference.tile_px, max_batch)
     expected = expected_stamp(manifest, precision, cuda, profile)
     engine = engine_path(Path(cfg.inference.engine_dir), manifest, precision)
     current, reason = engine_is_current(engine, expected)
@@ -449,11 +604,16 @@ def ensure_engine(cfg: Config, manifest: ModelManifest, precision: str, onnx_pat
 
 def tensorrt_backend_for(cfg: Config, manifest: ModelManifest, precision: str,
                          onnx_path: Path, *, cuda: CudaApi | None = None,
-                         ) -> SegmentationBackend:
-    """The TensorRT backend for a verified model file, built first unless its stamp matches."""
+                         max_batch: int | None = None) -> TensorRTBackend:
+    """The TensorRT backend for a verified model file, built first unless its stamp matches.
+
+    ``max_batch``: the assay's largest batch, for a model whose batch is its only
+    dynamic dimension (the HEp-2 classifier); unused for an image model (HER2).
+    """
     cuda = cuda or CudaApi()
     try:
-        engine, _, _ = ensure_engine(cfg, manifest, precision, onnx_path, cuda)
+        engine, _, _ = ensure_engine(cfg, manifest, precision, onnx_path, cuda,
+                                     max_batch=max_batch)
         return TensorRTBackend(engine, manifest.input.name, output_name=manifest.output_name,
                                cuda=cuda)
     except BaseException:

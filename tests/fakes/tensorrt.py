@@ -7,10 +7,17 @@ engine I/O by name (``num_io_tensors``, ``get_tensor_name/mode/dtype``,
 ``get_tensor_profile_shape``) → ``create_execution_context`` with ``set_input_shape``,
 ``get_tensor_shape``, ``set_tensor_address`` and ``execute_async_v3(stream_handle)``.
 
-The "ONNX model" is a small JSON file (input/output names, classes, stride); the
-"engine" is JSON too and records the profile and TensorRT version it was built with.
-Running queues, on the fake pycuda stream, a known function over real device memory:
-``logits[n, k, i, j] = (k + 1) * mean_c(x[n, c, s*i, s*j])`` with ``s`` the stride.
+The "ONNX model" is a small JSON file; the "engine" is JSON too and records the profile
+and TensorRT version it was built with. Two kinds of model:
+
+* segmentation (HER2): ``{"input", "output", "classes", "stride"}``, one output
+  ``logits[n, k, i, j] = (k + 1) * mean_c(x[n, c, s*i, s*j])`` with ``s`` the stride;
+* classifier (HEp-2): ``{"input", "input_shape": [-1, C, H, W], "outputs": {name:
+  classes}}``, one (N, classes) output per head, in that order:
+  ``y_h[n, k] = (k + 1) * mean(x[n]) + h`` for head index ``h``. As in TensorRT, a
+  profile whose fixed dimensions differ from the network's does not build.
+
+Running queues the function, on the fake pycuda stream, over real device memory.
 As in TensorRT, refusals return False/None instead of raising.
 """
 
@@ -47,6 +54,29 @@ def known_function(x: np.ndarray, classes: int, stride: int) -> np.ndarray:
     sub = x[:, :, ::stride, ::stride].mean(axis=1, keepdims=True)
     return (sub * np.arange(1, classes + 1, dtype=np.float32)[None, :, None, None]).astype(
         np.float32)
+
+
+def classifier_function(x: np.ndarray, classes: int, head: int) -> np.ndarray:
+    """What the fake classifier engine computes for its output number ``head``."""
+    mean = x.reshape(x.shape[0], -1).mean(axis=1, dtype=np.float64)
+    return (mean[:, None] * np.arange(1, classes + 1)[None, :] + head).astype(np.float32)
+
+
+def output_names(spec: dict[str, Any]) -> list[str]:
+    """The model's outputs in engine order."""
+    return list(spec["outputs"]) if "outputs" in spec else [spec["output"]]
+
+
+def profile_fits_network(spec: dict[str, Any], shapes: tuple[tuple[int, ...], ...]) -> bool:
+    """TensorRT's build-time check: min <= opt <= max, and fixed dimensions kept."""
+    if not all(len(s) == len(shapes[0]) for s in shapes) or not all(
+            a <= b <= c for a, b, c in zip(*shapes, strict=True)):
+        return False
+    network = spec.get("input_shape")
+    if network is None:
+        return True
+    return len(network) == len(shapes[0]) and all(
+        d == -1 or all(s[i] == d for s in shapes) for i, d in enumerate(network))
 
 
 class FakeTensorRT:
@@ -155,8 +185,7 @@ class FakeTensorRT:
                 if model is None or len(config.profiles) != 1:
                     return None
                 shapes = config.profiles[0].shapes.get(model["input"])
-                if shapes is None or not all(
-                        a <= b <= c for a, b, c in zip(*shapes, strict=True)):
+                if shapes is None or not profile_fits_network(model, shapes):
                     return None
                 rig.builds.append({"flags": network.flags, "profile": shapes,
                                    "timing_cache": config.cache.data if config.cache else None})
@@ -166,11 +195,11 @@ class FakeTensorRT:
         class Engine:
             def __init__(self, spec: dict[str, Any]) -> None:
                 self.spec = spec
-                self.names = [spec["input"], spec["output"]]
+                self.names = [spec["input"], *output_names(spec)]
 
             @property
             def num_io_tensors(self) -> int:
-                return 2
+                return len(self.names)
 
             def get_tensor_name(self, index: int) -> str:
                 return self.names[index]
@@ -236,7 +265,10 @@ class FakeContext:
         self.input_shape = tuple(int(d) for d in shape)
         return True
 
-    def output_shape(self) -> tuple[int, ...]:
+    def output_shape(self, name: str) -> tuple[int, ...]:
+        if "outputs" in self.spec:
+            n = -1 if self.input_shape is None else self.input_shape[0]
+            return (n, self.spec["outputs"][name])
         if self.input_shape is None:
             return (-1, self.spec["classes"], -1, -1)
         n, _, h, w = self.input_shape
@@ -245,30 +277,37 @@ class FakeContext:
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         if name == self.spec["input"]:
-            return self.input_shape or (-1, 3, -1, -1)
-        assert name == self.spec["output"], name
-        return self.output_shape()
+            return self.input_shape or tuple(self.spec.get("input_shape", (-1, 3, -1, -1)))
+        assert name in output_names(self.spec), name
+        return self.output_shape(name)
 
     def set_tensor_address(self, name: str, address: int) -> bool:
         self.calls.append(("set_tensor_address", (name, address)))
-        if name not in (self.spec["input"], self.spec["output"]):
+        if name not in (self.spec["input"], *output_names(self.spec)):
             return False
         self.addresses[name] = address
         return True
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         self.calls.append(("execute_async_v3", stream_handle))
-        if self.input_shape is None or len(self.addresses) != 2:
+        outputs = output_names(self.spec)
+        if self.input_shape is None or len(self.addresses) != 1 + len(outputs):
             return False
-        in_shape, out_shape = self.input_shape, self.output_shape()
+        in_shape = self.input_shape
+        out_shapes = {name: self.output_shape(name) for name in outputs}
         gpu = self.rig.gpu
-        src, dst = self.addresses[self.spec["input"]], self.addresses[self.spec["output"]]
+        src = self.addresses[self.spec["input"]]
+        dst = {name: self.addresses[name] for name in outputs}
 
         def compute() -> None:
             x = gpu.view(src, int(np.prod(in_shape)) * 4).view(np.float32).reshape(in_shape)
-            y = known_function(x, self.spec["classes"], self.spec["stride"])
-            assert y.shape == out_shape
-            gpu.view(dst, y.nbytes)[:] = y.reshape(-1).view(np.uint8)
+            for head, name in enumerate(outputs):
+                if "outputs" in self.spec:
+                    y = classifier_function(x, self.spec["outputs"][name], head)
+                else:
+                    y = known_function(x, self.spec["classes"], self.spec["stride"])
+                assert y.shape == out_shapes[name]
+                gpu.view(dst[name], y.nbytes)[:] = y.reshape(-1).view(np.uint8)
 
         gpu.enqueue(stream_handle, compute)
         return True

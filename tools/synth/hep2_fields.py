@@ -74,6 +74,9 @@ class Hep2FieldSpec:
     defocus_um: float | None = None  # RMS blur at the specimen beyond the objective's PSF
     photobleaching: float | None = None  # 0..0.6 fraction of signal lost; None: 0..0.3
     exposure: float = 1.0  # multiplies the signal (camera exposure / gain)
+    # Two patterns of different regions: True draws both in every cell (compound), False
+    # gives each cell one of them (separate); None: drawn (half and half).
+    combined: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class Hep2CellTruth:
     plate_stained: bool  # the metaphase plate stains (False for interphase cells)
     brightness: float  # drawn brightness, calibrated units (exposure 1, no bleaching)
     touches_edge: bool  # cut by the image border
+    second: str | None = None  # the other pattern of a compound mixed cell
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,9 @@ def _spec_problems(spec: Hep2FieldSpec) -> list[str]:
         p.append(f"camera_seed {spec.camera_seed} is negative")
     if spec.seed < 0:
         p.append(f"seed {spec.seed} is negative")
+    if spec.combined and not (spec.patterns is not None and len(spec.patterns) == 2
+                              and len({_REGION.get(n) for n, _ in spec.patterns}) == 2):
+        p.append("combined needs two patterns of different regions (one cell shows both)")
     return p
 
 
@@ -282,6 +289,11 @@ def _given(value: float | None, draw: float) -> float:
     return float(value) if value is not None else draw
 
 
+def _given_flag(value: bool | None, draw: bool) -> bool:
+    """The spec's flag when it gives one, else the draw (made either way: same stream)."""
+    return bool(value) if value is not None else bool(draw)
+
+
 # ------------------------------------------------------------------------------ the look
 
 
@@ -314,7 +326,7 @@ def _draw_style(rng: np.random.Generator, plan: _Plan) -> _Style:
         nucleus_ratio=float(rng.uniform(0.5, 0.7)), elongation=float(rng.uniform(0.05, 0.8)),
         irregularity=float(rng.uniform(0.02, 0.14)), overlap=float(rng.uniform(0.0, 0.2)),
         clustering=float(rng.uniform(0.0, 1.0)), spread=float(rng.uniform(0.15, 0.4)),
-        combined=len(regions) == 2 and bool(rng.uniform() < 0.5),
+        combined=len(regions) == 2 and _given_flag(plan.spec.combined, rng.uniform() < 0.5),
         second_weight=float(rng.uniform(0.35, 0.7)),
         background=float(rng.uniform(3.0, 14.0)), bg_texture=float(rng.uniform(0.02, 0.2)),
         red_bleed=float(rng.uniform(0.04, 0.3)), blue_bleed=float(rng.uniform(0.02, 0.2)),
@@ -983,5 +995,5 @@ def _truths(cells: list[_Cell], brightness: np.ndarray, maps: _Maps
         edge = bool(lo[0] < 0 or lo[1] < 0 or hi[0] > w - 1 or hi[1] > h - 1)
         stained = c.mitotic and BY_NAME[c.pattern].metaphase != "unstained"
         out.append(Hep2CellTruth(c.cell_id, float(x), float(y), c.pattern, c.mitotic,
-                                 stained, float(brightness[c.cell_id]), edge))
+                                 stained, float(brightness[c.cell_id]), edge, c.second))
     return tuple(out)

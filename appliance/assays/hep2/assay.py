@@ -27,12 +27,13 @@ from appliance.assays.hep2.quality import measure_hep2_quality, quality_issues
 from appliance.assays.hep2.segmentation import Hep2Cells, segment_cells
 from appliance.assays.hep2.specimen import call_specimen
 from appliance.assays.hep2.types import MITOSIS_CLASSES, CellCall, Hep2Cell, Hep2Result
-from appliance.assays.her2.assay import ScaleInfo
+from appliance.assays.her2.assay import TENSORRT_INT8, ScaleInfo
 from appliance.assays.her2.types import FieldContext, ModelRef
 from appliance.assays.shell import AssayShell
 from appliance.capture.frame import Frame
 from appliance.config import Config
-from appliance.inference.manifest import ModelError, ModelManifest, load_manifest, verify_model
+from appliance.inference.backend import ClassifierBackend
+from appliance.inference.manifest import ModelManifest, load_manifest, verify_model
 from appliance.inference.onnxruntime_backend import OnnxRuntimeBackend
 
 ASSAY = "hep2"
@@ -64,9 +65,9 @@ class Hep2Prepared:
 class Hep2Assay(AssayShell[Hep2Result]):
     """Scores HEp-2 IIF fields with one loaded cell classifier."""
 
-    backend: OnnxRuntimeBackend
+    backend: ClassifierBackend
 
-    def __init__(self, cfg: Config, manifest: ModelManifest, backend: OnnxRuntimeBackend,
+    def __init__(self, cfg: Config, manifest: ModelManifest, backend: ClassifierBackend,
                  precision: str) -> None:
         self.cfg = cfg
         self.manifest = manifest
@@ -78,17 +79,29 @@ class Hep2Assay(AssayShell[Hep2Result]):
 
     @classmethod
     def from_config(cls, cfg: Config) -> Hep2Assay:
-        """Load and verify the shipped classifier."""
-        if cfg.inference.backend != "onnxruntime":
-            raise ModelError("the HEp-2 classifier runs on ONNX Runtime only so far: set "
-                             "inference.backend = \"onnxruntime\" for assay hep2")
+        """Load and verify the shipped classifier on the configured backend.
+
+        TensorRT (Jetson) runs the symmetric INT8 file, as for HER2, with an engine whose
+        profile spans 1 to ``_BATCH`` crops: ``infer`` never sends more at once.
+        """
         manifest = load_manifest(cfg.models_path() / ASSAY)
         precision = cfg.inference.precision
+        tensorrt = cfg.inference.backend == "tensorrt"
+        if tensorrt and precision == "int8":
+            precision = TENSORRT_INT8  # TensorRT refuses the CPU file's non-zero zero points
         path = verify_model(manifest, precision)
         side = cfg.hep2.cells.crop_px
-        backend = OnnxRuntimeBackend(path, threads=cfg.inference.threads,
-                                     input_name=manifest.input.name,
-                                     warmup_input=(1, 2, side, side))
+        backend: ClassifierBackend
+        if tensorrt:
+            # Imported here: tensorrt and pycuda exist on a Jetson only.
+            from appliance.inference.tensorrt_backend import check_item_side, tensorrt_backend_for
+
+            check_item_side(manifest, side, "hep2.cells.crop_px")
+            backend = tensorrt_backend_for(cfg, manifest, precision, path, max_batch=_BATCH)
+        else:
+            backend = OnnxRuntimeBackend(path, threads=cfg.inference.threads,
+                                         input_name=manifest.input.name,
+                                         warmup_input=(1, 2, side, side))
         return cls(cfg, manifest, backend, precision)
 
     def prepare(self, frame: Frame, scale: ScaleInfo | None = None) -> Hep2Prepared:

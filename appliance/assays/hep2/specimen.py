@@ -5,8 +5,8 @@ Pure functions over classified cells, so each rule is tested with constructed ce
 1. **Negative** when the specimen intensity (calibrated units) is below the lab's
    screening cut-off, whatever the classifier says of the faint cells: intensity is what
    the titre / cut-off is about, and a dim field's texture is noise.
-2. **Patterns** from the interphase cells not cut by the border whose top class
-   probability reaches ``min_confidence``: each votes for its most probable staining
+2. **Patterns** from the interphase cells not cut by the border whose votes together
+   hold at least ``min_confidence`` of probability: each votes for its most probable staining
    pattern (the "negative" class left out: in a positive specimen a dim cell is a weak
    cell, not a negative pattern). The pattern with the largest share is reported, and
    every other one whose share reaches ``mixed_share`` too (a mixed pattern). A cell
@@ -64,9 +64,9 @@ def _call(name: str, share: float, confidence: float, evidence: str) -> PatternC
                        confidence=round(confidence, 4), evidence=evidence)
 
 
-def _staining_vote(cell: Hep2Cell) -> tuple[str, float]:
-    """The cell's most probable pattern other than negative, and its probability."""
-    ranked = sorted(((p, n) for n, p in cell.probabilities.items() if n != "negative"),
+def _staining_vote(probabilities: dict[str, float]) -> tuple[str, float]:
+    """The most probable pattern other than negative, and its probability."""
+    ranked = sorted(((p, n) for n, p in probabilities.items() if n != "negative"),
                     reverse=True)
     prob, name = ranked[0]
     return name, prob
@@ -107,7 +107,10 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
             f"intensity {units:.0f} below the cut-off {intensity.negative_below:g}")),))
     interphase = [c for c in cells if not c.mitotic and not c.touches_edge]
     mitotic = [c for c in cells if c.mitotic]
-    voters = [c for c in interphase if _staining_vote(c)[1] >= specimen.min_confidence]
+    # A compound cell (AC-3 in the nucleus, AC-22 in the cytoplasm) splits its probability
+    # between its two patterns: its confidence is what its votes hold together.
+    voters = [c for c in interphase if vote_confidence(c, specimen.second_vote)
+              >= specimen.min_confidence]
     if len(voters) < specimen.min_cells:
         # The intensity says positive; the pattern needs more cells (a 40x field may hold
         # a dozen). Positive without a pattern is what a lab would say of this field.
@@ -119,7 +122,7 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
             f"pattern not determinable in this field: {why}; look at more fields",))
     votes: Counter[str] = Counter()
     for c in voters:
-        votes.update(cell_votes(c, specimen.second_vote))
+        votes.update(votes_from_probabilities(c.probabilities, specimen.second_vote))
     n = len(voters)
     ranked = votes.most_common()
     primary = ranked[0][0]
@@ -140,14 +143,26 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
     return SpecimenCall(True, level, tuple(calls), tuple(warnings))
 
 
-def cell_votes(cell: Hep2Cell, second_vote: float) -> list[str]:
-    """The pattern(s) one cell votes for: its best, and its best of another region."""
-    first, _ = _staining_vote(cell)
+def votes_from_probabilities(probabilities: dict[str, float], second_vote: float) -> list[str]:
+    """The pattern(s) one cell votes for: its best, and its best of another region when
+    that reaches ``second_vote``."""
+    first, _ = _staining_vote(probabilities)
     region = pattern(first).region
-    others = [(p, n) for n, p in cell.probabilities.items()
+    others = [(p, n) for n, p in probabilities.items()
               if n != "negative" and pattern(n).region not in (region, "none")]
     if others:
         prob, name = max(others)
         if prob >= second_vote:
             return [first, name]
     return [first]
+
+
+def cell_votes(cell: Hep2Cell, second_vote: float) -> list[str]:
+    """The pattern(s) one cell votes for (see :func:`votes_from_probabilities`)."""
+    return votes_from_probabilities(cell.probabilities, second_vote)
+
+
+def vote_confidence(cell: Hep2Cell, second_vote: float) -> float:
+    """The probability the cell's votes hold together (one vote: its top probability)."""
+    return sum(cell.probabilities.get(n, 0.0)
+               for n in votes_from_probabilities(cell.probabilities, second_vote))
