@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # System packages the test suite uses: the broker, systemd-analyze, shellcheck for deploy/.
 SYSTEM_PACKAGES := mosquitto systemd shellcheck
 
-.PHONY: demo test lint typecheck pytest system-deps model bench bench-pipeline eval-cases eval-hep2 bench-hep2 clean
+.PHONY: demo test lint typecheck pytest system-deps model model-hep2 bench bench-pipeline eval-cases eval-hep2 bench-hep2 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,13 @@ bench-pipeline: $(STAMP)
 ## eval-cases: positive-control check and calibration on generated slides (about 5-10 min)
 eval-cases: $(STAMP)
 	$(BIN)/python -m tools.eval_cases --json build/eval/eval_cases.json
+
+## model-hep2: train, quantise and measure the HEp-2 classifier into build/hep2 with the
+## shipped recipe (about 50 min on 2 cores; needs torch). Copy to models/hep2 to ship it.
+model-hep2: $(STAMP)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/python -m tools.train_hep2 --cache build/hep2_cache --per-class 1500 --compound 3000 \
+	  --steps 5000 --lr 0.003 --width 24 --out build/hep2 --plots build/hep2
 
 ## eval-hep2: HEp-2 assay on held-out generated specimens, INT8 and FP32, targets of issue #7
 ## (about 3-4 min per precision on 2 cores)

@@ -283,3 +283,14 @@ def test_bench_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
             assert r["cells_per_field"] > 0 and r["ms_per_field"] > 0
     assert out.stat().st_size > 1000
     assert "INT8 speed-up" in capsys.readouterr().out
+
+
+def test_false_second_patterns_are_counted_for_single_and_mixed_specimens() -> None:
+    clean = outcome("single", ("centromere",), ("centromere",), positive=True)
+    extra = outcome("single", ("centromere",), ("centromere", "golgi"), positive=True)
+    mixed_ok = outcome("mixed", ("centromere", "golgi"), ("golgi", "centromere"), positive=True)
+    mixed_extra = outcome("mixed", ("centromere", "golgi"), ("centromere", "coarse_speckled"),
+                          positive=True)
+    summary = specimen_summary([clean, extra, mixed_ok, mixed_extra])
+    assert summary["single_with_false_second"] == 0.5
+    assert summary["mixed_with_false_pattern"] == 0.5

@@ -178,7 +178,8 @@ def test_set_assay_switches_the_running_box_to_hep2(tmp_path: Path, broker: Mosq
         birth = next(json.loads(m.payload) for m in births
                      if json.loads(m.payload).get("assay") == "hep2")
         assert birth["status"] == "online"
-        assert [m["name"] for m in birth["models"]] == ["hep2-cells-v1"]
+        shipped = json.loads((REPO / "models" / "hep2" / "manifest.json").read_text())
+        assert [m["name"] for m in birth["models"]] == [shipped["name"]]
     finally:
         sender.loop_stop()
         proc.send_signal(signal.SIGTERM)

@@ -122,7 +122,7 @@ def test_the_shipped_manifest_gives_a_batch_profile_and_her2_keeps_its_tiles() -
     assert describe_profile(profile) == f"1x2x64x64..64x2x64x64..{BATCH}x2x64x64"
     # A small batch caps the optimum; no batch at all is refused, naming the model.
     assert profile_for(hep2, 512, 16).opt == (16, 2, 64, 64)
-    with pytest.raises(ModelError, match=r"hep2-cells-v1.*largest batch"):
+    with pytest.raises(ModelError, match=rf"{hep2.name}.*largest batch"):
         profile_for(hep2, 512, None)
     with pytest.raises(ModelError, match="largest batch of 0"):
         profile_for(hep2, 512, 0)
@@ -266,7 +266,7 @@ def test_from_config_runs_the_classifier_on_tensorrt(rig: Rig) -> None:
         assert isinstance(assay.backend, TensorRTBackend)
         assert assay.model.precision == "int8_trt"  # results say which file ran
         assert rig.trt.builds[0]["profile"] == PROFILE
-        assert rig.engine.name.startswith("hep2-cells-v1-int8_trt-")
+        assert rig.engine.name.startswith(f"{rig.manifest.name}-int8_trt-")
         field = generate_hep2_field(Hep2FieldSpec(seed=61_001, width=640, height=480,
                                                   um_per_px=0.5, patterns=(("centromere", 1),),
                                                   intensity=120.0))

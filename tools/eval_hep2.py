@@ -264,6 +264,11 @@ def specimen_summary(outcomes: Sequence[SpecimenOutcome]) -> dict[str, object]:
         "mixed_both_reported": _rate(sum(o.pattern_correct for o in mixed), len(mixed)),
         "mixed_first_correct": _rate(sum(o.first in o.truth_patterns for o in mixed),
                                      len(mixed)),
+        # The other side of mixed calls: a pattern reported that is not there.
+        "single_with_false_second": _rate(sum(o.status == "scored" and len(o.reported) > 1
+                                              for o in single), len(single)),
+        "mixed_with_false_pattern": _rate(sum(bool(set(o.reported) - set(o.truth_patterns))
+                                              for o in mixed), len(mixed)),
         "positive_negative_agreement": _rate(sum(o.sign_correct for o in outcomes),
                                              len(outcomes)),
         "not_scorable": sum(o.status != "scored" for o in outcomes),
@@ -379,8 +384,8 @@ def format_report(cells: dict[str, object], specimens: dict[str, object],
     lines.append(f"  {'metaphases in truth (matched)':<34}{cells['metaphases_true']:>5}")
     lines += ["", "specimen level"]
     for key in ("pattern_accuracy", "negative_called_negative", "mixed_both_reported",
-                "mixed_first_correct", "positive_negative_agreement",
-                "intensity_level_agreement"):
+                "mixed_first_correct", "single_with_false_second", "mixed_with_false_pattern",
+                "positive_negative_agreement", "intensity_level_agreement"):
         lines.append(f"  {key:<34}{_pct(specimens[key])} %")
     ratio = _number(specimens["intensity_median_ratio"])
     lines.append(f"  {'intensity measured/drawn, median':<34}"
