@@ -1,6 +1,7 @@
-"""Cell-crop datasets for the HEp-2 classifier: generated, a lab's cell folders, a lab's fields.
+"""Cell-crop datasets for the HEp-2 classifier: generated (one pattern or compound), a lab's cell
+folders, a lab's fields.
 
-Three sources, one form (:class:`CropSet`: the normalised crops of crops.py, a pattern
+Four sources, one form (:class:`CropSet`: the normalised crops of crops.py, a pattern
 index into patterns.NAMES, a mitosis index into MITOSIS_CLASSES or -1 when unknown, and a
 per-crop loss weight):
 

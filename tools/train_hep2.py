@@ -87,7 +87,8 @@ MITOSIS_LOSS_WEIGHT = 0.5  # the mitosis head rides along; the pattern is the ma
 WARMUP_STEPS = 150
 PROBE_STEPS = 30  # steps timed before a time-budgeted run fixes its length
 # A compound cell (two regions stained) is taught as half one pattern, half the other, so
-# its probabilities name both and the specimen rules can count both (specimen.cell_votes).
+# its probabilities name both and the specimen rules can count both
+# (specimen.votes_from_probabilities).
 COMPOUND_SPLIT = 0.5
 SECOND_VOTE = 0.3  # hep2.specimen.second_vote default: what "both named" means below
 
@@ -328,7 +329,7 @@ def onnx_predict(path: Path, crops: np.ndarray, batch: int = 256) -> tuple[np.nd
 def both_named(probs: np.ndarray, first: np.ndarray, second: np.ndarray,
                second_vote: float = SECOND_VOTE) -> np.ndarray:
     """Per compound crop: do the specimen rules' votes (appliance.assays.hep2.specimen.
-    cell_votes) name both of its patterns?"""
+    votes_from_probabilities) name both of its patterns?"""
     from appliance.assays.hep2.specimen import votes_from_probabilities
 
     out = np.zeros(len(first), bool)
@@ -340,7 +341,7 @@ def both_named(probs: np.ndarray, first: np.ndarray, second: np.ndarray,
 
 
 def measure_compound(path: Path, data: CropSet) -> dict[str, object]:
-    """Held-out compound cells: how often the votes name both patterns, per region pair."""
+    """Held-out compound cells: how often the specimen votes name both of their patterns."""
     if not len(data):
         return {"cells": 0}
     probs, _ = onnx_outputs(path, data.crops)

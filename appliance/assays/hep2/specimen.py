@@ -157,11 +157,6 @@ def votes_from_probabilities(probabilities: dict[str, float], second_vote: float
     return [first]
 
 
-def cell_votes(cell: Hep2Cell, second_vote: float) -> list[str]:
-    """The pattern(s) one cell votes for (see :func:`votes_from_probabilities`)."""
-    return votes_from_probabilities(cell.probabilities, second_vote)
-
-
 def vote_confidence(cell: Hep2Cell, second_vote: float) -> float:
     """The probability the cell's votes hold together (one vote: its top probability)."""
     return sum(cell.probabilities.get(n, 0.0)
