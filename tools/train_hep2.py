@@ -47,6 +47,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
+from appliance.assays.hep2.assay import softmax
 from appliance.assays.hep2.patterns import BY_NAME, NAMES
 from appliance.assays.hep2.types import MITOSIS_CLASSES
 from appliance.config import Hep2CellsConfig
@@ -312,8 +313,7 @@ def onnx_outputs(path: Path, crops: np.ndarray, batch: int = 256) -> tuple[np.nd
     pats, mits = [], []
     for i in range(0, len(crops), batch):
         p, m = sess.run([PATTERN_OUTPUT, MITOSIS_OUTPUT], {INPUT_NAME: crops[i:i + batch]})
-        e = np.exp(p - p.max(axis=1, keepdims=True))
-        pats.append(e / e.sum(axis=1, keepdims=True))
+        pats.append(softmax(p))
         mits.append(m)
     if not pats:
         return np.zeros((0, len(NAMES)), np.float32), np.zeros((0, len(MITOSIS_CLASSES)))

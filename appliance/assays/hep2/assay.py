@@ -210,8 +210,8 @@ class Hep2Assay(AssayShell[Hep2Result]):
         mask = (small > bg + 0.1 * max(top, 1e-3)).astype(np.float32)
         crop = np.stack([signal, mask])[None].astype(np.float32)
         out = self.backend.run_named(crop)
-        probs = _softmax(out["pattern_logits"])[0]
-        mit = _softmax(out["mitosis_logits"])[0]
+        probs = softmax(out["pattern_logits"])[0]
+        mit = softmax(out["mitosis_logits"])[0]
         best = int(np.argmax(probs))
         return CellCall(file=source, pattern=NAMES[best], icap=pattern(NAMES[best]).icap,
                         confidence=float(probs[best]),
@@ -273,7 +273,8 @@ def estimate_scale(green: np.ndarray, cfg: Config) -> ScaleInfo:
     return ScaleInfo(um, "estimated", tuple(warnings))
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, classes) logits: the class probabilities."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     out: np.ndarray = e / e.sum(axis=1, keepdims=True)
@@ -288,8 +289,8 @@ def _cells(seg: Hep2Cells, ids: np.ndarray, bright: np.ndarray,
     A cell is a metaphase only when the mitosis head is sure of it: a false metaphase
     would take a voter away from the pattern call.
     """
-    probs = _softmax(outputs["pattern_logits"]) if len(ids) else np.zeros((0, len(NAMES)))
-    mit = _softmax(outputs["mitosis_logits"]) if len(ids) else np.zeros((0, 3))
+    probs = softmax(outputs["pattern_logits"]) if len(ids) else np.zeros((0, len(NAMES)))
+    mit = softmax(outputs["mitosis_logits"]) if len(ids) else np.zeros((0, 3))
     out = []
     for row, label in enumerate(ids):
         i = int(label) - 1
