@@ -46,7 +46,7 @@ from tools.verify_engine import compare_cell_logits, hep2_label
 
 REPO = Path(__file__).resolve().parent.parent
 HEADS = {"pattern_logits": 17, "mitosis_logits": 3}
-BATCH = hep2_assay._BATCH
+BATCH = hep2_assay.CLASSIFIER_BATCH
 PROFILE = ((1, 2, 64, 64), (64, 2, 64, 64), (BATCH, 2, 64, 64))
 
 

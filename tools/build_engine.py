@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from appliance.assays.hep2.assay import _BATCH as HEP2_BATCH
+from appliance.assays.hep2.assay import CLASSIFIER_BATCH as HEP2_BATCH
 from appliance.assays.her2.assay import TENSORRT_INT8
 from appliance.config import Config, ConfigError, load_config
 from appliance.inference.engine_stamp import EngineStamp

@@ -37,7 +37,9 @@ from appliance.inference.manifest import ModelManifest, load_manifest, verify_mo
 from appliance.inference.onnxruntime_backend import OnnxRuntimeBackend
 
 ASSAY = "hep2"
-_BATCH = 256  # cells per classifier run: bounded memory on a big field
+# Cells per classifier run: bounded memory on a big field. Also the largest batch of the
+# TensorRT engine's profile (tools/build_engine.py builds it with this value).
+CLASSIFIER_BATCH = 256
 # HEp-2 cells are 15-25 µm across; the scale estimate assumes the median whole cell is this.
 ASSUMED_CELL_DIAMETER_UM = 20.0
 _PROVISIONAL_UM_PER_PX = 0.5
@@ -82,7 +84,7 @@ class Hep2Assay(AssayShell[Hep2Result]):
         """Load and verify the shipped classifier on the configured backend.
 
         TensorRT (Jetson) runs the symmetric INT8 file, as for HER2, with an engine whose
-        profile spans 1 to ``_BATCH`` crops: ``infer`` never sends more at once.
+        profile spans 1 to ``CLASSIFIER_BATCH`` crops: ``infer`` never sends more at once.
         """
         manifest = load_manifest(cfg.models_path() / ASSAY)
         precision = cfg.inference.precision
@@ -97,7 +99,8 @@ class Hep2Assay(AssayShell[Hep2Result]):
             from appliance.inference.tensorrt_backend import check_item_side, tensorrt_backend_for
 
             check_item_side(manifest, side, "hep2.cells.crop_px")
-            backend = tensorrt_backend_for(cfg, manifest, precision, path, max_batch=_BATCH)
+            backend = tensorrt_backend_for(cfg, manifest, precision, path,
+                                           max_batch=CLASSIFIER_BATCH)
         else:
             backend = OnnxRuntimeBackend(path, threads=cfg.inference.threads,
                                          input_name=manifest.input.name,
@@ -146,8 +149,9 @@ class Hep2Assay(AssayShell[Hep2Result]):
         t0 = time.perf_counter()
         crops = prepared.crops if prepared.crops is not None else np.zeros((0, 2, 1, 1))
         outs: dict[str, list[np.ndarray]] = {"pattern_logits": [], "mitosis_logits": []}
-        for start in range(0, len(crops), _BATCH):
-            got = self.backend.run_named(np.ascontiguousarray(crops[start:start + _BATCH]))
+        for start in range(0, len(crops), CLASSIFIER_BATCH):
+            part = crops[start:start + CLASSIFIER_BATCH]
+            got = self.backend.run_named(np.ascontiguousarray(part))
             for key in outs:
                 outs[key].append(got[key])
         prepared.base.timings_ms["model"] = (time.perf_counter() - t0) * 1000.0
