@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # System packages the test suite uses: the broker, systemd-analyze, shellcheck for deploy/.
 SYSTEM_PACKAGES := mosquitto systemd shellcheck
 
-.PHONY: demo test lint typecheck pytest system-deps model model-hep2 bench bench-pipeline eval-cases eval-hep2 bench-hep2 clean
+.PHONY: demo test lint typecheck pytest system-deps model model-hep2 bench bench-pipeline eval-cases eval-hep2 tune-hep2 bench-hep2 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,10 +79,15 @@ model-hep2: $(STAMP)
 	  --steps 5000 --lr 0.003 --width 24 --out build/hep2 --plots build/hep2
 
 ## eval-hep2: HEp-2 assay on held-out generated specimens, INT8 and FP32, targets of issue #7
-## (about 3-4 min per precision on 2 cores)
+## (about 7 min per precision on 2 cores)
 eval-hep2: $(STAMP)
 	$(BIN)/python -m tools.eval_hep2 --precision int8 --specimens 20 --json build/eval/eval_hep2_int8.json
 	$(BIN)/python -m tools.eval_hep2 --precision fp32 --specimens 20 --json build/eval/eval_hep2_fp32.json
+
+## tune-hep2: the HEp-2 specimen rules' thresholds, mixed patterns found vs false ones
+## (about 5 min; prints the choice, the defaults stay a person's decision)
+tune-hep2: $(STAMP)
+	$(BIN)/python -m tools.tune_hep2 --json build/eval/tune_hep2.json
 
 ## bench-hep2: HEp-2 classifier cells/s and whole-assay fields/s, FP32 vs INT8
 bench-hep2: $(STAMP)

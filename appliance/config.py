@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 
 def _f(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
-       choices: tuple[str, ...] | None = None) -> Any:
+       choices: tuple[Any, ...] | None = None) -> Any:
     """A config field with its description and bounds."""
     meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices}
     if isinstance(default, (list, dict)):
@@ -320,6 +320,12 @@ class Hep2CellsConfig:
     crop_um: float = _f(
         32.0, "Side of the cell crop at the specimen (µm): a cell and a margin", lo=8, hi=120,
     )
+    orientations: int = _f(
+        4, "Each cell crop is classified this many ways (as drawn, mirrored, turned half a "
+        "turn, both; 8 adds the quarter turns) and the logits averaged: a cell's pattern does "
+        "not depend on how it lies. Costs that many times the classifier (tools/bench_hep2)",
+        choices=(1, 2, 4, 8),
+    )
 
 
 @dataclass(frozen=True)
@@ -353,6 +359,12 @@ class Hep2SpecimenConfig:
     mitotic_min_cells: int = _f(
         2, "Metaphase cells needed before their plate staining may confirm or correct the "
         "interphase call (AC-1 vs AC-4/5)", lo=1, hi=1000,
+    )
+    subtype_max_um_per_px: float = _f(
+        0.7, "Fields coarser than this many µm per pixel (a 10x objective, which resolves "
+        "about 1 µm) give an expert-level subtype call (AC-2/4/5, AC-6/7, AC-8/9/10, "
+        "AC-11/12) a warning: report its competent-level group or confirm at 20x or higher",
+        lo=0.1, hi=5,
     )
 
 
@@ -645,7 +657,7 @@ def _check_bounds(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
         if hi is not None and v > hi:
             raise ConfigError(key, f"{v} is above the maximum {hi}")
         if choices is not None and v not in choices:
-            raise ConfigError(key, f"{v!r} is not one of {', '.join(choices)}")
+            raise ConfigError(key, f"{v!r} is not one of {', '.join(map(str, choices))}")
 
 
 def _build(cls: Any, data: typing.Mapping[str, Any], prefix: str) -> Any:

@@ -220,6 +220,9 @@ def test_add_cells_on_a_generated_field_with_its_own_labels() -> None:
     assert summary["metaphase_recall"] == 1.0 and summary["metaphase_precision"] == 1.0
     assert summary["plate_accuracy"] == 1.0
     assert summary["mean_class_accuracy_by_band"] == {"20x": 1.0}  # 0.5 um/px is 20x
+    by_band = summary["per_class_recall_by_band"]
+    assert isinstance(by_band, dict) and set(by_band) == {"20x"}
+    assert {r for r in by_band["20x"].values() if r is not None} == {1.0}
     # Every call wrong: the golgi row goes to another class, metaphases are missed.
     wrong = CellTally()
     add_cells(wrong, field, seg, fake_result([call(k, "homogeneous", "interphase")

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from appliance.assays.hep2.patterns import NAMES, canonical, pattern
+from appliance.assays.hep2.patterns import NAMES, SUBTYPE_GROUPS, canonical, pattern, subtype_group
 from appliance.assays.hep2.specimen import (
     call_specimen,
     intensity_level,
@@ -158,3 +158,37 @@ def test_votes_from_probabilities_needs_the_second_region_to_reach_second_vote()
     probs.update(homogeneous=0.7, cyto_fibrillar=0.2, nucleolar_homogeneous=0.1)
     assert votes_from_probabilities(probs, 0.3) == ["homogeneous"]
     assert votes_from_probabilities(probs, 0.15) == ["homogeneous", "cyto_fibrillar"]
+
+
+def test_a_subtype_called_at_10x_warns_to_report_its_group() -> None:
+    cs = cells("nucleolar_clumpy", 30)
+    coarse = call_specimen(cs, 80.0, specimen=SPEC, intensity=INT, um_per_px=0.95)
+    assert [p.icap for p in coarse.patterns] == ["AC-9"]  # the call itself stands
+    (warning,) = [w for w in coarse.warnings if "resolution" in w]
+    assert "AC-9" in warning and "nucleolar (AC-8,9,10)" in warning and "0.95" in warning
+    for um in (0.5, None):  # 20x, or a scale nobody knows: no such warning
+        fine = call_specimen(cs, 80.0, specimen=SPEC, intensity=INT, um_per_px=um)
+        assert not any("resolution" in w for w in fine.warnings)
+
+
+def test_patterns_without_subtypes_do_not_warn_at_10x() -> None:
+    for name in ("centromere", "homogeneous", "golgi"):
+        result = call_specimen(cells(name, 30), 80.0, specimen=SPEC, intensity=INT,
+                               um_per_px=1.0)
+        assert not any("resolution" in w for w in result.warnings), name
+
+
+def test_each_subtype_of_a_mixed_call_warns_once() -> None:
+    cs = cells("fine_speckled", 20) + cells("envelope_punctate", 20)
+    result = call_specimen(cs, 80.0, specimen=SPEC, intensity=INT, um_per_px=0.9)
+    warned = [w for w in result.warnings if "resolution" in w]
+    assert len(warned) == 2
+    assert any("nuclear envelope (AC-11,12)" in w for w in warned)
+    assert any("nuclear speckled (AC-2,4,5)" in w for w in warned)
+
+
+def test_every_subtype_group_member_is_a_class_in_one_group() -> None:
+    members = [n for group in SUBTYPE_GROUPS.values() for n in group]
+    assert len(members) == len(set(members)) and set(members) <= set(NAMES)
+    assert subtype_group("nucleolar_punctate") == "nucleolar (AC-8,9,10)"
+    assert subtype_group("centromere") is None

@@ -11,7 +11,9 @@
    ``Hep2Assay.score`` runs it, scale declared) on generated fields at 800x600 and
    1280x960 (0.5 µm/px, the 20x objective), FP32 and INT8 alternating field by field:
    fields/s, cells/s and the stage split from ``result.timings_ms`` (quality / cells /
-   model / rules).
+   model / rules). The model stage classifies each crop in ``hep2.cells.orientations``
+   orientations (``--orientations``, default the config's), so it costs that many times
+   the classifier alone.
 
 Prints a table and writes a chart; asserts nothing (speed targets live here, never in
 tests). Absolute times on a shared 2-core machine drift from run to run: compare the
@@ -34,9 +36,10 @@ import numpy as np
 from tqdm import tqdm
 
 from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.orientations import ORIENTATIONS
 from appliance.assays.hep2.patterns import NAMES
 from appliance.capture.frame import Frame
-from appliance.config import Config, with_overrides
+from appliance.config import Config, Hep2CellsConfig, with_overrides
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field
 
 BENCH_SEED = 900_000  # apart from training (700000+) and the eval (500000+)
@@ -149,7 +152,8 @@ def format_table(report: dict[str, Any]) -> str:
     speedup = clf["fp32"]["ms_per_batch"] / clf["int8"]["ms_per_batch"]
     lines.append(f"INT8 speed-up over FP32: {speedup:.2f}x; FP32/INT8 agreement: pattern "
                  f"{agree['pattern']:.3f}, mitosis {agree['mitosis']:.3f}")
-    lines += ["", "whole assay per field (0.5 um/px, scale declared)",
+    lines += ["", f"whole assay per field (0.5 um/px, scale declared, "
+                  f"{report['orientations']} orientations per crop)",
               f"{'size':<10}{'precision':<10}{'cells':>6}{'ms':>8}{'fields/s':>10}"
               f"{'cells/s':>9}" + "".join(f"{s:>9}" for s in STAGES)]
     for size, per in fields.items():
@@ -211,6 +215,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0,
                     help="ONNX Runtime threads (default 0: one per core)")
     ap.add_argument("--models-dir", default="", help="default: the shipped models/")
+    ap.add_argument("--orientations", type=int, choices=ORIENTATIONS,
+                    default=Hep2CellsConfig().orientations,
+                    help="orientations per crop in the whole assay (default: the config's)")
     ap.add_argument("--out", type=Path, default=Path("docs/img/bench_hep2.png"),
                     help="the chart (PNG)")
     ap.add_argument("--json", type=Path, default=None, help="write all numbers here")
@@ -226,7 +233,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Load both precisions, run both benchmarks, return the report."""
     base = with_overrides(Config(), {"assay": "hep2", "inference.models_dir": args.models_dir,
-                                     "inference.threads": args.threads})
+                                     "inference.threads": args.threads,
+                                     "hep2.cells.orientations": args.orientations})
     assays = {p: Hep2Assay.from_config(with_overrides(base, {"inference.precision": p}))
               for p in PRECISIONS}
     try:
@@ -238,6 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       f"{args.threads or 'one per core'}",
             "batch": args.batch, "repeats": args.repeats, "fields_per_size": args.fields,
             "um_per_px": UM_PER_PX, "model": assays["int8"].model.name,
+            "orientations": args.orientations,
             "classifier": classifier_report(times, args.batch),
             "agreement": agreement(assays, batch),
             "assay": {label: time_assay(assays, fields, label) for label, fields in sets.items()},

@@ -237,6 +237,10 @@ def cell_summary(tally: CellTally) -> dict[str, object]:
         "plate_accuracy": _rate(tally.plate_correct, tally.mitotic_hit),
         "mean_class_accuracy_by_band": {name: mean_class_accuracy(tally.by_band[name])
                                         for name, _ in BANDS if name in tally.by_band},
+        # Which patterns hold at which objective (the subtype rule's evidence).
+        "per_class_recall_by_band": {
+            name: dict(zip(NAMES, per_class_recall(tally.by_band[name]), strict=True))
+            for name, _ in BANDS if name in tally.by_band},
     }
 
 

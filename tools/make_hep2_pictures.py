@@ -2,7 +2,9 @@
 
 * ``docs/img/hep2-overlay-homogeneous.png``: the stored overlay of an AC-1 field with
   metaphases (magenta), its banner and the metaphase evidence;
-* ``docs/img/hep2-live-mixed.png``: the live display on a mixed specimen.
+* ``docs/img/hep2-live-mixed.png``: the live display on a mixed specimen;
+* ``docs/img/hep2-overlay-nucleolar-10x.png``: a nucleolar field at 10x, whose subtype
+  call carries the warning to report the group or confirm at a higher magnification.
 
     python -m tools.make_hep2_pictures
 """
@@ -33,7 +35,7 @@ def _write(name: str, rgb: np.ndarray) -> None:
 
 
 def main() -> int:
-    """Write the two pictures."""
+    """Write the three pictures."""
     cfg = with_overrides(Config(), {"assay": "hep2"})
     with Hep2Assay.from_config(cfg) as assay:
         ac1 = generate_hep2_field(Hep2FieldSpec(
@@ -52,6 +54,12 @@ def main() -> int:
                             processed_fps=3.9, latency_ms=320.0)
         _write("hep2-live-mixed.png", compose_live(mixed.image, result, status,
                                                    size=(1280, 720)))
+        nucleolar = generate_hep2_field(Hep2FieldSpec(
+            seed=61_003, width=800, height=600, um_per_px=0.95,
+            patterns=(("nucleolar_homogeneous", 1.0),), intensity=120.0))
+        result = assay.score(Frame(image=nucleolar.image, seq=3, timestamp=0.0,
+                                   source="ac8-10x.png", um_per_px=0.95))
+        _write("hep2-overlay-nucleolar-10x.png", render_overlay(nucleolar.image, result))
     return 0
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from appliance.assays.hep2 import intensity as brightness_mod
 from appliance.assays.hep2.calibration import intensity_is_calibrated
 from appliance.assays.hep2.crops import crops_for
+from appliance.assays.hep2.orientations import mean_over_orientations, oriented
 from appliance.assays.hep2.patterns import NAMES, pattern
 from appliance.assays.hep2.quality import measure_hep2_quality, quality_issues
 from appliance.assays.hep2.segmentation import Hep2Cells, segment_cells
@@ -145,18 +146,27 @@ class Hep2Assay(AssayShell[Hep2Result]):
                             bright, field_grey, frame.exposure_pinned)
 
     def infer(self, prepared: Hep2Prepared) -> dict[str, np.ndarray]:
-        """The classifier on every crop: pattern and mitosis logits."""
+        """The classifier on every crop: pattern and mitosis logits, each the mean over the
+        configured orientations of the crop (orientations.py)."""
         t0 = time.perf_counter()
         crops = prepared.crops if prepared.crops is not None else np.zeros((0, 2, 1, 1))
+        out = self._logits(crops, self.cfg.hep2.cells.orientations)
+        prepared.base.timings_ms["model"] = (time.perf_counter() - t0) * 1000.0
+        return out
+
+    def _logits(self, crops: np.ndarray, orientations: int) -> dict[str, np.ndarray]:
+        """Both heads' logits for (N, 2, S, S) crops, averaged over ``orientations``."""
+        if len(crops) == 0:
+            return {"pattern_logits": np.zeros((0, len(NAMES)), np.float32),
+                    "mitosis_logits": np.zeros((0, len(MITOSIS_CLASSES)), np.float32)}
+        views = oriented(crops, orientations)
         outs: dict[str, list[np.ndarray]] = {"pattern_logits": [], "mitosis_logits": []}
-        for start in range(0, len(crops), CLASSIFIER_BATCH):
-            part = crops[start:start + CLASSIFIER_BATCH]
-            got = self.backend.run_named(np.ascontiguousarray(part))
+        for start in range(0, len(views), CLASSIFIER_BATCH):
+            got = self.backend.run_named(
+                np.ascontiguousarray(views[start:start + CLASSIFIER_BATCH]))
             for key in outs:
                 outs[key].append(got[key])
-        prepared.base.timings_ms["model"] = (time.perf_counter() - t0) * 1000.0
-        return {k: (np.concatenate(v) if v else np.zeros((0, len(NAMES) if k[0] == "p" else 3),
-                                                         np.float32))
+        return {k: mean_over_orientations(np.concatenate(v), orientations)
                 for k, v in outs.items()}
 
     def finish(self, prepared: Hep2Prepared, outputs: dict[str, np.ndarray]) -> Hep2Result:
@@ -187,7 +197,8 @@ class Hep2Assay(AssayShell[Hep2Result]):
                                       "relative units")
         if not calibrated:
             warnings.append(why)  # ends in ": relative units"
-        call = call_specimen(cells, units, specimen=h2.specimen, intensity=h2.intensity)
+        call = call_specimen(cells, units, specimen=h2.specimen, intensity=h2.intensity,
+                             um_per_px=um)
         prepared.base.timings_ms["rules"] = (time.perf_counter() - t0) * 1000.0
         common = dict(cells=tuple(cells), cells_interphase=len(interphase),
                       cells_mitotic=len(cells) - len(interphase), intensity_units=units,
@@ -213,7 +224,7 @@ class Hep2Assay(AssayShell[Hep2Result]):
         signal = np.clip((small - bg) / max(top, 1e-3), 0.0, 1.5)
         mask = (small > bg + 0.1 * max(top, 1e-3)).astype(np.float32)
         crop = np.stack([signal, mask])[None].astype(np.float32)
-        out = self.backend.run_named(crop)
+        out = self._logits(crop, self.cfg.hep2.cells.orientations)
         probs = softmax(out["pattern_logits"])[0]
         mit = softmax(out["mitosis_logits"])[0]
         best = int(np.argmax(probs))

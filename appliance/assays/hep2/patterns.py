@@ -64,6 +64,22 @@ PATTERNS: tuple[Pattern, ...] = (
 BY_NAME: dict[str, Pattern] = {p.name: p for p in PATTERNS}
 NAMES: tuple[str, ...] = tuple(p.name for p in PATTERNS)
 
+# ICAP competent-level groups whose members this table tells apart (the expert level).
+# Reporting at the group level is accepted practice where the subtype is unsure (ICAP,
+# anapatterns.org; Van Hoovels et al. 2020, Auto Immun Highlights 11:17, table 2).
+SUBTYPE_GROUPS: dict[str, tuple[str, ...]] = {
+    "nuclear speckled (AC-2,4,5)": ("dense_fine_speckled", "fine_speckled", "coarse_speckled"),
+    "discrete nuclear dots (AC-6,7)": ("multiple_nuclear_dots", "few_nuclear_dots"),
+    "nucleolar (AC-8,9,10)": ("nucleolar_homogeneous", "nucleolar_clumpy",
+                              "nucleolar_punctate"),
+    "nuclear envelope (AC-11,12)": ("envelope_smooth", "envelope_punctate"),
+}
+
+
+def subtype_group(name: str) -> str | None:
+    """The competent-level group a class is an expert-level subtype of, or None."""
+    return next((g for g, members in SUBTYPE_GROUPS.items() if name in members), None)
+
 # Folder / label names of public and lab datasets mapped to ours (case-insensitive).
 # ICPR 2012 (MIVIA) and ICPR 2014 (I3A) use these; "speckled" without more is AC-2/4/5 in
 # ICAP terms, and the 2014 set means the fine kind, so it maps to AC-4.

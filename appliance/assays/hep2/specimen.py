@@ -18,6 +18,11 @@ Pure functions over classified cells, so each rule is tested with constructed ce
    ``mitotic_min_cells`` metaphases, a homogeneous / dense-fine-speckled call whose
    plates do not stain becomes the better of fine / coarse speckled, and the other way
    round; the evidence says so. Without metaphases such a call carries a warning.
+4. **Subtypes need resolution.** An expert-level subtype (fine vs coarse speckled,
+   multiple vs few dots, the three nucleolar kinds, smooth vs punctate envelope) differs in
+   detail below a micrometre. On a field coarser than ``subtype_max_um_per_px`` (a 10x
+   objective) such a call keeps its name and carries a warning to report its ICAP
+   competent-level group or to confirm at a higher magnification.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from appliance.assays.hep2.patterns import pattern
+from appliance.assays.hep2.patterns import pattern, subtype_group
 from appliance.assays.hep2.types import Hep2Cell, PatternCall
 from appliance.config import Hep2IntensityConfig, Hep2SpecimenConfig
 
@@ -98,9 +103,29 @@ def metaphase_evidence(primary: str, mitotic: Sequence[Hep2Cell], voters: Sequen
     return primary, f"{plates}: consistent", None
 
 
+def subtype_warnings(calls: Sequence[PatternCall], um_per_px: float | None,
+                     cfg: Hep2SpecimenConfig) -> list[str]:
+    """The subtype rule (4 above): a warning for each expert-level subtype called on a field
+    too coarse for it (``um_per_px`` None: the scale is unknown, no warning)."""
+    if um_per_px is None or um_per_px <= cfg.subtype_max_um_per_px:
+        return []
+    out = []
+    for c in calls:
+        group = subtype_group(c.name)
+        if group is not None:
+            out.append(f"{c.icap} called at {um_per_px:.2f} µm/px (about a 10x objective): "
+                       f"its subtype is below the optical resolution here; report "
+                       f"{group} or confirm at 20x or higher")
+    return out
+
+
 def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2SpecimenConfig,
-                  intensity: Hep2IntensityConfig) -> SpecimenCall:
-    """Positive / negative, intensity level and the pattern(s) of one field's cells."""
+                  intensity: Hep2IntensityConfig, um_per_px: float | None = None
+                  ) -> SpecimenCall:
+    """Positive / negative, intensity level and the pattern(s) of one field's cells.
+
+    ``um_per_px``: the field's scale, for the subtype rule (None: unknown, no such rule).
+    """
     level = intensity_level(units, intensity)
     if level == "negative":
         return SpecimenCall(False, level, (_call("negative", 1.0, 1.0, (
@@ -140,6 +165,7 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
                                f"{count} of {n} cells (mixed pattern)"))
     if n < specimen.few_cells:
         warnings.append(f"pattern called from only {n} cells: look at more fields")
+    warnings += subtype_warnings(calls, um_per_px, specimen)
     return SpecimenCall(True, level, tuple(calls), tuple(warnings))
 
 
