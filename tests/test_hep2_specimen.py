@@ -10,6 +10,7 @@ from appliance.assays.hep2.patterns import NAMES, SUBTYPE_GROUPS, canonical, pat
 from appliance.assays.hep2.specimen import (
     call_specimen,
     intensity_level,
+    look_alikes,
     vote_confidence,
     votes_from_probabilities,
 )
@@ -192,3 +193,37 @@ def test_every_subtype_group_member_is_a_class_in_one_group() -> None:
     assert len(members) == len(set(members)) and set(members) <= set(NAMES)
     assert subtype_group("nucleolar_punctate") == "nucleolar (AC-8,9,10)"
     assert subtype_group("centromere") is None
+
+
+def test_two_subtypes_of_one_group_are_doubt_not_a_mixed_pattern() -> None:
+    cs = cells("nucleolar_homogeneous", 40) + cells("nucleolar_punctate", 20)
+    result = call_specimen(cs, 80.0, specimen=SPEC, intensity=INT, um_per_px=0.5)
+    assert [p.icap for p in result.patterns] == ["AC-8"]
+    (doubt,) = [w for w in result.warnings if "look-alike" in w]
+    assert "20 of 60 cells read as AC-10" in doubt and "AC-8" in doubt
+
+
+def test_nuclear_dots_and_nucleoli_are_look_alikes_only_on_a_coarse_field() -> None:
+    cs = cells("nucleolar_homogeneous", 40) + cells("few_nuclear_dots", 20)
+    fine = call_specimen(cs, 80.0, specimen=SPEC, intensity=INT, um_per_px=0.5)
+    assert [p.icap for p in fine.patterns] == ["AC-8", "AC-7"]
+    coarse = call_specimen(cs, 80.0, specimen=SPEC, intensity=INT, um_per_px=0.95)
+    assert [p.icap for p in coarse.patterns] == ["AC-8"]
+    assert any("read as AC-7, a look-alike of AC-8" in w for w in coarse.warnings)
+
+
+def test_a_look_alike_of_a_second_pattern_is_folded_too() -> None:
+    cs = (cells("golgi", 30) + cells("nucleolar_homogeneous", 20)
+          + cells("nucleolar_clumpy", 18))
+    result = call_specimen(cs, 80.0, specimen=SPEC, intensity=INT, um_per_px=0.5)
+    assert [p.icap for p in result.patterns] == ["AC-22", "AC-8"]
+    assert any("AC-9, a look-alike of AC-8" in w for w in result.warnings)
+
+
+def test_look_alikes() -> None:
+    assert look_alikes("fine_speckled", "dense_fine_speckled", coarse=False)
+    assert look_alikes("envelope_smooth", "envelope_punctate", coarse=False)
+    assert not look_alikes("homogeneous", "fine_speckled", coarse=True)  # AC-1 + AC-4 is real
+    assert not look_alikes("few_nuclear_dots", "nucleolar_clumpy", coarse=False)
+    assert look_alikes("few_nuclear_dots", "nucleolar_clumpy", coarse=True)
+    assert not look_alikes("centromere", "golgi", coarse=True)

@@ -108,3 +108,30 @@ def test_init_starts_from_a_checkpoints_weights(tmp_path: Path) -> None:
         train_model(data, epochs=1, batch=8, width=4, show=False, init=tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a checkpoint of this network"):
         train_model(data, epochs=1, batch=8, width=8, show=False, init=ck)
+
+
+def test_the_held_out_compound_set_takes_every_pair(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    import argparse
+
+    from appliance.config import Hep2CellsConfig
+    from tools import train_hep2
+    from tools.hep2_dataset import COMPOUND_PER_FIELD, compound_pairs
+
+    seen: dict[str, int] = {}
+
+    def fake(seeds: range, count: int, cfg: Hep2CellsConfig, **kw: object) -> CropSet:
+        seen["per_field"] = int(kw["max_per_field"])  # type: ignore[call-overload]
+        return small_set(4)
+
+    monkeypatch.setattr(train_hep2, "compound_crops", fake)
+    args = argparse.Namespace(cache=str(tmp_path))
+    cfg = Hep2CellsConfig()
+    pairs = len(compound_pairs())
+    train_hep2._compound(args, cfg, "valcompound", range(10), 600, 2, every_pair=True)
+    # 600 crops at 7 a field take 86 fields: nearly every one of the 89 pairs.
+    assert seen["per_field"] == -(-600 // pairs) and 600 / seen["per_field"] >= pairs - 5
+    train_hep2._compound(args, cfg, "compound", range(10), 600, 2)
+    assert seen["per_field"] == COMPOUND_PER_FIELD
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert any("_p7" in n for n in names) and any("_p" not in n for n in names)

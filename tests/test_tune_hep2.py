@@ -30,7 +30,8 @@ def cell(name: str, p: float = 0.9) -> Hep2Cell:
 
 def kept(kind: str, truth: tuple[str, ...], split: dict[str, int]) -> KeptSpecimen:
     cells = tuple(cell(name) for name, n in split.items() for _ in range(n))
-    return KeptSpecimen(seed=1, kind=kind, truth=truth, cells=cells, units=80.0, refused=False)
+    return KeptSpecimen(seed=1, kind=kind, truth=truth, cells=cells, units=80.0, um_per_px=0.5,
+                        refused=False)
 
 
 def test_mixed_pairs_leave_out_look_alikes_and_the_eval_pairs() -> None:
@@ -64,7 +65,7 @@ def test_measure_re_runs_the_rules_at_each_threshold() -> None:
     specimens = [
         kept("single", ("centromere",), {"centromere": 40, "golgi": 8}),  # 17% golgi
         kept("mixed", ("centromere", "golgi"), {"centromere": 40, "golgi": 10}),  # 20% golgi
-        KeptSpecimen(2, "mixed", ("homogeneous", "golgi"), (), 0.0, True),  # refused
+        KeptSpecimen(2, "mixed", ("homogeneous", "golgi"), (), 0.0, 0.5, True),  # refused
     ]
     strict = measure(specimens, replace(RULES, mixed_share=0.25), INTENSITY)
     assert (strict.single_correct, strict.single_false_second) == (1.0, 0.0)
@@ -86,6 +87,10 @@ def test_choose_keeps_false_seconds_down_then_takes_the_most_found() -> None:
     # Of the two equal ones, the one nearest the current defaults (0.3, 0.25, 0.5).
     assert (chosen.second_vote, chosen.mixed_share) == (0.25, 0.25)
     assert choose(points, RULES, 0.01) is None
+    # A false extra pattern in mixed specimens counts too.
+    noisy = replace(point(0.25, 0.25, 0.97, 0.04, 0.78), mixed_false_pattern=0.2)
+    pick = choose([points[0], noisy], RULES, 0.05, max_false_pattern=0.1)
+    assert pick is not None and pick.mixed_both == 0.70
 
 
 def test_cli_refuses_bad_arguments() -> None:
@@ -93,6 +98,8 @@ def test_cli_refuses_bad_arguments() -> None:
         tune_hep2.parse_args(["--rounds", "0"])
     with pytest.raises(SystemExit):
         tune_hep2.parse_args(["--max-false-second", "1.5"])
+    with pytest.raises(SystemExit):
+        tune_hep2.parse_args(["--max-false-pattern", "-0.1"])
 
 
 def test_keep_and_sweep_with_the_shipped_model(tmp_path: Path) -> None:
@@ -120,3 +127,11 @@ def test_the_change_is_said_in_specimens() -> None:
     assert tune_hep2._count_change(new, old, counts) == "+5 of 100"
     assert tune_hep2._count_change(new, old, counts, "single") == "+1 of 100"
     assert tune_hep2._count_change(old, new, counts) == "-5 of 100"
+
+
+def test_measure_passes_each_specimen_its_scale() -> None:
+    split = {"nucleolar_homogeneous": 40, "few_nuclear_dots": 20}
+    at_20x = kept("single", ("nucleolar_homogeneous",), split)
+    at_10x = replace(at_20x, um_per_px=0.95)
+    assert measure([at_20x], RULES, INTENSITY).single_false_second == 1.0
+    assert measure([at_10x], RULES, INTENSITY).single_false_second == 0.0  # look-alikes

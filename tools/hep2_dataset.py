@@ -52,6 +52,7 @@ VAL_SEEDS = range(720_000, 721_000)
 CALIBRATION_SEEDS = range(730_000, 731_000)
 COMPOUND_SEEDS = range(740_000, 750_000)  # compound (two-region) cells for training
 VAL_COMPOUND_SEEDS = range(750_000, 751_000)
+COMPOUND_PER_FIELD = 12  # compound cells taken from one field, so each pair has many looks
 WEAK_WEIGHT = 0.5
 MIN_IOU = 0.5  # a segmented cell is the truth cell it overlaps this much (else: centroid)
 MIXED_WEIGHT = 0.25
@@ -284,7 +285,8 @@ def compound_pairs(classes: tuple[str, ...] = NAMES) -> list[tuple[str, str]]:
 
 
 def compound_crops(seeds: Iterable[int], count: int, cfg: Hep2CellsConfig, *,
-                   rng_seed: int = 0, max_per_field: int = 12, segmented_share: float = 0.0,
+                   rng_seed: int = 0, max_per_field: int = COMPOUND_PER_FIELD,
+                   segmented_share: float = 0.0,
                    progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
                    **spec_overrides: Any) -> CropSet:
     """About ``count`` crops of compound cells: two patterns of different regions in one cell.

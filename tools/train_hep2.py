@@ -54,6 +54,7 @@ from appliance.config import Hep2CellsConfig
 from appliance.inference.manifest import file_sha256
 from tools.hep2_dataset import (
     CALIBRATION_SEEDS,
+    COMPOUND_PER_FIELD,
     COMPOUND_SEEDS,
     TRAIN_SEEDS,
     VAL_COMPOUND_SEEDS,
@@ -61,6 +62,7 @@ from tools.hep2_dataset import (
     CropSet,
     cached,
     compound_crops,
+    compound_pairs,
     concat,
     field_crops,
     folder_crops,
@@ -510,15 +512,21 @@ def _generated(args: argparse.Namespace, cfg: Hep2CellsConfig, kind: str, seeds:
 
 
 def _compound(args: argparse.Namespace, cfg: Hep2CellsConfig, kind: str, seeds: range,
-              count: int, rng_seed: int, segmented_share: float = 0.0) -> CropSet:
-    """Compound-cell crops, cached like :func:`_generated`."""
+              count: int, rng_seed: int, segmented_share: float = 0.0,
+              every_pair: bool = False) -> CropSet:
+    """Compound-cell crops, cached like :func:`_generated`. ``every_pair``: few enough
+    cells per field that ``count`` crops take every pair of regions (a held-out set)."""
     if count <= 0:
         return concat([], cfg.crop_px)
-    extra = {"g": segmented_share} if segmented_share else {}
+    per_field = (max(1, math.ceil(count / len(compound_pairs()))) if every_pair
+                 else COMPOUND_PER_FIELD)
+    extra: dict[str, object] = {"g": segmented_share} if segmented_share else {}
+    if every_pair:
+        extra["p"] = per_field
     path = _cache_path(args, kind, seeds, count, rng_seed, **extra)
     return cached(path, lambda: compound_crops(
         seeds, count, cfg, rng_seed=rng_seed, segmented_share=segmented_share,
-        progress=lambda r: tqdm(r, desc=f"{kind} fields")))
+        max_per_field=per_field, progress=lambda r: tqdm(r, desc=f"{kind} fields")))
 
 
 def _training_data(args: argparse.Namespace, cfg: Hep2CellsConfig) -> CropSet:
@@ -559,7 +567,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     calib = _generated(args, cfg, "calib", CALIBRATION_SEEDS, args.calibration_per_class,
                        args.seed + 2)
     val_compound = _compound(args, cfg, "valcompound", VAL_COMPOUND_SEEDS,
-                             args.val_compound, args.seed + 1)
+                             args.val_compound, args.seed + 1, every_pair=True)
     data_s = time.time() - t0
     if args.data_only:
         print(f"data: {len(train)} training ({int((train.seconds >= 0).sum())} compound), "

@@ -23,6 +23,12 @@ Pure functions over classified cells, so each rule is tested with constructed ce
    detail below a micrometre. On a field coarser than ``subtype_max_um_per_px`` (a 10x
    objective) such a call keeps its name and carries a warning to report its ICAP
    competent-level group or to confirm at a higher magnification.
+5. **Look-alikes are doubt, not a mixed pattern.** When the cells split between two
+   subtypes of one competent-level group (AC-8 and AC-10, AC-4 and AC-2), the classifier
+   is unsure of the subtype: one antibody does not stain some nucleoli homogeneously and
+   others punctate. A look-alike of a reported pattern is not reported again; a warning
+   gives its share. On a coarse field (see 4) nuclear dots and nucleoli are look-alikes
+   too: both are a spot of a few pixels.
 """
 
 from __future__ import annotations
@@ -119,12 +125,26 @@ def subtype_warnings(calls: Sequence[PatternCall], um_per_px: float | None,
     return out
 
 
+# At a 10x objective a nuclear dot (up to 1 µm) and a nucleolus (1.5-4 µm) are both a spot
+# of a few pixels.
+_SPOT_GROUPS = frozenset({"discrete nuclear dots (AC-6,7)", "nucleolar (AC-8,9,10)"})
+
+
+def look_alikes(a: str, b: str, *, coarse: bool) -> bool:
+    """Rule 5: two classes a specimen's cells split between when the subtype is in doubt:
+    one competent-level group, or (``coarse`` field) nuclear dots and nucleoli."""
+    ga, gb = subtype_group(a), subtype_group(b)
+    if ga is None or gb is None:
+        return False
+    return ga == gb or (coarse and {ga, gb} <= _SPOT_GROUPS)
+
+
 def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2SpecimenConfig,
                   intensity: Hep2IntensityConfig, um_per_px: float | None = None
                   ) -> SpecimenCall:
     """Positive / negative, intensity level and the pattern(s) of one field's cells.
 
-    ``um_per_px``: the field's scale, for the subtype rule (None: unknown, no such rule).
+    ``um_per_px``: the field's scale, for rules 4 and 5 (None: unknown, taken as fine).
     """
     level = intensity_level(units, intensity)
     if level == "negative":
@@ -159,10 +179,18 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
 
     calls = [_call(corrected, votes[primary] / n, confidence(corrected),
                    evidence or f"{votes[primary]} of {n} cells")]
+    coarse = um_per_px is not None and um_per_px > specimen.subtype_max_um_per_px
     for name, count in ranked[1:]:
-        if count / n >= specimen.mixed_share and name != corrected:
-            calls.append(_call(name, count / n, confidence(name),
-                               f"{count} of {n} cells (mixed pattern)"))
+        if count / n < specimen.mixed_share or name == corrected:
+            continue
+        like = next((c for c in calls if look_alikes(name, c.name, coarse=coarse)), None)
+        if like is not None:
+            warnings.append(f"{count} of {n} cells read as {pattern(name).icap}, a look-alike "
+                            f"of {like.icap}: the subtype is in doubt (not reported as a "
+                            "mixed pattern)")
+            continue
+        calls.append(_call(name, count / n, confidence(name),
+                           f"{count} of {n} cells (mixed pattern)"))
     if n < specimen.few_cells:
         warnings.append(f"pattern called from only {n} cells: look at more fields")
     warnings += subtype_warnings(calls, um_per_px, specimen)
