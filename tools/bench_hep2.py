@@ -23,7 +23,6 @@ ratios, which come from one run. Seeds from 900000: never trained on, apart from
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -40,6 +39,7 @@ from appliance.assays.hep2.orientations import ORIENTATIONS
 from appliance.assays.hep2.patterns import NAMES
 from appliance.capture.frame import Frame
 from appliance.config import Config, Hep2CellsConfig, with_overrides
+from tools.numbers import write_numbers
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field
 
 BENCH_SEED = 900_000  # apart from training (700000+) and the eval (500000+)
@@ -266,9 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(report, args.out)
     print(f"chart: {args.out}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"numbers: {args.json}")
+        write_numbers(args.json, report)
     return 0
 
 

@@ -33,7 +33,6 @@ just above the cut-off may honestly measure below it: such disagreements are lis
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -51,6 +50,7 @@ from appliance.assays.hep2.types import INTENSITY_LEVELS, Hep2Result
 from appliance.capture.frame import Frame
 from appliance.config import Config, Hep2IntensityConfig, with_overrides
 from tools.hep2_dataset import match_cells
+from tools.numbers import write_numbers
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field, region_of
 
 FIRST_SEED = 500_000  # held out: training uses 700000+, the unit tests small seeds
@@ -560,9 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "targets": [{"target": n, "value": v, "threshold": t, "passed": p}
                            for n, v, t, p in target_results(cells, specimens)],
                "outcomes": [asdict(o) for o in outcomes]}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        print(f"numbers: {args.json}")
+        write_numbers(args.json, doc)
     return 0
 
 

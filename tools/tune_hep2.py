@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -48,6 +47,7 @@ from appliance.assays.hep2.types import Hep2Cell
 from appliance.capture.frame import Frame
 from appliance.config import Config, Hep2IntensityConfig, Hep2SpecimenConfig, with_overrides
 from tools.eval_hep2 import MIXED_PAIRS, STAINED
+from tools.numbers import write_numbers
 from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 
 FIRST_SEED = 600_000  # apart from the eval (500000+), training (700000+), bench (900000+)
@@ -297,9 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "max_false_pattern": args.max_false_pattern,
                "current": asdict(base), "chosen": None if chosen is None else asdict(chosen),
                "points": [asdict(p) for p in points]}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        print(f"numbers: {args.json}")
+        write_numbers(args.json, doc)
     return 0
 
 
