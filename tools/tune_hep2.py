@@ -41,7 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from appliance.assays.hep2.assay import Hep2Assay
-from appliance.assays.hep2.patterns import NAMES
+from appliance.assays.hep2.patterns import NAMES, SUBTYPE_GROUPS
 from appliance.assays.hep2.specimen import call_specimen
 from appliance.assays.hep2.types import Hep2Cell
 from appliance.capture.frame import Frame
@@ -53,14 +53,12 @@ from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 FIRST_SEED = 600_000  # apart from the eval (500000+), training (700000+), bench (900000+)
 WIDTH, HEIGHT = 800, 600
 DEFAULT_ROUNDS = 8
-# Subtypes of one ICAP competent-level group, and the metaphase-separated trio: a "mixed"
-# specimen of two of these asks the classifier to split hairs, not to find two patterns.
-LOOK_ALIKES: tuple[frozenset[str], ...] = (
-    frozenset({"homogeneous", "dense_fine_speckled", "fine_speckled", "coarse_speckled"}),
-    frozenset({"multiple_nuclear_dots", "few_nuclear_dots"}),
-    frozenset({"nucleolar_homogeneous", "nucleolar_clumpy", "nucleolar_punctate"}),
-    frozenset({"envelope_smooth", "envelope_punctate"}),
-)
+# Subtypes of one ICAP competent-level group, the speckled ones with AC-1, which only the
+# metaphases tell from AC-2 / AC-4: a "mixed" specimen of two of these asks the classifier
+# to split hairs, not to find two patterns.
+LOOK_ALIKES: tuple[frozenset[str], ...] = tuple(
+    frozenset(members) | ({"homogeneous"} if "fine_speckled" in members else set())
+    for members in SUBTYPE_GROUPS.values())
 SECOND_VOTE = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 MIXED_SHARE = (0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.22, 0.25, 0.3)
 MIN_CONFIDENCE = (0.4, 0.5, 0.6)
