@@ -339,7 +339,7 @@ class Hep2SpecimenConfig:
         lo=1, hi=100000,
     )
     second_vote: float = _f(
-        0.3, "A cell also votes for its best pattern of another region of the cell (nucleus, "
+        0.2, "A cell also votes for its best pattern of another region of the cell (nucleus, "
         "nucleolus, envelope, cytoplasm) when that pattern has at least this probability: "
         "mixed patterns in the same cells (e.g. AC-1 + AC-15)", lo=0.05, hi=1,
     )
@@ -348,7 +348,7 @@ class Hep2SpecimenConfig:
         "(otherwise interphase: a false metaphase would drop a voter)", lo=0.34, hi=1,
     )
     mixed_share: float = _f(
-        0.25, "A second pattern holding at least this share of the classified cells is "
+        0.22, "A second pattern holding at least this share of the classified cells is "
         "reported too (mixed pattern)", lo=0.05, hi=0.5,
     )
     min_confidence: float = _f(

@@ -1,7 +1,7 @@
 """Tune the HEp-2 specimen rules' thresholds on specimens of their own, then say which to ship.
 
     python -m tools.tune_hep2 [--rounds 8] [--max-false-second 0.05]
-                              [--max-false-pattern 0.10] [--precision int8]
+                              [--max-false-pattern 0.10] [--precision int8] [--models-dir D]
                               [--out docs/img/hep2_tuning.png] [--json FILE]
 
 The specimen rules (appliance/assays/hep2/specimen.py) turn the classified cells into the
@@ -241,6 +241,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          f"(default {DEFAULT_ROUNDS})")
     ap.add_argument("--seed", type=int, default=FIRST_SEED)
     ap.add_argument("--precision", default="int8", choices=("int8", "fp32"))
+    ap.add_argument("--models-dir", default="", help="default: the shipped models/")
     ap.add_argument("--max-false-second", type=float, default=0.05,
                     help="most single-pattern specimens allowed a false second pattern")
     ap.add_argument("--max-false-pattern", type=float, default=0.10,
@@ -259,7 +260,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Score the tuning specimens, sweep the grid, print and plot the choice."""
     args = parse_args(argv)
-    cfg = with_overrides(Config(), {"assay": "hep2", "inference.precision": args.precision})
+    cfg = with_overrides(Config(), {"assay": "hep2", "inference.precision": args.precision,
+                                    "inference.models_dir": args.models_dir})
     specs = tuning_specs(args.rounds, args.seed)
     with Hep2Assay.from_config(cfg) as assay:
         kept = [keep(assay, kind, spec, i)

@@ -3,8 +3,8 @@
 A cell's staining pattern does not depend on how the cell lies on the slide, but a small
 network's answer does a little. Classifying each crop as drawn, mirrored and turned, and
 averaging the logits, removes that dependence for the orientations used. Measured on the
-held-out eval (docs/hep2.md): cell mean class accuracy 0.870 with one orientation, 0.878
-with four, 0.879 with eight.
+held-out eval with hep2-cells-v2 (docs/hep2.md): cell mean class accuracy 0.870 with one
+orientation, 0.878 with four, 0.879 with eight.
 
 The orientations are exact on the square crop (its centre stays the cell's centroid):
 1 = as drawn; 2 adds the mirror image; 4 adds the half turn and the mirrored half turn
