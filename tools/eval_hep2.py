@@ -131,16 +131,35 @@ class SpecimenOutcome:
         return self.reported[0] if self.status == "scored" and self.reported else NOT_SCORABLE
 
     @property
+    def called(self) -> tuple[str, ...]:
+        """The reported patterns of a scored specimen; none for a refused one."""
+        return self.reported if self.status == "scored" else ()
+
+    @property
     def pattern_correct(self) -> bool:
-        """Single / negative: the first pattern is the truth; mixed: both truths reported."""
-        if self.kind == "mixed":
-            return self.status == "scored" and set(self.truth_patterns) <= set(self.reported)
-        return self.first == self.truth_patterns[0]
+        """See :func:`reports_truth`."""
+        return reports_truth(self.kind, self.truth_patterns, self.called)
 
     @property
     def sign_correct(self) -> bool:
         """Positive / negative agrees with the truth (not scorable never does)."""
         return self.positive is not None and self.positive == self.truth_positive
+
+
+def reports_truth(kind: str, truth: Sequence[str], called: Sequence[str]) -> bool:
+    """Single / negative: the first called pattern is the truth; mixed: both truths are
+    called. ``called``: the reported patterns, none when the specimen was not scored."""
+    if kind == "mixed":
+        return set(truth) <= set(called)
+    return bool(called) and called[0] == truth[0]
+
+
+def reports_false_pattern(kind: str, truth: Sequence[str], called: Sequence[str]) -> bool:
+    """A single-pattern specimen called with a second pattern, or a mixed one called with a
+    pattern that is not there."""
+    if kind == "mixed":
+        return bool(set(called) - set(truth))
+    return len(called) > 1
 
 
 # ------------------------------------------------------------------------------ the specimens
@@ -269,9 +288,11 @@ def specimen_summary(outcomes: Sequence[SpecimenOutcome]) -> dict[str, object]:
         "mixed_first_correct": _rate(sum(o.first in o.truth_patterns for o in mixed),
                                      len(mixed)),
         # The other side of mixed calls: a pattern reported that is not there.
-        "single_with_false_second": _rate(sum(o.status == "scored" and len(o.reported) > 1
+        "single_with_false_second": _rate(sum(reports_false_pattern(o.kind, o.truth_patterns,
+                                                                    o.called)
                                               for o in single), len(single)),
-        "mixed_with_false_pattern": _rate(sum(bool(set(o.reported) - set(o.truth_patterns))
+        "mixed_with_false_pattern": _rate(sum(reports_false_pattern(o.kind, o.truth_patterns,
+                                                                    o.called)
                                               for o in mixed), len(mixed)),
         "positive_negative_agreement": _rate(sum(o.sign_correct for o in outcomes),
                                              len(outcomes)),
@@ -305,15 +326,16 @@ def target_results(cells: Mapping[str, object], specimens: Mapping[str, object]
 # ------------------------------------------------------------------------------ running
 
 
-def score_specimen(assay: Hep2Assay, case: SpecimenCase, seq: int, tally: CellTally,
-                   levels: Hep2IntensityConfig) -> SpecimenOutcome:
-    """Generate, score (prepare / infer / finish, as ``score`` does) and compare one specimen.
+def score_generated(assay: Hep2Assay, spec: Hep2FieldSpec, seq: int
+                    ) -> tuple[Hep2Field, Hep2Cells | None, Hep2Result, float]:
+    """Generate one field and score it with its scale declared: (truth, segmentation or
+    None when refused, result, milliseconds of scoring).
 
-    The steps are run one by one to keep the segmentation's label image, which the cell
-    matching needs; the result is the same as ``assay.score``'s.
+    The steps (prepare / infer / finish) are run one by one to keep the segmentation's
+    label image, which the cell matching needs; the result is the same as ``score``'s.
     """
-    truth = generate_hep2_field(case.spec)
-    frame = Frame(image=truth.image, seq=seq, timestamp=0.0, source=f"seed{case.spec.seed}",
+    truth = generate_hep2_field(spec)
+    frame = Frame(image=truth.image, seq=seq, timestamp=0.0, source=f"seed{spec.seed}",
                   um_per_px=truth.um_per_px)
     t0 = time.perf_counter()
     prepared = assay.prepare(frame)
@@ -321,9 +343,15 @@ def score_specimen(assay: Hep2Assay, case: SpecimenCase, seq: int, tally: CellTa
         result = prepared.refusal
     else:
         result = assay.finish(prepared, assay.infer(prepared))
-    ms = (time.perf_counter() - t0) * 1000.0
-    if case.kind != "mixed" and prepared.cells is not None:
-        add_cells(tally, truth, prepared.cells, result)
+    return truth, prepared.cells, result, (time.perf_counter() - t0) * 1000.0
+
+
+def score_specimen(assay: Hep2Assay, case: SpecimenCase, seq: int, tally: CellTally,
+                   levels: Hep2IntensityConfig) -> SpecimenOutcome:
+    """Generate, score and compare one specimen; its cells go into ``tally``."""
+    truth, cells, result, ms = score_generated(assay, case.spec, seq)
+    if case.kind != "mixed" and cells is not None:
+        add_cells(tally, truth, cells, result)
     return SpecimenOutcome(
         seed=case.spec.seed, kind=case.kind, um_per_px=round(truth.um_per_px, 4),
         truth_patterns=truth.patterns, truth_positive=truth.positive,

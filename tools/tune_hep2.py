@@ -44,11 +44,16 @@ from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.hep2.patterns import NAMES, SUBTYPE_GROUPS
 from appliance.assays.hep2.specimen import call_specimen
 from appliance.assays.hep2.types import Hep2Cell
-from appliance.capture.frame import Frame
 from appliance.config import Config, Hep2IntensityConfig, Hep2SpecimenConfig, with_overrides
-from tools.eval_hep2 import MIXED_PAIRS, STAINED
+from tools.eval_hep2 import (
+    MIXED_PAIRS,
+    STAINED,
+    reports_false_pattern,
+    reports_truth,
+    score_generated,
+)
 from tools.numbers import write_numbers
-from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+from tools.synth.hep2_fields import Hep2FieldSpec
 
 FIRST_SEED = 600_000  # apart from the eval (500000+), training (700000+), bench (900000+)
 WIDTH, HEIGHT = 800, 600
@@ -121,16 +126,11 @@ def tuning_specs(rounds: int, first_seed: int = FIRST_SEED) -> list[tuple[str, H
 
 
 def keep(assay: Hep2Assay, kind: str, spec: Hep2FieldSpec, seq: int) -> KeptSpecimen:
-    """Generate and score one specimen; keep what the rules need."""
-    truth = generate_hep2_field(spec)
-    frame = Frame(image=truth.image, seq=seq, timestamp=0.0, source=f"seed{spec.seed}",
-                  um_per_px=truth.um_per_px)
-    prepared = assay.prepare(frame)
-    if prepared.refusal is not None:
-        return KeptSpecimen(spec.seed, kind, truth.patterns, (), 0.0, truth.um_per_px, True)
-    result = assay.finish(prepared, assay.infer(prepared))
-    return KeptSpecimen(spec.seed, kind, truth.patterns, result.cells,
-                        result.intensity_units or 0.0, truth.um_per_px, False)
+    """Generate and score one specimen as the eval does; keep what the rules need."""
+    truth, cells, result, _ = score_generated(assay, spec, seq)
+    refused = cells is None
+    return KeptSpecimen(spec.seed, kind, truth.patterns, () if refused else result.cells,
+                        result.intensity_units or 0.0, truth.um_per_px, refused)
 
 
 def _rate(hits: int, total: int) -> float:
@@ -149,13 +149,15 @@ def measure(kept: Sequence[KeptSpecimen], rules: Hep2SpecimenConfig,
             continue
         call = call_specimen(k.cells, k.units, specimen=rules, intensity=intensity,
                              um_per_px=k.um_per_px)
-        reported = [p.name for p in call.patterns] if call.positive is not None else []
+        called = [p.name for p in call.patterns] if call.positive is not None else []
+        right = reports_truth(k.kind, k.truth, called)
+        false = reports_false_pattern(k.kind, k.truth, called)
         if k.kind == "single":
-            single_ok += bool(reported) and reported[0] == k.truth[0]
-            single_second += len(reported) > 1
+            single_ok += right
+            single_second += false
         else:
-            mixed_ok += set(k.truth) <= set(reported)
-            mixed_false += bool(set(reported) - set(k.truth))
+            mixed_ok += right
+            mixed_false += false
     return GridPoint(rules.second_vote, rules.mixed_share, rules.min_confidence,
                      _rate(single_ok, len(singles)), _rate(single_second, len(singles)),
                      _rate(mixed_ok, len(mixed)), _rate(mixed_false, len(mixed)), refused)

@@ -109,11 +109,17 @@ def metaphase_evidence(primary: str, mitotic: Sequence[Hep2Cell], voters: Sequen
     return primary, f"{plates}: consistent", None
 
 
+def too_coarse_for_subtypes(um_per_px: float | None, cfg: Hep2SpecimenConfig) -> bool:
+    """The field is coarser than ``subtype_max_um_per_px`` (None: the scale is unknown,
+    taken as fine enough)."""
+    return um_per_px is not None and um_per_px > cfg.subtype_max_um_per_px
+
+
 def subtype_warnings(calls: Sequence[PatternCall], um_per_px: float | None,
                      cfg: Hep2SpecimenConfig) -> list[str]:
     """The subtype rule (4 above): a warning for each expert-level subtype called on a field
-    too coarse for it (``um_per_px`` None: the scale is unknown, no warning)."""
-    if um_per_px is None or um_per_px <= cfg.subtype_max_um_per_px:
+    too coarse for it."""
+    if um_per_px is None or not too_coarse_for_subtypes(um_per_px, cfg):
         return []
     out = []
     for c in calls:
@@ -179,7 +185,7 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
 
     calls = [_call(corrected, votes[primary] / n, confidence(corrected),
                    evidence or f"{votes[primary]} of {n} cells")]
-    coarse = um_per_px is not None and um_per_px > specimen.subtype_max_um_per_px
+    coarse = too_coarse_for_subtypes(um_per_px, specimen)
     for name, count in ranked[1:]:
         if count / n < specimen.mixed_share or name == corrected:
             continue
