@@ -15,8 +15,10 @@ CPU one (whose activations have non-zero zero points).
 from __future__ import annotations
 
 import argparse
-import contextlib
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,23 +60,45 @@ def calibration_inputs(count: int, spec: InputSpec) -> list[np.ndarray]:
     return out
 
 
-def quantise(fp32: Path, out: Path, spec: InputSpec, *, fields: int = 48,
-             symmetric: bool = False) -> None:
-    """Write the INT8 Q/DQ model next to the FP32 one (``symmetric``: the TensorRT variant)."""
+def quantise_qdq(fp32: Path, out: Path, inputs: list[np.ndarray], input_name: str, *,
+                 symmetric: bool = False) -> None:
+    """Write the INT8 Q/DQ copy of ``fp32`` to ``out``, calibrated (MinMax) on ``inputs``.
+
+    The one set of quantisation settings of every model: per-channel signed weights and
+    unsigned activations for the CPU; ``symmetric``: the TensorRT variant (zero point 0).
+    """
     fp32, out = fp32.resolve(), out.resolve()
     # Both ONNX Runtime steps leave scratch files in the working directory: keep them in tmp.
-    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+    with tempfile.TemporaryDirectory() as tmp, _in_directory(Path(tmp)):
         prepared = Path(tmp) / "prepared.onnx"
-        # Symbolic shape inference cannot follow the dynamic Resize; ONNX shape inference can.
+        # Symbolic shape inference cannot follow HER2's dynamic Resize; ONNX's can.
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(out), FieldReader(calibration_inputs(fields, spec), spec.name),
+            str(prepared), str(out), FieldReader(inputs, input_name),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}
             if symmetric else {},
         )
+
+
+@contextmanager
+def _in_directory(path: Path) -> Iterator[None]:
+    """Work in ``path`` for a while (contextlib.chdir is Python 3.11+; we support 3.10)."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def quantise(fp32: Path, out: Path, spec: InputSpec, *, fields: int = 48,
+             symmetric: bool = False) -> None:
+    """Write the HER2 INT8 Q/DQ model, calibrated on ``fields`` generated fields
+    (``symmetric``: the TensorRT variant)."""
+    quantise_qdq(fp32, out, calibration_inputs(fields, spec), spec.name, symmetric=symmetric)
 
 
 def main() -> None:
