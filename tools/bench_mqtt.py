@@ -244,23 +244,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sub in ("sustained", "latency", "backlog-50", "backlog-10000"):
         (tmp / sub).mkdir()
     result = real_result()
-    report = {
-        "payload_bytes": len(contract.encode(contract.field_message(
-            DEVICE, result_to_dict(result), msg_id="0" * 32, seq=1))),
-        "sustained": bench_sustained(result, args.results, tmp),
-        "latency": bench_latency(result, args.latency_results, tmp),
-        "backlog": [bench_backlog(result, args.backlog, tmp, rate)
-                    for rate in (50.0, 10000.0)],
-    }
+    payload = len(contract.encode(contract.field_message(
+        DEVICE, result_to_dict(result), msg_id="0" * 32, seq=1)))
+    s = bench_sustained(result, args.results, tmp)
+    lat = bench_latency(result, args.latency_results, tmp)
+    backlog = [bench_backlog(result, args.backlog, tmp, rate) for rate in (50.0, 10000.0)]
+    report = {"payload_bytes": payload, "sustained": s, "latency": lat, "backlog": backlog}
     (args.out / "bench_mqtt.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     plot(report, args.out / "bench_mqtt.png")
-    s, lat = report["sustained"], report["latency"]
-    print(f"payload {report['payload_bytes']} bytes per field message")
+    print(f"payload {payload} bytes per field message")
     print(f"sustained: {s['commit_per_s']:.0f} results/s committed, {s['delivered_per_s']:.0f}/s "
           f"delivered (PUBACK), {s['results']} results")
     print(f"added latency (add() -> subscriber), 20 results/s: p50 {lat['p50_ms']:.1f} ms, "
           f"p95 {lat['p95_ms']:.1f} ms ({lat['received']}/{lat['results']} received)")
-    for b in report["backlog"]:
+    for b in backlog:
         print(f"backlog of {b['results']} at limit {b['replay_rate_per_s']:g}/s: drained in "
               f"{b['drain_s']:.1f} s ({b['drained_per_s']:.0f}/s)")
     print(f"report: {args.out / 'bench_mqtt.json'}  chart: {args.out / 'bench_mqtt.png'}")

@@ -111,7 +111,8 @@ def run_pipeline(cfg: Config, seconds: float, desc: str,
                 if pipeline.wait(timeout=0.5):
                     break  # ended by itself: a failure, reported below
                 if rss_log is not None and time.monotonic() >= next_rss:
-                    rss_log.append((elapsed, rss_mb()))
+                    if (mb := rss_mb()) is not None:  # None: no /proc to read it from
+                        rss_log.append((elapsed, mb))
                     next_rss += RSS_EVERY_S
                 bar.n = min(round(seconds), int(elapsed))
                 bar.refresh()

@@ -85,9 +85,10 @@ def main() -> None:
         name = f"her2_{precision}.onnx"
         shutil.copyfile(args.build / name, args.dest / name)
     recipe = json.loads((args.build / "recipe.json").read_text())
-    metrics = {p.stem.removeprefix("metrics_"): {k: v for k, v in json.loads(p.read_text()).items()
-                                                  if not isinstance(v, list)}
-               for p in sorted(args.eval.glob("metrics_*.json"))}
+    metrics: dict[str, object] = {
+        p.stem.removeprefix("metrics_"): {k: v for k, v in json.loads(p.read_text()).items()
+                                          if not isinstance(v, list)}
+        for p in sorted(args.eval.glob("metrics_*.json"))}
     manifest = build_manifest(args.dest, recipe, metrics)
     (args.dest / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False)
                                              + "\n")
