@@ -15,6 +15,7 @@ from appliance.inference.manifest import file_sha256, load_manifest, verify_mode
 from tools.hep2_dataset import (
     MIXED_WEIGHT,
     WEAK_WEIGHT,
+    CropSet,
     crop_mask,
     field_crops,
     folder_crops,
@@ -165,6 +166,24 @@ def test_one_epoch_training_exports_a_valid_onnx(tmp_path: Path) -> None:
         pat, mit = sess.run(None, {INPUT_NAME: data.crops[:5]})  # a batch size not exported
         assert pat.shape == (5, len(NAMES)) and mit.shape == (5, 3)
         assert np.isfinite(pat).all() and np.isfinite(mit).all()
+
+
+def test_training_fit_measures_one_pattern_training_crops_only(tmp_path: Path) -> None:
+    pytest.importorskip("torch")  # train_hep2 imports it
+    from tools.train_hep2 import measure, training_fit
+
+    make_tree(tmp_path / "cells", np.random.default_rng(4), per_class=4)
+    data = folder_crops(tmp_path / "cells", CFG)
+    second = np.full(len(data), -1, np.int64)
+    second[::3] = 0  # a third of them compound: their truth is split, so not counted
+    data = CropSet(data.crops, data.pattern, data.mitosis, data.weight, second)
+    model = SHIPPED / "hep2_fp32.onnx"
+    fit = training_fit(model, data, count=1000)
+    single = data.subset(np.flatnonzero(second < 0))
+    assert fit["crops"] == len(single)
+    assert fit["mean_class_accuracy"] == measure(model, single)[0]["mean_class_accuracy"]
+    assert training_fit(model, data, count=5)["crops"] == 5
+    assert training_fit(model, data.subset(np.flatnonzero(second >= 0)))["crops"] == 0
 
 
 def test_shipped_model_matches_its_manifest() -> None:
