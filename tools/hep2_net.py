@@ -6,8 +6,8 @@ order) and its mitotic state (interphase / metaphase plate stained / plate unsta
 plate is what separates AC-1 from AC-4/5). Plain Conv-BN-ReLU blocks, global mean and max
 pooling and linear heads only, so the Q/DQ INT8 graph stays friendly to ONNX Runtime and
 TensorRT. Its size is ``width``: at 16, 82 k weights and about 17 M multiply-adds a cell;
-at 24 (the shipped hep2-cells-v4), 181 k weights and about 38 M: still hundreds of cells
-a second on a Pi-class CPU.
+at 24 (hep2-cells-v2 to v4), 181 k and about 38 M; at 32 (the shipped hep2-cells-v5),
+320 k and about 67 M: still hundreds of cells a second on a Pi-class CPU.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """Train the HEp-2 cell classifier, export FP32 and INT8 ONNX, measure them, write the manifest.
 
     python -m tools.train_hep2 --out models/hep2 [--per-class 600] [--epochs 12]
-    # the shipped hep2-cells-v4 (`make model-hep2`; about 2.5 h on 2 cores): v2, then v3
-    # (v2 fine-tuned with twice the compound cells), then v3 fine-tuned on 3x the data
-    python -m tools.train_hep2 --cache build/hep2_cache --per-class 1500 --compound 3000 \
-        --steps 5000 --lr 0.003 --width 24 --name hep2-cells-v2 --checkpoint build/hep2_v2.pt \
-        --out build/hep2-v2 --plots build/hep2-v2
-    python -m tools.train_hep2 --cache build/hep2_cache --per-class 1500 --compound 6000 \
-        --steps 3000 --lr 0.001 --width 24 --init build/hep2_v2.pt \
-        --init-manifest build/hep2-v2/manifest.json --name hep2-cells-v3 \
-        --checkpoint build/hep2_v3.pt --out build/hep2-v3 --plots build/hep2-v3
+    # the shipped hep2-cells-v5 (`make model-hep2`; about 2.5 h of training on 2 cores)
     python -m tools.train_hep2 --cache build/hep2_cache --per-class 4500 --compound 18000 \
-        --steps 5500 --lr 0.001 --width 24 --init build/hep2_v3.pt \
-        --init-manifest build/hep2-v3/manifest.json --checkpoint build/hep2_v4.pt \
+        --steps 12000 --lr 0.003 --width 32 --checkpoint build/hep2_v5.pt \
         --out build/hep2 --plots build/hep2
     python -m tools.train_hep2 ... --resume          # continue from --checkpoint
     python -m tools.train_hep2 --cells-dir LAB/cells            # + a lab's folder per class
@@ -85,7 +76,7 @@ from tools.quantise_model import quantise_qdq
 
 PRECISIONS = ("fp32", "int8", "int8_trt")
 # The model's name in results, MQTT and engine files: a new training recipe, a new name.
-MODEL_NAME = "hep2-cells-v4"
+MODEL_NAME = "hep2-cells-v5"
 VALIDATED_ON = (
     "generated data only (tools/synth/hep2_fields.py held-out seeds 720000+); not validated "
     "on real HEp-2 slides - research use only"
@@ -188,6 +179,12 @@ def _load_checkpoint(path: Path, model: Hep2Net, opt: torch.optim.Optimizer,
     return dict(ck["state"])
 
 
+def checkpoint_seconds(path: Path) -> float:
+    """Training time a checkpoint has accumulated (0 for one written before it was kept):
+    a resumed run's manifest counts the whole run, not only its last part."""
+    return float(torch.load(path, weights_only=False)["state"].get("seconds", 0.0))
+
+
 def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-3,
                 width: int = 16, seed: int = 1, show: bool = True,
                 label_smoothing: float = 0.0, steps: int | None = None,
@@ -223,7 +220,7 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
             raise ValueError(f"{init}: not a checkpoint of this network: {exc}") from exc
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     state: dict[str, Any] = {"step": 0, "epoch": 0, "total": total, "losses": [],
-                             "fixed": time_budget_s is None}
+                             "fixed": time_budget_s is None, "seconds": 0.0}
     if resume:
         if checkpoint is None:
             raise ValueError("resume needs a checkpoint path")
@@ -240,6 +237,7 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
     model.train()
     bar = tqdm(total=total, initial=step, desc="training", disable=not show)
     start = time.perf_counter()
+    earlier_s = float(state.get("seconds", 0.0))  # training time of the calls before a resume
     epochs_here = 0
     while step < total and (stop_after_epochs is None or epochs_here < stop_after_epochs):
         for idx in batches(len(data), batch, rng):
@@ -268,7 +266,8 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
                 bar.total = total
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-        state.update(step=step, epoch=int(state["epoch"]) + 1, total=total, losses=losses)
+        state.update(step=step, epoch=int(state["epoch"]) + 1, total=total, losses=losses,
+                     seconds=earlier_s + time.perf_counter() - start)
         epochs_here += 1
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, opt, state, rng)
@@ -568,13 +567,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
               f"{len(val)} + {len(val_compound)} compound held-out, {len(calib)} "
               f"calibration crops in {data_s:.0f} s")
         return {}
+    resumed = args.resume and args.checkpoint and Path(args.checkpoint).is_file()
+    earlier_s = checkpoint_seconds(Path(args.checkpoint)) if resumed else 0.0
     model, losses = train_model(
         train, epochs=args.epochs, batch=args.batch, lr=args.lr, width=args.width,
         seed=args.seed, label_smoothing=args.label_smoothing, steps=args.steps or None,
         time_budget_s=args.time_budget_min * 60.0 if args.time_budget_min else None,
         checkpoint=Path(args.checkpoint) if args.checkpoint else None, resume=args.resume,
         init=Path(args.init) if args.init else None)
-    train_s = time.time() - t0 - data_s
+    train_s = earlier_s + time.time() - t0 - data_s
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     export_onnx(model, out / "hep2_fp32.onnx")
@@ -650,7 +651,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--width", type=int, default=24)
+    ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default="",
