@@ -94,6 +94,27 @@ def test_per_class_recall_and_their_mean() -> None:
     assert mean_class_accuracy([[0] * 3] * 3) == 0.0
 
 
+def test_competent_confusion_counts_a_subtype_of_the_right_group_as_right() -> None:
+    n = len(NAMES)
+    m = np.zeros((n, n), int)
+    ac8, ac10 = NAMES.index("nucleolar_homogeneous"), NAMES.index("nucleolar_punctate")
+    ac6, ac1 = NAMES.index("multiple_nuclear_dots"), NAMES.index("homogeneous")
+    m[ac8, ac10] = 3  # another nucleolar subtype: wrong expert, right competent
+    m[ac8, ac8] = 1
+    m[ac8, ac6] = 2  # nuclear dots: wrong at both levels
+    m[ac1, ac1] = 5  # a class of no group keeps its own row
+    c = eval_hep2.competent_confusion(m.tolist())
+    labels = eval_hep2.COMPETENT_LABELS
+    nol = labels.index("nucleolar (AC-8,9,10)")
+    dots = labels.index("discrete nuclear dots (AC-6,7)")
+    assert len(labels) == n - 6  # 17 classes, groups of 3 + 2 + 3 + 2 members
+    assert c[nol][nol] == 4 and c[nol][dots] == 2
+    assert c[labels.index("homogeneous")][labels.index("homogeneous")] == 5
+    assert sum(map(sum, c)) == m.sum()
+    assert mean_class_accuracy(c) == pytest.approx((4 / 6 + 1.0) / 2)
+    assert mean_class_accuracy(m.tolist()) == pytest.approx((1 / 6 + 1.0) / 2)
+
+
 def outcome(kind: str, truth: tuple[str, ...], reported: tuple[str, ...], *,
             positive: bool | None, status: str = "scored") -> SpecimenOutcome:
     truth_positive = truth[0] != "negative"
@@ -220,6 +241,8 @@ def test_add_cells_on_a_generated_field_with_its_own_labels() -> None:
     assert summary["metaphase_recall"] == 1.0 and summary["metaphase_precision"] == 1.0
     assert summary["plate_accuracy"] == 1.0
     assert summary["mean_class_accuracy_by_band"] == {"20x": 1.0}  # 0.5 um/px is 20x
+    assert summary["competent_mean_class_accuracy"] == 1.0
+    assert summary["competent_mean_class_accuracy_by_band"] == {"20x": 1.0}
     by_band = summary["per_class_recall_by_band"]
     assert isinstance(by_band, dict) and set(by_band) == {"20x"}
     assert {r for r in by_band["20x"].values() if r is not None} == {1.0}

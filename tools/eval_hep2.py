@@ -14,7 +14,8 @@ as a microscope with a known objective would. Three kinds of specimen, N of each
 Cell level (single-pattern and negative specimens: a mixed specimen's compound cells have
 no single truth): every segmented cell is matched to the truth cell it overlaps with
 IoU >= 0.5, or else to the truth cell under its centroid; on interphase cells, predicted
-vs drawn pattern (per-class recall, their mean, confusion PNG); on all matched cells, the
+vs drawn pattern (per-class recall, their mean, the same mean at the ICAP competent level
+where subtypes count as their group, confusion PNG); on all matched cells, the
 mitosis head (metaphase recall / precision, stained / unstained plate accuracy).
 
 Specimen level: first reported pattern = truth (single), both truths among the reported
@@ -43,7 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from appliance.assays.hep2.assay import Hep2Assay
-from appliance.assays.hep2.patterns import NAMES, pattern
+from appliance.assays.hep2.patterns import NAMES, pattern, subtype_group
 from appliance.assays.hep2.segmentation import Hep2Cells
 from appliance.assays.hep2.specimen import intensity_level
 from appliance.assays.hep2.types import INTENSITY_LEVELS, Hep2Result
@@ -237,6 +238,23 @@ def mean_class_accuracy(confusion: Sequence[Sequence[int]]) -> float:
     return float(np.mean(recalls)) if recalls else 0.0
 
 
+# The competent level (ICAP): every expert-level subtype counted as its group, the other
+# classes as themselves, in NAMES order of their first member.
+COMPETENT_LABELS: tuple[str, ...] = tuple(dict.fromkeys(subtype_group(n) or n for n in NAMES))
+
+
+def competent_confusion(confusion: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The (NAMES x NAMES) confusion collapsed to COMPETENT_LABELS: a cell read as another
+    subtype of its own group (AC-8 read as AC-10) counts as right, as it is when the box
+    reports the group (specimen rule 5)."""
+    index = [COMPETENT_LABELS.index(subtype_group(n) or n) for n in NAMES]
+    out = [[0] * len(COMPETENT_LABELS) for _ in COMPETENT_LABELS]
+    for i, row in enumerate(confusion):
+        for j, count in enumerate(row):
+            out[index[i]][index[j]] += count
+    return out
+
+
 def _rate(hits: int, total: int) -> float | None:
     return hits / total if total else None
 
@@ -256,6 +274,15 @@ def cell_summary(tally: CellTally) -> dict[str, object]:
         "plate_accuracy": _rate(tally.plate_correct, tally.mitotic_hit),
         "mean_class_accuracy_by_band": {name: mean_class_accuracy(tally.by_band[name])
                                         for name, _ in BANDS if name in tally.by_band},
+        # The same at the competent level (subtypes as their group): what the box can
+        # claim on a field coarser than subtype_max_um_per_px, where it reports the group.
+        "competent_mean_class_accuracy": mean_class_accuracy(
+            competent_confusion(tally.confusion)),
+        "competent_mean_class_accuracy_by_band": {
+            name: mean_class_accuracy(competent_confusion(tally.by_band[name]))
+            for name, _ in BANDS if name in tally.by_band},
+        "confusion_by_band": {name: tally.by_band[name] for name, _ in BANDS
+                              if name in tally.by_band},
         # Which patterns hold at which objective (the subtype rule's evidence).
         "per_class_recall_by_band": {
             name: dict(zip(NAMES, per_class_recall(tally.by_band[name]), strict=True))
@@ -410,7 +437,8 @@ def format_report(cells: dict[str, object], specimens: dict[str, object],
         lines.append(f"{name:<24}{pattern(name).icap:>6}{counts[name]:>7}"
                      f"{_pct(recall[name]):>10}{len(mine):>11}{_pct(ok):>12}")
     lines.append("")
-    for key in ("mean_class_accuracy", "detection_recall", "detection_precision",
+    for key in ("mean_class_accuracy", "competent_mean_class_accuracy", "detection_recall",
+                "detection_precision",
                 "metaphase_recall", "metaphase_precision", "plate_accuracy"):
         lines.append(f"  {key:<34}{_pct(cells[key])} %")
     lines.append(f"  {'metaphases in truth (matched)':<34}{cells['metaphases_true']:>5}")
@@ -426,15 +454,17 @@ def format_report(cells: dict[str, object], specimens: dict[str, object],
     lines.append(f"  {'median ms per field':<34}"
                  f"{_number(specimens['median_ms_per_field']) or 0.0:5.0f}")
     lines += ["", "by objective (scale band)",
-              f"  {'band':<6}{'specimens':>10}{'cell mca %':>12}{'single ok %':>13}"
-              f"{'+/- ok %':>10}{'not scorable':>14}"]
+              f"  {'band':<6}{'specimens':>10}{'cell mca %':>12}{'competent %':>13}"
+              f"{'single ok %':>13}{'+/- ok %':>10}{'not scorable':>14}"]
     by_band = cells["mean_class_accuracy_by_band"]
-    assert isinstance(by_band, dict)
+    competent = cells["competent_mean_class_accuracy_by_band"]
+    assert isinstance(by_band, dict) and isinstance(competent, dict)
     for name, _ in BANDS:
         mine = [o for o in outcomes if scale_band(o.um_per_px) == name]
         single = [o for o in mine if o.kind == "single"]
         lines.append(
             f"  {name:<6}{len(mine):>10}{_pct(by_band.get(name)):>12}"
+            f"{_pct(competent.get(name)):>13}"
             f"{_pct(_rate(sum(o.pattern_correct for o in single), len(single))):>13}"
             f"{_pct(_rate(sum(o.sign_correct for o in mine), len(mine))):>10}"
             f"{sum(o.status != 'scored' for o in mine):>14}")
