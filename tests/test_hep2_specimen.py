@@ -11,6 +11,7 @@ from appliance.assays.hep2.specimen import (
     call_specimen,
     intensity_level,
     look_alikes,
+    stained_plate_share,
     vote_confidence,
     votes_from_probabilities,
 )
@@ -85,6 +86,76 @@ def test_metaphases_flip_a_speckled_call_to_homogeneous() -> None:
     interphase = cells("fine_speckled", 30, p=0.55, runner_up="homogeneous")
     plates = cells("fine_speckled", 3, mitosis="mitotic_plate_stained")
     assert call(interphase + plates).patterns[0].icap == "AC-1"
+
+
+def test_the_plates_expected_follow_the_mix_of_reported_patterns() -> None:
+    assert stained_plate_share({"homogeneous": 1.0}) == pytest.approx(0.95)
+    assert stained_plate_share({"fine_speckled": 0.7}) == pytest.approx(0.05)
+    # AC-3's dotted plate reads as stained; AC-8's plate is dark.
+    assert stained_plate_share({"centromere": 0.5, "nucleolar_homogeneous": 0.5}) == (
+        pytest.approx(0.5))
+    assert stained_plate_share({"homogeneous": 0.75, "nucleolar_homogeneous": 0.25}) == (
+        pytest.approx(0.05 + 0.9 * 0.75))
+    with pytest.raises(ValueError):
+        stained_plate_share({"homogeneous": 0.0})
+
+
+def test_a_tie_of_plates_keeps_the_interphase_call() -> None:
+    interphase = cells("homogeneous", 30, p=0.6, runner_up="fine_speckled")
+    plates = (cells("homogeneous", 2, mitosis="mitotic_plate_stained")
+              + cells("homogeneous", 2, mitosis="mitotic_plate_unstained"))
+    kept = call(interphase + plates).patterns[0]
+    assert kept.icap == "AC-1" and "stain in 2 of 4: consistent" in kept.evidence
+
+
+def test_dark_plates_of_the_other_pattern_do_not_overturn_ac1_in_a_mix() -> None:
+    # AC-1 + AC-8: the AC-8 cells' plates are dark. 2 of 4 plates stained would be odd for
+    # AC-1 alone, but it is what the mix predicts; for AC-4 + AC-8 none should stain.
+    interphase = (cells("homogeneous", 24, runner_up="fine_speckled")
+                  + cells("nucleolar_homogeneous", 16))
+    plates = (cells("homogeneous", 2, mitosis="mitotic_plate_stained")
+              + cells("nucleolar_homogeneous", 2, mitosis="mitotic_plate_unstained"))
+    result = call(interphase + plates)
+    assert [p.icap for p in result.patterns] == ["AC-1", "AC-8"]
+    assert "consistent" in result.patterns[0].evidence
+    # All four dark: now the plates do say AC-4, not AC-1.
+    dark = cells("homogeneous", 4, mitosis="mitotic_plate_unstained")
+    assert [p.icap for p in call(interphase + dark).patterns] == ["AC-4", "AC-8"]
+
+
+def test_a_second_pattern_is_checked_against_the_metaphases_too() -> None:
+    # Reticular with dense fine speckled nuclei in a quarter of the cells, but no plate
+    # stains: the nuclear pattern is fine speckled (AC-4), whose plates are dark.
+    interphase = (cells("cyto_reticular", 30)
+                  + cells("dense_fine_speckled", 12, p=0.6, runner_up="fine_speckled"))
+    plates = cells("cyto_reticular", 6, mitosis="mitotic_plate_unstained")
+    result = call(interphase + plates)
+    assert [p.icap for p in result.patterns] == ["AC-21", "AC-4"]
+    second = result.patterns[1]
+    assert "mixed pattern" in second.evidence and "not AC-2, AC-4" in second.evidence
+    # With plates that stain as the mix predicts, AC-2 stands.
+    some = plates[:4] + cells("dense_fine_speckled", 2, mitosis="mitotic_plate_stained")
+    assert [p.icap for p in call(interphase + some).patterns] == ["AC-21", "AC-2"]
+
+
+def test_a_pattern_the_metaphases_turn_into_another_reported_one_is_merged() -> None:
+    interphase = (cells("fine_speckled", 26, runner_up="homogeneous")
+                  + cells("homogeneous", 14, runner_up="fine_speckled"))
+    dark = cells("fine_speckled", 10, mitosis="mitotic_plate_unstained")
+    result = call(interphase + dark)
+    assert [p.icap for p in result.patterns] == ["AC-4"]
+    assert ("AC-1 (metaphase plates stain in 0 of 10: not AC-1, AC-4): its 14 of 40 cells "
+            "go to the AC-4 already reported") in result.warnings
+
+
+def test_a_first_pattern_turned_into_the_second_one_takes_its_place() -> None:
+    interphase = (cells("homogeneous", 26, runner_up="fine_speckled")
+                  + cells("fine_speckled", 14, runner_up="homogeneous"))
+    dark = cells("homogeneous", 10, mitosis="mitotic_plate_unstained")
+    result = call(interphase + dark)
+    assert [p.icap for p in result.patterns] == ["AC-4"]
+    assert "not AC-1, AC-4" in result.patterns[0].evidence
+    assert "AC-4: its 14 of 40 cells go to the AC-4 already reported" in result.warnings
 
 
 def test_a_look_alike_without_metaphases_is_called_with_a_warning() -> None:
