@@ -438,8 +438,8 @@ def format_report(cells: dict[str, object], specimens: dict[str, object],
                      f"{_pct(recall[name]):>10}{len(mine):>11}{_pct(ok):>12}")
     lines.append("")
     for key in ("mean_class_accuracy", "competent_mean_class_accuracy", "detection_recall",
-                "detection_precision",
-                "metaphase_recall", "metaphase_precision", "plate_accuracy"):
+                "detection_precision", "metaphase_recall", "metaphase_precision",
+                "plate_accuracy"):
         lines.append(f"  {key:<34}{_pct(cells[key])} %")
     lines.append(f"  {'metaphases in truth (matched)':<34}{cells['metaphases_true']:>5}")
     lines += ["", "specimen level"]

@@ -115,7 +115,8 @@ def plot(results: dict[int, dict[str, object]], classes: Sequence[str], path: Pa
     ax.set_xticklabels([c.replace("_", "\n") for c in classes], fontsize=7)
     ax.set_ylim(0.5, 1.0)
     ax.set_ylabel("held-out recall")
-    ax.set_title("Cell crop over 32 µm: finer sampling (same cells, same training steps)")
+    ax.set_title(f"Cell crop over {Hep2CellsConfig().crop_um:g} µm: finer sampling "
+                 "(same cells, same training steps)")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
