@@ -125,7 +125,13 @@ def stored_results(tmp_path: Path) -> int:
     if not path.exists():
         return 0
     with sqlite3.connect(path) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            # The service has created the file but not yet committed its schema.
+            if "no such table" in str(exc):
+                return 0
+            raise
 
 
 def finish(proc: subprocess.Popen[str], log: Path, timeout_s: float = WAIT_S) -> str:
