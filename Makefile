@@ -72,8 +72,9 @@ eval-cases: $(STAMP)
 	$(BIN)/python -m tools.eval_cases --json build/eval/eval_cases.json
 
 ## model-hep2: train, quantise and measure the HEp-2 classifier into build/hep2 with the
-## shipped recipe (about 3 h on 2 cores: 25 min to generate the crops, 2.5 h of training;
-## needs torch). Copy to models/hep2 to ship it. An interrupted run goes on with --resume.
+## shipped recipe (about 3 h on 2 cores: 25 min to generate the crops, 2.5 h of training,
+## then 2 min for the region head; needs torch). Copy to models/hep2 to ship it. An
+## interrupted run goes on with --resume.
 model-hep2: $(STAMP)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/python -m tools.train_hep2 --cache build/hep2_cache --per-class 4500 --compound 18000 \

@@ -351,6 +351,16 @@ class Hep2SpecimenConfig:
         0.22, "A second pattern holding at least this share of the classified cells is "
         "reported too (mixed pattern)", lo=0.05, hi=0.5,
     )
+    region_presence: float = _f(
+        0.6, "A cell shows a region (nucleoplasm, nucleolus, envelope, cytoplasm) stained "
+        "when the model's region head gives it at least this probability", lo=0.05, hi=0.99,
+    )
+    region_share: float = _f(
+        0.4, "A stained region that no reported pattern covers, shown by at least this share "
+        "of the classified cells, adds its most probable pattern (a faint second pattern in "
+        "the same cells, e.g. AC-8 under AC-1). Models without a region head skip this",
+        lo=0.05, hi=1,
+    )
     min_confidence: float = _f(
         0.5, "Cells whose votes (best pattern, plus a second region's pattern when it "
         "reaches second_vote) hold less probability than this are not counted for the "

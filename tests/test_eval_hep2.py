@@ -165,6 +165,17 @@ def test_summary_and_targets_follow_the_outcomes() -> None:
         "cell mean class accuracy"]
 
 
+def test_mixed_specimens_are_also_counted_at_the_competent_level() -> None:
+    truth = ("homogeneous", "nucleolar_homogeneous")
+    subtype_off = outcome("mixed", truth, ("homogeneous", "nucleolar_punctate"),
+                          positive=True)
+    group_off = outcome("mixed", truth, ("homogeneous", "few_nuclear_dots"), positive=True)
+    right = outcome("mixed", truth, truth, positive=True)
+    summary = specimen_summary([subtype_off, group_off, right])
+    assert summary["mixed_both_reported"] == pytest.approx(1 / 3)
+    assert summary["mixed_both_competent"] == pytest.approx(2 / 3)
+
+
 def test_scale_bands_split_between_the_objectives() -> None:
     assert [eval_hep2.scale_band(u) for u in (0.25, 0.35, 0.36, 0.5, 0.7, 0.71, 1.0)] == [
         "40x", "40x", "20x", "20x", "20x", "10x", "10x"]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -17,9 +18,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.assay import Hep2Assay, model_heads
+from appliance.assays.hep2.patterns import REGIONS
 from appliance.capture.frame import Frame
 from appliance.config import Config, with_overrides
+from appliance.inference.manifest import ModelError, load_manifest
 from appliance.outputs import hep2_json
 from appliance.outputs.hep2_overlay import render_overlay
 from appliance.outputs.store import ResultStore
@@ -209,3 +212,26 @@ def test_intensity_is_calibrated_only_when_the_camera_held_the_pinned_exposure(
     assert docs[True]["intensity"]["calibrated"] is True
     assert docs[False]["intensity"]["calibrated"] is False
     assert any("did not take the pinned exposure" in w for w in docs[False]["warnings"])
+
+
+def test_cells_carry_the_region_heads_reading(assay: Hep2Assay) -> None:
+    doc = score(assay, field("centromere", seed=71_004))
+    cells = [c for c in doc["cells"] if c["mitosis"] == "interphase"]
+    assert len(cells) >= 20 and all(set(c["regions"]) == set(REGIONS) for c in cells)
+    shows = {r: np.mean([c["regions"][r] >= 0.5 for c in cells]) for r in REGIONS}
+    # Centromere dots are in the nucleoplasm; no cell of this field stains its cytoplasm.
+    assert shows["nucleoplasm"] >= 0.9 and shows["cytoplasm"] <= 0.1
+
+
+def test_the_region_head_is_read_only_where_the_manifest_lists_it() -> None:
+    manifest = load_manifest(REPO / "models" / "hep2")
+    assert model_heads(manifest) == {"pattern_logits": 17, "mitosis_logits": 3,
+                                     "region_logits": 4}
+    outputs = dict(manifest.raw["outputs"])
+    del outputs["region_logits"]
+    older = replace(manifest, raw={**manifest.raw, "outputs": outputs})
+    assert "region_logits" not in model_heads(older)  # a v5 model: the rule is skipped
+    outputs["region_logits"] = {"classes": ["cytoplasm", "nucleoplasm"]}
+    odd = replace(manifest, raw={**manifest.raw, "outputs": outputs})
+    with pytest.raises(ModelError, match="region head lists"):
+        model_heads(odd)

@@ -6,7 +6,14 @@ from dataclasses import replace
 
 import pytest
 
-from appliance.assays.hep2.patterns import NAMES, SUBTYPE_GROUPS, canonical, pattern, subtype_group
+from appliance.assays.hep2.patterns import (
+    NAMES,
+    REGIONS,
+    SUBTYPE_GROUPS,
+    canonical,
+    pattern,
+    subtype_group,
+)
 from appliance.assays.hep2.specimen import (
     call_specimen,
     intensity_level,
@@ -298,3 +305,84 @@ def test_look_alikes() -> None:
     assert not look_alikes("few_nuclear_dots", "nucleolar_clumpy", coarse=False)
     assert look_alikes("few_nuclear_dots", "nucleolar_clumpy", coarse=True)
     assert not look_alikes("centromere", "golgi", coarse=True)
+
+
+# --- the region head (hep2-cells-v6): a faint second pattern in every cell -----------------
+
+def with_regions(cs: list[Hep2Cell], **stained: float) -> list[Hep2Cell]:
+    """The cells with region-head probabilities: the named regions at their value, the
+    others 0.02."""
+    regions = {r: stained.get(r, 0.02) for r in REGIONS}
+    return [replace(c, regions=dict(regions)) for c in cs]
+
+
+def faint_nucleoli_under_homogeneous(shown_by: int, of: int = 40) -> list[Hep2Cell]:
+    """AC-1 + AC-8 in every cell, the nucleoli faint: AC-1 takes every vote (AC-8 holds
+    0.12, under second_vote), and the region head sees the nucleoli in ``shown_by`` cells."""
+    cs = cells("homogeneous", of, p=0.85, runner_up="nucleolar_homogeneous")
+    seen = with_regions(cs[:shown_by], nucleoplasm=0.98, nucleolus=0.8)
+    return seen + with_regions(cs[shown_by:], nucleoplasm=0.98, nucleolus=0.3)
+
+
+def test_a_region_most_cells_show_stained_adds_its_pattern() -> None:
+    assert [p.name for p in call(cells("homogeneous", 40, p=0.85,
+                                       runner_up="nucleolar_homogeneous")).patterns] == [
+        "homogeneous"]  # the votes alone miss it
+    result = call(faint_nucleoli_under_homogeneous(30))
+    assert [p.name for p in result.patterns] == ["homogeneous", "nucleolar_homogeneous"]
+    second = result.patterns[1]
+    assert second.share == pytest.approx(30 / 40, abs=1e-3)
+    assert "nucleolus stained" in second.evidence and "region head" in second.evidence
+    assert any("AC-8 found by its stained region" in w and "nucleolar (AC-8,9,10)" in w
+               for w in result.warnings)
+
+
+def test_a_region_fewer_cells_show_is_not_a_pattern() -> None:
+    result = call(faint_nucleoli_under_homogeneous(15))  # 0.375 < region_share 0.5
+    assert [p.name for p in result.patterns] == ["homogeneous"]
+    strict = replace(SPEC, region_presence=0.9)  # 0.8 is then not "stained"
+    assert [p.name for p in call_specimen(faint_nucleoli_under_homogeneous(30), 80.0,
+                                          specimen=strict, intensity=INT).patterns] == [
+        "homogeneous"]
+
+
+def test_the_added_pattern_is_the_regions_most_probable_class() -> None:
+    cs = cells("centromere", 40, p=0.85, runner_up="nucleolar_punctate")
+    result = call(with_regions(cs, nucleoplasm=0.95, nucleolus=0.9))
+    assert [p.name for p in result.patterns] == ["centromere", "nucleolar_punctate"]
+
+
+def test_a_region_a_reported_pattern_covers_adds_nothing() -> None:
+    # Both patterns voted for already (AC-1 + AC-15 in the same cells): nothing more.
+    cs = cells("homogeneous", 40, p=0.6, runner_up="cyto_fibrillar")
+    result = call(with_regions(cs, nucleoplasm=0.95, cytoplasm=0.9))
+    assert [p.name for p in result.patterns] == ["homogeneous", "cyto_fibrillar"]
+    assert not any("region head" in p.evidence for p in result.patterns)
+
+
+def test_cells_without_a_region_head_are_called_as_before() -> None:
+    cs = cells("homogeneous", 40, p=0.85, runner_up="nucleolar_homogeneous")
+    mixed = with_regions(cs[:20], nucleolus=0.9) + cs[20:]  # some cells lack regions
+    assert [p.name for p in call(mixed).patterns] == ["homogeneous"]
+
+
+def test_on_a_coarse_field_nucleoli_found_by_region_are_a_look_alike_of_dots() -> None:
+    cs = with_regions(cells("few_nuclear_dots", 40, p=0.85, runner_up="nucleolar_clumpy"),
+                      nucleoplasm=0.9, nucleolus=0.7)
+    fine = call_specimen(cs, 80.0, specimen=SPEC, intensity=INT, um_per_px=0.4)
+    assert [p.name for p in fine.patterns] == ["few_nuclear_dots", "nucleolar_clumpy"]
+    coarse = call_specimen(cs, 80.0, specimen=SPEC, intensity=INT, um_per_px=0.9)
+    assert [p.name for p in coarse.patterns] == ["few_nuclear_dots"]
+    assert any("AC-9" in w and "look-alike" in w for w in coarse.warnings)
+
+
+def test_a_pattern_found_by_region_is_checked_by_the_metaphases_too() -> None:
+    # Faint speckles (AC-4) under nucleolar staining, and every plate stains: AC-1 then.
+    cs = with_regions(cells("nucleolar_homogeneous", 40, p=0.85, runner_up="fine_speckled"),
+                      nucleolus=0.95, nucleoplasm=0.8)
+    plates = cells("homogeneous", 4, mitosis="mitotic_plate_stained")
+    result = call(cs + plates)
+    names = [p.name for p in result.patterns]
+    assert names[0] == "nucleolar_homogeneous" and names[1] in ("homogeneous",
+                                                                 "dense_fine_speckled")
+    assert "not AC-4" in result.patterns[1].evidence

@@ -45,7 +45,7 @@ from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 from tools.verify_engine import compare_cell_logits, hep2_label
 
 REPO = Path(__file__).resolve().parent.parent
-HEADS = {"pattern_logits": 17, "mitosis_logits": 3}
+HEADS = {"pattern_logits": 17, "mitosis_logits": 3, "region_logits": 4}  # as shipped (v6)
 BATCH = hep2_assay.CLASSIFIER_BATCH
 PROFILE = ((1, 2, 64, 64), (64, 2, 64, 64), (BATCH, 2, 64, 64))
 
@@ -195,12 +195,12 @@ def test_a_batch_above_the_profile_runs_in_parts_in_order(rig: Rig) -> None:
 def test_buffers_are_made_once_whatever_the_cell_count(rig: Rig) -> None:
     backend = rig.backend()  # the warm-up made them, for the largest batch
     made = rig.gpu.pagelocked
-    assert made == 3  # crops + two heads
+    assert made == 1 + len(HEADS)  # crops + every head
     sizes = sorted(m.size for m in rig.gpu.memory.values())
-    assert sizes == sorted([BATCH * 2 * 64 * 64 * 4, BATCH * 17 * 4, BATCH * 3 * 4])
+    assert sizes == sorted([BATCH * 2 * 64 * 64 * 4] + [BATCH * k * 4 for k in HEADS.values()])
     for n in (3, 120, 17, BATCH, 1):
         backend.run_named(crops(n, seed=n))
-    assert rig.gpu.pagelocked == made and len(rig.gpu.memory) == 3
+    assert rig.gpu.pagelocked == made and len(rig.gpu.memory) == made
     backend.close()
     assert rig.gpu.memory == {}
 
@@ -303,6 +303,7 @@ def test_onnxruntime_never_needs_tensorrt(monkeypatch: pytest.MonkeyPatch) -> No
         assert assay.model.precision == "int8"
         out = assay.backend.run_named(crops(3))
         assert out["pattern_logits"].shape == (3, 17) and out["mitosis_logits"].shape == (3, 3)
+        assert out["region_logits"].shape == (3, 4)
 
 
 # ------------------------------------------------------------------ tools
@@ -333,6 +334,12 @@ def test_cell_logit_comparison_and_outcome_words() -> None:
     assert c["pattern_logits"].max_abs == 2.0
     assert c["pattern_logits"].pixel_agreement == 0.5  # the second cell flips
     assert c["mitosis_logits"].max_abs == 0.0 and c["mitosis_logits"].pixel_agreement == 1.0
+    # The region head's logits are yes / no each: a cell agrees when its stained regions do.
+    # (Both cells keep their arg-max; the first loses its second region.)
+    regions = {"region_logits": np.array([[2.0, 1.0], [1.0, 3.0]], np.float32)}
+    flipped = {"region_logits": np.array([[3.0, -2.0], [1.0, 3.5]], np.float32)}
+    r = compare_cell_logits(regions, flipped)["region_logits"]
+    assert r.pixel_agreement == 0.5 and r.max_abs == 3.0
     with pytest.raises(ValueError, match="heads differ"):
         compare_cell_logits(ref, {"pattern_logits": cand["pattern_logits"]})
     base = Hep2Result(file="f", seq=1, status="scored", image_width=1, image_height=1,

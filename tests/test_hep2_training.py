@@ -9,13 +9,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from appliance.assays.hep2.patterns import NAMES
+from appliance.assays.hep2.patterns import NAMES, REGIONS
 from appliance.config import Hep2CellsConfig
 from appliance.inference.manifest import file_sha256, load_manifest, verify_model
 from tools.hep2_dataset import (
     MIXED_WEIGHT,
     WEAK_WEIGHT,
     CropSet,
+    concat,
     crop_mask,
     field_crops,
     folder_crops,
@@ -148,7 +149,13 @@ def test_specimen_csv_with_unknown_pattern_names_the_line(tmp_path: Path) -> Non
 
 def test_one_epoch_training_exports_a_valid_onnx(tmp_path: Path) -> None:
     pytest.importorskip("torch")  # training only: CI and the box run without torch
-    from tools.hep2_net import INPUT_NAME, MITOSIS_OUTPUT, PATTERN_OUTPUT, export_onnx
+    from tools.hep2_net import (
+        INPUT_NAME,
+        MITOSIS_OUTPUT,
+        PATTERN_OUTPUT,
+        REGION_OUTPUT,
+        export_onnx,
+    )
     from tools.train_hep2 import quantise, train_model
 
     make_tree(tmp_path / "cells", np.random.default_rng(2), per_class=8)
@@ -162,10 +169,11 @@ def test_one_epoch_training_exports_a_valid_onnx(tmp_path: Path) -> None:
     for path in (fp32, int8):
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert [i.name for i in sess.get_inputs()] == [INPUT_NAME]
-        assert [o.name for o in sess.get_outputs()] == [PATTERN_OUTPUT, MITOSIS_OUTPUT]
-        pat, mit = sess.run(None, {INPUT_NAME: data.crops[:5]})  # a batch size not exported
-        assert pat.shape == (5, len(NAMES)) and mit.shape == (5, 3)
-        assert np.isfinite(pat).all() and np.isfinite(mit).all()
+        assert [o.name for o in sess.get_outputs()] == [PATTERN_OUTPUT, MITOSIS_OUTPUT,
+                                                        REGION_OUTPUT]
+        pat, mit, reg = sess.run(None, {INPUT_NAME: data.crops[:5]})  # a batch not exported
+        assert pat.shape == (5, len(NAMES)) and mit.shape == (5, 3) and reg.shape == (5, 4)
+        assert np.isfinite(pat).all() and np.isfinite(mit).all() and np.isfinite(reg).all()
 
 
 def test_training_fit_measures_one_pattern_training_crops_only(tmp_path: Path) -> None:
@@ -192,6 +200,7 @@ def test_shipped_model_matches_its_manifest() -> None:
     assert manifest.classes == NAMES
     assert manifest.raw["outputs"]["mitosis_logits"]["classes"] == [
         "interphase", "mitotic_plate_stained", "mitotic_plate_unstained"]
+    assert manifest.raw["outputs"]["region_logits"]["classes"] == list(REGIONS)
     assert "generated data only" in manifest.validated_on
     assert {"fp32", "int8"} <= set(manifest.files)
     for precision, (name, sha) in manifest.files.items():
@@ -286,3 +295,51 @@ def test_crop_cache_round_trip_keeps_seconds_and_reads_old_caches(tmp_path: Path
     np.savez(tmp_path / "old.npz", crops=data.crops, pattern=data.pattern,
              mitosis=data.mitosis, weight=data.weight)
     assert load_cropset(tmp_path / "old.npz").seconds.tolist() == [-1, -1, -1]
+
+
+def test_region_targets_mark_the_regions_of_both_patterns() -> None:
+    pytest.importorskip("torch")  # train_hep2 imports it
+    from tools.train_hep2 import region_targets
+
+    idx = NAMES.index
+    got = region_targets(np.array([idx("homogeneous"), idx("negative"), idx("golgi")]),
+                         np.array([idx("nucleolar_clumpy"), -1, -1]))
+    assert got.tolist() == [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]
+
+
+def test_the_region_head_is_fitted_on_the_frozen_trunk(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from tools.hep2_dataset import compound_crops
+    from tools.hep2_net import Hep2Net, load_weights
+    from tools.train_hep2 import fit_region_head, initial_model, region_fit_rows
+
+    make_tree(tmp_path / "cells", np.random.default_rng(6), per_class=6)
+    single = folder_crops(tmp_path / "cells", CFG)
+    single = CropSet(single.crops, single.pattern, np.zeros(len(single), np.int64),
+                     single.weight)
+    compound = compound_crops(range(950, 953), 12, CFG, rng_seed=3, width=240, height=180,
+                              um_per_px=0.5, intensity=90.0)
+    data = concat([single, compound], CFG.crop_px)
+    rows = region_fit_rows(data, seed=0, per_class=2, compound=5)
+    assert (data.seconds[rows] >= 0).sum() == 5 and (data.seconds[rows] < 0).sum() <= 2 * 17
+    torch.manual_seed(0)
+    model = Hep2Net(width=4).eval()
+    x = torch.from_numpy(data.crops[:6])
+    with torch.no_grad():
+        before = model(x)
+    record = fit_region_head(model, data, seed=0, steps=300, show=False)
+    with torch.no_grad():
+        after = model(x)
+    # The pattern and mitosis heads read the same features with the same weights ...
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    # ... the region head learnt: better than chance on what it was fitted on.
+    assert record["crops"] == len(region_fit_rows(data, seed=0))
+    assert not torch.equal(before[2], after[2]) and record["final_loss"] < 0.6
+    # A checkpoint from before the region head (v5) still loads; other gaps do not.
+    path = tmp_path / "v5.pt"
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith("regions.")}
+    torch.save({"model": old}, path)
+    assert torch.equal(initial_model(path, 4).pattern.weight, model.pattern.weight)
+    del old["pattern.bias"]
+    with pytest.raises(RuntimeError, match=r"pattern\.bias"):
+        load_weights(Hep2Net(width=4), old)

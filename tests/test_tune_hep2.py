@@ -116,9 +116,27 @@ def test_keep_and_sweep_with_the_shipped_model(tmp_path: Path) -> None:
         tune_hep2.MIN_CONFIDENCE)
     assert len(points) == grid
     base = measure(got, cfg.hep2.specimen, cfg.hep2.intensity)
+    regions = tune_hep2.sweep_regions(got, cfg.hep2.specimen, cfg.hep2.intensity)
+    assert len(regions) == len(tune_hep2.REGION_PRESENCE) * len(tune_hep2.REGION_SHARE)
+    assert {(p.second_vote, p.mixed_share) for p in regions} == {
+        (base.second_vote, base.mixed_share)}
     png = tmp_path / "t.png"
-    tune_hep2.plot(points, choose(points, cfg.hep2.specimen, 1.0), base, png)
+    tune_hep2.plot(points, choose(points, cfg.hep2.specimen, 1.0), base, png, regions)
     assert png.stat().st_size > 1000
+
+
+def test_the_region_sweep_moves_only_the_region_thresholds() -> None:
+    # AC-1 in every cell, AC-8 faint in 30 of 40 (region head only): found at region
+    # share 0.5 and below, not at 0.8.
+    cells = [replace(cell("homogeneous"), regions={
+        "nucleoplasm": 0.95, "nucleolus": 0.75 if i < 30 else 0.1, "envelope": 0.0,
+        "cytoplasm": 0.0}) for i in range(40)]
+    mixed = KeptSpecimen(3, "mixed", ("homogeneous", "nucleolar_homogeneous"), tuple(cells),
+                         80.0, 0.5, False)
+    got = {(p.region_presence, p.region_share): p.mixed_both
+           for p in tune_hep2.sweep_regions([mixed], RULES, INTENSITY)}
+    assert got[(0.5, 0.5)] == got[(0.7, 0.7)] == 1.0
+    assert got[(0.5, 1.0)] == got[(0.8, 0.3)] == 0.0
 
 
 def test_the_change_is_said_in_specimens() -> None:

@@ -155,6 +155,17 @@ def reports_truth(kind: str, truth: Sequence[str], called: Sequence[str]) -> boo
     return bool(called) and called[0] == truth[0]
 
 
+def competent(name: str) -> str:
+    """The ICAP competent-level name of a class: its subtype group, or itself."""
+    return subtype_group(name) or name
+
+
+def reports_both_competent(truth: Sequence[str], called: Sequence[str]) -> bool:
+    """A mixed specimen whose reported patterns name both truths at the ICAP competent
+    level (a subtype read as another of its group counts as found)."""
+    return {competent(n) for n in truth} <= {competent(n) for n in called}
+
+
 def reports_false_pattern(kind: str, truth: Sequence[str], called: Sequence[str]) -> bool:
     """A single-pattern specimen called with a second pattern, or a mixed one called with a
     pattern that is not there."""
@@ -240,14 +251,14 @@ def mean_class_accuracy(confusion: Sequence[Sequence[int]]) -> float:
 
 # The competent level (ICAP): every expert-level subtype counted as its group, the other
 # classes as themselves, in NAMES order of their first member.
-COMPETENT_LABELS: tuple[str, ...] = tuple(dict.fromkeys(subtype_group(n) or n for n in NAMES))
+COMPETENT_LABELS: tuple[str, ...] = tuple(dict.fromkeys(competent(n) for n in NAMES))
 
 
 def competent_confusion(confusion: Sequence[Sequence[int]]) -> list[list[int]]:
     """The (NAMES x NAMES) confusion collapsed to COMPETENT_LABELS: a cell read as another
     subtype of its own group (AC-8 read as AC-10) counts as right, as it is when the box
     reports the group (specimen rule 5)."""
-    index = [COMPETENT_LABELS.index(subtype_group(n) or n) for n in NAMES]
+    index = [COMPETENT_LABELS.index(competent(n)) for n in NAMES]
     out = [[0] * len(COMPETENT_LABELS) for _ in COMPETENT_LABELS]
     for i, row in enumerate(confusion):
         for j, count in enumerate(row):
@@ -314,6 +325,8 @@ def specimen_summary(outcomes: Sequence[SpecimenOutcome]) -> dict[str, object]:
         "mixed_both_reported": _rate(sum(o.pattern_correct for o in mixed), len(mixed)),
         "mixed_first_correct": _rate(sum(o.first in o.truth_patterns for o in mixed),
                                      len(mixed)),
+        "mixed_both_competent": _rate(sum(reports_both_competent(o.truth_patterns, o.called)
+                                          for o in mixed), len(mixed)),
         # The other side of mixed calls: a pattern reported that is not there.
         "single_with_false_second": _rate(sum(reports_false_pattern(o.kind, o.truth_patterns,
                                                                     o.called)
@@ -444,7 +457,8 @@ def format_report(cells: dict[str, object], specimens: dict[str, object],
     lines.append(f"  {'metaphases in truth (matched)':<34}{cells['metaphases_true']:>5}")
     lines += ["", "specimen level"]
     for key in ("pattern_accuracy", "negative_called_negative", "mixed_both_reported",
-                "mixed_first_correct", "single_with_false_second", "mixed_with_false_pattern",
+                "mixed_both_competent", "mixed_first_correct", "single_with_false_second",
+                "mixed_with_false_pattern",
                 "positive_negative_agreement", "intensity_level_agreement"):
         lines.append(f"  {key:<34}{_pct(specimens[key])} %")
     ratio = _number(specimens["intensity_median_ratio"])

@@ -4,7 +4,9 @@
   metaphases (magenta), its banner and the metaphase evidence;
 * ``docs/img/hep2-live-mixed.png``: the live display on a mixed specimen;
 * ``docs/img/hep2-overlay-nucleolar-10x.png``: a nucleolar field at 10x, whose subtype
-  call carries the warning to report the group or confirm at a higher magnification.
+  call carries the warning to report the group or confirm at a higher magnification;
+* ``docs/img/hep2-overlay-faint-second.png``: a weak AC-1 + AC-8 field (both in every
+  cell) whose nucleoli the region head finds although AC-1 takes most of the votes.
 
     python -m tools.make_hep2_pictures
 """
@@ -35,7 +37,7 @@ def _write(name: str, rgb: np.ndarray) -> None:
 
 
 def main() -> int:
-    """Write the three pictures."""
+    """Write the four pictures."""
     cfg = with_overrides(Config(), {"assay": "hep2"})
     with Hep2Assay.from_config(cfg) as assay:
         ac1 = generate_hep2_field(Hep2FieldSpec(
@@ -60,6 +62,12 @@ def main() -> int:
         result = assay.score(Frame(image=nucleolar.image, seq=3, timestamp=0.0,
                                    source="ac8-10x.png", um_per_px=0.95))
         _write("hep2-overlay-nucleolar-10x.png", render_overlay(nucleolar.image, result))
+        faint = generate_hep2_field(Hep2FieldSpec(
+            seed=61_006, width=960, height=720, um_per_px=0.5, combined=True,
+            patterns=(("homogeneous", 0.5), ("nucleolar_homogeneous", 0.5)), intensity=45.0))
+        result = assay.score(Frame(image=faint.image, seq=4, timestamp=0.0,
+                                   source="ac1-ac8.png", um_per_px=0.5))
+        _write("hep2-overlay-faint-second.png", render_overlay(faint.image, result))
     return 0
 
 

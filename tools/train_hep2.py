@@ -1,10 +1,14 @@
 """Train the HEp-2 cell classifier, export FP32 and INT8 ONNX, measure them, write the manifest.
 
     python -m tools.train_hep2 --out models/hep2 [--per-class 600] [--epochs 12]
-    # the shipped hep2-cells-v5 (`make model-hep2`; about 2.5 h of training on 2 cores)
+    # the shipped hep2-cells-v6 (`make model-hep2`; about 2.5 h of training on 2 cores):
+    # hep2-cells-v5's training, then its region head fitted on the frozen trunk
     python -m tools.train_hep2 --cache build/hep2_cache --per-class 4500 --compound 18000 \
         --steps 12000 --lr 0.003 --width 32 --checkpoint build/hep2_v5.pt \
         --out build/hep2 --plots build/hep2
+    # the same from v5's checkpoint, the region head alone (a few minutes)
+    python -m tools.train_hep2 --cache build/hep2_cache --per-class 4500 --compound 18000 \
+        --width 32 --init build/hep2_v5.pt --head-only --out build/hep2 --plots build/hep2
     python -m tools.train_hep2 ... --resume          # continue from --checkpoint
     python -m tools.train_hep2 --cells-dir LAB/cells            # + a lab's folder per class
     python -m tools.train_hep2 --fields-csv LAB/fields.csv --fields-um-per-px 0.5
@@ -43,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from appliance.assays.hep2.assay import softmax
-from appliance.assays.hep2.patterns import BY_NAME, NAMES
+from appliance.assays.hep2.assay import sigmoid, softmax
+from appliance.assays.hep2.patterns import BY_NAME, NAMES, REGIONS
 from appliance.assays.hep2.types import MITOSIS_CLASSES
 from appliance.config import Hep2CellsConfig, Hep2SpecimenConfig
 from appliance.inference.manifest import file_sha256
@@ -69,14 +73,16 @@ from tools.hep2_net import (
     INPUT_NAME,
     MITOSIS_OUTPUT,
     PATTERN_OUTPUT,
+    REGION_OUTPUT,
     Hep2Net,
     export_onnx,
+    load_weights,
 )
 from tools.quantise_model import quantise_qdq
 
 PRECISIONS = ("fp32", "int8", "int8_trt")
 # The model's name in results, MQTT and engine files: a new training recipe, a new name.
-MODEL_NAME = "hep2-cells-v5"
+MODEL_NAME = "hep2-cells-v6"
 VALIDATED_ON = (
     "generated data only (tools/synth/hep2_fields.py held-out seeds 720000+); not validated "
     "on real HEp-2 slides - research use only"
@@ -91,6 +97,10 @@ PROBE_STEPS = 30  # steps timed before a time-budgeted run fixes its length
 COMPOUND_SPLIT = 0.5
 # What "both named" means below: the assay's default second vote.
 SECOND_VOTE = Hep2SpecimenConfig().second_vote
+# The region head's fit: interphase one-pattern crops per class, compound crops, steps.
+REGION_FIT_PER_CLASS = 500
+REGION_FIT_COMPOUND = 6000
+REGION_FIT_STEPS = 600
 
 
 def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -212,12 +222,7 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
     per_epoch = -(-len(data) // batch)
     total = steps if steps is not None else epochs * per_epoch
     if init is not None:
-        if not init.is_file():
-            raise ValueError(f"--init: no checkpoint at {init}")
-        try:
-            model.load_state_dict(torch.load(init, weights_only=False)["model"])
-        except (RuntimeError, KeyError) as exc:
-            raise ValueError(f"{init}: not a checkpoint of this network: {exc}") from exc
+        model = initial_model(init, width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     state: dict[str, Any] = {"step": 0, "epoch": 0, "total": total, "losses": [],
                              "fixed": time_budget_s is None, "seconds": 0.0}
@@ -246,7 +251,8 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, lr)
             t = torch.from_numpy(idx)
-            p_logits, m_logits = model(augment(crops[t], rng))
+            # The region head is fitted afterwards, on the frozen trunk (fit_region_head).
+            p_logits, m_logits, _ = model(augment(crops[t], rng))
             targets = pattern_targets(pattern[t], second[t], len(NAMES), label_smoothing)
             loss_p = pattern_loss(p_logits, targets, cw, weight[t])
             known = mitosis[t] >= 0  # a lab's crops carry no mitosis truth
@@ -276,6 +282,88 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
     return model, losses
 
 
+def region_targets(pattern: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """(N, regions) 0/1: which regions (patterns.REGIONS) each crop's pattern(s) stain."""
+    region_of = np.array([REGIONS.index(BY_NAME[n].region) if BY_NAME[n].region in REGIONS
+                          else -1 for n in NAMES])
+    out = np.zeros((len(pattern), len(REGIONS)), np.float32)
+    for classes in (pattern, second):
+        rows = np.flatnonzero(classes >= 0)
+        regions = region_of[classes[rows]]
+        stained = regions >= 0
+        out[rows[stained], regions[stained]] = 1.0
+    return out
+
+
+def region_fit_rows(data: CropSet, seed: int, per_class: int = REGION_FIT_PER_CLASS,
+                    compound: int = REGION_FIT_COMPOUND) -> np.ndarray:
+    """The crops the region head is fitted on: up to ``per_class`` interphase one-pattern
+    crops of each class and up to ``compound`` compound ones (a lab's crops count as one
+    pattern; metaphases are left out: their plate is not a region of an interphase cell)."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    interphase = data.mitosis <= 0
+    single = data.seconds < 0
+    for c in range(len(NAMES)):
+        rows = np.flatnonzero(interphase & single & (data.pattern == c))
+        picks.append(rng.permutation(rows)[:per_class])
+    picks.append(rng.permutation(np.flatnonzero(interphase & ~single))[:compound])
+    return np.sort(np.concatenate(picks))
+
+
+def fit_region_head(model: Hep2Net, data: CropSet, *, seed: int = 1,
+                    steps: int = REGION_FIT_STEPS, show: bool = True) -> dict[str, object]:
+    """Fit ``model.regions`` (one yes / no logit per region) on the frozen trunk's features
+    of :func:`region_fit_rows`, by logistic regression; the other heads are untouched, so
+    their outputs stay the same. Returns what the manifest records."""
+    rows = region_fit_rows(data, seed)
+    if not len(rows):
+        raise ValueError("no interphase crops to fit the region head on")
+    model.eval()
+    feats = []
+    with torch.no_grad():
+        batches_of = range(0, len(rows), 256)
+        for i in tqdm(batches_of, desc="region head features", disable=not show):
+            feats.append(model.features(torch.from_numpy(data.crops[rows[i:i + 256]])))
+    x = torch.cat(feats)
+    y = torch.from_numpy(region_targets(data.pattern[rows], data.seconds[rows]))
+    # Centred features over one common scale fit well with one learning rate, and the fit
+    # folds into the head. One scale, not one per feature: a near-constant feature would
+    # get a weight far above the rest, and INT8's per-channel weight scale follows the
+    # largest weight, leaving the others a few levels.
+    mu, sd = x.mean(0), x.std(0).mean() + 1e-6
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(x.shape[1], len(REGIONS))
+    opt = torch.optim.Adam(head.parameters(), lr=0.01, weight_decay=1e-4)
+    z = (x - mu) / sd
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(head(z), y)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        model.regions.weight.copy_(head.weight / sd)
+        model.regions.bias.copy_(head.bias - (head.weight * mu / sd).sum(1))
+    return {"crops": len(rows), "compound_crops": int((data.seconds[rows] >= 0).sum()),
+            "steps": steps, "final_loss": round(float(loss.item()), 4),
+            "method": "logistic regression (Adam, lr 0.01, weight decay 1e-4) on the frozen "
+                      "trunk's pooled features, centred, over their mean standard "
+                      "deviation, folded into the head"}
+
+
+def initial_model(path: Path, width: int) -> Hep2Net:
+    """The network with the weights of checkpoint ``path`` (eval mode)."""
+    model = Hep2Net(width=width)
+    if not path.is_file():
+        raise ValueError(f"--init: no checkpoint at {path}")
+    try:
+        load_weights(model, torch.load(path, weights_only=False)["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"{path}: not a checkpoint of this network: {exc}") from exc
+    model.eval()
+    return model
+
+
 # --- quantisation (the HER2 toolchain, fed with cell crops) ----------------------------------
 
 def quantise(fp32: Path, out: Path, calibration: np.ndarray, *, symmetric: bool = False) -> None:
@@ -300,6 +388,39 @@ def onnx_outputs(path: Path, crops: np.ndarray, batch: int = 256) -> tuple[np.nd
     if not pats:
         return np.zeros((0, len(NAMES)), np.float32), np.zeros((0, len(MITOSIS_CLASSES)))
     return np.concatenate(pats), np.concatenate(mits)
+
+
+def onnx_regions(path: Path, crops: np.ndarray, batch: int = 256) -> np.ndarray:
+    """(N, regions) probabilities that each region stains, from a model file."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    got = [sigmoid(sess.run([REGION_OUTPUT], {INPUT_NAME: crops[i:i + batch]})[0])
+           for i in range(0, len(crops), batch)]
+    return np.concatenate(got) if got else np.zeros((0, len(REGIONS)), np.float32)
+
+
+def measure_regions(path: Path, single: CropSet, compound: CropSet,
+                    presence: float = Hep2SpecimenConfig().region_presence
+                    ) -> dict[str, object]:
+    """Held-out figures of the region head at the assay's default ``presence``: compound
+    cells with every region right, the recall of each region in them, and one-pattern
+    interphase cells showing a region their pattern does not stain."""
+    out: dict[str, object] = {"presence": presence}
+    if len(compound):
+        truth = region_targets(compound.pattern, compound.seconds) > 0
+        said = onnx_regions(path, compound.crops) >= presence
+        out["compound_cells"] = len(compound)
+        out["compound_all_regions_right"] = round(float((said == truth).all(1).mean()), 4)
+        out["compound_recall"] = {r: round(float(said[truth[:, k], k].mean()), 4)
+                                  for k, r in enumerate(REGIONS) if truth[:, k].any()}
+    rows = np.flatnonzero((single.mitosis <= 0) & (single.seconds < 0))
+    if len(rows):
+        truth = region_targets(single.pattern[rows], single.seconds[rows]) > 0
+        said = onnx_regions(path, single.crops[rows]) >= presence
+        out["single_cells"] = len(rows)
+        out["single_extra_region"] = round(float((said & ~truth).any(1).mean()), 4)
+    return out
 
 
 def onnx_predict(path: Path, crops: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -461,6 +582,9 @@ def build_manifest(directory: Path, recipe: dict[str, object],
             PATTERN_OUTPUT: {"classes": list(NAMES),
                              "icap": [BY_NAME[n].icap for n in NAMES]},
             MITOSIS_OUTPUT: {"classes": list(MITOSIS_CLASSES)},
+            REGION_OUTPUT: {"classes": list(REGIONS),
+                            "note": "one logit per region, independent: sigmoid gives the "
+                                    "probability that the region stains"},
         },
         "quantisation": {
             "format": "QDQ", "tool": "onnxruntime.quantization.quantize_static",
@@ -553,6 +677,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     if cfg.crop_px != CROP_PX:
         raise ValueError(f"the network takes {CROP_PX} px crops, config says {cfg.crop_px}")
     _init_recipe(args.init_manifest)  # fail before hours of work, not after
+    if args.head_only and not args.init:
+        raise ValueError("--head-only keeps the weights of --init: give --init")
     t0 = time.time()
     train = _training_data(args, cfg)
     val = _generated(args, cfg, "val", VAL_SEEDS, args.val_per_class, args.seed + 1,
@@ -569,13 +695,18 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         return {}
     resumed = args.resume and args.checkpoint and Path(args.checkpoint).is_file()
     earlier_s = checkpoint_seconds(Path(args.checkpoint)) if resumed else 0.0
-    model, losses = train_model(
-        train, epochs=args.epochs, batch=args.batch, lr=args.lr, width=args.width,
-        seed=args.seed, label_smoothing=args.label_smoothing, steps=args.steps or None,
-        time_budget_s=args.time_budget_min * 60.0 if args.time_budget_min else None,
-        checkpoint=Path(args.checkpoint) if args.checkpoint else None, resume=args.resume,
-        init=Path(args.init) if args.init else None)
+    losses: list[float] = []
+    if args.head_only:
+        model = initial_model(Path(args.init), args.width)
+    else:
+        model, losses = train_model(
+            train, epochs=args.epochs, batch=args.batch, lr=args.lr, width=args.width,
+            seed=args.seed, label_smoothing=args.label_smoothing, steps=args.steps or None,
+            time_budget_s=args.time_budget_min * 60.0 if args.time_budget_min else None,
+            checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+            resume=args.resume, init=Path(args.init) if args.init else None)
     train_s = earlier_s + time.time() - t0 - data_s
+    region_head = fit_region_head(model, train, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     export_onnx(model, out / "hep2_fp32.onnx")
@@ -585,12 +716,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     for precision in PRECISIONS:
         m, cm = measure(out / f"hep2_{precision}.onnx", val)
         m["compound"] = measure_compound(out / f"hep2_{precision}.onnx", val_compound)
+        m["regions"] = measure_regions(out / f"hep2_{precision}.onnx", val, val_compound)
         metrics[precision] = m
         if precision == "int8":
             plot_confusion(cm, Path(args.plots) / "hep2_confusion_int8.png",
                            f"HEp-2 cells, INT8, held-out generated (mean class acc "
                            f"{m['mean_class_accuracy']:.3f})")
-    plot_losses(losses, Path(args.plots) / "hep2_training_loss.png")
+    if losses:  # --head-only trains no trunk: the loss plot of the --init run stands
+        plot_losses(losses, Path(args.plots) / "hep2_training_loss.png")
     recipe = {
         "script": "tools/train_hep2.py",
         "data": f"generated one-pattern fields (tools/synth/hep2_fields.py, seeds from "
@@ -613,6 +746,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 f"between their two patterns), label smoothing {args.label_smoothing} "
                 "(pattern) + 0.5 x cross-entropy (mitosis)",
         "init": args.init or None,
+        "head_only": bool(args.head_only),
+        "region_head": region_head,
         "init_run": _init_recipe(args.init_manifest),
         "command": "python -m tools.train_hep2 " + " ".join(
             f"--{k} {v}" for k, v in (("per-class", args.per_class), ("compound", args.compound),
@@ -621,10 +756,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                                        ("batch", args.batch), ("lr", args.lr),
                                        ("width", args.width), ("seed", args.seed),
                                        ("label-smoothing", args.label_smoothing))
-            + ((("init", args.init),) if args.init else ())),
+            + ((("init", args.init),) if args.init else ()))
+            + (" --head-only" if args.head_only else ""),
         "augmentation": "rot90, flip, gamma 0.8..1.25 on the signal",
         "torch": torch.__version__, "data_seconds": round(data_s),
-        "train_seconds": round(train_s), "final_loss": float(np.mean(losses[-50:])),
+        "train_seconds": round(train_s),
+        "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "training_fit_fp32": training_fit(out / "hep2_fp32.onnx", train, seed=args.seed),
     }
     manifest = build_manifest(out, recipe, metrics, cfg, name=args.name)
@@ -669,6 +806,8 @@ def main() -> None:
                     help="start from this checkpoint's weights (fresh optimiser and schedule)")
     ap.add_argument("--init-manifest", default="",
                     help="manifest of the --init run: its recipe is kept in the new manifest")
+    ap.add_argument("--head-only", action="store_true",
+                    help="keep the --init weights as they are and fit the region head only")
     ap.add_argument("--data-only", action="store_true",
                     help="build (and cache) the crop sets, then stop")
     ap.add_argument("--cells-dir", default="", help="a lab's DIR/<class>/*.png cell crops")

@@ -9,7 +9,9 @@ reported pattern(s) through three numbers of ``[hep2.specimen]``: ``second_vote`
 also votes for another region's pattern this probable), ``mixed_share`` (a second pattern
 this share of the voters is reported too) and ``min_confidence`` (weaker cells do not
 vote). Lower values find more mixed patterns and also report patterns that are not there;
-this tool measures that trade instead of guessing it.
+this tool measures that trade instead of guessing it. With a model that has a region
+head, two more (``region_presence`` and ``region_share``: a region most cells show stained
+adds its pattern) are swept on their own, the triple at its current values.
 
 Each tuning specimen is generated and classified once (segmentation and classifier are
 not touched by these thresholds); the rules are then re-run on the kept cells for every
@@ -67,6 +69,10 @@ LOOK_ALIKES: tuple[frozenset[str], ...] = tuple(
 SECOND_VOTE = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 MIXED_SHARE = (0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.22, 0.25, 0.3)
 MIN_CONFIDENCE = (0.4, 0.5, 0.6)
+# The region head's two thresholds, swept apart at the current triple (a full product with
+# the grid above would cost hours for little: they act on other specimens).
+REGION_PRESENCE = (0.5, 0.6, 0.7, 0.8)
+REGION_SHARE = (0.3, 0.4, 0.5, 0.6, 0.7, 1.0)
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ class GridPoint:
     mixed_both: float  # mixed specimens reporting both of their patterns
     mixed_false_pattern: float  # mixed specimens reporting a pattern that is not there
     not_scorable: int
+    region_presence: float = Hep2SpecimenConfig().region_presence
+    region_share: float = Hep2SpecimenConfig().region_share
 
 
 def mixed_pairs(seed: int) -> list[tuple[str, str]]:
@@ -160,7 +168,8 @@ def measure(kept: Sequence[KeptSpecimen], rules: Hep2SpecimenConfig,
             mixed_false += false
     return GridPoint(rules.second_vote, rules.mixed_share, rules.min_confidence,
                      _rate(single_ok, len(singles)), _rate(single_second, len(singles)),
-                     _rate(mixed_ok, len(mixed)), _rate(mixed_false, len(mixed)), refused)
+                     _rate(mixed_ok, len(mixed)), _rate(mixed_false, len(mixed)), refused,
+                     rules.region_presence, rules.region_share)
 
 
 def sweep(kept: Sequence[KeptSpecimen], base: Hep2SpecimenConfig,
@@ -170,6 +179,14 @@ def sweep(kept: Sequence[KeptSpecimen], base: Hep2SpecimenConfig,
     return [measure(kept, replace(base, second_vote=sv, mixed_share=ms, min_confidence=mc),
                     intensity)
             for sv, ms, mc in tqdm(grid, desc="grid", disable=not progress)]
+
+
+def sweep_regions(kept: Sequence[KeptSpecimen], base: Hep2SpecimenConfig,
+                  intensity: Hep2IntensityConfig) -> list[GridPoint]:
+    """``measure`` at every (region_presence, region_share), the triple at ``base``'s values;
+    region_share 1.0 is all but the rule switched off."""
+    return [measure(kept, replace(base, region_presence=rp, region_share=rs), intensity)
+            for rp, rs in itertools.product(REGION_PRESENCE, REGION_SHARE)]
 
 
 def choose(points: Sequence[GridPoint], base: Hep2SpecimenConfig, max_false_second: float,
@@ -182,14 +199,17 @@ def choose(points: Sequence[GridPoint], base: Hep2SpecimenConfig, max_false_seco
 
     def distance(p: GridPoint) -> float:
         return (abs(p.second_vote - base.second_vote) + abs(p.mixed_share - base.mixed_share)
-                + abs(p.min_confidence - base.min_confidence))
+                + abs(p.min_confidence - base.min_confidence)
+                + abs(p.region_presence - base.region_presence)
+                + abs(p.region_share - base.region_share))
 
     return max(ok, key=lambda p: (round(p.mixed_both + p.single_correct, 9), -distance(p)))
 
 
 def plot(points: Sequence[GridPoint], chosen: GridPoint | None, base: GridPoint,
-         path: Path) -> None:
-    """Mixed-both against false-second for every grid point, the defaults and the choice."""
+         path: Path, regions: Sequence[GridPoint] = ()) -> None:
+    """Mixed-both against false-second for every grid point, the region-threshold points,
+    the defaults and the choice."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,6 +219,10 @@ def plot(points: Sequence[GridPoint], chosen: GridPoint | None, base: GridPoint,
     sc = ax.scatter([p.single_false_second for p in points], [p.mixed_both for p in points],
                     c=[p.mixed_share for p in points], cmap="viridis", s=14, alpha=0.7)
     fig.colorbar(sc, ax=ax, label="mixed_share")
+    if regions:
+        ax.scatter([p.single_false_second for p in regions], [p.mixed_both for p in regions],
+                   marker="^", s=30, facecolors="none", edgecolors="black",
+                   label="region head thresholds (at the current triple)")
     ax.scatter([base.single_false_second], [base.mixed_both], marker="s", s=80,
                facecolors="none", edgecolors="red", label="current defaults")
     if chosen is not None:
@@ -218,12 +242,13 @@ def plot(points: Sequence[GridPoint], chosen: GridPoint | None, base: GridPoint,
 
 def _row(p: GridPoint) -> str:
     return (f"  {p.second_vote:>7.2f}{p.mixed_share:>7.2f}{p.min_confidence:>7.2f}"
+            f"{p.region_presence:>7.2f}{p.region_share:>7.2f}"
             f"{100 * p.single_correct:>11.1f}{100 * p.single_false_second:>11.1f}"
             f"{100 * p.mixed_both:>11.1f}{100 * p.mixed_false_pattern:>11.1f}")
 
 
-HEADER = (f"  {'second':>7}{'mixed':>7}{'conf':>7}{'single ok':>11}{'false 2nd':>11}"
-          f"{'mix both':>11}{'mix false':>11}   (shares in %)")
+HEADER = (f"  {'second':>7}{'mixed':>7}{'conf':>7}{'region':>7}{'r.share':>7}{'single ok':>11}"
+          f"{'false 2nd':>11}{'mix both':>11}{'mix false':>11}   (shares in %)")
 
 
 def _count_change(new: GridPoint, old: GridPoint, counts: dict[str, int],
@@ -270,8 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for i, (kind, spec) in enumerate(tqdm(specs, desc="specimens"))]
     base_rules, intensity = cfg.hep2.specimen, cfg.hep2.intensity
     points = sweep(kept, base_rules, intensity, progress=True)
+    regions = sweep_regions(kept, base_rules, intensity)
     base = measure(kept, base_rules, intensity)
     chosen = choose(points, base_rules, args.max_false_second, args.max_false_pattern)
+    chosen_regions = choose(regions, base_rules, args.max_false_second,
+                            args.max_false_pattern)
     counts = {k: sum(s.kind == k for s in kept) for k in ("single", "negative", "mixed")}
     print(f"{len(kept)} tuning specimens (seeds {specs[0][1].seed}..{specs[-1][1].seed}): "
           f"{counts}; {base.not_scorable} refused by the quality gates")
@@ -291,14 +319,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("best 10 by mixed both + single ok")
     for p in sorted(points, key=lambda p: -(p.mixed_both + p.single_correct))[:10]:
         print(_row(p))
-    plot(points, chosen, base, args.out)
+    print("region head thresholds, the triple at the current defaults (region share 1.00: "
+          "all but off)")
+    for p in regions:
+        print(_row(p))
+    print("chosen among them" + ("\n" + _row(chosen_regions) if chosen_regions else
+                                  ": none keeps false calls that low"))
+    plot(points, chosen, base, args.out, regions)
     print(f"plot: {args.out}")
     if args.json is not None:
         doc = {"seeds": [specs[0][1].seed, specs[-1][1].seed], "counts": counts,
                "classes": list(NAMES), "max_false_second": args.max_false_second,
                "max_false_pattern": args.max_false_pattern,
                "current": asdict(base), "chosen": None if chosen is None else asdict(chosen),
-               "points": [asdict(p) for p in points]}
+               "points": [asdict(p) for p in points],
+               "region_points": [asdict(p) for p in regions],
+               "region_chosen": None if chosen_regions is None else asdict(chosen_regions)}
         write_numbers(args.json, doc)
     return 0
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.assay import REGION_LOGITS, Hep2Assay
 from appliance.assays.hep2.types import Hep2Result
 from appliance.assays.her2.assay import Her2Assay
 from appliance.assays.her2.types import FieldResult
@@ -74,10 +74,17 @@ def field_agreement(pairs: Sequence[tuple[str, str]]) -> float:
 
 def compare_cell_logits(reference: dict[str, np.ndarray],
                         candidate: dict[str, np.ndarray]) -> dict[str, LogitComparison]:
-    """Per head, two (N, K) cell logit arrays compared; the agreement is per cell."""
+    """Per head, two (N, K) cell logit arrays compared; the agreement is per cell: the same
+    class, or for the region head (independent yes / no logits) the same regions stained."""
     if sorted(reference) != sorted(candidate):
         raise ValueError(f"heads differ: {sorted(reference)} vs {sorted(candidate)}")
-    return {name: compare_logits(reference[name].T, candidate[name].T) for name in reference}
+    out = {name: compare_logits(reference[name].T, candidate[name].T) for name in reference}
+    if REGION_LOGITS in reference:
+        ref, cand = reference[REGION_LOGITS], candidate[REGION_LOGITS]
+        same = ((ref > 0) == (cand > 0)).all(axis=1)
+        out[REGION_LOGITS] = replace(out[REGION_LOGITS],
+                                     pixel_agreement=float(same.mean()) if len(same) else 1.0)
+    return out
 
 
 def hep2_label(result: Hep2Result) -> str:

@@ -44,6 +44,9 @@ def cell_to_dict(cell: Hep2Cell) -> dict[str, Any]:
         "pattern": cell.pattern, "confidence": _num(f"{name}.confidence", cell.confidence, 4),
         "mitosis": cell.mitosis, "touches_edge": cell.touches_edge,
         "probabilities": _probabilities(cell.probabilities, f"{name}.probabilities"),
+        # Only from a model with a region head (hep2-cells-v6 on): an added, optional key.
+        **({"regions": _probabilities(cell.regions, f"{name}.regions")} if cell.regions
+           else {}),
     }
 
 

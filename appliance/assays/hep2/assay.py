@@ -23,7 +23,7 @@ from appliance.assays.hep2 import intensity as brightness_mod
 from appliance.assays.hep2.calibration import intensity_is_calibrated
 from appliance.assays.hep2.crops import crops_for
 from appliance.assays.hep2.orientations import mean_over_orientations, oriented
-from appliance.assays.hep2.patterns import NAMES, pattern
+from appliance.assays.hep2.patterns import NAMES, REGIONS, pattern
 from appliance.assays.hep2.quality import measure_hep2_quality, quality_issues
 from appliance.assays.hep2.segmentation import Hep2Cells, segment_cells
 from appliance.assays.hep2.specimen import call_specimen
@@ -34,10 +34,13 @@ from appliance.assays.shell import AssayShell
 from appliance.capture.frame import Frame
 from appliance.config import Config
 from appliance.inference.backend import ClassifierBackend
-from appliance.inference.manifest import ModelManifest, load_manifest, verify_model
+from appliance.inference.manifest import ModelError, ModelManifest, load_manifest, verify_model
 from appliance.inference.onnxruntime_backend import OnnxRuntimeBackend
 
 ASSAY = "hep2"
+PATTERN_LOGITS = "pattern_logits"
+MITOSIS_LOGITS = "mitosis_logits"
+REGION_LOGITS = "region_logits"  # hep2-cells-v6 on: does each region of the cell stain?
 # Cells per classifier run: bounded memory on a big field. Also the largest batch of the
 # TensorRT engine's profile (tools/build_engine.py builds it with this value).
 CLASSIFIER_BATCH = 256
@@ -77,6 +80,7 @@ class Hep2Assay(AssayShell[Hep2Result]):
         self.backend = backend
         self.model = ModelRef(name=manifest.name, sha256=manifest.sha256(precision),
                               precision=precision, validated_on=manifest.validated_on)
+        self._heads = model_heads(manifest)
         # Cases are the HER2 workflow; the pipeline sets this on every assay.
         self.field_context: Callable[[], FieldContext | None] = lambda: None
 
@@ -155,12 +159,12 @@ class Hep2Assay(AssayShell[Hep2Result]):
         return out
 
     def _logits(self, crops: np.ndarray, orientations: int) -> dict[str, np.ndarray]:
-        """Both heads' logits for (N, 2, S, S) crops, averaged over ``orientations``."""
+        """Every head's logits for (N, 2, S, S) crops, averaged over ``orientations``."""
         if len(crops) == 0:
-            return {"pattern_logits": np.zeros((0, len(NAMES)), np.float32),
-                    "mitosis_logits": np.zeros((0, len(MITOSIS_CLASSES)), np.float32)}
+            return {name: np.zeros((0, width), np.float32)
+                    for name, width in self._heads.items()}
         views = oriented(crops, orientations)
-        outs: dict[str, list[np.ndarray]] = {"pattern_logits": [], "mitosis_logits": []}
+        outs: dict[str, list[np.ndarray]] = {name: [] for name in self._heads}
         for start in range(0, len(views), CLASSIFIER_BATCH):
             got = self.backend.run_named(
                 np.ascontiguousarray(views[start:start + CLASSIFIER_BATCH]))
@@ -225,8 +229,8 @@ class Hep2Assay(AssayShell[Hep2Result]):
         mask = (small > bg + 0.1 * max(top, 1e-3)).astype(np.float32)
         crop = np.stack([signal, mask])[None].astype(np.float32)
         out = self._logits(crop, self.cfg.hep2.cells.orientations)
-        probs = softmax(out["pattern_logits"])[0]
-        mit = softmax(out["mitosis_logits"])[0]
+        probs = softmax(out[PATTERN_LOGITS])[0]
+        mit = softmax(out[MITOSIS_LOGITS])[0]
         best = int(np.argmax(probs))
         return CellCall(file=source, pattern=NAMES[best], icap=pattern(NAMES[best]).icap,
                         confidence=float(probs[best]),
@@ -288,6 +292,26 @@ def estimate_scale(green: np.ndarray, cfg: Config) -> ScaleInfo:
     return ScaleInfo(um, "estimated", tuple(warnings))
 
 
+def model_heads(manifest: ModelManifest) -> dict[str, int]:
+    """The classifier's outputs by name, with their widths: pattern and mitosis always, the
+    region head where the manifest lists it (its regions in ``patterns.REGIONS`` order)."""
+    heads = {PATTERN_LOGITS: len(NAMES), MITOSIS_LOGITS: len(MITOSIS_CLASSES)}
+    listed = manifest.raw.get("outputs", {})
+    if isinstance(listed, dict) and REGION_LOGITS in listed:
+        got = tuple(listed[REGION_LOGITS].get("classes", ()))
+        if got != REGIONS:
+            raise ModelError(f"model {manifest.name}: its region head lists {list(got)}, "
+                             f"this version reads {list(REGIONS)}")
+        heads[REGION_LOGITS] = len(REGIONS)
+    return heads
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic: independent yes / no probabilities (the region head)."""
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))
+    return out
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of (N, classes) logits: the class probabilities."""
     z = logits - logits.max(axis=1, keepdims=True)
@@ -304,8 +328,10 @@ def _cells(seg: Hep2Cells, ids: np.ndarray, bright: np.ndarray,
     A cell is a metaphase only when the mitosis head is sure of it: a false metaphase
     would take a voter away from the pattern call.
     """
-    probs = softmax(outputs["pattern_logits"]) if len(ids) else np.zeros((0, len(NAMES)))
-    mit = softmax(outputs["mitosis_logits"]) if len(ids) else np.zeros((0, 3))
+    probs = softmax(outputs[PATTERN_LOGITS]) if len(ids) else np.zeros((0, len(NAMES)))
+    mit = softmax(outputs[MITOSIS_LOGITS]) if len(ids) else np.zeros((0, 3))
+    regions = (sigmoid(outputs[REGION_LOGITS]) if REGION_LOGITS in outputs and len(ids)
+               else None)
     out = []
     for row, label in enumerate(ids):
         i = int(label) - 1
@@ -320,7 +346,9 @@ def _cells(seg: Hep2Cells, ids: np.ndarray, bright: np.ndarray,
             confidence=float(p[best]),
             probabilities={n: float(v) for n, v in zip(NAMES, p, strict=True)},
             mitosis=MITOSIS_CLASSES[m], mitosis_confidence=float(mit[row, m]),
-            touches_edge=bool(seg.touches_edge[i]), outline=_outline(seg, i, int(label))))
+            touches_edge=bool(seg.touches_edge[i]), outline=_outline(seg, i, int(label)),
+            regions={} if regions is None else {
+                r: float(v) for r, v in zip(REGIONS, regions[row], strict=True)}))
     return out
 
 

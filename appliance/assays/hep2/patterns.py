@@ -63,6 +63,10 @@ PATTERNS: tuple[Pattern, ...] = (
 
 BY_NAME: dict[str, Pattern] = {p.name: p for p in PATTERNS}
 NAMES: tuple[str, ...] = tuple(p.name for p in PATTERNS)
+# The stained regions of a cell, in the order of the classifier's region head (a model
+# from hep2-cells-v6 on says, region by region, whether it stains: two patterns of
+# different regions in one cell are two regions stained).
+REGIONS: tuple[str, ...] = ("nucleoplasm", "nucleolus", "envelope", "cytoplasm")
 
 # ICAP competent-level groups whose members this table tells apart (the expert level).
 # Reporting at the group level is accepted practice where the subtype is unsure (ICAP,

@@ -13,6 +13,12 @@ Pure functions over classified cells, so each rule is tested with constructed ce
    may also vote for its best pattern of *another region* of the cell (nucleoplasm,
    nucleolus, envelope, cytoplasm) when that reaches ``second_vote``: AC-1 + AC-15 show
    in the same cells, and one vote per cell would hide the second pattern.
+   With a region head (hep2-cells-v6 on), a region of the cell that no reported pattern
+   covers and that at least ``region_share`` of the voting cells show stained (region
+   probability >= ``region_presence``) adds its most probable pattern: a faint second
+   pattern in every cell (AC-8 nucleoli under AC-1) loses nearly every vote to the first,
+   yet the region head still sees its region stain. Its subtype is then uncertain, and a
+   warning says to report the competent-level group.
 3. **Metaphases decide look-alikes.** In AC-1 the metaphase chromatin stains intensely,
    in AC-2 it is speckled (stained); in AC-4 / AC-5 it does not stain. With at least
    ``mitotic_min_cells`` metaphases, a homogeneous / dense-fine-speckled call that the
@@ -41,7 +47,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from appliance.assays.hep2.patterns import pattern, subtype_group
+from appliance.assays.hep2.patterns import NAMES, REGIONS, pattern, subtype_group
 from appliance.assays.hep2.types import Hep2Cell, PatternCall
 from appliance.config import Hep2IntensityConfig, Hep2SpecimenConfig
 
@@ -222,6 +228,15 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
             warnings.append(look_alike_warning(name, count, alike))
             continue
         reported.append((name, count))
+    # ... and the patterns of stained regions no vote found (a faint second in each cell) ...
+    by_region: set[str] = set()
+    for name, count in region_patterns(voters, [r for r, _ in reported], specimen):
+        alike = next((r for r, _ in reported if look_alikes(name, r, coarse=coarse)), None)
+        if alike is not None:
+            warnings.append(look_alike_warning(name, count, alike))
+            continue
+        reported.append((name, count))
+        by_region.add(name)
     # ... then each checked against the metaphases of the whole mix.
     shares = {name: count / n for name, count in reported}
 
@@ -241,14 +256,43 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
                             "reported" if like.name == corrected else
                             f"{what}: " + look_alike_warning(corrected, count, like.name))
             continue
-        cells_said = f"{count} of {n} cells" + (" (mixed pattern)" if k else "")
+        cells_said = (f"{count} of {n} cells show the {pattern(name).region} stained "
+                      "(mixed pattern, region head)" if name in by_region else
+                      f"{count} of {n} cells" + (" (mixed pattern)" if k else ""))
         calls.append(_call(corrected, count / n, confidence(corrected),
                            f"{cells_said}; {evidence}" if evidence and k else
                            evidence or cells_said))
+        group = subtype_group(corrected)
+        if name in by_region and group is not None:
+            # Under a dominant first pattern the runner-up probabilities say little of the
+            # second's subtype (measured: the nucleolar kind is often wrong there).
+            warnings.append(f"{pattern(corrected).icap} found by its stained region, not by "
+                            f"the cells' votes: its subtype is uncertain; report {group} or "
+                            "confirm the subtype")
     if n < specimen.few_cells:
         warnings.append(f"pattern called from only {n} cells: look at more fields")
     warnings += subtype_warnings(calls, um_per_px, specimen)
     return SpecimenCall(True, level, tuple(calls), tuple(warnings))
+
+
+def region_patterns(cells: Sequence[Hep2Cell], reported: Sequence[str],
+                    cfg: Hep2SpecimenConfig) -> list[tuple[str, int]]:
+    """(pattern, cells showing its region) for each region that no ``reported`` pattern
+    covers and that at least ``region_share`` of ``cells`` show stained; the pattern is the
+    region's class with the highest mean probability over the cells. Empty for cells of a
+    model without a region head."""
+    if not cells or not all(c.regions for c in cells):
+        return []
+    covered = {pattern(name).region for name in reported}
+    out = []
+    for region in REGIONS:
+        if region in covered:
+            continue
+        count = sum(c.regions.get(region, 0.0) >= cfg.region_presence for c in cells)
+        if count / len(cells) >= cfg.region_share:
+            members = [name for name in NAMES if pattern(name).region == region]
+            out.append((_better_of(members, cells), count))
+    return out
 
 
 def votes_from_probabilities(probabilities: dict[str, float], second_vote: float) -> list[str]:

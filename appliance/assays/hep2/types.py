@@ -26,6 +26,9 @@ class Hep2Cell:
     mitosis_confidence: float
     touches_edge: bool = False
     outline: tuple[tuple[int, int], ...] = field(default=(), repr=False, compare=False)
+    # Probability that each region (patterns.REGIONS) stains; empty when the model has no
+    # region head (before hep2-cells-v6).
+    regions: dict[str, float] = field(default_factory=dict)
 
     @property
     def mitotic(self) -> bool:
