@@ -311,7 +311,7 @@ def test_the_region_head_is_fitted_on_the_frozen_trunk(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from tools.hep2_dataset import compound_crops
     from tools.hep2_net import Hep2Net, load_weights
-    from tools.train_hep2 import fit_region_head, initial_model, region_fit_rows
+    from tools.train_hep2 import fit_region_head, initial_model, region_fit_rows, region_targets
 
     make_tree(tmp_path / "cells", np.random.default_rng(6), per_class=6)
     single = folder_crops(tmp_path / "cells", CFG)
@@ -332,9 +332,15 @@ def test_the_region_head_is_fitted_on_the_frozen_trunk(tmp_path: Path) -> None:
         after = model(x)
     # The pattern and mitosis heads read the same features with the same weights ...
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
-    # ... the region head learnt: better than chance on what it was fitted on.
-    assert record["crops"] == len(region_fit_rows(data, seed=0))
-    assert not torch.equal(before[2], after[2]) and record["final_loss"] < 0.6
+    # ... the region head learnt: on what it was fitted on, it beats always saying the
+    # more common answer of each region.
+    fitted = region_fit_rows(data, seed=0)
+    assert record["crops"] == len(fitted)
+    truth = region_targets(data.pattern[fitted], data.seconds[fitted]) > 0
+    with torch.no_grad():
+        said = model(torch.from_numpy(data.crops[fitted]))[2].numpy() > 0
+    baseline = np.maximum(truth.mean(0), 1 - truth.mean(0)).mean()
+    assert (said == truth).mean() > baseline + 0.05
     # A checkpoint from before the region head (v5) still loads; other gaps do not.
     path = tmp_path / "v5.pt"
     old = {k: v for k, v in model.state_dict().items() if not k.startswith("regions.")}

@@ -242,12 +242,12 @@ def plot(points: Sequence[GridPoint], chosen: GridPoint | None, base: GridPoint,
 
 def _row(p: GridPoint) -> str:
     return (f"  {p.second_vote:>7.2f}{p.mixed_share:>7.2f}{p.min_confidence:>7.2f}"
-            f"{p.region_presence:>7.2f}{p.region_share:>7.2f}"
+            f"{p.region_presence:>9.2f}{p.region_share:>7.2f}"
             f"{100 * p.single_correct:>11.1f}{100 * p.single_false_second:>11.1f}"
             f"{100 * p.mixed_both:>11.1f}{100 * p.mixed_false_pattern:>11.1f}")
 
 
-HEADER = (f"  {'second':>7}{'mixed':>7}{'conf':>7}{'region':>7}{'r.share':>7}{'single ok':>11}"
+HEADER = (f"  {'second':>7}{'mixed':>7}{'conf':>7}{'presence':>9}{'share':>7}{'single ok':>11}"
           f"{'false 2nd':>11}{'mix both':>11}{'mix false':>11}   (shares in %)")
 
 

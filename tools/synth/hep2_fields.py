@@ -308,7 +308,10 @@ class _Style:
     clustering: float  # 0: uniform scatter, 1: patches of cells with bare glass between
     spread: float  # log-normal sigma of per-cell brightness
     combined: bool  # mixed specimen drawn with both patterns in each cell
-    second_weight: float  # weight of the other pattern in a combined cell
+    # Drawn, but not used yet: combined cells draw their second pattern at a fixed 0.5
+    # (_recipe, _dots). Using it would change every compound field of every seed, so it
+    # waits for the next model, whose compound training cells should vary it too.
+    second_weight: float
     background: float  # green background autofluorescence, grey levels
     bg_texture: float  # relative mottling of the background
     red_bleed: float  # red / green of the FITC emission seen by the camera
