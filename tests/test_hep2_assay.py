@@ -125,6 +125,8 @@ def test_the_cli_scores_fields_and_cells_and_refuses_bad_files(tmp_path: Path) -
     call = json.loads(cells.stdout)
     assert call["kind"] == "cell" and call["icap"].startswith("AC-")
     assert abs(sum(call["probabilities"].values()) - 1.0) < 1e-3
+    assert set(call["regions"]) == set(REGIONS)  # yes / no each: they need not sum to 1
+    assert all(0.0 <= v <= 1.0 for v in call["regions"].values())
 
 
 def test_the_real_time_pipeline_runs_the_hep2_assay(tmp_path: Path) -> None:

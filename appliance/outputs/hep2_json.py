@@ -93,6 +93,7 @@ def cell_call_to_dict(call: CellCall) -> dict[str, Any]:
             "kind": "cell", "pattern": call.pattern, "icap": call.icap,
             "confidence": _num("confidence", call.confidence, 4), "mitosis": call.mitosis,
             "probabilities": _probabilities(call.probabilities, "probabilities"),
+            **({"regions": _probabilities(call.regions, "regions")} if call.regions else {}),
             "model": {"name": m.name, "sha256": m.sha256, "precision": m.precision,
                       "validated_on": m.validated_on},
             "research_use_only": is_research_use_only(m)}

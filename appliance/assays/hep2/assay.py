@@ -231,11 +231,14 @@ class Hep2Assay(AssayShell[Hep2Result]):
         out = self._logits(crop, self.cfg.hep2.cells.orientations)
         probs = softmax(out[PATTERN_LOGITS])[0]
         mit = softmax(out[MITOSIS_LOGITS])[0]
+        regions = sigmoid(out[REGION_LOGITS])[0] if REGION_LOGITS in out else None
         best = int(np.argmax(probs))
         return CellCall(file=source, pattern=NAMES[best], icap=pattern(NAMES[best]).icap,
                         confidence=float(probs[best]),
                         probabilities={n: float(p) for n, p in zip(NAMES, probs, strict=True)},
-                        mitosis=MITOSIS_CLASSES[int(np.argmax(mit))], model=self.model)
+                        mitosis=MITOSIS_CLASSES[int(np.argmax(mit))], model=self.model,
+                        regions={} if regions is None else {
+                            r: float(v) for r, v in zip(REGIONS, regions, strict=True)})
 
     def refuse_input(self, source: str, seq: int, code: str, reason: str) -> Hep2Result:
         """The result for an input that never became a frame (corrupt or unreadable file)."""

@@ -90,3 +90,5 @@ class CellCall:
     probabilities: dict[str, float]
     mitosis: str
     model: ModelRef
+    # Probability that each region (patterns.REGIONS) stains; empty without a region head.
+    regions: dict[str, float] = field(default_factory=dict)
