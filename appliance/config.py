@@ -388,6 +388,11 @@ class Hep2IntensityConfig:
         [60.0, 150.0], "Calibrated units from which a positive specimen is intermediate, and "
         "strong (from negative_below up to the first: weak)"
     )
+    borderline_percent: float = _f(
+        35.0, "A specimen intensity within this percentage of negative_below, either side, "
+        "carries a borderline warning: photobleaching alone can move a weak positive below "
+        "the cut-off (0 = off)", lo=0, hi=100,
+    )
     exposure_ms: float = _f(
         0.0, "Camera exposure the calibration was made at; 0 = not pinned (intensity is then "
         "relative only, and results say so). Auto-exposure must be off", lo=0, hi=60000,

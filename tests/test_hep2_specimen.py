@@ -386,3 +386,17 @@ def test_a_pattern_found_by_region_is_checked_by_the_metaphases_too() -> None:
     assert names[0] == "nucleolar_homogeneous" and names[1] in ("homogeneous",
                                                                  "dense_fine_speckled")
     assert "not AC-4" in result.patterns[1].evidence
+
+
+@pytest.mark.parametrize("units, flagged", [(12.0, False), (13.5, True), (19.9, True),
+                                             (20.0, True), (26.5, True), (27.5, False),
+                                             (80.0, False)])
+def test_an_intensity_near_the_cut_off_is_borderline(units: float, flagged: bool) -> None:
+    result = call(cells("homogeneous", 40), units=units)
+    said = [w for w in result.warnings if "borderline" in w]
+    assert bool(said) == flagged
+    if flagged:
+        assert ("below" if units < 20 else "above") in said[0]
+    off = call_specimen(cells("homogeneous", 40), units, specimen=SPEC,
+                        intensity=replace(INT, borderline_percent=0.0))
+    assert not any("borderline" in w for w in off.warnings)
