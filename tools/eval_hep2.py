@@ -74,9 +74,10 @@ QUICK_SPECIMENS = 1
 # Objective bands by scale: the log-midpoints between 40x (0.25), 20x (0.5) and 10x (1.0)
 # µm/px, so each band holds the fields nearest to one objective.
 BANDS: tuple[tuple[str, float], ...] = (("40x", 0.354), ("20x", 0.707), ("10x", float("inf")))
-# The targets (#7): (name, threshold).
+# The targets (#7): (name, threshold). It asks that mixed specimens report both
+# patterns, with no share named: all of them.
 TARGETS = (("cell mean class accuracy", 0.95), ("specimen pattern accuracy", 0.95),
-           ("positive/negative agreement", 0.99), ("mixed specimens report both", 0.95))
+           ("positive/negative agreement", 0.99), ("mixed specimens report both", 1.0))
 
 
 @dataclass(frozen=True)
