@@ -4,7 +4,8 @@ Pure functions over classified cells, so each rule is tested with constructed ce
 
 1. **Negative** when the specimen intensity (calibrated units) is below the lab's
    screening cut-off, whatever the classifier says of the faint cells: intensity is what
-   the titre / cut-off is about, and a dim field's texture is noise.
+   the titre / cut-off is about, and a dim field's texture is noise. Within
+   ``borderline_percent`` of the cut-off, either side, the call carries a warning.
 2. **Patterns** from the interphase cells not cut by the border whose votes together
    hold at least ``min_confidence`` of probability: each votes for its most probable staining
    pattern (the "negative" class left out: in a positive specimen a dim cell is a weak
@@ -93,7 +94,8 @@ def borderline_warning(units: float, cfg: Hep2IntensityConfig) -> str | None:
             or abs(units - cut) > cut * cfg.borderline_percent / 100.0):
         return None
     side = "above" if units >= cut else "below"
-    return (f"intensity {units:.0f} is just {side} the cut-off {cut:g} (within "
+    # One decimal: 19.6 must not read as "20 is just below 20".
+    return (f"intensity {units:.1f} is just {side} the cut-off {cut:g} (within "
             f"{cfg.borderline_percent:g}%): borderline; photobleaching lowers it, so confirm "
             "on a fresh field")
 
