@@ -218,11 +218,9 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
         raise ValueError("no training crops")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = Hep2Net(width=width)
+    model = initial_model(init, width) if init is not None else Hep2Net(width=width)
     per_epoch = -(-len(data) // batch)
     total = steps if steps is not None else epochs * per_epoch
-    if init is not None:
-        model = initial_model(init, width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     state: dict[str, Any] = {"step": 0, "epoch": 0, "total": total, "losses": [],
                              "fixed": time_budget_s is None, "seconds": 0.0}
@@ -375,11 +373,16 @@ def quantise(fp32: Path, out: Path, calibration: np.ndarray, *, symmetric: bool 
 
 # --- measurement -----------------------------------------------------------------------------
 
-def onnx_outputs(path: Path, crops: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Pattern probabilities (N, classes) and mitosis logits of ``crops`` from a model file."""
+def _session(path: Path) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session on 2 threads, as every measurement here uses."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_outputs(path: Path, crops: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Pattern probabilities (N, classes) and mitosis logits of ``crops`` from a model file."""
+    sess = _session(path)
     pats, mits = [], []
     for i in range(0, len(crops), batch):
         p, m = sess.run([PATTERN_OUTPUT, MITOSIS_OUTPUT], {INPUT_NAME: crops[i:i + batch]})
@@ -392,9 +395,7 @@ def onnx_outputs(path: Path, crops: np.ndarray, batch: int = 256) -> tuple[np.nd
 
 def onnx_regions(path: Path, crops: np.ndarray, batch: int = 256) -> np.ndarray:
     """(N, regions) probabilities that each region stains, from a model file."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = _session(path)
     got = [sigmoid(sess.run([REGION_OUTPUT], {INPUT_NAME: crops[i:i + batch]})[0])
            for i in range(0, len(crops), batch)]
     return np.concatenate(got) if got else np.zeros((0, len(REGIONS)), np.float32)

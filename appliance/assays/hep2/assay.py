@@ -237,8 +237,7 @@ class Hep2Assay(AssayShell[Hep2Result]):
                         confidence=float(probs[best]),
                         probabilities={n: float(p) for n, p in zip(NAMES, probs, strict=True)},
                         mitosis=MITOSIS_CLASSES[int(np.argmax(mit))], model=self.model,
-                        regions={} if regions is None else {
-                            r: float(v) for r, v in zip(REGIONS, regions, strict=True)})
+                        regions={} if regions is None else _by_region(regions))
 
     def refuse_input(self, source: str, seq: int, code: str, reason: str) -> Hep2Result:
         """The result for an input that never became a frame (corrupt or unreadable file)."""
@@ -315,6 +314,11 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+def _by_region(probabilities: np.ndarray) -> dict[str, float]:
+    """One cell's region-head probabilities by region name."""
+    return {r: float(v) for r, v in zip(REGIONS, probabilities, strict=True)}
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of (N, classes) logits: the class probabilities."""
     z = logits - logits.max(axis=1, keepdims=True)
@@ -350,8 +354,7 @@ def _cells(seg: Hep2Cells, ids: np.ndarray, bright: np.ndarray,
             probabilities={n: float(v) for n, v in zip(NAMES, p, strict=True)},
             mitosis=MITOSIS_CLASSES[m], mitosis_confidence=float(mit[row, m]),
             touches_edge=bool(seg.touches_edge[i]), outline=_outline(seg, i, int(label)),
-            regions={} if regions is None else {
-                r: float(v) for r, v in zip(REGIONS, regions[row], strict=True)}))
+            regions={} if regions is None else _by_region(regions[row])))
     return out
 
 

@@ -238,25 +238,25 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
                 f"{pattern(of).icap}: the subtype is in doubt (not reported as a mixed "
                 "pattern)")
 
+    def admit(name: str, count: int) -> bool:
+        """Report ``name`` unless it is a look-alike of one reported (then a warning)."""
+        alike = next((r for r, _ in reported if look_alikes(name, r, coarse=coarse)), None)
+        if alike is not None:
+            warnings.append(look_alike_warning(name, count, alike))
+            return False
+        reported.append((name, count))
+        return True
+
     # The patterns as the interphase cells vote for them ...
     reported = [ranked[0]]
     for name, count in ranked[1:]:
-        if count / n < specimen.mixed_share:
-            continue
-        alike = next((r for r, _ in reported if look_alikes(name, r, coarse=coarse)), None)
-        if alike is not None:
-            warnings.append(look_alike_warning(name, count, alike))
-            continue
-        reported.append((name, count))
+        if count / n >= specimen.mixed_share:
+            admit(name, count)
     # ... and the patterns of stained regions no vote found (a faint second in each cell) ...
     by_region: set[str] = set()
     for name, count in region_patterns(voters, [r for r, _ in reported], specimen):
-        alike = next((r for r, _ in reported if look_alikes(name, r, coarse=coarse)), None)
-        if alike is not None:
-            warnings.append(look_alike_warning(name, count, alike))
-            continue
-        reported.append((name, count))
-        by_region.add(name)
+        if admit(name, count):
+            by_region.add(name)
     # ... then each checked against the metaphases of the whole mix.
     shares = {name: count / n for name, count in reported}
 
