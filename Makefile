@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # System packages the test suite uses: the broker, systemd-analyze, shellcheck for deploy/.
 SYSTEM_PACKAGES := mosquitto systemd shellcheck
 
-.PHONY: demo test lint typecheck pytest system-deps model model-hep2 bench bench-pipeline eval-cases eval-hep2 tune-hep2 bench-hep2 clean
+.PHONY: demo test lint typecheck pytest system-deps model model-hep2 bench bench-pipeline eval-cases eval-hep2 eval-hep2-seg tune-hep2 bench-hep2 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +86,10 @@ model-hep2: $(STAMP)
 eval-hep2: $(STAMP)
 	$(BIN)/python -m tools.eval_hep2 --precision int8 --specimens 20 --json build/eval/eval_hep2_int8.json
 	$(BIN)/python -m tools.eval_hep2 --precision fp32 --specimens 20 --json build/eval/eval_hep2_fp32.json
+
+## eval-hep2-seg: HEp-2 segmentation by pattern: cells found, merged, missed, outlined
+eval-hep2-seg: $(STAMP)
+	$(BIN)/python -m tools.eval_hep2_segmentation --json build/eval/hep2_segmentation.json
 
 ## tune-hep2: the HEp-2 specimen rules' thresholds, mixed patterns found vs false ones
 ## (about 5 min; prints the choice, the defaults stay a person's decision)
