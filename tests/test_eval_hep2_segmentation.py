@@ -27,7 +27,7 @@ def test_the_truth_itself_finds_and_outlines_every_cell(field: Hep2Field) -> Non
     seg = describe(field.cell_labels.astype(np.int32), np.zeros(field.cell_labels.shape))
     t = tool.tally_field(field, seg)
     assert t.cells == len(_whole(field)) > 3
-    assert (t.found, t.outlined, t.merged, t.missed) == (t.cells, t.cells, 0, 0)
+    assert (t.found, t.outlined, t.split, t.merged, t.missed) == (t.cells, t.cells, 0, 0, 0)
     assert t.objects == len(field.cells) and t.false_objects == 0
 
 
@@ -46,6 +46,17 @@ def test_two_cells_in_one_object_count_one_found_one_merged(field: Hep2Field) ->
     t = tool.tally_field(field, describe(labels, np.zeros(labels.shape)))
     assert t.merged + t.found == t.cells and t.merged >= 1
     assert t.missed == 0 and t.outlined <= t.cells - 1
+
+
+def test_a_cell_cut_in_two_is_found_once_and_counted_split(field: Hep2Field) -> None:
+    cid = _whole(field)[0]
+    labels = field.cell_labels.astype(np.int32).copy()
+    ys, xs = np.nonzero(labels == cid)
+    left = xs < np.median(xs)
+    labels[ys[left], xs[left]] = labels.max() + 1  # its left half is another object
+    t = tool.tally_field(field, describe(labels, np.zeros(labels.shape)))
+    assert (t.found, t.split, t.merged, t.missed) == (t.cells, 1, 0, 0)
+    assert t.objects == len(field.cells) + 1 and t.false_objects == 0
 
 
 def test_a_false_object_on_the_background_is_counted(field: Hep2Field) -> None:
@@ -67,10 +78,11 @@ def test_outline_ious_is_the_best_overlap_of_each_truth_cell() -> None:
 
 
 def test_rates_are_shares_and_none_when_nothing_was_counted() -> None:
-    t = tool.SegTally(cells=10, found=8, merged=1, missed=1, outlined=5, objects=9,
+    t = tool.SegTally(cells=10, found=8, split=2, merged=1, missed=1, outlined=5, objects=9,
                       false_objects=1, fields=2, seconds=0.1)
     r = t.rates()
-    assert (r["found"], r["merged"], r["missed"], r["outlined"]) == (0.8, 0.1, 0.1, 0.5)
+    assert (r["found"], r["split"], r["merged"], r["missed"], r["outlined"]) == (
+        0.8, 0.2, 0.1, 0.1, 0.5)
     assert r["false_objects"] == pytest.approx(1 / 9, abs=1e-4) and r["ms_per_field"] == 50.0
     assert tool.SegTally().rates()["found"] is None
 

@@ -10,6 +10,7 @@ whole cells of the truth (not cut by the border) it counts:
 
 - found: a segmented object matches the cell, as the eval matches them (IoU >= 0.5, or
   failing that the object's centroid lies in it): the cell gets a crop and a vote;
+- split: found, by two or more objects (it is counted, and votes, more than once);
 - merged: not found, and its nucleus centre lies in an object matched to another cell;
 - missed: not found, and its nucleus centre lies on background;
 - outlined: one object overlaps it at IoU >= 0.5 (an outline the overlay can show as
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +53,7 @@ class SegTally:
 
     cells: int = 0
     found: int = 0
+    split: int = 0
     merged: int = 0
     missed: int = 0
     outlined: int = 0
@@ -69,6 +72,7 @@ class SegTally:
         def share(n: int, d: int) -> float | None:
             return round(n / d, 4) if d else None
         return {"cells": self.cells, "found": share(self.found, self.cells),
+                "split": share(self.split, self.cells),
                 "merged": share(self.merged, self.cells),
                 "missed": share(self.missed, self.cells),
                 "outlined": share(self.outlined, self.cells),
@@ -96,7 +100,7 @@ def outline_ious(seg_labels: np.ndarray, truth_labels: np.ndarray) -> np.ndarray
 def tally_field(field: Hep2Field, seg: Hep2Cells) -> SegTally:
     """The counts of one segmented field against its truth."""
     matches = match_cells(seg.labels, seg.centroids, field.cell_labels)
-    found = set(matches.values())
+    per_cell = Counter(matches.values())
     best = outline_ious(seg.labels, field.cell_labels)
     out = SegTally(objects=seg.count, false_objects=seg.count - len(matches), fields=1)
     for cell in field.cells:
@@ -104,8 +108,9 @@ def tally_field(field: Hep2Field, seg: Hep2Cells) -> SegTally:
             continue
         out.cells += 1
         out.outlined += int(best[cell.cell_id - 1] >= OUTLINE_IOU)
-        if cell.cell_id in found:
+        if per_cell[cell.cell_id]:
             out.found += 1
+            out.split += int(per_cell[cell.cell_id] > 1)
             continue
         h, w = seg.labels.shape
         x = min(w - 1, max(0, round(cell.x)))
@@ -143,34 +148,28 @@ def _pct(value: float | int | None) -> str:
     return "   -" if value is None else f"{100 * value:5.1f}"
 
 
+def _row(name: str, tally: SegTally) -> str:
+    r = tally.rates()
+    ms = r["ms_per_field"]
+    return (f"{name:24s} {r['cells']:>6} {_pct(r['found']):>8s} {_pct(r['split']):>8s} "
+            f"{_pct(r['merged']):>9s} {_pct(r['missed']):>9s} {_pct(r['outlined']):>11s} "
+            f"{_pct(r['false_objects']):>12s} {ms if ms is not None else '-':>9}")
+
+
 def format_table(by_pattern: dict[str, SegTally], by_band: dict[str, SegTally]) -> str:
     """The per-pattern and per-band table the tool prints."""
-    head = (f"{'':24s} {'cells':>6s} {'found %':>8s} {'merged %':>9s} {'missed %':>9s} "
-            f"{'outlined %':>11s} {'false obj %':>12s} {'ms/field':>9s}")
-    lines = [head]
+    head = (f"{'':24s} {'cells':>6s} {'found %':>8s} {'split %':>8s} {'merged %':>9s} "
+            f"{'missed %':>9s} {'outlined %':>11s} {'false obj %':>12s} {'ms/field':>9s}")
     total = SegTally()
-    rows = [*by_pattern.items(), ("", None), *by_band.items()]
-    for name, tally in rows:
-        if tally is None:
-            lines.append("by objective (scale band)")
-            continue
-        if name in by_pattern:
-            total.add(tally)
-        r = tally.rates()
-        lines.append(f"{name:24s} {r['cells']:>6} {_pct(r['found']):>8s} "
-                     f"{_pct(r['merged']):>9s} {_pct(r['missed']):>9s} "
-                     f"{_pct(r['outlined']):>11s} {_pct(r['false_objects']):>12s} "
-                     f"{r['ms_per_field'] if r['ms_per_field'] is not None else '-':>9}")
-    r = total.rates()
-    lines.insert(len(by_pattern) + 1,
-                 f"{'all':24s} {r['cells']:>6} {_pct(r['found']):>8s} {_pct(r['merged']):>9s} "
-                 f"{_pct(r['missed']):>9s} {_pct(r['outlined']):>11s} "
-                 f"{_pct(r['false_objects']):>12s} {r['ms_per_field']:>9}")
-    return "\n".join(lines)
+    for tally in by_pattern.values():
+        total.add(tally)
+    return "\n".join([head, *(_row(n, t) for n, t in by_pattern.items()), _row("all", total),
+                      "by objective (scale band)",
+                      *(_row(n, t) for n, t in by_band.items())])
 
 
 def plot(by_pattern: dict[str, SegTally], path: Path) -> None:
-    """Found, merged, missed (stacked) and outlined (a marker) per pattern."""
+    """Found, merged, missed (stacked), outlined and split (markers) per pattern."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,12 +187,14 @@ def plot(by_pattern: dict[str, SegTally], path: Path) -> None:
     ax.bar(x, missed, bottom=found + merged, color="#c03030", label="missed")
     ax.plot(x, [r["outlined"] or 0.0 for r in rates], "kD", markersize=5,
             label=f"outlined (IoU >= {OUTLINE_IOU})")
+    ax.plot(x, [r["split"] or 0.0 for r in rates], "bx", markersize=7,
+            label="found, but split in two or more")
     ax.set_xticks(x)
     ax.set_xticklabels([n.replace("_", "\n") for n in names], fontsize=7)
     ax.set_ylim(0, 1.0)
     ax.set_ylabel("share of whole truth cells")
     ax.set_title("HEp-2 segmentation on generated fields, 10x to 40x")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="center left", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
