@@ -87,7 +87,7 @@ eval-hep2: $(STAMP)
 	$(BIN)/python -m tools.eval_hep2 --precision int8 --specimens 20 --json build/eval/eval_hep2_int8.json
 	$(BIN)/python -m tools.eval_hep2 --precision fp32 --specimens 20 --json build/eval/eval_hep2_fp32.json
 
-## eval-hep2-seg: HEp-2 segmentation by pattern: cells found, merged, missed, outlined
+## eval-hep2-seg: HEp-2 segmentation by pattern: cells found, split, merged, missed, outlined
 eval-hep2-seg: $(STAMP)
 	$(BIN)/python -m tools.eval_hep2_segmentation --json build/eval/hep2_segmentation.json
 

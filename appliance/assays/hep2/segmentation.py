@@ -147,10 +147,11 @@ def split_clumps(labels: np.ndarray, resid: np.ndarray, radius_px: float,
     """``labels`` with every object over ``max_px`` pixels cut again at its own threshold.
 
     The object's pixels of ``resid`` (the smoothed, background-subtracted signal) are cut
-    at their Otsu threshold, holes filled, and split as :func:`split_touching` does. Each
-    part then grows back over the object, up to a third of a nucleus diameter, and what
-    it does not reach is left out. An object that stays over the limit (one cell too
-    large, or a true clump) is for the area filter to drop. Labels are not renumbered.
+    at their Otsu threshold, closed and hole-filled as the field's mask is, and split as
+    :func:`split_touching` does. Each part then grows back over the object, up to 0.3
+    nucleus diameter, and what it does not reach is left out. An object that stays over
+    the limit (one cell too large, or a true clump) is for the area filter to drop.
+    Labels are not renumbered.
     """
     n = int(labels.max()) if labels.size else 0
     if n == 0:
