@@ -39,7 +39,7 @@ from appliance.assays.hep2.orientations import ORIENTATIONS
 from appliance.assays.hep2.patterns import NAMES
 from appliance.capture.frame import Frame
 from appliance.config import Config, Hep2CellsConfig, with_overrides
-from tools.numbers import write_numbers
+from tools.numbers import save_chart, write_numbers
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field
 
 BENCH_SEED = 900_000  # apart from training (700000+) and the eval (500000+)
@@ -192,10 +192,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     right.set_title("Whole assay, stage split (lower is better)")
     right.legend(fontsize=8)
     fig.suptitle(f"HEp-2 assay speed, {report['device']}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_chart(fig, path, dpi=100)
 
 
 def _positive(text: str) -> int:

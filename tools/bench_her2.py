@@ -38,6 +38,7 @@ from appliance.inference.backend import to_model_input
 from appliance.outputs.overlay import render_overlay
 from tools.classical_her2 import score_classical
 from tools.her2_dataset import SCORES
+from tools.numbers import save_chart
 from tools.synth.her2_fields import FieldSpec, SyntheticField, generate_field
 
 BENCH_SEEDS = 950_000  # inside the held-out range: never trained on
@@ -166,9 +167,7 @@ def plot(report: dict[str, dict[str, object]], path: Path) -> None:
     a2.bar(labels, values, color=["#009E73", "#E69F00", "#D55E00", "#999999"])
     a2.set_ylabel("median ms")
     a2.set_title("Speed (lower is better)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_chart(fig, path, dpi=100)
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ from appliance.outputs.mqtt_link import MqttLink
 from appliance.outputs.outbox import Outbox
 from appliance.outputs.result_json import result_to_dict
 from appliance.outputs.store import ResultStore
+from tools.numbers import save_chart
 from tools.synth.her2_fields import FieldSpec, generate_field
 
 DEVICE = "bench-box"
@@ -225,9 +226,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     lat = report["latency"]
     ax.set_title(f"Store-and-forward, local mosquitto; added latency p50 {lat['p50_ms']:.1f} ms,"
                  f" p95 {lat['p95_ms']:.1f} ms")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, path, dpi=110)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,7 @@ from appliance.pipeline.engine import Pipeline
 from appliance.pipeline.metrics import MetricsSnapshot, rss_mb
 from appliance.service.recorder import Recorder
 from tools.bench_her2 import bench_fields
+from tools.numbers import save_chart
 
 RSS_EVERY_S = 5.0
 # Caches, the field memory and the allocator's arenas fill during the first minutes.
@@ -186,9 +187,7 @@ def plot(report: dict[str, Any], rss: list[tuple[float, float]], path: Path) -> 
     a2.set_xlabel("minutes")
     a2.set_ylabel("resident memory (MB)")
     a2.set_title("Soak at 30 fps: resident memory")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, path, dpi=110)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

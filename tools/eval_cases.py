@@ -41,6 +41,7 @@ from appliance.config import Config, with_overrides
 from appliance.outputs.store import ResultStore
 from appliance.service.cases import CaseWorkflow
 from appliance.service.recorder import Recorder
+from tools.numbers import save_chart
 from tools.synth.her2_fields import SCORES
 from tools.synth.her2_slide import SlideField, SlideSpec, generate_slide, slide_truth
 
@@ -382,10 +383,7 @@ def plot(rows: Sequence[ScaleStats], path: Path) -> None:
         ax.legend(loc="lower center", fontsize=8)
     n = rows[0].on.slides if rows else 0
     fig.suptitle(f"Positive control and calibration on generated slides ({n} per strength)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_chart(fig, path, dpi=100)
 
 
 def to_json(rows: Sequence[ScaleStats], outcomes: Sequence[CaseOutcome],

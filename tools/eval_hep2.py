@@ -51,7 +51,7 @@ from appliance.assays.hep2.types import INTENSITY_LEVELS, Hep2Result
 from appliance.capture.frame import Frame
 from appliance.config import Config, Hep2IntensityConfig, with_overrides
 from tools.hep2_dataset import match_cells
-from tools.numbers import write_numbers
+from tools.numbers import save_chart, write_numbers
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field, region_of
 
 FIRST_SEED = 500_000  # held out: training uses 700000+, the unit tests small seeds
@@ -542,10 +542,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]], rows: Sequence[str],
     ax.set_xlabel("predicted")
     ax.set_ylabel("truth")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_chart(fig, path, dpi=100)
 
 
 def _labels(names: Iterable[str]) -> list[str]:

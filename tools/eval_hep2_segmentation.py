@@ -38,7 +38,7 @@ from appliance.assays.hep2.segmentation import Hep2Cells, segment_cells
 from appliance.config import Hep2CellsConfig
 from tools.eval_hep2 import BANDS, scale_band
 from tools.hep2_dataset import match_cells
-from tools.numbers import write_numbers
+from tools.numbers import save_chart, write_numbers
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field
 
 FIRST_SEED = 860_000  # apart from the eval (500000+), tuning (600000+), training (700000+)
@@ -195,10 +195,7 @@ def plot(by_pattern: dict[str, SegTally], path: Path) -> None:
     ax.set_ylabel("share of whole truth cells")
     ax.set_title("HEp-2 segmentation on generated fields, 10x to 40x")
     ax.legend(loc="center left", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, path, dpi=110)
     print(f"chart: {path}")
 
 

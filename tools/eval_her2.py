@@ -29,6 +29,7 @@ from appliance.config import Config, with_overrides
 from appliance.inference.manifest import load_manifest, verify_model
 from appliance.inference.onnxruntime_backend import OnnxRuntimeBackend
 from tools.her2_dataset import HELD_OUT_SEEDS, SCORES
+from tools.numbers import save_chart
 from tools.synth.her2_fields import FieldSpec, SyntheticField, generate_field
 
 CELL_CLASSES = tuple(MembraneClass)
@@ -147,9 +148,7 @@ def plot_confusion(matrix: list[list[int]], labels: Sequence[str], title: str,
     ax.set_xlabel("predicted")
     ax.set_ylabel("truth")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_chart(fig, path, dpi=100)
 
 
 def _assay(cfg: Config, precision: str) -> Her2Assay:

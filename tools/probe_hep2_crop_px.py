@@ -33,7 +33,7 @@ from appliance.assays.hep2.crops import cell_crop
 from appliance.assays.hep2.patterns import NAMES
 from appliance.config import Hep2CellsConfig
 from tools.hep2_dataset import CropSet, perturb_mask
-from tools.numbers import write_numbers
+from tools.numbers import save_chart, write_numbers
 from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 from tools.train_hep2 import confusion, mean_class_accuracy, train_model
 
@@ -118,10 +118,7 @@ def plot(results: dict[int, dict[str, object]], classes: Sequence[str], path: Pa
     ax.set_title(f"Cell crop over {Hep2CellsConfig().crop_um:g} µm: finer sampling "
                  "(same cells, same training steps)")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, path, dpi=110)
     print(f"chart: {path}")
 
 

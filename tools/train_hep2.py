@@ -78,6 +78,7 @@ from tools.hep2_net import (
     export_onnx,
     load_weights,
 )
+from tools.numbers import save_chart
 from tools.quantise_model import quantise_qdq
 
 PRECISIONS = ("fp32", "int8", "int8_trt")
@@ -513,10 +514,7 @@ def plot_losses(losses: list[float], path: Path) -> None:
     ax.plot(np.arange(len(smooth)) + k // 2, smooth, label=f"mean of {k}")
     ax.set(xlabel="step", ylabel="loss", yscale="log", title="HEp-2 cell classifier training")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, path, dpi=110)
 
 
 def plot_confusion(cm: np.ndarray, path: Path, title: str) -> None:
@@ -538,10 +536,7 @@ def plot_confusion(cm: np.ndarray, path: Path, title: str) -> None:
     ax.set_xticks(range(len(NAMES)), ticks, rotation=90, fontsize=7)
     ax.set_yticks(range(len(NAMES)), ticks, fontsize=7)
     ax.set(xlabel="predicted", ylabel="truth", title=title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_chart(fig, path, dpi=110)
 
 
 # --- manifest --------------------------------------------------------------------------------

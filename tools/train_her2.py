@@ -23,6 +23,7 @@ from tqdm import tqdm
 from appliance.inference.backend import to_model_input
 from tools.her2_dataset import TRAIN_SEEDS, make_samples, random_crops
 from tools.her2_net import CLASSES, INPUT_SPEC, OUTPUT_STRIDE, Her2Net
+from tools.numbers import save_chart
 
 # Nuclei and membranes are a small part of each field; weight them up.
 CLASS_WEIGHTS = (1.0, 2.0, 2.0, 3.0)
@@ -115,9 +116,7 @@ def plot_losses(losses: list[float], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss (moving average)")
     ax.set_title("HER2 segmentation training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_chart(fig, path, dpi=100)
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ from tools.eval_hep2 import (
     reports_truth,
     score_generated,
 )
-from tools.numbers import write_numbers
+from tools.numbers import save_chart, write_numbers
 from tools.synth.hep2_fields import Hep2FieldSpec
 
 FIRST_SEED = 600_000  # apart from the eval (500000+), training (700000+), bench (900000+)
@@ -234,10 +234,7 @@ def plot(points: Sequence[GridPoint], chosen: GridPoint | None, base: GridPoint,
                  fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_chart(fig, path, dpi=100)
 
 
 def _row(p: GridPoint) -> str:
