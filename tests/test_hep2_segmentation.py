@@ -15,6 +15,7 @@ from appliance.assays.hep2.intensity import (
     to_units,
 )
 from appliance.assays.hep2.segmentation import (
+    clump_limit,
     fill_holes,
     segment_cells,
     split_clumps,
@@ -139,7 +140,7 @@ def test_an_oversized_object_is_cut_again_at_its_own_threshold() -> None:
     labels = np.zeros(resid.shape, np.int32)
     labels[resid >= 20.0] = 7
     labels[175:196, 141:160][resid[175:196, 141:160] >= 50.0] = 3
-    out = split_clumps(labels, resid, radius_px=30.0, max_px=5000.0)
+    out = split_clumps(labels, resid, radius_px=30.0, limit_px=5000.0)
     assert np.array_equal(out == 3, labels == 3)  # under the limit: same pixels, same id
     parts = [k for k in np.unique(out) if k not in (0, 3)]
     assert len(parts) == 2 and 7 not in parts
@@ -150,11 +151,23 @@ def test_an_oversized_object_is_cut_again_at_its_own_threshold() -> None:
     assert not (out[labels == 0]).any()  # never beyond the object it came from
 
 
+def test_the_clump_limit_follows_the_field_s_median_object() -> None:
+    labels = np.zeros((100, 400), np.int32)
+    for k in range(6):  # six objects of 100 px and one of 400
+        labels[0:10, 40 * k:40 * k + 10] = k + 1
+    labels[50:70, 0:20] = 7
+    assert clump_limit(labels, min_px=50, max_px=10_000) == pytest.approx(250.0)
+    assert clump_limit(labels, min_px=50, max_px=200) == 200  # never above the area limit
+    # Objects outside the area range do not count; too few left: the area limit.
+    assert clump_limit(labels, min_px=150, max_px=10_000) == 10_000
+    assert clump_limit(np.zeros((9, 9), np.int32), 1, 500) == 500
+
+
 def test_a_flat_oversized_object_is_left_for_the_area_filter() -> None:
     resid = np.full((100, 100), 40.0, np.float32)
     labels = np.ones((100, 100), np.int32)
-    out = split_clumps(labels, resid, radius_px=10.0, max_px=500.0)
-    assert not out.any()
+    out = split_clumps(labels, resid, radius_px=10.0, limit_px=500.0)
+    assert len(np.unique(out)) == 1 and out.all()  # one object, every pixel kept
     assert split_clumps(np.zeros((9, 9), np.int32), resid[:9, :9], 3.0, 10.0).max() == 0
 
 
@@ -262,6 +275,18 @@ def test_dense_cytoplasmic_sheets_are_cut_into_cells() -> None:
     found = set(match_cells(cells.labels, cells.centroids, field.cell_labels).values())
     whole = [c.cell_id for c in field.cells if not c.touches_edge]
     assert sum(c in found for c in whole) >= 0.7 * len(whole)
+
+
+def test_merged_nuclei_under_the_area_limit_are_cut_apart() -> None:
+    # 37 whole smooth-envelope cells at 40x whose blurred rims join in pairs and threes,
+    # each object well under the area limit. Cutting only objects over the limit found
+    # 27 (10 merged); cutting objects over 2.5 times the field's median finds all 37.
+    field = generate_hep2_field(Hep2FieldSpec(seed=861_004, width=640, height=480,
+                                              patterns=(("envelope_smooth", 1.0),)))
+    cells = segment_cells(field.image[..., 1].astype(np.float32), field.um_per_px, CELLS)
+    found = set(match_cells(cells.labels, cells.centroids, field.cell_labels).values())
+    whole = [c.cell_id for c in field.cells if not c.touches_edge]
+    assert sum(c in found for c in whole) >= 34
 
 
 def test_generated_cytoplasmic_pattern_is_partly_segmented() -> None:

@@ -12,10 +12,11 @@
    into cells). Holes are filled.
 3. Touching cells are split by a watershed on the distance transform, with one marker per
    distance maximum at least ~0.6 nucleus radius from any higher one.
-4. An object still larger than the area limit is cut again at its own Otsu threshold, and
-   split as in step 3. In a dense cytoplasmic field the cells' stained cytoplasms touch,
-   and at the field's cut they form sheets with no neck to split at; within the sheet the
-   dimmer gaps between cells fall below its own cut.
+4. An object larger than 2.5 times the field's median object (or than the area limit)
+   is cut again at its own Otsu threshold, and split as in step 3. In a dense field the
+   cells' stained cytoplasms or blurred rims touch, and at the field's cut they form
+   sheets with no neck to split at; within the sheet the dimmer gaps between cells fall
+   below its own cut.
 5. Objects outside the configured area range (µm²) are dropped: debris and clumps.
 6. Each object grows 0.1 nucleus diameter into the background (never into a neighbour), so
    the label covers the whole cell, on which the intensity is defined.
@@ -49,6 +50,11 @@ _MIN_FLOOR_GREY = 2.0  # a clean (noise-free) image still needs a step above its
 # patterns stain the nucleus far more than the cytoplasm, and the cell, not the nucleus, is
 # what the intensity is defined on (its brightest 5 % of pixels) and what a crop centres on.
 _GROW_NUCLEI = 0.1
+# An object this many times the field's median object is taken for two or more cells
+# (cells of one field rarely differ twofold in area) and cut again; the median needs a
+# few objects to mean anything.
+_CLUMP_MEDIANS = 2.5
+_CLUMP_MIN_OBJECTS = 5
 # A re-cut object's parts grow back over it this far (nucleus diameters): the re-cut keeps
 # the brighter core of each cell, the growth returns its dim rim.
 _CLUMP_REGROW_NUCLEI = 0.3
@@ -75,10 +81,10 @@ def segment_cells(green: np.ndarray, um_per_px: float, cfg: Hep2CellsConfig) -> 
     """Segment the HEp-2 cells of a green-channel field ((H, W) grey levels 0..255)."""
     raw, bg, resid = _raw_foreground(green, um_per_px, cfg)
     radius_px = cfg.nucleus_diameter_um / (2.0 * um_per_px)
-    max_px = cfg.max_area_um2 / um_per_px**2
+    min_px, max_px = cfg.min_area_um2 / um_per_px**2, cfg.max_area_um2 / um_per_px**2
     labels = split_touching(fill_holes(raw), radius_px)
-    labels = split_clumps(labels, resid, radius_px, max_px)
-    labels = filter_by_area(labels, cfg.min_area_um2 / um_per_px**2, max_px)
+    labels = split_clumps(labels, resid, radius_px, clump_limit(labels, min_px, max_px))
+    labels = filter_by_area(labels, min_px, max_px)
     steps = round(_GROW_NUCLEI * cfg.nucleus_diameter_um / um_per_px)
     return describe(grow_cells(labels, np.zeros(labels.shape, bool), steps), bg)
 
@@ -142,22 +148,36 @@ def split_touching(mask: np.ndarray, radius_px: float) -> np.ndarray:
     return labels
 
 
+def clump_limit(labels: np.ndarray, min_px: float, max_px: float) -> float:
+    """The area (px) above which an object is taken for several cells and cut again.
+
+    ``_CLUMP_MEDIANS`` times the median area of the objects within the area range, when
+    there are enough of them to say what one cell is here, and never above ``max_px``.
+    The median follows the objective and the cell line, which a fixed limit cannot.
+    """
+    area = np.bincount(labels.reshape(-1))[1:]
+    cells = area[(area >= min_px) & (area <= max_px)]
+    if cells.size < _CLUMP_MIN_OBJECTS:
+        return max_px
+    return min(max_px, _CLUMP_MEDIANS * float(np.median(cells)))
+
+
 def split_clumps(labels: np.ndarray, resid: np.ndarray, radius_px: float,
-                 max_px: float) -> np.ndarray:
-    """``labels`` with every object over ``max_px`` pixels cut again at its own threshold.
+                 limit_px: float) -> np.ndarray:
+    """``labels`` with every object over ``limit_px`` pixels cut again at its own threshold.
 
     The object's pixels of ``resid`` (the smoothed, background-subtracted signal) are cut
     at their Otsu threshold, closed and hole-filled as the field's mask is, and split as
     :func:`split_touching` does. Each part then grows back over the object, up to 0.3
-    nucleus diameter, and what it does not reach is left out. An object that stays over
-    the limit (one cell too large, or a true clump) is for the area filter to drop.
-    Labels are not renumbered.
+    nucleus diameter, and what it does not reach is left out. A flat object stays whole.
+    What is still too large (one cell too large, or a true clump) is for the area filter
+    to drop. Labels are not renumbered.
     """
     n = int(labels.max()) if labels.size else 0
     if n == 0:
         return labels
     area = np.bincount(labels.reshape(-1), minlength=n + 1)
-    big = [int(i) for i in np.nonzero(area > max_px)[0] if i > 0]
+    big = [int(i) for i in np.nonzero(area > limit_px)[0] if i > 0]
     if not big:
         return labels
     out = labels.copy()
@@ -185,7 +205,7 @@ def _recut(region: np.ndarray, resid: np.ndarray, radius_px: float,
     values = resid[region]
     lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.5]))
     if hi <= lo:
-        return np.zeros(region.shape, np.int32)  # flat: nothing to cut at
+        return region.astype(np.int32)  # flat: nothing to cut at, it stays whole
     scaled = np.clip((values - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
     t, _ = cv2.threshold(scaled.reshape(-1, 1), 0, 255,
                          cv2.THRESH_BINARY + cv2.THRESH_OTSU)
