@@ -37,7 +37,7 @@ from appliance.assays.hep2.patterns import NAMES
 from appliance.assays.hep2.segmentation import Hep2Cells, segment_cells
 from appliance.config import Hep2CellsConfig
 from tools.eval_hep2 import BANDS, scale_band
-from tools.hep2_dataset import match_cells
+from tools.hep2_dataset import label_overlaps, match_cells
 from tools.numbers import save_chart, write_numbers
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field
 
@@ -89,9 +89,7 @@ def outline_ious(seg_labels: np.ndarray, truth_labels: np.ndarray) -> np.ndarray
         return np.zeros(0)
     if n_seg == 0:
         return np.zeros(n_truth)
-    pair = seg_labels.astype(np.int64).ravel() * (n_truth + 1) + truth_labels.ravel()
-    inter = np.bincount(pair, minlength=(n_seg + 1) * (n_truth + 1)).reshape(
-        n_seg + 1, n_truth + 1)
+    inter = label_overlaps(seg_labels, truth_labels)
     union = inter.sum(1)[:, None] + inter.sum(0)[None, :] - inter
     iou = (inter / np.maximum(union, 1))[1:, 1:]
     return np.asarray(iou.max(axis=0))

@@ -118,6 +118,16 @@ def perturb_mask(mask: np.ndarray, um_per_px: float, rng: np.random.Generator) -
     return out if out.any() else mask.astype(bool)
 
 
+def label_overlaps(seg_labels: np.ndarray, truth_labels: np.ndarray) -> np.ndarray:
+    """(n_seg + 1, n_truth + 1) pixel counts of every (segmented, truth) label pair,
+    background (0) included: one bincount gives the intersections of all pairs."""
+    n_seg = int(seg_labels.max(initial=0))
+    n_truth = int(truth_labels.max(initial=0))
+    pair = seg_labels.ravel().astype(np.int64) * (n_truth + 1) + truth_labels.ravel()
+    counts = np.bincount(pair, minlength=(n_seg + 1) * (n_truth + 1))
+    return counts.reshape(n_seg + 1, n_truth + 1)
+
+
 def match_cells(seg_labels: np.ndarray, centroids: np.ndarray, truth_labels: np.ndarray,
                 *, min_iou: float = MIN_IOU) -> dict[int, int]:
     """Segmented label -> truth cell id, for every segmented cell that matches one.
@@ -131,14 +141,9 @@ def match_cells(seg_labels: np.ndarray, centroids: np.ndarray, truth_labels: np.
         raise ValueError(f"segmentation {seg_labels.shape} and truth {truth_labels.shape} "
                          "label images differ in shape")
     n_seg = int(seg_labels.max(initial=0))
-    n_truth = int(truth_labels.max(initial=0))
     if n_seg == 0:
         return {}
-    seg = seg_labels.ravel().astype(np.int64)
-    tru = truth_labels.ravel().astype(np.int64)
-    # One bincount gives every (segmented, truth) overlap: the intersections of all pairs.
-    pairs = np.bincount(seg * (n_truth + 1) + tru, minlength=(n_seg + 1) * (n_truth + 1))
-    inter = pairs.reshape(n_seg + 1, n_truth + 1)
+    inter = label_overlaps(seg_labels, truth_labels)
     seg_area = inter.sum(axis=1)
     truth_area = inter.sum(axis=0)
     out: dict[int, int] = {}

@@ -206,10 +206,7 @@ def _recut(region: np.ndarray, resid: np.ndarray, radius_px: float,
     lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.5]))
     if hi <= lo:
         return region.astype(np.int32)  # flat: nothing to cut at, it stays whole
-    scaled = np.clip((values - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
-    t, _ = cv2.threshold(scaled.reshape(-1, 1), 0, 255,
-                         cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    core = _close(region & (resid > lo + float(t) * (hi - lo) / 255.0), 2.0 * radius_px)
+    core = _close(region & (resid > _otsu_cut(values, lo, hi)), 2.0 * radius_px)
     parts = split_touching(fill_holes(core & region), radius_px)
     return grow_cells(parts, ~region, regrow)
 
@@ -298,9 +295,14 @@ def _otsu(resid: np.ndarray, floor: float) -> float:
     top = float(np.percentile(resid, 99.9))
     if top <= floor:
         return 0.0  # nothing above the noise: no cells, the floor decides
-    scaled = np.clip(resid * (255.0 / top), 0, 255).astype(np.uint8)
-    t, _ = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return float(t) * top / 255.0
+    return _otsu_cut(resid, 0.0, top)
+
+
+def _otsu_cut(values: np.ndarray, lo: float, hi: float) -> float:
+    """Otsu's cut of ``values``, found on 8 bits spread over [lo, hi] (hi > lo)."""
+    scaled = np.clip((values - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    t, _ = cv2.threshold(scaled.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return lo + float(t) * (hi - lo) / 255.0
 
 
 def _smoothed_noise_share(sigma: float) -> float:
