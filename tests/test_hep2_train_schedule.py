@@ -113,6 +113,20 @@ def test_init_starts_from_a_checkpoints_weights(tmp_path: Path) -> None:
         train_model(data, epochs=1, batch=8, width=8, show=False, init=ck)
 
 
+def test_the_region_loss_trains_the_region_head_with_the_trunk(tmp_path: Path) -> None:
+    data = small_set()
+    ck = tmp_path / "start.pt"
+    train_model(data, epochs=1, batch=8, width=4, show=False, checkpoint=ck)
+    start = torch.load(ck, weights_only=False)["model"]
+    # Without the loss the region head gets no gradient: it stays as it was.
+    plain, _ = train_model(data, epochs=2, batch=8, width=4, show=False, init=ck)
+    torch.testing.assert_close(plain.regions.weight, start["regions.weight"])
+    with_loss, losses = train_model(data, epochs=2, batch=8, width=4, show=False, init=ck,
+                                    region_loss=1.0)
+    assert not torch.allclose(with_loss.regions.weight, start["regions.weight"])
+    assert len(losses) == 6 and all(np.isfinite(losses))
+
+
 def test_the_held_out_compound_set_takes_every_pair(monkeypatch: pytest.MonkeyPatch,
                                                     tmp_path: Path) -> None:
     import argparse

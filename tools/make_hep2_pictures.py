@@ -6,7 +6,10 @@
 * ``docs/img/hep2-overlay-nucleolar-10x.png``: a nucleolar field at 10x, whose subtype
   call carries the warning to report the group or confirm at a higher magnification;
 * ``docs/img/hep2-overlay-faint-second.png``: a weak AC-1 + AC-8 field (both in every
-  cell) whose nucleoli the region head finds although AC-1 takes most of the votes.
+  cell) whose nucleoli the region head finds although AC-1 takes most of the votes;
+* ``docs/img/hep2-crops-by-objective.png``: the crops the classifier sees of the
+  few-spots patterns (nuclear dots, nucleolar) at 40x, 20x and 10x, cut as the assay cuts
+  them: why their subtypes are read well at 20x and 40x and not at 10x.
 
     python -m tools.make_hep2_pictures
 """
@@ -19,10 +22,12 @@ import cv2
 import numpy as np
 
 from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.patterns import BY_NAME, NAMES
 from appliance.capture.frame import Frame
 from appliance.config import Config, with_overrides
 from appliance.outputs.display.live import LiveStatus, compose_live
 from appliance.outputs.hep2_overlay import render_overlay
+from tools.hep2_dataset import field_cell_crops
 from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,8 +41,61 @@ def _write(name: str, rgb: np.ndarray) -> None:
     print(path.relative_to(REPO))
 
 
+# The crop sheet: the patterns told apart by a few bright spots in the nucleus, and the
+# objectives' pixel sizes (µm at the specimen) it compares.
+SPOTS = ("multiple_nuclear_dots", "few_nuclear_dots", "nucleolar_homogeneous",
+         "nucleolar_clumpy", "nucleolar_punctate")
+OBJECTIVES = (("40x", 0.3), ("20x", 0.5), ("10x", 0.95))
+PER_GROUP = 4
+TILE = 128  # a 64 px crop shown at twice its size
+LABEL_W = 230
+HEADER_H = 40
+
+
+def _interphase_crops(name: str, um_per_px: float, cfg: Config, count: int) -> list[np.ndarray]:
+    """The signal channel of ``count`` interphase crops of one pattern, cut from bright
+    generated fields (no defocus or bleaching) as the assay's segmentation finds them."""
+    out: list[np.ndarray] = []
+    seed = 62_000 + 100 * NAMES.index(name) + int(um_per_px * 10)
+    while len(out) < count:
+        field = generate_hep2_field(Hep2FieldSpec(
+            seed=seed, width=640, height=480, um_per_px=um_per_px, patterns=((name, 1.0),),
+            intensity=120.0, defocus_um=0.0, photobleaching=0.0))
+        crops = field_cell_crops(field, cfg.hep2.cells, np.random.default_rng(seed),
+                                 (name,), segmented=True)
+        out += [c[0] for c, m in zip(crops.crops, crops.mitosis, strict=True) if m == 0]
+        seed += 1
+    return out[:count]
+
+
+def crop_sheet(cfg: Config) -> np.ndarray:
+    """RGB sheet: a row per few-spots pattern, a group of crops per objective."""
+    groups = len(OBJECTIVES)
+    width = LABEL_W + groups * (PER_GROUP * TILE + 16)
+    sheet = np.zeros((HEADER_H + len(SPOTS) * TILE, width, 3), np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for g, (objective, um) in enumerate(OBJECTIVES):
+        x0 = LABEL_W + g * (PER_GROUP * TILE + 16)
+        cv2.putText(sheet, f"{objective} ({um:g} um/px)", (x0 + 8, 28), font, 0.8,
+                    (255, 255, 255), 2, cv2.LINE_AA)
+        for r, name in enumerate(SPOTS):
+            for k, crop in enumerate(_interphase_crops(name, um, cfg, PER_GROUP)):
+                # One fixed display scale (not each crop's own), so brightness compares.
+                grey = (np.clip(crop / 1.2, 0.0, 1.0) * 255).astype(np.uint8)
+                tile = cv2.resize(grey, (TILE, TILE), interpolation=cv2.INTER_NEAREST)
+                y, x = HEADER_H + r * TILE, x0 + k * TILE
+                sheet[y:y + TILE, x:x + TILE, 1] = tile  # FITC green
+    for r, name in enumerate(SPOTS):
+        y = HEADER_H + r * TILE + TILE // 2
+        cv2.putText(sheet, BY_NAME[name].icap, (10, y - 6), font, 0.8, (255, 255, 255), 2,
+                    cv2.LINE_AA)
+        cv2.putText(sheet, name.replace("_", " "), (10, y + 22), font, 0.5, (200, 200, 200),
+                    1, cv2.LINE_AA)
+    return sheet
+
+
 def main() -> int:
-    """Write the four pictures."""
+    """Write the five pictures."""
     cfg = with_overrides(Config(), {"assay": "hep2"})
     with Hep2Assay.from_config(cfg) as assay:
         ac1 = generate_hep2_field(Hep2FieldSpec(
@@ -68,6 +126,7 @@ def main() -> int:
         result = assay.score(Frame(image=faint.image, seq=4, timestamp=0.0,
                                    source="ac1-ac8.png", um_per_px=0.5))
         _write("hep2-overlay-faint-second.png", render_overlay(faint.image, result))
+    _write("hep2-crops-by-objective.png", crop_sheet(cfg))
     return 0
 
 

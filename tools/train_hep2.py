@@ -67,6 +67,7 @@ from tools.hep2_dataset import (
     field_crops,
     folder_crops,
     generated_crops,
+    mitosis_index,
 )
 from tools.hep2_net import (
     CROP_PX,
@@ -201,7 +202,8 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
                 label_smoothing: float = 0.0, steps: int | None = None,
                 time_budget_s: float | None = None, checkpoint: Path | None = None,
                 resume: bool = False, stop_after_epochs: int | None = None,
-                init: Path | None = None) -> tuple[Hep2Net, list[float]]:
+                init: Path | None = None, region_loss: float = 0.0
+                ) -> tuple[Hep2Net, list[float]]:
     """Train a Hep2Net on ``data``; returns the model (eval mode) and the per-step losses.
 
     Length: ``steps`` optimiser steps when given, else ``epochs`` passes over the data.
@@ -213,7 +215,10 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
     from it with the same data, width and seed; ``stop_after_epochs`` ends this call
     early (the schedule is unchanged), to be resumed later. ``init`` starts from the
     weights of an earlier run's checkpoint with a fresh optimiser and schedule (a warm
-    restart: a second, shorter cycle of the one-cycle schedule).
+    restart: a second, shorter cycle of the one-cycle schedule). ``region_loss`` > 0 adds
+    that many times a binary cross-entropy of the region logits against the regions each
+    interphase crop's pattern(s) stain, so the trunk itself learns which part of a cell
+    stains (a faint second pattern); 0 leaves the region head to ``fit_region_head``.
     """
     if not len(data):
         raise ValueError("no training crops")
@@ -236,6 +241,10 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
     second = torch.from_numpy(data.seconds)
     mitosis = torch.from_numpy(data.mitosis)
     weight = torch.from_numpy(data.weight)
+    regions = torch.from_numpy(region_targets(data.pattern, data.seconds))
+    # Metaphases have no interphase regions; a lab's crops carry no mitosis truth, so
+    # only crops known to be interphase teach the regions.
+    interphase = mitosis == mitosis_index(False, False)
     losses: list[float] = list(state["losses"])
     step = int(state["step"])
     model.train()
@@ -250,14 +259,17 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, lr)
             t = torch.from_numpy(idx)
-            # The region head is fitted afterwards, on the frozen trunk (fit_region_head).
-            p_logits, m_logits, _ = model(augment(crops[t], rng))
+            p_logits, m_logits, r_logits = model(augment(crops[t], rng))
             targets = pattern_targets(pattern[t], second[t], len(NAMES), label_smoothing)
             loss_p = pattern_loss(p_logits, targets, cw, weight[t])
             known = mitosis[t] >= 0  # a lab's crops carry no mitosis truth
             loss_m = (F.cross_entropy(m_logits[known], mitosis[t][known]) if bool(known.any())
                       else p_logits.sum() * 0.0)
             loss = loss_p + MITOSIS_LOSS_WEIGHT * loss_m
+            if region_loss > 0 and bool(interphase[t].any()):
+                rows = t[interphase[t]]
+                loss = loss + region_loss * F.binary_cross_entropy_with_logits(
+                    r_logits[interphase[t]], regions[rows])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -700,7 +712,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             seed=args.seed, label_smoothing=args.label_smoothing, steps=args.steps or None,
             time_budget_s=args.time_budget_min * 60.0 if args.time_budget_min else None,
             checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-            resume=args.resume, init=Path(args.init) if args.init else None)
+            resume=args.resume, init=Path(args.init) if args.init else None,
+            region_loss=args.region_loss)
     train_s = earlier_s + time.time() - t0 - data_s
     region_head = fit_region_head(model, train, seed=args.seed)
     out = Path(args.out)
@@ -740,7 +753,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "optimizer": f"AdamW, one-cycle ({WARMUP_STEPS} warm-up steps, cosine to ~0)",
         "loss": f"class-weighted cross-entropy against soft targets (compound cells split "
                 f"between their two patterns), label smoothing {args.label_smoothing} "
-                "(pattern) + 0.5 x cross-entropy (mitosis)",
+                f"(pattern) + {MITOSIS_LOSS_WEIGHT:g} x cross-entropy (mitosis)"
+                + (f" + {args.region_loss:g} x binary cross-entropy (regions of interphase "
+                   "crops; the region head is then refitted on the frozen trunk)"
+                   if args.region_loss > 0 and not args.head_only else ""),
         "init": args.init or None,
         "head_only": bool(args.head_only),
         "region_head": region_head,
@@ -752,7 +768,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                                        ("batch", args.batch), ("lr", args.lr),
                                        ("width", args.width), ("seed", args.seed),
                                        ("label-smoothing", args.label_smoothing))
-            + ((("init", args.init),) if args.init else ()))
+            + ((("init", args.init),) if args.init else ())
+            + ((("region-loss", args.region_loss),) if args.region_loss > 0 else ()))
             + (" --head-only" if args.head_only else ""),
         "augmentation": "rot90, flip, gamma 0.8..1.25 on the signal",
         "torch": torch.__version__, "data_seconds": round(data_s),
@@ -802,6 +819,9 @@ def main() -> None:
                     help="start from this checkpoint's weights (fresh optimiser and schedule)")
     ap.add_argument("--init-manifest", default="",
                     help="manifest of the --init run: its recipe is kept in the new manifest")
+    ap.add_argument("--region-loss", type=float, default=0.0,
+                    help="weight of the region loss while training the trunk (0: the "
+                         "region head is only fitted afterwards, on the frozen trunk)")
     ap.add_argument("--head-only", action="store_true",
                     help="keep the --init weights as they are and fit the region head only")
     ap.add_argument("--data-only", action="store_true",
