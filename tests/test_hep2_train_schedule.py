@@ -125,6 +125,13 @@ def test_the_region_loss_trains_the_region_head_with_the_trunk(tmp_path: Path) -
                                     region_loss=1.0)
     assert not torch.allclose(with_loss.regions.weight, start["regions.weight"])
     assert len(losses) == 6 and all(np.isfinite(losses))
+    # A resumed run keeps its loss: another weight is refused, not mixed in.
+    ck2 = tmp_path / "region.pt"
+    train_model(data, epochs=2, batch=8, width=4, show=False, checkpoint=ck2,
+                region_loss=1.0, stop_after_epochs=1)
+    with pytest.raises(ValueError, match=r"region_loss 1\.0, not 0\.0"):
+        train_model(data, epochs=2, batch=8, width=4, show=False, checkpoint=ck2,
+                    resume=True)
 
 
 def test_the_held_out_compound_set_takes_every_pair(monkeypatch: pytest.MonkeyPatch,

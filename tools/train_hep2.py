@@ -212,8 +212,8 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
     learning rate (the step count is returned in the losses' length and reproduces the run
     with ``steps``). The pace is measured once: on a machine whose load changes, prefer
     ``steps``. ``checkpoint`` is written at every epoch end; ``resume`` continues
-    from it with the same data, width and seed; ``stop_after_epochs`` ends this call
-    early (the schedule is unchanged), to be resumed later. ``init`` starts from the
+    from it with the same data, width, seed and region loss; ``stop_after_epochs`` ends
+    this call early (the schedule is unchanged), to be resumed later. ``init`` starts from the
     weights of an earlier run's checkpoint with a fresh optimiser and schedule (a warm
     restart: a second, shorter cycle of the one-cycle schedule). ``region_loss`` > 0 adds
     that many times a binary cross-entropy of the region logits against the regions each
@@ -229,12 +229,18 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
     total = steps if steps is not None else epochs * per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     state: dict[str, Any] = {"step": 0, "epoch": 0, "total": total, "losses": [],
-                             "fixed": time_budget_s is None, "seconds": 0.0}
+                             "fixed": time_budget_s is None, "seconds": 0.0,
+                             "region_loss": region_loss}
     if resume:
         if checkpoint is None:
             raise ValueError("resume needs a checkpoint path")
         state = _load_checkpoint(checkpoint, model, opt, rng)
         total = int(state["total"])
+        # A run is one recipe: a changed loss half-way would be recorded as neither.
+        # (Checkpoints written before the key existed take the value asked for.)
+        if float(state.get("region_loss", region_loss)) != region_loss:
+            raise ValueError(f"{checkpoint} was trained with region_loss "
+                             f"{state['region_loss']}, not {region_loss}: resume with it")
     cw = class_weights(data.pattern)
     crops = torch.from_numpy(data.crops)
     pattern = torch.from_numpy(data.pattern)
