@@ -115,6 +115,33 @@ def test_competent_confusion_counts_a_subtype_of_the_right_group_as_right() -> N
     assert mean_class_accuracy(m.tolist()) == pytest.approx((1 / 6 + 1.0) / 2)
 
 
+def test_group_credit_keeps_the_classes_and_rights_a_subtype_of_the_same_group() -> None:
+    n = len(NAMES)
+    m = np.zeros((n, n), int)
+    ac8, ac10 = NAMES.index("nucleolar_homogeneous"), NAMES.index("nucleolar_punctate")
+    ac6 = NAMES.index("multiple_nuclear_dots")
+    m[ac8, ac10], m[ac8, ac8], m[ac8, ac6] = 3, 1, 2
+    c = np.array(eval_hep2.group_credited(m.tolist()))
+    assert c.shape == (n, n) and c.sum() == m.sum()
+    assert c[ac8, ac8] == 4 and c[ac8, ac10] == 0 and c[ac8, ac6] == 2  # dots stay wrong
+    assert m[ac8, ac10] == 3  # the input is not changed
+
+
+def test_objective_level_accuracy_credits_the_group_at_10x_only() -> None:
+    n = len(NAMES)
+    ac8, ac10 = NAMES.index("nucleolar_homogeneous"), NAMES.index("nucleolar_punctate")
+    fine = np.zeros((n, n), int)
+    fine[ac8, ac8], fine[ac8, ac10] = 3, 1  # 20x: a subtype error stays an error
+    coarse = np.zeros((n, n), int)
+    coarse[ac8, ac10] = 4  # 10x: every cell the wrong subtype of the right group
+    fine_only, as_reported = eval_hep2.objective_level_accuracy(
+        {"20x": fine.tolist(), "10x": coarse.tolist()})
+    assert fine_only == pytest.approx(0.75)
+    assert as_reported == pytest.approx(7 / 8)
+    assert eval_hep2.objective_level_accuracy({"10x": coarse.tolist()}) == (None, 1.0)
+    assert eval_hep2.objective_level_accuracy({}) == (None, None)
+
+
 def outcome(kind: str, truth: tuple[str, ...], reported: tuple[str, ...], *,
             positive: bool | None, status: str = "scored") -> SpecimenOutcome:
     truth_positive = truth[0] != "negative"
@@ -254,6 +281,8 @@ def test_add_cells_on_a_generated_field_with_its_own_labels() -> None:
     assert summary["mean_class_accuracy_by_band"] == {"20x": 1.0}  # 0.5 um/px is 20x
     assert summary["competent_mean_class_accuracy"] == 1.0
     assert summary["competent_mean_class_accuracy_by_band"] == {"20x": 1.0}
+    assert summary["mean_class_accuracy_20x_40x"] == 1.0
+    assert summary["mean_class_accuracy_group_at_10x"] == 1.0
     by_band = summary["per_class_recall_by_band"]
     assert isinstance(by_band, dict) and set(by_band) == {"20x"}
     assert {r for r in by_band["20x"].values() if r is not None} == {1.0}

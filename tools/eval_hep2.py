@@ -267,12 +267,52 @@ def competent_confusion(confusion: Sequence[Sequence[int]]) -> list[list[int]]:
     return out
 
 
+def group_credited(confusion: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The (NAMES x NAMES) confusion with each cell read as another subtype of its own
+    group (AC-8 read as AC-10) moved onto the diagonal: right at the group level, still
+    counted in its own class."""
+    out = [list(row) for row in confusion]
+    for i, row in enumerate(confusion):
+        for j, count in enumerate(row):
+            if i != j and competent(NAMES[i]) == competent(NAMES[j]):
+                out[i][i] += count
+                out[i][j] = 0
+    return out
+
+
+def _summed(matrices: Iterable[Sequence[Sequence[int]]]) -> list[list[int]]:
+    """Element-wise sum of (NAMES x NAMES) confusions."""
+    out = [[0] * len(NAMES) for _ in NAMES]
+    for m in matrices:
+        for i, row in enumerate(m):
+            for j, count in enumerate(row):
+                out[i][j] += count
+    return out
+
+
+def objective_level_accuracy(by_band: Mapping[str, Sequence[Sequence[int]]]
+                             ) -> tuple[float | None, float | None]:
+    """(mean class accuracy of the 20x and 40x cells alone, mean class accuracy with the
+    10x cells credited at their group), None where no cell counts.
+
+    The second is the level the specimen rules ask a user to report at each objective
+    (rule 5): the subtype at 20x and 40x, the group at 10x, where the optics do not
+    resolve the subtypes.
+    """
+    fine = _summed(by_band[b] for b in ("40x", "20x") if b in by_band)
+    coarse = [group_credited(by_band["10x"])] if "10x" in by_band else []
+    both = _summed([fine, *coarse])
+    return (mean_class_accuracy(fine) if any(map(any, fine)) else None,
+            mean_class_accuracy(both) if any(map(any, both)) else None)
+
+
 def _rate(hits: int, total: int) -> float | None:
     return hits / total if total else None
 
 
 def cell_summary(tally: CellTally) -> dict[str, object]:
     """The cell-level figures (None: nothing to measure)."""
+    fine_only, as_reported = objective_level_accuracy(tally.by_band)
     return {
         "mean_class_accuracy": mean_class_accuracy(tally.confusion),
         "per_class_recall": dict(zip(NAMES, per_class_recall(tally.confusion), strict=True)),
@@ -293,6 +333,10 @@ def cell_summary(tally: CellTally) -> dict[str, object]:
         "competent_mean_class_accuracy_by_band": {
             name: mean_class_accuracy(competent_confusion(tally.by_band[name]))
             for name, _ in BANDS if name in tally.by_band},
+        # The 20x and 40x cells alone; and subtypes at 20x and 40x with the group at 10x,
+        # as rule 5 asks a user to report them (objective_level_accuracy).
+        "mean_class_accuracy_20x_40x": fine_only,
+        "mean_class_accuracy_group_at_10x": as_reported,
         "confusion_by_band": {name: tally.by_band[name] for name, _ in BANDS
                               if name in tally.by_band},
         # Which patterns hold at which objective (the subtype rule's evidence).
@@ -451,7 +495,9 @@ def format_report(cells: dict[str, object], specimens: dict[str, object],
         lines.append(f"{name:<24}{pattern(name).icap:>6}{counts[name]:>7}"
                      f"{_pct(recall[name]):>10}{len(mine):>11}{_pct(ok):>12}")
     lines.append("")
-    for key in ("mean_class_accuracy", "competent_mean_class_accuracy", "detection_recall",
+    for key in ("mean_class_accuracy", "mean_class_accuracy_20x_40x",
+                "mean_class_accuracy_group_at_10x", "competent_mean_class_accuracy",
+                "detection_recall",
                 "detection_precision", "metaphase_recall", "metaphase_precision",
                 "plate_accuracy"):
         lines.append(f"  {key:<34}{_pct(cells[key])} %")
