@@ -282,12 +282,10 @@ def group_credited(confusion: Sequence[Sequence[int]]) -> list[list[int]]:
 
 def _summed(matrices: Iterable[Sequence[Sequence[int]]]) -> list[list[int]]:
     """Element-wise sum of (NAMES x NAMES) confusions."""
-    out = [[0] * len(NAMES) for _ in NAMES]
+    total = np.zeros((len(NAMES), len(NAMES)), np.int64)
     for m in matrices:
-        for i, row in enumerate(m):
-            for j, count in enumerate(row):
-                out[i][j] += count
-    return out
+        total += np.asarray(m, np.int64)
+    return [[int(v) for v in row] for row in total]
 
 
 def objective_level_accuracy(by_band: Mapping[str, Sequence[Sequence[int]]]
