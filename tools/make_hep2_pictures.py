@@ -48,6 +48,7 @@ SPOTS = ("multiple_nuclear_dots", "few_nuclear_dots", "nucleolar_homogeneous",
 OBJECTIVES = (("40x", 0.3), ("20x", 0.5), ("10x", 0.95))
 PER_GROUP = 4
 TILE = 128  # a 64 px crop shown at twice its size
+GROUP_W = PER_GROUP * TILE + 16  # one objective's crops and the gap after them
 LABEL_W = 230
 HEADER_H = 40
 
@@ -70,12 +71,11 @@ def _interphase_crops(name: str, um_per_px: float, cfg: Config, count: int) -> l
 
 def crop_sheet(cfg: Config) -> np.ndarray:
     """RGB sheet: a row per few-spots pattern, a group of crops per objective."""
-    groups = len(OBJECTIVES)
-    width = LABEL_W + groups * (PER_GROUP * TILE + 16)
+    width = LABEL_W + len(OBJECTIVES) * GROUP_W
     sheet = np.zeros((HEADER_H + len(SPOTS) * TILE, width, 3), np.uint8)
     font = cv2.FONT_HERSHEY_SIMPLEX
     for g, (objective, um) in enumerate(OBJECTIVES):
-        x0 = LABEL_W + g * (PER_GROUP * TILE + 16)
+        x0 = LABEL_W + g * GROUP_W
         cv2.putText(sheet, f"{objective} ({um:g} um/px)", (x0 + 8, 28), font, 0.8,
                     (255, 255, 255), 2, cv2.LINE_AA)
         for r, name in enumerate(SPOTS):

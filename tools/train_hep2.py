@@ -272,10 +272,10 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
             loss_m = (F.cross_entropy(m_logits[known], mitosis[t][known]) if bool(known.any())
                       else p_logits.sum() * 0.0)
             loss = loss_p + MITOSIS_LOSS_WEIGHT * loss_m
-            if region_loss > 0 and bool(interphase[t].any()):
-                rows = t[interphase[t]]
+            inter = interphase[t]
+            if region_loss > 0 and bool(inter.any()):
                 loss = loss + region_loss * F.binary_cross_entropy_with_logits(
-                    r_logits[interphase[t]], regions[rows])
+                    r_logits[inter], regions[t][inter])
             opt.zero_grad()
             loss.backward()
             opt.step()
