@@ -134,6 +134,26 @@ def test_the_region_loss_trains_the_region_head_with_the_trunk(tmp_path: Path) -
                     resume=True)
 
 
+def test_bf16_training_rounds_only_and_is_kept_on_resume(tmp_path: Path) -> None:
+    data = small_set()
+    _, full_losses = train_model(data, epochs=2, batch=8, width=4, show=False)
+    half, half_losses = train_model(data, epochs=2, batch=8, width=4, show=False, bf16=True)
+    # The same run, rounded: the first loss (before any update) agrees to bfloat16's
+    # precision, and no step diverges.
+    assert half_losses[0] == pytest.approx(full_losses[0], rel=0.02)
+    assert len(half_losses) == 6 and all(np.isfinite(half_losses))
+    assert half_losses != full_losses  # bfloat16 really ran
+    # The weights come back float32 and in the default layout, ready for ONNX export.
+    for name, w in half.state_dict().items():
+        assert w.dtype in (torch.float32, torch.int64), name
+        assert w.dim() != 4 or w.is_contiguous(), name
+    ck = tmp_path / "bf16.pt"
+    train_model(data, epochs=2, batch=8, width=4, show=False, checkpoint=ck, bf16=True,
+                stop_after_epochs=1)
+    with pytest.raises(ValueError, match="bf16 True, not False"):
+        train_model(data, epochs=2, batch=8, width=4, show=False, checkpoint=ck, resume=True)
+
+
 def test_the_held_out_compound_set_takes_every_pair(monkeypatch: pytest.MonkeyPatch,
                                                     tmp_path: Path) -> None:
     import argparse

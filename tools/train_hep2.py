@@ -28,6 +28,9 @@ options (a rebuild of 17 k crops takes minutes); --data-only stops after buildin
 Training length is --steps (or --epochs); --time-budget-min fits it to a wall-clock
 budget instead (the manifest then records the step count, which --steps reproduces).
 The torch checkpoint (--checkpoint, every epoch end) lets --resume continue a run.
+--bf16 runs the forward pass in bfloat16 autocast (the weights, the optimiser and the
+losses stay float32). On a CPU with AVX-512 BF16 a step is about twice as fast; the network
+is trained in the channels-last layout in any case, which alone is about 1.5x.
 """
 
 from __future__ import annotations
@@ -202,7 +205,7 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
                 label_smoothing: float = 0.0, steps: int | None = None,
                 time_budget_s: float | None = None, checkpoint: Path | None = None,
                 resume: bool = False, stop_after_epochs: int | None = None,
-                init: Path | None = None, region_loss: float = 0.0
+                init: Path | None = None, region_loss: float = 0.0, bf16: bool = False
                 ) -> tuple[Hep2Net, list[float]]:
     """Train a Hep2Net on ``data``; returns the model (eval mode) and the per-step losses.
 
@@ -219,6 +222,9 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
     that many times a binary cross-entropy of the region logits against the regions each
     interphase crop's pattern(s) stain, so the trunk itself learns which part of a cell
     stains (a faint second pattern); 0 leaves the region head to ``fit_region_head``.
+    ``bf16`` runs the forward pass under bfloat16 autocast (weights, optimiser and losses
+    stay float32): about twice as fast on a CPU with AVX-512 BF16, a rounding change only.
+    The network is trained channels-last either way (the same arithmetic, a faster layout).
     """
     if not len(data):
         raise ValueError("no training crops")
@@ -230,7 +236,7 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     state: dict[str, Any] = {"step": 0, "epoch": 0, "total": total, "losses": [],
                              "fixed": time_budget_s is None, "seconds": 0.0,
-                             "region_loss": region_loss}
+                             "region_loss": region_loss, "bf16": bf16}
     if resume:
         if checkpoint is None:
             raise ValueError("resume needs a checkpoint path")
@@ -241,6 +247,9 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
         if float(state.get("region_loss", region_loss)) != region_loss:
             raise ValueError(f"{checkpoint} was trained with region_loss "
                              f"{state['region_loss']}, not {region_loss}: resume with it")
+        if bool(state.get("bf16", False)) != bf16:
+            raise ValueError(f"{checkpoint} was trained with bf16 {state.get('bf16', False)}, "
+                             f"not {bf16}: resume with the same --bf16")
     cw = class_weights(data.pattern)
     crops = torch.from_numpy(data.crops)
     pattern = torch.from_numpy(data.pattern)
@@ -253,6 +262,8 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
     interphase = mitosis == mitosis_index(False, False)
     losses: list[float] = list(state["losses"])
     step = int(state["step"])
+    # torch's stubs leave out Module.to's memory_format, which the runtime takes.
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     model.train()
     bar = tqdm(total=total, initial=step, desc="training", disable=not show)
     start = time.perf_counter()
@@ -265,7 +276,10 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, lr)
             t = torch.from_numpy(idx)
-            p_logits, m_logits, r_logits = model(augment(crops[t], rng))
+            x = augment(crops[t], rng).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                outs = model(x)
+            p_logits, m_logits, r_logits = (o.float() for o in outs)
             targets = pattern_targets(pattern[t], second[t], len(NAMES), label_smoothing)
             loss_p = pattern_loss(p_logits, targets, cw, weight[t])
             known = mitosis[t] >= 0  # a lab's crops carry no mitosis truth
@@ -295,6 +309,7 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, opt, state, rng)
     bar.close()
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     model.eval()
     return model, losses
 
@@ -719,7 +734,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             time_budget_s=args.time_budget_min * 60.0 if args.time_budget_min else None,
             checkpoint=Path(args.checkpoint) if args.checkpoint else None,
             resume=args.resume, init=Path(args.init) if args.init else None,
-            region_loss=args.region_loss)
+            region_loss=args.region_loss, bf16=args.bf16)
     train_s = earlier_s + time.time() - t0 - data_s
     region_head = fit_region_head(model, train, seed=args.seed)
     out = Path(args.out)
@@ -763,6 +778,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 + (f" + {args.region_loss:g} x binary cross-entropy (regions of interphase "
                    "crops; the region head is then refitted on the frozen trunk)"
                    if args.region_loss > 0 and not args.head_only else ""),
+        "precision": "bfloat16 autocast forward, float32 weights and losses" if args.bf16
+                     and not args.head_only else "float32",
         "init": args.init or None,
         "head_only": bool(args.head_only),
         "region_head": region_head,
@@ -776,6 +793,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                                        ("label-smoothing", args.label_smoothing))
             + ((("init", args.init),) if args.init else ())
             + ((("region-loss", args.region_loss),) if args.region_loss > 0 else ()))
+            + (" --bf16" if args.bf16 and not args.head_only else "")
             + (" --head-only" if args.head_only else ""),
         "augmentation": "rot90, flip, gamma 0.8..1.25 on the signal",
         "torch": torch.__version__, "data_seconds": round(data_s),
@@ -818,6 +836,8 @@ def main() -> None:
     ap.add_argument("--time-budget-min", type=float, default=0.0,
                     help="fit the training length to this many minutes (0: off); the "
                          "manifest records the steps run, which --steps reproduces")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bfloat16 autocast forward (about 2x faster on an AVX-512 BF16 CPU)")
     ap.add_argument("--checkpoint", default="build/hep2_train.pt",
                     help="torch checkpoint written at each epoch end ('' : none)")
     ap.add_argument("--resume", action="store_true", help="continue from --checkpoint")
