@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
@@ -263,7 +263,7 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
     losses: list[float] = list(state["losses"])
     step = int(state["step"])
     # torch's stubs leave out Module.to's memory_format, which the runtime takes.
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    cast(Any, model).to(memory_format=torch.channels_last)
     model.train()
     bar = tqdm(total=total, initial=step, desc="training", disable=not show)
     start = time.perf_counter()
@@ -309,7 +309,7 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, opt, state, rng)
     bar.close()
-    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    cast(Any, model).to(memory_format=torch.contiguous_format)
     model.eval()
     return model, losses
 
