@@ -152,6 +152,13 @@ def test_bf16_training_rounds_only_and_is_kept_on_resume(tmp_path: Path) -> None
                 stop_after_epochs=1)
     with pytest.raises(ValueError, match="bf16 True, not False"):
         train_model(data, epochs=2, batch=8, width=4, show=False, checkpoint=ck, resume=True)
+    # A checkpoint from before the setting existed was trained in float32.
+    old = torch.load(ck, weights_only=False)
+    del old["state"]["bf16"]
+    torch.save(old, ck)
+    with pytest.raises(ValueError, match="bf16 False, not True"):
+        train_model(data, epochs=2, batch=8, width=4, show=False, checkpoint=ck, resume=True,
+                    bf16=True)
 
 
 def test_the_held_out_compound_set_takes_every_pair(monkeypatch: pytest.MonkeyPatch,

@@ -242,14 +242,16 @@ def train_model(data: CropSet, *, epochs: int, batch: int = 128, lr: float = 3e-
             raise ValueError("resume needs a checkpoint path")
         state = _load_checkpoint(checkpoint, model, opt, rng)
         total = int(state["total"])
-        # A run is one recipe: a changed loss half-way would be recorded as neither.
-        # (Checkpoints written before the key existed take the value asked for.)
-        if float(state.get("region_loss", region_loss)) != region_loss:
-            raise ValueError(f"{checkpoint} was trained with region_loss "
-                             f"{state['region_loss']}, not {region_loss}: resume with it")
-        if bool(state.get("bf16", False)) != bf16:
-            raise ValueError(f"{checkpoint} was trained with bf16 {state.get('bf16', False)}, "
-                             f"not {bf16}: resume with the same --bf16")
+        # A run is one recipe: a setting changed half-way would be recorded as neither.
+        # A checkpoint from before a key existed: its region loss is unknown (the value
+        # asked for is taken), and it was trained in float32.
+        for key, asked, before in (("region_loss", float(region_loss), float(region_loss)),
+                                   ("bf16", bool(bf16), False)):
+            had = state.get(key, before)
+            if had != asked:
+                raise ValueError(f"{checkpoint} was trained with {key} {had}, not {asked}: "
+                                 "resume with the same setting")
+            state[key] = asked
     cw = class_weights(data.pattern)
     crops = torch.from_numpy(data.crops)
     pattern = torch.from_numpy(data.pattern)
@@ -754,6 +756,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                            f"{m['mean_class_accuracy']:.3f})")
     if losses:  # --head-only trains no trunk: the loss plot of the --init run stands
         plot_losses(losses, Path(args.plots) / "hep2_training_loss.png")
+    bf16_trunk = args.bf16 and not args.head_only  # --head-only trains no trunk
     recipe = {
         "script": "tools/train_hep2.py",
         "data": f"generated one-pattern fields (tools/synth/hep2_fields.py, seeds from "
@@ -778,8 +781,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 + (f" + {args.region_loss:g} x binary cross-entropy (regions of interphase "
                    "crops; the region head is then refitted on the frozen trunk)"
                    if args.region_loss > 0 and not args.head_only else ""),
-        "precision": "bfloat16 autocast forward, float32 weights and losses" if args.bf16
-                     and not args.head_only else "float32",
+        "precision": "bfloat16 autocast forward, float32 weights and losses" if bf16_trunk
+                     else "float32",
         "init": args.init or None,
         "head_only": bool(args.head_only),
         "region_head": region_head,
@@ -793,7 +796,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                                        ("label-smoothing", args.label_smoothing))
             + ((("init", args.init),) if args.init else ())
             + ((("region-loss", args.region_loss),) if args.region_loss > 0 else ()))
-            + (" --bf16" if args.bf16 and not args.head_only else "")
+            + (" --bf16" if bf16_trunk else "")
             + (" --head-only" if args.head_only else ""),
         "augmentation": "rot90, flip, gamma 0.8..1.25 on the signal",
         "torch": torch.__version__, "data_seconds": round(data_s),
