@@ -28,6 +28,7 @@ from typing import Any
 
 from appliance import __version__, cli_cases, cli_hep2
 from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.cell_files import is_mask_file, load_cell_image
 from appliance.assays.her2.assay import Her2Assay
 from appliance.assays.shell import INTERNAL_ERROR
 from appliance.capture.frame import Frame
@@ -187,26 +188,39 @@ def _score_hep2(args: argparse.Namespace, cfg: Config, overlay: Path | None,
 
 
 def _classify_cells(args: argparse.Namespace, cfg: Config) -> int:
-    """`score --assay hep2 --cell`: one cell per image, as the public cell datasets are."""
+    """`score --assay hep2 --cell`: one cell per image, as the public cell datasets are.
+
+    A companion mask beside an image (``CELL_mask.png``, the ICPR 2014 / I3A layout) is
+    used as the cell's mask; mask files given as images themselves are skipped.
+    """
     bad = 0
+    small = replace(cfg.input, min_side_px=8)
+    cells = [p for p in args.images if not is_mask_file(p)]
+    for path in args.images:
+        if is_mask_file(path):
+            print(f"{path}: a companion mask (*_mask), not a cell: skipped", file=sys.stderr)
+    if not cells:
+        raise ConfigError("images", "every file given is a companion mask (*_mask): give the "
+                          "cell images; their masks are found beside them")
     with Hep2Assay.from_config(cfg) as assay:
-        for path in args.images:
+        for path in cells:
             try:
-                image = load_still(path, replace(cfg.input, min_side_px=8), grey_ok=True)
+                image, mask = load_cell_image(path, small)
             except ImageRejected as exc:
                 bad += 1
                 print(json.dumps({"file": str(path), "assay": "hep2", "kind": "cell",
                                   "error": exc.reason, "reason_code": exc.code})
                       if args.json else f"{path}: not classified: {exc.reason}")
                 continue
-            call = assay.classify_cell_image(image, str(path))
+            call = assay.classify_cell_image(image, str(path), mask=mask)
             if args.json:
                 print(hep2_json.to_json(hep2_json.cell_call_to_dict(call)))
             else:
                 top = sorted(call.probabilities.items(), key=lambda kv: -kv[1])[:3]
                 print(f"{path}: {call.icap} {call.pattern} ({call.confidence:.2f}); "
-                      + ", ".join(f"{n} {p:.2f}" for n, p in top[1:]))
-    return 2 if bad == len(args.images) else 0
+                      + ", ".join(f"{n} {p:.2f}" for n, p in top[1:])
+                      + "".join(f"\n  warning: {w}" for w in call.warnings))
+    return 2 if bad == len(cells) else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -198,6 +198,12 @@ def test_pattern_table_and_aliases() -> None:
     with pytest.raises(ValueError, match="ALIASES"):
         canonical("mitotic spindle")
     assert len(set(NAMES)) == len(NAMES) == 17
+    # ICAP codes of the table's classes are labels too; codes it lacks are refused.
+    assert [canonical(c) for c in ("AC-3", "ac 10", "AC0", "AC-22")] == [
+        "centromere", "nucleolar_punctate", "negative", "golgi"]
+    with pytest.raises(ValueError, match="'AC-16'"):
+        canonical("AC-16")
+    assert canonical("AC-1") == "homogeneous" != canonical("AC-10")
 
 
 def test_few_voting_cells_still_call_but_warn() -> None:

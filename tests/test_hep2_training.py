@@ -17,7 +17,6 @@ from tools.hep2_dataset import (
     WEAK_WEIGHT,
     CropSet,
     concat,
-    crop_mask,
     field_crops,
     folder_crops,
     perturb_mask,
@@ -96,13 +95,13 @@ def test_companion_mask_is_used(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "homogeneous" / "a_Mask.png"), mask)
     data = folder_crops(tmp_path, CFG)
     assert len(data) == 1  # the mask file is not a sample
-    assert data.crops[0, 1].mean() == pytest.approx(0.25, abs=0.03)
-
-
-def test_crop_mask_falls_back_to_ones_on_a_flat_crop() -> None:
-    assert crop_mask(np.full((40, 40), 77, np.float32)).all()
-    cell = crop_mask(ringed_cell().astype(np.float32))
-    assert 0.2 < cell.mean() < 0.6
+    # Without a scale the mask's size gives it: a 20 µm cell, whose square is
+    # 20 * sqrt(pi) / 2 µm a side, in the 32 µm crop.
+    side_um = 20.0 * np.sqrt(np.pi) / 2.0
+    assert data.crops[0, 1].mean() == pytest.approx((side_um / CFG.crop_um) ** 2, abs=0.02)
+    # With the images' scale the mask keeps its true size: 32 px at 0.5 µm/px is 16 µm.
+    scaled = folder_crops(tmp_path, CFG, um_per_px=0.5)
+    assert scaled.crops[0, 1].mean() == pytest.approx((16.0 / CFG.crop_um) ** 2, abs=0.02)
 
 
 def test_mask_perturbation_is_small_and_seeded() -> None:

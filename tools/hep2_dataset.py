@@ -17,9 +17,10 @@ per-crop loss weight):
   second pattern in ``CropSet.second``.
 * **a lab's cell crops** (:func:`folder_crops`): the ICPR 2014 / I3A layout,
   ``DIR/<class name>/*.png|tif``; folder names go through patterns.canonical (so
-  "NuMem" is envelope_smooth). The whole image is the cell: its mask is a companion
-  ``<stem>_mask.*`` file when there is one, else an Otsu threshold of the crop, else all
-  ones. The mitotic state is unknown (-1: not trained on).
+  "NuMem" is envelope_smooth). Each image is cut as the box cuts a single-cell image
+  (appliance/assays/hep2/single_cell.py: at the true size when the images' scale is
+  given, with the companion ``<stem>_mask.*`` file as the mask when there is one). The
+  mitotic state is unknown (-1: not trained on).
 * **a lab's whole fields** (:func:`field_crops`): a CSV ``file,pattern[,pattern2]`` of
   specimen labels. Cells are segmented by appliance.assays.hep2.segmentation and every
   cell takes the specimen's pattern. These are WEAK labels: a specimen's pattern is not
@@ -40,12 +41,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from appliance.assays.hep2.cell_files import IMAGE_SUFFIXES, companion_mask, is_mask_file
 from appliance.assays.hep2.crops import cell_crop, crops_for
 from appliance.assays.hep2.patterns import NAMES, canonical
+from appliance.assays.hep2.single_cell import single_cell_crop
 from appliance.assays.hep2.types import MITOSIS_CLASSES
 from appliance.config import Hep2CellsConfig
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 # Seed ranges: never overlap, so held-out figures are honest.
 TRAIN_SEEDS = range(700_000, 710_000)
 VAL_SEEDS = range(720_000, 721_000)
@@ -381,50 +383,6 @@ def read_grey(path: Path) -> np.ndarray:
     return img.astype(np.float32) * np.float32(scale)
 
 
-def crop_mask(grey: np.ndarray) -> np.ndarray:
-    """The cell's mask in a whole-cell crop: Otsu's threshold, its largest blob filled.
-
-    Falls back to all ones when the threshold finds no sensible cell (a blank or flat
-    crop, or a "cell" that fills almost nothing or everything).
-    """
-    smooth = np.asarray(cv2.GaussianBlur(grey, (0, 0), 1.0), np.float32)
-    lo, hi = float(smooth.min()), float(smooth.max())
-    g8 = ((smooth - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
-    if int(g8.max()) - int(g8.min()) < 8:
-        return np.ones(grey.shape, bool)
-    _, th = cv2.threshold(g8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(th, connectivity=8)
-    if n < 2:
-        return np.ones(grey.shape, bool)
-    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    blob = (lab == biggest).astype(np.uint8)
-    contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    filled = np.zeros_like(blob)
-    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
-    share = filled.mean()
-    if share < 0.05 or share > 0.98:
-        return np.ones(grey.shape, bool)
-    return filled.astype(bool)
-
-
-def whole_image_crop(grey: np.ndarray, mask: np.ndarray, cfg: Hep2CellsConfig) -> np.ndarray:
-    """The normalised crop of an image that IS one cell: its longer side fills the crop."""
-    h, w = grey.shape
-    outside = ~mask
-    background = float(np.percentile(grey[outside], 20.0)) if outside.any() else 0.0
-    # Pretend the image's longer side spans crop_um: the crop then shows exactly the image.
-    um_per_px = cfg.crop_um / max(h, w)
-    return cell_crop(grey, mask, ((w - 1) / 2.0, (h - 1) / 2.0), um_per_px, cfg,
-                     background=background)
-
-
-def _companion_mask(path: Path) -> np.ndarray | None:
-    for p in path.parent.iterdir():
-        if p.stem.lower() == f"{path.stem.lower()}_mask" and p.suffix.lower() in IMAGE_SUFFIXES:
-            return read_grey(p) > 0
-    return None
-
-
 def folder_classes(root: Path) -> dict[str, str]:
     """Folder name -> our class name for every class folder under ``root``; clear errors."""
     if not root.is_dir():
@@ -441,22 +399,31 @@ def folder_classes(root: Path) -> dict[str, str]:
     return out
 
 
-def folder_crops(root: Path, cfg: Hep2CellsConfig) -> CropSet:
-    """Crops from a folder-per-class tree of single-cell images (ICPR 2014 / I3A layout)."""
+def folder_crops(root: Path, cfg: Hep2CellsConfig, um_per_px: float | None = None) -> CropSet:
+    """Crops from a folder-per-class tree of single-cell images (ICPR 2014 / I3A layout).
+
+    Each image is cut as the box cuts a single-cell image (single_cell.py), so a model
+    trained on them reads the box's crops: at the true size when ``um_per_px`` (the
+    images' scale) is given, else at a scale from the companion mask's size, else with
+    the image taken as one cell filling it. A companion mask (``<stem>_mask.*``) is the
+    cell's mask.
+    """
     crops, pats = [], []
     for folder, name in folder_classes(root).items():
         files = sorted(p for p in (root / folder).iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES
-                       and not p.stem.lower().endswith("_mask"))
+                       if p.suffix.lower() in IMAGE_SUFFIXES and not is_mask_file(p))
         for path in files:
             grey = read_grey(path)
-            mask = _companion_mask(path)
-            if mask is None or mask.shape != grey.shape or not mask.any():
-                mask = crop_mask(grey)
-            crops.append(whole_image_crop(grey, mask, cfg))
+            mask_path = companion_mask(path)
+            mask = None if mask_path is None else read_grey(mask_path) > 0
+            if mask is not None and mask.shape != grey.shape:
+                raise ValueError(f"{mask_path}: {mask.shape[1]}x{mask.shape[0]} px, its cell "
+                                 f"{path.name} {grey.shape[1]}x{grey.shape[0]}")
+            crops.append(single_cell_crop(grey, cfg, um_per_px=um_per_px, mask=mask).crop)
             pats.append(NAMES.index(name))
     if not pats:
-        raise ValueError(f"{root}: the class folders hold no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"{root}: the class folders hold no images "
+                         f"({', '.join(sorted(IMAGE_SUFFIXES))})")
     n = len(pats)
     return CropSet(np.stack(crops), np.array(pats, np.int64), np.full(n, -1, np.int64),
                    np.ones(n, np.float32))

@@ -10,7 +10,7 @@
     python -m tools.train_hep2 --cache build/hep2_cache --per-class 4500 --compound 18000 \
         --width 32 --init build/hep2_v5.pt --head-only --out build/hep2 --plots build/hep2
     python -m tools.train_hep2 ... --resume          # continue from --checkpoint
-    python -m tools.train_hep2 --cells-dir LAB/cells            # + a lab's folder per class
+    python -m tools.train_hep2 --cells-dir LAB/cells [--cells-um-per-px 0.3]  # + a lab's cells
     python -m tools.train_hep2 --fields-csv LAB/fields.csv --fields-um-per-px 0.5
 
 Training data: generated one-pattern fields (tools/hep2_dataset.py, seeds 700000+) plus,
@@ -685,7 +685,7 @@ def _training_data(args: argparse.Namespace, cfg: Hep2CellsConfig) -> CropSet:
             _compound(args, cfg, "compound", COMPOUND_SEEDS, args.compound, args.seed,
                       segmented_share=args.segmented_share)]
     if args.cells_dir:
-        sets.append(folder_crops(Path(args.cells_dir), cfg))
+        sets.append(folder_crops(Path(args.cells_dir), cfg, args.cells_um_per_px))
     if args.fields_csv:
         sets.append(field_crops(Path(args.fields_csv), args.fields_um_per_px, cfg))
     return concat(sets, cfg.crop_px)
@@ -708,6 +708,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     if cfg.crop_px != CROP_PX:
         raise ValueError(f"the network takes {CROP_PX} px crops, config says {cfg.crop_px}")
     _init_recipe(args.init_manifest)  # fail before hours of work, not after
+    for flag, value in (("--cells-um-per-px", args.cells_um_per_px),
+                        ("--fields-um-per-px", args.fields_um_per_px)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{flag} {value}: the scale must be a positive number")
     if args.head_only and not args.init:
         raise ValueError("--head-only keeps the weights of --init: give --init")
     t0 = time.time()
@@ -767,7 +771,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 f"plus {args.compound} compound cells (two patterns of different regions in "
                 f"one cell, every such pair, seeds from {COMPOUND_SEEDS.start}) taught as "
                 f"{COMPOUND_SPLIT:g} / {1 - COMPOUND_SPLIT:g}",
-        "lab_cells_dir": args.cells_dir, "lab_fields_csv": args.fields_csv,
+        "lab_cells_dir": args.cells_dir, "lab_cells_um_per_px": args.cells_um_per_px,
+        "lab_fields_csv": args.fields_csv,
         "train_crops": len(train), "per_class": args.per_class,
         "held_out_crops": len(val), "calibration_crops": len(calib),
         "epochs": round(len(losses) / -(-len(train) // args.batch), 2),
@@ -856,6 +861,9 @@ def main() -> None:
     ap.add_argument("--data-only", action="store_true",
                     help="build (and cache) the crop sets, then stop")
     ap.add_argument("--cells-dir", default="", help="a lab's DIR/<class>/*.png cell crops")
+    ap.add_argument("--cells-um-per-px", type=float, default=None,
+                    help="the scale of the --cells-dir images (µm per pixel): they are then "
+                         "cut at their true size, as the box cuts them with the same scale")
     ap.add_argument("--fields-csv", default="", help="a lab's file,pattern[,pattern2] CSV")
     ap.add_argument("--fields-um-per-px", type=float, default=0.5,
                     help="pixel size of the lab's fields (µm at the specimen)")

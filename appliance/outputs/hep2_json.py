@@ -94,6 +94,9 @@ def cell_call_to_dict(call: CellCall) -> dict[str, Any]:
             "confidence": _num("confidence", call.confidence, 4), "mitosis": call.mitosis,
             "probabilities": _probabilities(call.probabilities, "probabilities"),
             **({"regions": _probabilities(call.regions, "regions")} if call.regions else {}),
+            "um_per_px": None if call.um_per_px is None else _num("um_per_px", call.um_per_px, 4),
+            "um_per_px_source": call.um_per_px_source, "mask": call.mask_source,
+            "warnings": list(call.warnings),
             "model": {"name": m.name, "sha256": m.sha256, "precision": m.precision,
                       "validated_on": m.validated_on},
             "research_use_only": is_research_use_only(m)}

@@ -26,6 +26,7 @@ from appliance.assays.hep2.orientations import mean_over_orientations, oriented
 from appliance.assays.hep2.patterns import NAMES, REGIONS, pattern
 from appliance.assays.hep2.quality import measure_hep2_quality, quality_issues
 from appliance.assays.hep2.segmentation import Hep2Cells, segment_cells
+from appliance.assays.hep2.single_cell import ASSUMED_CELL_DIAMETER_UM, single_cell_crop
 from appliance.assays.hep2.specimen import call_specimen
 from appliance.assays.hep2.types import MITOSIS_CLASSES, CellCall, Hep2Cell, Hep2Result
 from appliance.assays.her2.assay import TENSORRT_INT8, ScaleInfo
@@ -44,8 +45,6 @@ REGION_LOGITS = "region_logits"  # hep2-cells-v6 on: does each region of the cel
 # Cells per classifier run: bounded memory on a big field. Also the largest batch of the
 # TensorRT engine's profile (tools/build_engine.py builds it with this value).
 CLASSIFIER_BATCH = 256
-# HEp-2 cells are 15-25 µm across; the scale estimate assumes the median whole cell is this.
-ASSUMED_CELL_DIAMETER_UM = 20.0
 _PROVISIONAL_UM_PER_PX = 0.5
 _PLAUSIBLE_UM_PER_PX = (0.15, 2.0)
 _T = TypeVar("_T")
@@ -214,21 +213,20 @@ class Hep2Assay(AssayShell[Hep2Result]):
         return replace(prepared.base, status="scored", positive=call.positive,
                        patterns=call.patterns, **common)  # type: ignore[arg-type]
 
-    def classify_cell_image(self, image: np.ndarray, source: str) -> CellCall:
+    def classify_cell_image(self, image: np.ndarray, source: str,
+                            mask: np.ndarray | None = None) -> CellCall:
         """One single-cell image (the public datasets' form): its pattern and probabilities.
 
-        The whole image is the cell: it is resampled to the classifier's crop and its mask
-        is the part brighter than the image's own background.
+        ``mask``: the cell's mask from a companion file, when the dataset has one. The crop
+        is cut at the configured scale when there is one (single_cell.py says how, and
+        what is done without it).
         """
-        side = self.cfg.hep2.cells.crop_px
         green = image[..., 1].astype(np.float32) if image.ndim == 3 else image.astype(np.float32)
-        small = cv2.resize(green, (side, side), interpolation=cv2.INTER_AREA)
-        bg = float(np.percentile(small, 5))
-        top = float(np.percentile(small, 99)) - bg
-        signal = np.clip((small - bg) / max(top, 1e-3), 0.0, 1.5)
-        mask = (small > bg + 0.1 * max(top, 1e-3)).astype(np.float32)
-        crop = np.stack([signal, mask])[None].astype(np.float32)
-        out = self._logits(crop, self.cfg.hep2.cells.orientations)
+        declared = self._configured_scale()
+        cut = single_cell_crop(green, self.cfg.hep2.cells, mask=mask,
+                               um_per_px=None if declared is None else declared.um_per_px,
+                               scale_source="config" if declared is None else declared.source)
+        out = self._logits(cut.crop[None], self.cfg.hep2.cells.orientations)
         probs = softmax(out[PATTERN_LOGITS])[0]
         mit = softmax(out[MITOSIS_LOGITS])[0]
         regions = sigmoid(out[REGION_LOGITS])[0] if REGION_LOGITS in out else None
@@ -237,7 +235,9 @@ class Hep2Assay(AssayShell[Hep2Result]):
                         confidence=float(probs[best]),
                         probabilities={n: float(p) for n, p in zip(NAMES, probs, strict=True)},
                         mitosis=MITOSIS_CLASSES[int(np.argmax(mit))], model=self.model,
-                        regions={} if regions is None else _by_region(regions))
+                        regions={} if regions is None else _by_region(regions),
+                        um_per_px=cut.um_per_px, um_per_px_source=cut.scale_source,
+                        mask_source=cut.mask_source, warnings=cut.warnings)
 
     def refuse_input(self, source: str, seq: int, code: str, reason: str) -> Hep2Result:
         """The result for an input that never became a frame (corrupt or unreadable file)."""
@@ -255,9 +255,13 @@ class Hep2Assay(AssayShell[Hep2Result]):
 
     def _declared_scale(self, frame: Frame) -> ScaleInfo | None:
         """µm/px the frame, the config or the objective declares (None: to be estimated)."""
-        optics = self.cfg.optics
         if frame.um_per_px:
             return ScaleInfo(frame.um_per_px, "frame", ())
+        return self._configured_scale()
+
+    def _configured_scale(self) -> ScaleInfo | None:
+        """µm/px the config or the objective declares (None: not declared)."""
+        optics = self.cfg.optics
         if optics.um_per_px > 0:
             return ScaleInfo(optics.um_per_px, "config", ())
         if optics.objective != "auto":

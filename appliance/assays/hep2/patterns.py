@@ -111,10 +111,18 @@ def pattern(name: str) -> Pattern:
 
 
 def canonical(label: str) -> str:
-    """Our class name for a dataset's label (exact names pass through); ValueError if none."""
+    """Our class name for a dataset's label (exact names pass through); ValueError if none.
+
+    A label may be a name, an alias (``ALIASES``) or the ICAP code of a class in the
+    table (``AC-3``, ``ac 3``, ``AC3``).
+    """
     if label in BY_NAME:
         return label
     key = " ".join(label.strip().lower().replace("-", " ").replace("_", " ").split())
+    code = key.replace(" ", "")
+    for p in PATTERNS:
+        if code == p.icap.lower().replace("-", ""):
+            return p.name
     for alias, name in ALIASES.items():
         if key == " ".join(alias.replace("_", " ").split()):
             return name

@@ -92,3 +92,9 @@ class CellCall:
     model: ModelRef
     # Probability that each region (patterns.REGIONS) stains; empty without a region head.
     regions: dict[str, float] = field(default_factory=dict)
+    # How the crop was cut (single_cell.py): the scale used (None: the image was taken as
+    # one cell filling it), where it came from, where the cell's mask came from.
+    um_per_px: float | None = None
+    um_per_px_source: str = "unknown"  # config | objective | mask | unknown
+    mask_source: str = "threshold"  # file | segmented | threshold
+    warnings: tuple[str, ...] = ()

@@ -1,0 +1,113 @@
+"""tools.validate_hep2: the shipped model measured on a lab-style labelled folder and CSV."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from appliance.assays.hep2.patterns import NAMES
+from tools import validate_hep2
+from tools.synth.hep2_cell_folder import write_cell_folder
+from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+from tools.validate_hep2 import (
+    UNREADABLE,
+    CellOutcome,
+    FieldOutcome,
+    cell_summary,
+    data_digest,
+    field_summary,
+)
+
+CLASSES = ("homogeneous", "centromere", "cyto_fibrillar")
+
+
+def test_cell_figures_count_an_unreadable_image_as_wrong() -> None:
+    outcomes = [CellOutcome("a", "homogeneous", "homogeneous", 0.9, "config", "file"),
+                CellOutcome("b", "homogeneous", UNREADABLE, 0.0, "", "", "corrupt"),
+                CellOutcome("c", "fine_speckled", "dense_fine_speckled", 0.6, "config", "file"),
+                CellOutcome("d", "fine_speckled", "fine_speckled", 0.8, "config", "file")]
+    s = cell_summary(outcomes)
+    assert s["per_class_recall"] == {"homogeneous": 0.5, "fine_speckled": 0.5}
+    assert s["mean_class_accuracy"] == 0.5 and s["unreadable"] == 1
+    # At the competent level AC-2 for AC-4 is right; the unreadable one stays wrong.
+    assert s["competent_mean_class_accuracy"] == pytest.approx(0.75)
+    assert s["scale_sources"] == {"config": 3}
+
+
+def test_field_figures_by_kind() -> None:
+    def fo(truth: tuple[str, ...], reported: tuple[str, ...], positive: bool) -> FieldOutcome:
+        return FieldOutcome("f", truth, "scored", reported, positive, 50.0, None)
+
+    s = field_summary([fo(("centromere",), ("centromere",), True),
+                       fo(("homogeneous",), ("homogeneous", "golgi"), True),
+                       fo(("negative",), ("negative",), False),
+                       fo(("homogeneous", "nucleolar_homogeneous"),
+                          ("homogeneous", "nucleolar_clumpy"), True),
+                       FieldOutcome("g", ("golgi",), "not_scorable", (), None, None, "blur")])
+    assert s["pattern_accuracy"] == 3 / 4  # the refused golgi field is wrong
+    assert s["positive_negative_agreement"] == 4 / 5
+    assert s["mixed_both_reported"] == 0.0 and s["mixed_both_competent"] == 1.0
+    assert s["single_with_false_second"] == 1 / 3 and s["not_scorable"] == 1
+
+
+def test_data_digest_follows_content_and_names(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"1")
+    (tmp_path / "b.png").write_bytes(b"2")
+    files = list(tmp_path.iterdir())
+    first = data_digest(files, tmp_path)
+    assert data_digest(list(reversed(files)), tmp_path) == first
+    (tmp_path / "b.png").write_bytes(b"3")
+    assert data_digest(files, tmp_path) != first
+
+
+def test_a_lab_folder_and_csv_are_measured_end_to_end(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    cells = tmp_path / "cells"
+    counts = write_cell_folder(cells, 3, um_per_px=0.35, classes=CLASSES)
+    assert counts == dict.fromkeys(CLASSES, 3)
+    (cells / "centromere" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    fields = tmp_path / "fields"
+    fields.mkdir()
+    for i, name in enumerate(("centromere", "negative")):
+        f = generate_hep2_field(Hep2FieldSpec(seed=72_100 + i, width=480, height=360,
+                                              um_per_px=0.5, patterns=((name, 1.0),)))
+        cv2.imwrite(str(fields / f"{name}.png"), cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
+    (fields / "labels.csv").write_text("file,pattern\ncentromere.png,AC-3\n"
+                                       "negative.png,negative\n", encoding="utf-8")
+    record_path = tmp_path / "record.json"
+    code = validate_hep2.main(["--cells-dir", str(cells), "--fields-csv",
+                               str(fields / "labels.csv"), "--um-per-px", "0.35",
+                               "--out-dir", str(tmp_path / "png"), "--json", str(record_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "mean class accuracy" in out and "broken.png" in out  # the mistake is named
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    c = record["cells"]
+    assert c["images"] == 10 and c["unreadable"] == 1
+    assert set(c["per_class_recall"]) == set(CLASSES)
+    assert c["mask_sources"] == {"file": 9} and c["scale_sources"] == {"config": 9}
+    assert c["per_class_recall"]["centromere"] <= 0.75  # its unreadable image is wrong
+    assert len(c["confusion"]) == len(NAMES) and len(c["confusion"][0]) == len(NAMES) + 1
+    assert len(c["data_sha256"]) == 64 and record["model"]["sha256"]
+    fl = record["fields"]
+    assert fl["fields"] == 2 and fl["positive_negative_agreement"] is not None
+    assert [o["truth"] for o in fl["outcomes"]] == [["centromere"], ["negative"]]
+    assert (tmp_path / "png" / "hep2_validate_cells.png").is_file()
+    assert (tmp_path / "png" / "hep2_validate_fields.png").is_file()
+
+
+def test_bad_datasets_are_refused_by_name(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "Blobby").mkdir()
+    cv2.imwrite(str(tmp_path / "Blobby" / "a.png"), np.zeros((20, 20), np.uint8))
+    assert validate_hep2.main(["--cells-dir", str(tmp_path)]) == 2
+    assert "Blobby" in capsys.readouterr().err
+    (tmp_path / "bad.csv").write_text("file,pattern\nx.png\n", encoding="utf-8")
+    assert validate_hep2.main(["--fields-csv", str(tmp_path / "bad.csv")]) == 2
+    assert "bad.csv:2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        validate_hep2.main([])
