@@ -333,6 +333,25 @@ def test_eval_smoke_run_with_the_shipped_model(tmp_path: Path) -> None:
     png = tmp_path / "c.png"
     eval_hep2.plot_confusion(tally.confusion, NAMES, NAMES, "t", png)
     assert png.stat().st_size > 1000
+    # Declared, the box works at the drawn scale; left to estimate, at its own.
+    assert all(o.scale_used == pytest.approx(o.um_per_px, abs=1e-4) for o in outcomes)
+    assert eval_hep2.scale_summary(outcomes)["within_10_percent"] == 1.0
+    with Hep2Assay.from_config(cfg) as assay:
+        estimated, _ = eval_hep2.evaluate(assay, cases[:1], estimate_scale=True)
+    assert estimated[0].scale_used is not None
+    assert estimated[0].scale_used != pytest.approx(estimated[0].um_per_px, abs=1e-4)
+
+
+def test_scale_summary_measures_the_ratio_both_ways() -> None:
+    def at(true: float, used: float | None) -> eval_hep2.SpecimenOutcome:
+        return replace(outcome("single", ("centromere",), ("centromere",), positive=True),
+                       um_per_px=true, scale_used=used)
+
+    s = eval_hep2.scale_summary([at(0.5, 0.5), at(0.5, 0.6), at(0.5, 0.42), at(0.5, 1.0),
+                                 at(0.5, None)])
+    assert s["fields"] == 4 and s["median_ratio"] == pytest.approx(1.1)
+    assert s["within_10_percent"] == 0.25 and s["within_25_percent"] == 0.75
+    assert eval_hep2.scale_summary([at(0.5, None)]) == {}
 
 
 @pytest.mark.skipif(not HAVE_MODEL, reason="models/hep2 is not built yet (tools.train_hep2)")

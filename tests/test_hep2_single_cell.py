@@ -13,8 +13,8 @@ import pytest
 
 from appliance.assays.hep2.cell_files import companion_mask, is_mask_file
 from appliance.assays.hep2.crops import crops_for
+from appliance.assays.hep2.scale import ASSUMED_CELL_DIAMETER_UM
 from appliance.assays.hep2.single_cell import (
-    ASSUMED_CELL_DIAMETER_UM,
     scale_from_mask,
     segmented_mask,
     single_cell_crop,

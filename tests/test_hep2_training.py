@@ -140,6 +140,31 @@ def test_specimen_csv_and_weak_labels(tmp_path: Path) -> None:
     assert np.all(data.mitosis == -1)
 
 
+def test_fields_without_a_scale_are_cut_at_the_scale_of_their_cells(tmp_path: Path) -> None:
+    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+
+    scales = {}
+    for name, um in (("near.png", 0.3), ("far.png", 0.8)):
+        f = generate_hep2_field(Hep2FieldSpec(seed=72_200, width=480, height=360, um_per_px=um,
+                                              patterns=(("homogeneous", 1.0),), intensity=120.0))
+        cv2.imwrite(str(tmp_path / name), f.image[..., 1])
+        scales[name] = um
+    (tmp_path / "labels.csv").write_text("near.png,AC-1\nfar.png,AC-1\n")
+    seen: list[float] = []
+
+    def spy(green: np.ndarray, um_per_px: float) -> np.ndarray:
+        seen.append(um_per_px)
+        return np.zeros(green.shape, np.int32)
+
+    field_crops(tmp_path / "labels.csv", None, CFG, segment=spy)
+    # Estimated field by field (as the box does, from a 20 µm cell: within about a third
+    # on generated cells), not one default for all.
+    assert seen[0] == pytest.approx(0.3, rel=0.4) and seen[1] == pytest.approx(0.8, rel=0.4)
+    assert 2.0 < seen[1] / seen[0] < 3.4
+    with pytest.raises(ValueError, match="positive"):
+        field_crops(tmp_path / "labels.csv", 0.0, CFG, segment=spy)
+
+
 def test_specimen_csv_with_unknown_pattern_names_the_line(tmp_path: Path) -> None:
     (tmp_path / "l.csv").write_text("a.png,homogeneous\nb.png,sparkly\n")
     with pytest.raises(ValueError, match=r"l\.csv:2"):

@@ -1,11 +1,14 @@
 """Evaluate the HEp-2 assay end to end on held-out generated specimens.
 
     python -m tools.eval_hep2 [--precision int8|fp32] [--specimens 10] [--quick]
-                              [--um-per-px U] [--out-dir docs/img] [--json FILE]
+                              [--um-per-px U] [--estimate-scale] [--out-dir docs/img]
+                              [--json FILE]
 
 Each specimen is one 800x600 field (tools/synth/hep2_fields.py) scored by the real assay
 (quality gates, segmentation, crops, classifier, specimen rules) with the scale declared,
-as a microscope with a known objective would. Three kinds of specimen, N of each:
+as a microscope with a known objective would; with ``--estimate-scale`` the box is given
+no scale and estimates each field's from its cells (how far off it was is printed and in
+the JSON's ``scale``). Three kinds of specimen, N of each:
 
 - single-pattern positive specimens, every staining pattern of the table;
 - negative specimens (autofluorescence only);
@@ -126,6 +129,7 @@ class SpecimenOutcome:
     ms: float
     # Share of the whole interphase cells whose top class is each truth pattern, in order.
     truth_shares: tuple[float, ...] = ()
+    scale_used: float | None = None  # µm/px the box worked at (estimated with --estimate-scale)
 
     @property
     def first(self) -> str:
@@ -409,17 +413,19 @@ def target_results(cells: Mapping[str, object], specimens: Mapping[str, object]
 # ------------------------------------------------------------------------------ running
 
 
-def score_generated(assay: Hep2Assay, spec: Hep2FieldSpec, seq: int
+def score_generated(assay: Hep2Assay, spec: Hep2FieldSpec, seq: int, *,
+                    estimate_scale: bool = False
                     ) -> tuple[Hep2Field, Hep2Cells | None, Hep2Result, float]:
-    """Generate one field and score it with its scale declared: (truth, segmentation or
-    None when refused, result, milliseconds of scoring).
+    """Generate one field and score it with its scale declared (or, with
+    ``estimate_scale``, left for the box to estimate): (truth, segmentation or None when
+    refused, result, milliseconds of scoring).
 
     The steps (prepare / infer / finish) are run one by one to keep the segmentation's
     label image, which the cell matching needs; the result is the same as ``score``'s.
     """
     truth = generate_hep2_field(spec)
     frame = Frame(image=truth.image, seq=seq, timestamp=0.0, source=f"seed{spec.seed}",
-                  um_per_px=truth.um_per_px)
+                  um_per_px=None if estimate_scale else truth.um_per_px)
     t0 = time.perf_counter()
     prepared = assay.prepare(frame)
     if prepared.refusal is not None:
@@ -430,9 +436,11 @@ def score_generated(assay: Hep2Assay, spec: Hep2FieldSpec, seq: int
 
 
 def score_specimen(assay: Hep2Assay, case: SpecimenCase, seq: int, tally: CellTally,
-                   levels: Hep2IntensityConfig) -> SpecimenOutcome:
+                   levels: Hep2IntensityConfig, *, estimate_scale: bool = False
+                   ) -> SpecimenOutcome:
     """Generate, score and compare one specimen; its cells go into ``tally``."""
-    truth, cells, result, ms = score_generated(assay, case.spec, seq)
+    truth, cells, result, ms = score_generated(assay, case.spec, seq,
+                                               estimate_scale=estimate_scale)
     if case.kind != "mixed" and cells is not None:
         add_cells(tally, truth, cells, result)
     return SpecimenOutcome(
@@ -443,7 +451,8 @@ def score_specimen(assay: Hep2Assay, case: SpecimenCase, seq: int, tally: CellTa
         reported=tuple(p.name for p in result.patterns), positive=result.positive,
         intensity=None if result.intensity_units is None else round(result.intensity_units, 2),
         level=result.intensity_level, reason=result.reason, cells=len(result.cells),
-        ms=round(ms, 1), truth_shares=truth_shares(result, truth.patterns))
+        ms=round(ms, 1), truth_shares=truth_shares(result, truth.patterns),
+        scale_used=None if result.um_per_px is None else round(result.um_per_px, 4))
 
 
 def truth_shares(result: Hep2Result, names: Sequence[str]) -> tuple[float, ...]:
@@ -455,14 +464,28 @@ def truth_shares(result: Hep2Result, names: Sequence[str]) -> tuple[float, ...]:
     return tuple(round(sum(p == n for p in top) / len(top), 3) if top else 0.0 for n in names)
 
 
-def evaluate(assay: Hep2Assay, cases: Sequence[SpecimenCase], *, progress: bool = False
-             ) -> tuple[list[SpecimenOutcome], CellTally]:
+def evaluate(assay: Hep2Assay, cases: Sequence[SpecimenCase], *, progress: bool = False,
+             estimate_scale: bool = False) -> tuple[list[SpecimenOutcome], CellTally]:
     """Score every case; the outcomes and the cell tally."""
     tally = CellTally()
     levels = assay.cfg.hep2.intensity
-    outcomes = [score_specimen(assay, case, i, tally, levels)
+    outcomes = [score_specimen(assay, case, i, tally, levels, estimate_scale=estimate_scale)
                 for i, case in enumerate(tqdm(cases, desc="specimens", disable=not progress))]
     return outcomes, tally
+
+
+def scale_summary(outcomes: Sequence[SpecimenOutcome]) -> dict[str, object]:
+    """How far the scale the box worked at lies from the truth (ratio used / true)."""
+    ratios = np.array([o.scale_used / o.um_per_px for o in outcomes
+                       if o.scale_used is not None and o.um_per_px > 0])
+    if ratios.size == 0:
+        return {}
+    err = np.abs(np.log(ratios))
+    return {"fields": int(ratios.size), "median_ratio": float(np.median(ratios)),
+            "ratio_p05": float(np.percentile(ratios, 5)),
+            "ratio_p95": float(np.percentile(ratios, 95)),
+            "within_10_percent": float(np.mean(err <= np.log(1.1))),
+            "within_25_percent": float(np.mean(err <= np.log(1.25)))}
 
 
 # ------------------------------------------------------------------------------ reporting
@@ -626,6 +649,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out-dir", type=Path, default=Path("docs/img"),
                     help="folder for the confusion PNGs")
     ap.add_argument("--json", type=Path, default=None, help="write all numbers here")
+    ap.add_argument("--estimate-scale", action="store_true",
+                    help="give the box no scale: it estimates each field's from its cells")
     ap.add_argument("--quick", action="store_true",
                     help=f"{QUICK_SPECIMENS} specimen per class")
     args = ap.parse_args(argv)
@@ -646,10 +671,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     with Hep2Assay.from_config(cfg) as assay:
         model = asdict(assay.model)
-        outcomes, tally = evaluate(assay, cases, progress=True)
+        outcomes, tally = evaluate(assay, cases, progress=True,
+                                   estimate_scale=args.estimate_scale)
     seconds = time.perf_counter() - t0
     cells, specimens = cell_summary(tally), specimen_summary(outcomes)
+    scale = scale_summary(outcomes)
     print(format_report(cells, specimens, outcomes))
+    if args.estimate_scale:
+        print(f"\nscale estimated by the box (used / true): {scale}")
     wrong = wrong_specimens(outcomes)
     print(f"\nspecimens with a wrong pattern or sign: {len(wrong)}")
     for line in wrong:
@@ -667,7 +696,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = {"run": {"precision": args.precision, "specimens_per_class": args.specimens,
                        "first_seed": args.seed, "um_per_px": args.um_per_px,
                        "width": WIDTH, "height": HEIGHT, "model": model,
-                       "seconds": round(seconds, 1), "mixed_pairs": MIXED_PAIRS},
+                       "seconds": round(seconds, 1), "mixed_pairs": MIXED_PAIRS,
+                       "estimate_scale": args.estimate_scale},
+               "scale": scale,
                "cells": cells, "cell_confusion": tally.confusion, "cell_labels": NAMES,
                "specimens": specimens, "specimen_confusion": specimen_confusion(outcomes),
                "specimen_labels": SPECIMEN_LABELS, "intensity_levels": INTENSITY_LEVELS,

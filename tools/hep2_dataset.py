@@ -44,6 +44,7 @@ import numpy as np
 from appliance.assays.hep2.cell_files import IMAGE_SUFFIXES, companion_mask, is_mask_file
 from appliance.assays.hep2.crops import cell_crop, crops_for
 from appliance.assays.hep2.patterns import NAMES, canonical
+from appliance.assays.hep2.scale import estimate_scale
 from appliance.assays.hep2.single_cell import single_cell_crop
 from appliance.assays.hep2.types import MITOSIS_CLASSES
 from appliance.config import Hep2CellsConfig
@@ -464,20 +465,23 @@ def _default_segmenter(cfg: Hep2CellsConfig) -> Segmenter:
     return run
 
 
-def field_crops(csv_path: Path, um_per_px: float, cfg: Hep2CellsConfig, *,
+def field_crops(csv_path: Path, um_per_px: float | None, cfg: Hep2CellsConfig, *,
                 segment: Segmenter | None = None) -> CropSet:
     """Weakly labelled crops of every segmented cell of the fields listed in ``csv_path``.
 
-    Files are relative to the CSV's folder. ``segment(green, um_per_px) -> labels``
-    defaults to the assay's own segmentation, so training sees the masks the box makes.
+    Files are relative to the CSV's folder. ``um_per_px`` is the fields' scale; None
+    estimates it field by field from the cells' size, as the box does where nothing
+    declares it (scale.estimate_scale). ``segment(green, um_per_px) -> labels`` defaults
+    to the assay's own segmentation, so training sees the masks the box makes.
     """
-    if not (um_per_px > 0 and math.isfinite(um_per_px)):
+    if um_per_px is not None and not (um_per_px > 0 and math.isfinite(um_per_px)):
         raise ValueError(f"um_per_px must be positive, got {um_per_px!r}")
     seg = segment or _default_segmenter(cfg)
     sets = []
     for name, patterns in read_specimen_csv(csv_path):
         green = read_grey(csv_path.parent / name)
-        crops, _ids = crops_for(green, seg(green, um_per_px), um_per_px, cfg)
+        um = um_per_px if um_per_px is not None else estimate_scale(green, cfg).um_per_px
+        crops, _ids = crops_for(green, seg(green, um), um, cfg)
         n = len(crops)
         weight = WEAK_WEIGHT if len(patterns) == 1 else MIXED_WEIGHT
         sets.append(CropSet(crops, np.full(n, NAMES.index(patterns[0]), np.int64),

@@ -11,7 +11,7 @@
         --width 32 --init build/hep2_v5.pt --head-only --out build/hep2 --plots build/hep2
     python -m tools.train_hep2 ... --resume          # continue from --checkpoint
     python -m tools.train_hep2 --cells-dir LAB/cells [--cells-um-per-px 0.3]  # + a lab's cells
-    python -m tools.train_hep2 --fields-csv LAB/fields.csv --fields-um-per-px 0.5
+    python -m tools.train_hep2 --fields-csv LAB/fields.csv [--fields-um-per-px 0.5]
 
 Training data: generated one-pattern fields (tools/hep2_dataset.py, seeds 700000+) plus,
 when given, a lab's cell folders and whole fields (weak labels, see hep2_dataset.py).
@@ -772,7 +772,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 f"one cell, every such pair, seeds from {COMPOUND_SEEDS.start}) taught as "
                 f"{COMPOUND_SPLIT:g} / {1 - COMPOUND_SPLIT:g}",
         "lab_cells_dir": args.cells_dir, "lab_cells_um_per_px": args.cells_um_per_px,
-        "lab_fields_csv": args.fields_csv,
+        "lab_fields_csv": args.fields_csv, "lab_fields_um_per_px": args.fields_um_per_px,
         "train_crops": len(train), "per_class": args.per_class,
         "held_out_crops": len(val), "calibration_crops": len(calib),
         "epochs": round(len(losses) / -(-len(train) // args.batch), 2),
@@ -865,8 +865,9 @@ def main() -> None:
                     help="the scale of the --cells-dir images (µm per pixel): they are then "
                          "cut at their true size, as the box cuts them with the same scale")
     ap.add_argument("--fields-csv", default="", help="a lab's file,pattern[,pattern2] CSV")
-    ap.add_argument("--fields-um-per-px", type=float, default=0.5,
-                    help="pixel size of the lab's fields (µm at the specimen)")
+    ap.add_argument("--fields-um-per-px", type=float, default=None,
+                    help="pixel size of the lab's fields (µm at the specimen); default: "
+                         "estimated field by field from the cells' size, as the box does")
     manifest = run(ap.parse_args())
     if not manifest:
         return

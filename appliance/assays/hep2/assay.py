@@ -25,8 +25,9 @@ from appliance.assays.hep2.crops import crops_for
 from appliance.assays.hep2.orientations import mean_over_orientations, oriented
 from appliance.assays.hep2.patterns import NAMES, REGIONS, pattern
 from appliance.assays.hep2.quality import measure_hep2_quality, quality_issues
+from appliance.assays.hep2.scale import PROVISIONAL_UM_PER_PX, estimate_scale
 from appliance.assays.hep2.segmentation import Hep2Cells, segment_cells
-from appliance.assays.hep2.single_cell import ASSUMED_CELL_DIAMETER_UM, single_cell_crop
+from appliance.assays.hep2.single_cell import single_cell_crop
 from appliance.assays.hep2.specimen import call_specimen
 from appliance.assays.hep2.types import MITOSIS_CLASSES, CellCall, Hep2Cell, Hep2Result
 from appliance.assays.her2.assay import TENSORRT_INT8, ScaleInfo
@@ -45,8 +46,6 @@ REGION_LOGITS = "region_logits"  # hep2-cells-v6 on: does each region of the cel
 # Cells per classifier run: bounded memory on a big field. Also the largest batch of the
 # TensorRT engine's profile (tools/build_engine.py builds it with this value).
 CLASSIFIER_BATCH = 256
-_PROVISIONAL_UM_PER_PX = 0.5
-_PLAUSIBLE_UM_PER_PX = (0.15, 2.0)
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ class Hep2Assay(AssayShell[Hep2Result]):
         declared = scale or self._declared_scale(frame)
         # The gates need a scale for their smoothing; before the estimate, a provisional one.
         q = measure_hep2_quality(image, declared.um_per_px if declared else
-                                 _PROVISIONAL_UM_PER_PX, self.cfg.hep2.cells)
+                                 PROVISIONAL_UM_PER_PX, self.cfg.hep2.cells)
         issues = quality_issues(q)
         warnings = [i.reason for i in issues if not i.fatal]
         base = Hep2Result(file=frame.source, seq=frame.seq, status="not_scorable",
@@ -137,7 +136,7 @@ class Hep2Assay(AssayShell[Hep2Result]):
                                          fatal[0].code, warnings)
             return prep
         t1 = time.perf_counter()
-        found = declared or estimate_scale(green, self.cfg)
+        found = declared or estimate_scale(green, self.cfg.hep2.cells)
         cells = segment_cells(green, found.um_per_px, self.cfg.hep2.cells)
         crops, ids = crops_for(green, cells.labels, found.um_per_px, self.cfg.hep2.cells)
         bright = brightness_mod.cell_brightness(green, cells.labels, cells.background_map)
@@ -267,35 +266,6 @@ class Hep2Assay(AssayShell[Hep2Result]):
         if optics.objective != "auto":
             return ScaleInfo(optics.objectives[optics.objective], "objective", ())
         return None
-
-
-def estimate_scale(green: np.ndarray, cfg: Config) -> ScaleInfo:
-    """µm/px from the median size of the cells segmented at a provisional scale.
-
-    HEp-2 cells are a cell line of fairly even size, which makes them their own ruler.
-    Two rounds: the second segments at the first estimate (splitting and size filters
-    depend on the scale).
-    """
-    um = _PROVISIONAL_UM_PER_PX
-    found = 0
-    for _ in range(2):
-        cells = segment_cells(green, um, cfg.hep2.cells)
-        whole = cells.areas_px[~cells.touches_edge] if cells.count else np.zeros(0)
-        found = int(whole.size)
-        if found < 5:
-            break
-        diameter_px = float(np.sqrt(4.0 * np.median(whole) / np.pi))
-        um = ASSUMED_CELL_DIAMETER_UM / max(diameter_px, 1.0)
-    lo, hi = _PLAUSIBLE_UM_PER_PX
-    if found < 5:
-        return ScaleInfo(_PROVISIONAL_UM_PER_PX, "assumed", (
-            f"scale unknown: too few cells to estimate it; assumed {_PROVISIONAL_UM_PER_PX} "
-            "um/px (set optics.objective or optics.um_per_px)",))
-    warnings = [f"scale estimated from cell size: {um:.2f} um/px"]
-    if not lo <= um <= hi:
-        warnings.append(f"estimated scale {um:.2f} um/px is implausible; clamped")
-        um = min(hi, max(lo, um))
-    return ScaleInfo(um, "estimated", tuple(warnings))
 
 
 def model_heads(manifest: ModelManifest) -> dict[str, int]:

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from appliance.assays.hep2.crops import cell_crop
+from appliance.assays.hep2.scale import ASSUMED_CELL_DIAMETER_UM
 from appliance.assays.hep2.segmentation import segment_cells
 from appliance.config import Hep2CellsConfig
 
-# HEp-2 cells are 15-25 µm across; the scale estimates assume the median whole cell is this.
-ASSUMED_CELL_DIAMETER_UM = 20.0
 # Method 3's mask: above the image's 5th percentile by this share of its range to the 99th.
 _THRESHOLD_SHARE = 0.1
 _MIN_MASK_DIAMETER_PX = 4.0  # a mask smaller than this cannot give a scale
