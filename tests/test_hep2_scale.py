@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from appliance.assays.hep2.assay import Hep2Assay
-from appliance.assays.hep2.scale import PROVISIONAL_UM_PER_PX, estimate_scale
+from appliance.assays.hep2.scale import (
+    PROVISIONAL_UM_PER_PX,
+    core_ratios,
+    estimate_scale,
+    object_diameter_um,
+)
+from appliance.assays.hep2.segmentation import segment_cells
 from appliance.capture.frame import Frame
 from appliance.config import Config, Hep2CellsConfig, with_overrides
 from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
@@ -14,23 +21,53 @@ from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 CFG = Hep2CellsConfig()
 
 
-def _green(um: float, seed: int = 72_300) -> np.ndarray:
+def _green(um: float, seed: int = 72_300, pattern: str = "centromere") -> np.ndarray:
     f = generate_hep2_field(Hep2FieldSpec(seed=seed, width=640, height=480, um_per_px=um,
-                                          patterns=(("centromere", 1.0),), intensity=120.0))
+                                          patterns=((pattern, 1.0),), intensity=120.0))
     return f.image[..., 1].astype(np.float32)
 
 
-@pytest.mark.parametrize("um", [0.3, 0.6])
-def test_a_nuclear_field_is_estimated_within_40_percent(um: float) -> None:
-    found = estimate_scale(_green(um), CFG)
+@pytest.mark.parametrize("um", [0.3, 0.6, 0.9])
+@pytest.mark.parametrize("pattern", ["centromere", "homogeneous"])
+def test_nuclear_fields_are_estimated_within_a_quarter(um: float, pattern: str) -> None:
+    found = estimate_scale(_green(um, pattern=pattern), CFG)
     assert found.source == "estimated"
-    assert found.um_per_px == pytest.approx(um, rel=0.4)
+    assert found.um_per_px == pytest.approx(um, rel=0.25)
     assert "set the objective" in found.warnings[0]
+
+
+def test_a_cytoplasmic_field_is_read_as_whole_cells() -> None:
+    """Its objects are whole cells, not nuclei: taken for nuclei it would read a third off."""
+    green = _green(0.6, pattern="cyto_reticular")
+    cells = segment_cells(green, 0.6, CFG)
+    cyto = float(np.median(core_ratios(green, cells, 0.6)))
+    nuclear_green = _green(0.6, pattern="homogeneous")
+    nuclear = float(np.median(core_ratios(
+        nuclear_green, segment_cells(nuclear_green, 0.6, CFG), 0.6)))
+    assert cyto < 0.8 < nuclear
+    assert estimate_scale(green, CFG).um_per_px == pytest.approx(0.6, rel=0.25)
+
+
+def test_core_ratio_of_a_disc_and_a_ring() -> None:
+    green = np.full((200, 300), 10.0, np.float32)
+    cv2.circle(green, (80, 100), 30, 150.0, -1)  # a stained nucleus
+    cv2.circle(green, (210, 100), 40, 150.0, -1)  # a stained cytoplasm ...
+    cv2.circle(green, (210, 100), 22, 12.0, -1)  # ... around a dark nucleus
+    cells = segment_cells(green, 0.5, CFG)
+    ratios = core_ratios(green, cells, 0.5)
+    by_x = dict(zip(np.round(cells.centroids[:, 0], -1), ratios, strict=True))
+    assert by_x[80.0] > 0.9 and by_x[210.0] < 0.3
+
+
+def test_object_diameter_runs_from_whole_cells_to_nuclei() -> None:
+    assert object_diameter_um(0.0) == object_diameter_um(0.3) == pytest.approx(25.7, abs=0.1)
+    assert object_diameter_um(2.0) == object_diameter_um(1.0) == pytest.approx(17.4, abs=0.1)
+    assert object_diameter_um(0.5) > object_diameter_um(0.8)
 
 
 def test_the_estimate_follows_the_objective() -> None:
     near, far = (estimate_scale(_green(um, seed=72_301), CFG).um_per_px for um in (0.3, 0.9))
-    assert 2.2 < far / near < 3.8  # truly 3
+    assert 2.4 < far / near < 3.6  # truly 3
 
 
 def test_a_field_without_cells_gets_the_provisional_scale_and_says_so() -> None:
