@@ -111,3 +111,8 @@ def test_bad_datasets_are_refused_by_name(tmp_path: Path,
     assert "bad.csv:2" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         validate_hep2.main([])
+    good = tmp_path / "good"
+    write_cell_folder(good, 1, um_per_px=0.5, classes=("golgi",))
+    assert validate_hep2.main(["--cells-dir", str(good), "--models-dir",
+                               str(tmp_path / "no-models")]) == 3
+    assert "manifest" in capsys.readouterr().err

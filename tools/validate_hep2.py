@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -51,6 +52,7 @@ from appliance.assays.hep2.types import Hep2Result
 from appliance.capture.frame import Frame
 from appliance.capture.stills import ImageRejected, load_still
 from appliance.config import Config, load_config, with_overrides
+from appliance.inference.manifest import ModelError
 from tools.eval_hep2 import (
     COMPETENT_LABELS,
     NOT_SCORABLE,
@@ -111,7 +113,7 @@ class FieldOutcome:
 # ------------------------------------------------------------------------------ reading
 
 
-def cell_files(root: Path) -> list[tuple[Path, str]]:
+def labelled_cells(root: Path) -> list[tuple[Path, str]]:
     """(image, class name) of every cell image under ``root``; masks left out."""
     out = []
     for folder, name in folder_classes(root).items():
@@ -164,7 +166,7 @@ def data_digest(paths: Iterable[Path], root: Path) -> str:
     """sha256 over every file's path (relative to ``root``) and content, in path order."""
     h = hashlib.sha256()
     for p in sorted(paths):
-        h.update(str(p.relative_to(root)).encode("utf-8") + b"\0")
+        h.update(os.path.relpath(p, root).encode("utf-8") + b"\0")
         h.update(hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()
 
@@ -325,13 +327,48 @@ def box_config(args: argparse.Namespace) -> Config:
     return with_overrides(load_config(args.config), overrides)
 
 
+def _cells_record(assay: Hep2Assay, root: Path, cells: Sequence[tuple[Path, str]],
+                  out_dir: Path) -> dict[str, object]:
+    """Validate the cell folder: print the figures, draw the confusion, return the record."""
+    outcomes = validate_cells(assay, cells, progress=True)
+    summary = cell_summary(outcomes)
+    print(format_cells(summary, outcomes))
+    png = out_dir / "hep2_validate_cells.png"
+    full = cell_confusion(outcomes)
+    present = [i for i, row in enumerate(full) if sum(row)]
+    plot_confusion([full[i] for i in present], _labels([NAMES[i] for i in present]),
+                   _labels([*NAMES, UNREADABLE]),
+                   f"{assay.model.name} on {root} (mean class acc "
+                   f"{_f(summary['mean_class_accuracy'])})", png)
+    print(f"plot: {png}")
+    masks = [m for m in root.rglob("*") if is_mask_file(m)]
+    return {"dir": str(root), "data_sha256": data_digest([p for p, _ in cells] + masks, root),
+            **summary, "outcomes": [asdict(o) for o in outcomes]}
+
+
+def _fields_record(assay: Hep2Assay, csv_path: Path, names: Sequence[str],
+                   um_per_px: float | None, out_dir: Path) -> dict[str, object]:
+    """Validate the labelled fields: print, draw, return the record."""
+    fields = validate_fields(assay, csv_path, um_per_px, progress=True)
+    summary = field_summary(fields)
+    print(format_fields(summary, fields))
+    png = out_dir / "hep2_validate_fields.png"
+    plot_confusion(field_confusion(fields), _labels(NAMES), _labels(SPECIMEN_LABELS),
+                   f"{assay.model.name} on {csv_path.name}", png)
+    print(f"plot: {png}")
+    paths = [csv_path] + [csv_path.parent / n for n in names if (csv_path.parent / n).is_file()]
+    return {"csv": str(csv_path), "data_sha256": data_digest(paths, csv_path.parent),
+            **summary, "outcomes": [asdict(o) for o in fields]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Validate; print the figures, write the PNGs and the record."""
+    """Validate; print the figures, write the PNGs and the record. Exit 2 on a bad dataset
+    or config, 3 when the model is missing or does not match its manifest."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = box_config(args)
-        cells = cell_files(args.cells_dir) if args.cells_dir else []
+        cells = labelled_cells(args.cells_dir) if args.cells_dir else []
         rows = read_specimen_csv(args.fields_csv) if args.fields_csv else []
     except (ValueError, OSError) as exc:
         print(f"validate_hep2: {exc}", file=sys.stderr)
@@ -339,40 +376,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     record: dict[str, object] = {"tool": "tools/validate_hep2.py",
                                  "date": date.today().isoformat(),
                                  "config_sha256": cfg.sha256(), "um_per_px": args.um_per_px}
-    with Hep2Assay.from_config(cfg) as assay:
+    try:
+        assay = Hep2Assay.from_config(cfg)
+    except ModelError as exc:
+        print(f"validate_hep2: {exc}", file=sys.stderr)
+        return 3
+    with assay:
         record["model"] = asdict(assay.model)
         print(f"model {assay.model.name} {assay.model.precision} {assay.model.sha256[:16]}")
         if cells:
-            outcomes = validate_cells(assay, cells, progress=True)
-            summary = cell_summary(outcomes)
-            print(format_cells(summary, outcomes))
-            png = args.out_dir / "hep2_validate_cells.png"
-            full = cell_confusion(outcomes)
-            present = [i for i, row in enumerate(full) if sum(row)]
-            plot_confusion([full[i] for i in present], _labels([NAMES[i] for i in present]),
-                           _labels([*NAMES, UNREADABLE]),
-                           f"{assay.model.name} on {args.cells_dir} (mean class acc "
-                           f"{_f(summary['mean_class_accuracy'])})", png)
-            print(f"plot: {png}")
-            files = [p for p, _ in cells]
-            masks = [m for m in (args.cells_dir.rglob("*")) if is_mask_file(m)]
-            record["cells"] = {"dir": str(args.cells_dir),
-                               "data_sha256": data_digest(files + masks, args.cells_dir),
-                               **summary, "outcomes": [asdict(o) for o in outcomes]}
+            record["cells"] = _cells_record(assay, args.cells_dir, cells, args.out_dir)
         if rows:
-            assert args.fields_csv is not None
-            fields = validate_fields(assay, args.fields_csv, args.um_per_px, progress=True)
-            fsum = field_summary(fields)
-            print(format_fields(fsum, fields))
-            png = args.out_dir / "hep2_validate_fields.png"
-            plot_confusion(field_confusion(fields), _labels(NAMES), _labels(SPECIMEN_LABELS),
-                           f"{assay.model.name} on {args.fields_csv.name}", png)
-            print(f"plot: {png}")
-            paths = [args.fields_csv] + [args.fields_csv.parent / n for n, _ in rows
-                                         if (args.fields_csv.parent / n).is_file()]
-            record["fields"] = {"csv": str(args.fields_csv),
-                                "data_sha256": data_digest(paths, args.fields_csv.parent),
-                                **fsum, "outcomes": [asdict(o) for o in fields]}
+            record["fields"] = _fields_record(assay, args.fields_csv, [n for n, _ in rows],
+                                              args.um_per_px, args.out_dir)
     if args.json is not None:
         write_numbers(args.json, record)
         print(f"record: {args.json}")

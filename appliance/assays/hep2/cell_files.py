@@ -7,6 +7,7 @@ may have another image suffix than the cell.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +26,26 @@ def is_mask_file(path: Path) -> bool:
 
 def companion_mask(path: Path) -> Path | None:
     """The mask file beside ``path`` (None: there is none)."""
-    want = f"{path.stem.lower()}{MASK_SUFFIX}"
     try:
-        siblings = sorted(path.parent.iterdir())
+        stamp = path.parent.stat().st_mtime_ns
     except OSError:
         return None
-    for p in siblings:
-        if p.stem.lower() == want and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-            return p
-    return None
+    return _masks_in(path.parent, stamp).get(f"{path.stem.lower()}{MASK_SUFFIX}")
+
+
+@functools.lru_cache(maxsize=8)
+def _masks_in(folder: Path, stamp: int) -> dict[str, Path]:
+    """The mask files of a folder by lower-case stem. Listed once per folder state (its
+    mtime is in the key), not once per image: a class folder may hold thousands."""
+    del stamp  # only part of the cache key
+    out: dict[str, Path] = {}
+    try:
+        for p in sorted(folder.iterdir()):
+            if is_mask_file(p) and p.is_file():
+                out.setdefault(p.stem.lower(), p)
+    except OSError:
+        return {}
+    return out
 
 
 def load_cell_image(path: Path, cfg: InputConfig) -> tuple[np.ndarray, np.ndarray | None]:

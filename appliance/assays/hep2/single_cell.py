@@ -123,25 +123,24 @@ def single_cell_crop(green: np.ndarray, cfg: Hep2CellsConfig, *,
         raise ValueError(f"um_per_px must be a positive number, got {um_per_px!r}")
     green = green.astype(np.float32, copy=False)
     warnings: list[str] = []
-    given = mask is not None and bool(mask.any())
-    if mask is not None and not given:
+    given = mask if mask is not None and mask.any() else None
+    if mask is not None and given is None:
         warnings.append("the mask file marks no pixel: ignored")
-    if um_per_px is None and given:
-        assert mask is not None
-        um_per_px, scale_source = scale_from_mask(mask), "mask"
+    if um_per_px is None and given is not None:
+        um_per_px, scale_source = scale_from_mask(given), "mask"
         if um_per_px is None:
             warnings.append("the mask is too small to give the scale")
         else:
             warnings.append(f"scale from the mask's size, assuming a "
                             f"{ASSUMED_CELL_DIAMETER_UM:g} um cell: {um_per_px:.3f} um/px")
     if um_per_px is None:
-        cell = mask if given and mask is not None else threshold_mask(green)
         warnings.append("scale unknown: the image is taken as one cell filling it, which "
                         "reads less reliably; give the scale (--um-per-px or the objective)")
+        cell = given if given is not None else threshold_mask(green)
         return SingleCellCrop(_filled(green, cell, cfg), None, "unknown",
-                              "file" if given else "threshold", tuple(warnings))
-    if given and mask is not None:
-        cell, source = mask, "file"
+                              "threshold" if given is None else "file", tuple(warnings))
+    if given is not None:
+        cell, source = given, "file"
     else:
         found = segmented_mask(green, um_per_px, cfg)
         if found is None:
