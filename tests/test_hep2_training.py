@@ -372,3 +372,31 @@ def test_the_region_head_is_fitted_on_the_frozen_trunk(tmp_path: Path) -> None:
     del old["pattern.bias"]
     with pytest.raises(RuntimeError, match=r"pattern\.bias"):
         load_weights(Hep2Net(width=4), old)
+
+
+def test_drawn_scale_errors_leave_runs_without_them_untouched() -> None:
+    from tools.hep2_dataset import SCALE_ERROR_SHARE, drawn_scale_error
+
+    rng = np.random.default_rng(5)
+    assert drawn_scale_error(rng, 1.0) == 1.0
+    assert rng.random() == np.random.default_rng(5).random()  # no draw was taken
+    errors = np.array([drawn_scale_error(np.random.default_rng(s), 1.4) for s in range(400)])
+    off = errors[errors != 1.0]
+    assert abs(len(off) / len(errors) - SCALE_ERROR_SHARE) < 0.1
+    assert off.min() >= 1 / 1.4 - 1e-9 and off.max() <= 1.4 + 1e-9
+    assert (off < 1).any() and (off > 1).any()  # both ways
+
+
+def test_a_scale_error_cuts_the_cells_as_the_box_would_misread_them() -> None:
+    from tools.hep2_dataset import field_cell_crops
+    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+
+    f = generate_hep2_field(Hep2FieldSpec(seed=72_400, width=480, height=360, um_per_px=0.4,
+                                          patterns=(("homogeneous", 1.0),), intensity=120.0))
+    exact = field_cell_crops(f, CFG, np.random.default_rng(0))
+    fine = field_cell_crops(f, CFG, np.random.default_rng(0), scale_error=0.5)
+    assert len(exact) == len(fine) > 5
+    # Believed twice as fine (half the µm a pixel), each cell spans half the crop's pixels
+    # each way: a quarter of the area.
+    ratio = fine.crops[:, 1].mean() / exact.crops[:, 1].mean()
+    assert ratio == pytest.approx(0.25, abs=0.06)

@@ -177,9 +177,10 @@ def mitosis_index(mitotic: bool, plate_stained: bool) -> int:
     return 1 if plate_stained else 2
 
 
-def _truth_mask_crops(field: Any, cfg: Hep2CellsConfig, rng: np.random.Generator
-                      ) -> list[tuple[np.ndarray, Any]]:
-    """(crop, truth cell) of every whole cell, cut with its own mask after a perturbation."""
+def _truth_mask_crops(field: Any, cfg: Hep2CellsConfig, rng: np.random.Generator,
+                      um_seen: float) -> list[tuple[np.ndarray, Any]]:
+    """(crop, truth cell) of every whole cell, cut with its own mask after a perturbation,
+    at the scale the box would believe (``um_seen``)."""
     labels, um = field.cell_labels, float(field.um_per_px)
     green = field.image[..., 1].astype(np.float32)
     out = []
@@ -188,21 +189,23 @@ def _truth_mask_crops(field: Any, cfg: Hep2CellsConfig, rng: np.random.Generator
             continue
         mask = perturb_mask(labels == cell.cell_id, um, rng)
         ys, xs = np.nonzero(mask)
-        out.append((cell_crop(green, mask, (float(xs.mean()), float(ys.mean())), um, cfg),
-                    cell))
+        out.append((cell_crop(green, mask, (float(xs.mean()), float(ys.mean())), um_seen,
+                              cfg), cell))
     return out
 
 
-def _segmented_crops(field: Any, cfg: Hep2CellsConfig) -> list[tuple[np.ndarray, Any]]:
+def _segmented_crops(field: Any, cfg: Hep2CellsConfig, um_seen: float
+                     ) -> list[tuple[np.ndarray, Any]]:
     """(crop, truth cell) of every whole cell the assay's own segmentation finds, cut as
     the assay cuts it (crops_for), labelled by the truth cell it matches.
 
     A Golgi-like or nucleolar cell is often found as its bright part only: the classifier
-    must know that crop too, not just the whole-cell mask of the truth.
+    must know that crop too, not just the whole-cell mask of the truth. Segmented and
+    cut at the scale the box would believe (``um_seen``).
     """
     from appliance.assays.hep2.segmentation import segment_cells
 
-    um = float(field.um_per_px)
+    um = um_seen
     green = field.image[..., 1].astype(np.float32)
     seg = segment_cells(green, um, cfg)
     crops, ids = crops_for(green, seg.labels, um, cfg)
@@ -216,17 +219,20 @@ def _segmented_crops(field: Any, cfg: Hep2CellsConfig) -> list[tuple[np.ndarray,
     return out
 
 
-def field_cell_crops(field: object, cfg: Hep2CellsConfig, rng: np.random.Generator,
+def field_cell_crops(field: Any, cfg: Hep2CellsConfig, rng: np.random.Generator,
                      classes: Iterable[str] = NAMES, *, compound: bool = False,
-                     segmented: bool = False) -> CropSet:
+                     segmented: bool = False, scale_error: float = 1.0) -> CropSet:
     """Crops of the whole (not edge-cut) cells of one generated field.
 
     ``segmented``: the cells as the assay's segmentation finds and crops them; otherwise
     the truth masks, perturbed. ``compound``: only the interphase cells drawn with two
-    patterns (their second in ``second``).
+    patterns (their second in ``second``). ``scale_error``: the box believes the field's
+    scale to be this many times the true one (an estimated scale), and cuts accordingly.
     """
     keep = set(classes)
-    found = _segmented_crops(field, cfg) if segmented else _truth_mask_crops(field, cfg, rng)
+    um_seen = float(field.um_per_px) * scale_error
+    found = (_segmented_crops(field, cfg, um_seen) if segmented
+             else _truth_mask_crops(field, cfg, rng, um_seen))
     crops, pats, mits, seconds = [], [], [], []
     for crop, cell in found:
         if cell.pattern not in keep:
@@ -247,6 +253,7 @@ def field_cell_crops(field: object, cfg: Hep2CellsConfig, rng: np.random.Generat
 def generated_crops(seeds: Iterable[int], per_class: int, cfg: Hep2CellsConfig, *,
                     classes: tuple[str, ...] = NAMES, rng_seed: int = 0,
                     max_per_field: int = 40, segmented_share: float = 0.0,
+                    scale_error: float = 1.0,
                     progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
                     **spec_overrides: Any) -> CropSet:
     """Up to ``per_class`` crops of each class from generated one-pattern fields.
@@ -256,8 +263,10 @@ def generated_crops(seeds: Iterable[int], per_class: int, cfg: Hep2CellsConfig, 
     is full or the seeds run out. At most ``max_per_field`` cells of a field are used (a
     random choice), so a class is seen at many scales, intensities and cameras.
     ``segmented_share`` of the fields are cut as the assay's segmentation finds them
-    (see :func:`field_cell_crops`). ``spec_overrides`` go to Hep2FieldSpec (e.g. width,
-    mitotic_fraction).
+    (see :func:`field_cell_crops`). ``scale_error`` > 1: half the fields are cut at a
+    wrong scale, off by a factor drawn log-uniform up to ``scale_error`` either way, as an
+    estimated scale would be (:func:`drawn_scale_error`). ``spec_overrides`` go to
+    Hep2FieldSpec (e.g. width, mitotic_fraction).
     """
     from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 
@@ -276,11 +285,24 @@ def generated_crops(seeds: Iterable[int], per_class: int, cfg: Hep2CellsConfig, 
                              **spec_overrides)
         segmented = segmented_share > 0 and rng.random() < segmented_share
         got = field_cell_crops(generate_hep2_field(spec), cfg, rng, classes=(name,),
-                               segmented=segmented)
+                               segmented=segmented,
+                               scale_error=drawn_scale_error(rng, scale_error))
         take = min(len(got), per_class - counts[name], max_per_field)
         counts[name] += take
         sets.append(got.subset(np.sort(rng.permutation(len(got))[:take])))
     return concat(sets, cfg.crop_px)
+
+
+SCALE_ERROR_SHARE = 0.5  # of the fields, with scale_error > 1: the others are cut exactly
+
+
+def drawn_scale_error(rng: np.random.Generator, largest: float) -> float:
+    """1, or (for SCALE_ERROR_SHARE of the fields) a factor log-uniform in
+    [1 / largest, largest]. ``largest`` <= 1 draws nothing, so the crops (and caches) of a
+    run without scale errors stay what they were."""
+    if largest <= 1.0 or rng.random() >= SCALE_ERROR_SHARE:
+        return 1.0
+    return float(np.exp(rng.uniform(-np.log(largest), np.log(largest))))
 
 
 def compound_pairs(classes: tuple[str, ...] = NAMES) -> list[tuple[str, str]]:
@@ -294,7 +316,7 @@ def compound_pairs(classes: tuple[str, ...] = NAMES) -> list[tuple[str, str]]:
 
 def compound_crops(seeds: Iterable[int], count: int, cfg: Hep2CellsConfig, *,
                    rng_seed: int = 0, max_per_field: int = COMPOUND_PER_FIELD,
-                   segmented_share: float = 0.0,
+                   segmented_share: float = 0.0, scale_error: float = 1.0,
                    progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
                    **spec_overrides: Any) -> CropSet:
     """About ``count`` crops of compound cells: two patterns of different regions in one cell.
@@ -320,7 +342,8 @@ def compound_crops(seeds: Iterable[int], count: int, cfg: Hep2CellsConfig, *,
                              **spec_overrides)
         segmented = segmented_share > 0 and rng.random() < segmented_share
         got = field_cell_crops(generate_hep2_field(spec), cfg, rng, compound=True,
-                               segmented=segmented)
+                               segmented=segmented,
+                               scale_error=drawn_scale_error(rng, scale_error))
         take = min(len(got), count - have, max_per_field)
         have += take
         sets.append(got.subset(np.sort(rng.permutation(len(got))[:take])))
