@@ -21,6 +21,7 @@ from appliance.assays.hep2.single_cell import (
     threshold_mask,
 )
 from appliance.config import Hep2CellsConfig
+from tools.synth.hep2_cell_folder import cut_cell
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field
 
 CFG = Hep2CellsConfig()
@@ -37,12 +38,8 @@ def _cut(f: Hep2Field, margin: float = 0.15) -> tuple[np.ndarray, np.ndarray, in
     margin. (green, the cell's truth mask in the cut, the cell's id)."""
     cell = next(c for c in f.cells if not c.touches_edge and not c.mitotic
                 and 20 < c.x < f.image.shape[1] - 20 and 20 < c.y < f.image.shape[0] - 20)
-    ys, xs = np.nonzero(f.cell_labels == cell.cell_id)
-    m = round(margin * max(np.ptp(ys), np.ptp(xs)))
-    y0, y1 = max(0, ys.min() - m), ys.max() + m + 1
-    x0, x1 = max(0, xs.min() - m), xs.max() + m + 1
-    green = f.image[y0:y1, x0:x1, 1].astype(np.float32)
-    return green, f.cell_labels[y0:y1, x0:x1] == cell.cell_id, cell.cell_id
+    green, mask = cut_cell(f.image, f.cell_labels, cell.cell_id, margin)
+    return green.astype(np.float32), mask, cell.cell_id
 
 
 def test_the_method_follows_what_is_known() -> None:

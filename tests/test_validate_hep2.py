@@ -74,7 +74,7 @@ def test_a_lab_folder_and_csv_are_measured_end_to_end(tmp_path: Path,
     fields.mkdir()
     for i, name in enumerate(("centromere", "negative")):
         f = generate_hep2_field(Hep2FieldSpec(seed=72_100 + i, width=480, height=360,
-                                              um_per_px=0.5, patterns=((name, 1.0),)))
+                                              um_per_px=0.35, patterns=((name, 1.0),)))
         cv2.imwrite(str(fields / f"{name}.png"), cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
     (fields / "labels.csv").write_text("file,pattern\ncentromere.png,AC-3\n"
                                        "negative.png,negative\n", encoding="utf-8")

@@ -142,9 +142,10 @@ def validate_cells(assay: Hep2Assay, files: Sequence[tuple[Path, str]], *,
     return out
 
 
-def validate_fields(assay: Hep2Assay, csv_path: Path, um_per_px: float | None, *,
-                    progress: bool = False) -> list[FieldOutcome]:
-    """Every labelled field scored as `appliance score --assay hep2` scores it."""
+def validate_fields(assay: Hep2Assay, csv_path: Path, *, progress: bool = False
+                    ) -> list[FieldOutcome]:
+    """Every labelled field scored as `appliance score --assay hep2` scores it (at the
+    scale the assay's config declares, else estimated)."""
     out = []
     rows = read_specimen_csv(csv_path)
     for seq, (name, truth) in enumerate(tqdm(rows, desc="fields", disable=not progress), 1):
@@ -155,7 +156,7 @@ def validate_fields(assay: Hep2Assay, csv_path: Path, um_per_px: float | None, *
             result: Hep2Result = assay.refuse_input(str(path), seq, exc.code, exc.reason)
         else:
             result = assay.score_guarded(Frame(image=image, seq=seq, timestamp=0.0,
-                                               source=str(path), um_per_px=um_per_px))
+                                               source=str(path)))
         out.append(FieldOutcome(
             str(path), truth, result.status, tuple(p.name for p in result.patterns),
             result.positive, result.intensity_units, result.reason))
@@ -299,7 +300,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cells-dir", type=Path, help="DIR/<class>/*.png single-cell images")
     ap.add_argument("--fields-csv", type=Path, help="file,pattern[,pattern2] per field")
     ap.add_argument("--um-per-px", type=float, default=None,
-                    help="the images' scale (default: the config's, else estimated)")
+                    help="the images' scale, cells and fields alike (run them apart when "
+                         "theirs differ; default: the config's, else estimated)")
     ap.add_argument("--config", type=Path, default=None, help="the box's config file")
     ap.add_argument("--models-dir", default=None, help="default: the config's (models/)")
     ap.add_argument("--precision", choices=("int8", "fp32"), default=None,
@@ -347,9 +349,9 @@ def _cells_record(assay: Hep2Assay, root: Path, cells: Sequence[tuple[Path, str]
 
 
 def _fields_record(assay: Hep2Assay, csv_path: Path, names: Sequence[str],
-                   um_per_px: float | None, out_dir: Path) -> dict[str, object]:
+                   out_dir: Path) -> dict[str, object]:
     """Validate the labelled fields: print, draw, return the record."""
-    fields = validate_fields(assay, csv_path, um_per_px, progress=True)
+    fields = validate_fields(assay, csv_path, progress=True)
     summary = field_summary(fields)
     print(format_fields(summary, fields))
     png = out_dir / "hep2_validate_fields.png"
@@ -388,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             record["cells"] = _cells_record(assay, args.cells_dir, cells, args.out_dir)
         if rows:
             record["fields"] = _fields_record(assay, args.fields_csv, [n for n, _ in rows],
-                                              args.um_per_px, args.out_dir)
+                                              args.out_dir)
     if args.json is not None:
         write_numbers(args.json, record)
         print(f"record: {args.json}")
