@@ -48,6 +48,8 @@ def evaluate(per_class: int, scales: Sequence[float], *, first_seed: int = FIRST
     out: dict[str, dict[str, float]] = {}
     with Hep2Assay.from_config(base) as unknown:
         for k, scale in enumerate(scales):
+            # The same loaded model told the scale: it shares ``unknown``'s backend, which
+            # the ``with`` closes once for both.
             known_cfg = with_overrides(base, {"optics.um_per_px": scale})
             known = Hep2Assay(known_cfg, unknown.manifest, unknown.backend,
                               unknown.model.precision)
