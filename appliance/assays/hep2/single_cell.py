@@ -32,6 +32,7 @@ from appliance.config import Hep2CellsConfig
 # Method 3's mask: above the image's 5th percentile by this share of its range to the 99th.
 _THRESHOLD_SHARE = 0.1
 _MIN_MASK_DIAMETER_PX = 4.0  # a mask smaller than this cannot give a scale
+_PAD_NUCLEI = 5.0  # the margin segmentation gets: wider than its background opening
 
 SCALE_SOURCES = ("config", "objective", "mask", "unknown")
 MASK_SOURCES = ("file", "segmented", "threshold")
@@ -64,12 +65,15 @@ def segmented_mask(green: np.ndarray, um_per_px: float, cfg: Hep2CellsConfig
     """The assay's segmentation of a single-cell image: the object under its centre, else
     the largest. None when it finds no cell.
 
-    The image is first set in a margin of its own background as wide as itself, so the
-    segmentation's background estimate, made over several nucleus widths, has dark
-    ground to stand on even when the cell fills the image.
+    The image is first set in a margin of its own background (as wide as itself, at most
+    a few nucleus widths), so the segmentation's background estimate, made over several
+    nucleus widths, has dark ground to stand on even when the cell fills the image.
     """
     h, w = green.shape
-    pad = max(h, w)
+    # As wide as the image, but never wider than the background estimate reaches (a few
+    # nucleus diameters): a large image would otherwise be segmented at nine times its area.
+    reach = math.ceil(_PAD_NUCLEI * cfg.nucleus_diameter_um / um_per_px)
+    pad = min(max(h, w), reach)
     canvas = np.full((h + 2 * pad, w + 2 * pad), np.percentile(green, 5.0), np.float32)
     canvas[pad:pad + h, pad:pad + w] = green
     labels = segment_cells(canvas, um_per_px, cfg).labels[pad:pad + h, pad:pad + w]
