@@ -326,6 +326,19 @@ class Hep2CellsConfig:
         "not depend on how it lies. Costs that many times the classifier (tools/bench_hep2)",
         choices=(1, 2, 4, 8),
     )
+    scale_search_steps: int = _f(
+        3, "Where no scale is declared, the size estimate is checked by the classifier at "
+        "this many quarter-octave steps either side (the scale whose crops it reads most "
+        "surely wins); 0 = the size estimate alone", lo=0, hi=8,
+    )
+    scale_search_cells: int = _f(
+        48, "Whole cells nearest the centre classified at each scale of that search", lo=5,
+        hi=1000,
+    )
+    scale_search_prior: float = _f(
+        0.02, "Fit (mean top probability) a candidate scale loses per octave away from the "
+        "size estimate in that search", lo=0, hi=1,
+    )
 
 
 @dataclass(frozen=True)

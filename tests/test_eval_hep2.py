@@ -366,8 +366,11 @@ def test_bench_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     for per in report["assay"].values():
         for r in per.values():
             assert r["cells_per_field"] > 0 and r["ms_per_field"] > 0
+    assert set(report["scale_modes"]) == set(bench_hep2.SCALE_MODES)
+    assert all(r["ms_per_field"] > 0 for r in report["scale_modes"].values())
     assert out.stat().st_size > 1000
-    assert "INT8 speed-up" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "INT8 speed-up" in printed and "size + classifier" in printed
 
 
 def test_false_second_patterns_are_counted_for_single_and_mixed_specimens() -> None:
@@ -379,3 +382,12 @@ def test_false_second_patterns_are_counted_for_single_and_mixed_specimens() -> N
     summary = specimen_summary([clean, extra, mixed_ok, mixed_extra])
     assert summary["single_with_false_second"] == 0.5
     assert summary["mixed_with_false_pattern"] == 0.5
+
+
+def test_a_bad_config_file_stops_the_eval_with_its_reason(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "box.toml"
+    bad.write_text("[hep2.cells]\nscale_search_steps = -1\n")
+    assert eval_hep2.main(["--quick", "--config", str(bad), "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "hep2.cells.scale_search_steps" in err

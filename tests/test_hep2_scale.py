@@ -7,13 +7,21 @@ import numpy as np
 import pytest
 
 from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.crops import crops_for
 from appliance.assays.hep2.scale import (
     PROVISIONAL_UM_PER_PX,
+    SEARCH_STEP,
+    best_scale,
+    candidate_scales,
+    central_cells,
+    classifier_fit,
     core_ratios,
     estimate_scale,
     object_diameter_um,
+    smoothed,
 )
 from appliance.assays.hep2.segmentation import segment_cells
+from appliance.assays.hep2.types import Hep2Result
 from appliance.capture.frame import Frame
 from appliance.config import Config, Hep2CellsConfig, with_overrides
 from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
@@ -91,3 +99,111 @@ def test_the_assay_estimates_only_when_nothing_declares_the_scale() -> None:
     assert any("set the objective" in w for w in estimated.warnings)
     assert declared.um_per_px_source == "objective"
     assert not any("scale estimated" in w for w in declared.warnings)
+
+
+# ------------------------------------------------------------------ the classifier's check
+
+
+def test_candidates_are_quarter_octaves_around_the_estimate_within_the_plausible_range() -> None:
+    got = candidate_scales(0.5, 3)
+    assert len(got) == 7 and got[3] == 0.5
+    assert np.allclose(np.diff(np.log(got)), np.log(SEARCH_STEP))
+    assert candidate_scales(0.5, 0) == [0.5]
+    clamped = candidate_scales(1.9, 3)
+    assert clamped[-1] == 2.0 and len(clamped) == 5  # the steps beyond 2 um/px collapse
+    with pytest.raises(ValueError):
+        candidate_scales(0.0, 3)
+
+
+def test_fits_are_smoothed_over_the_neighbours_that_have_one() -> None:
+    assert smoothed([1.0, 0.0, 1.0]) == pytest.approx([2 / 3, 0.5, 2 / 3])
+    assert smoothed([1.0, None, 0.4]) == [1.0, None, 0.4]
+    assert smoothed([]) == []
+
+
+def test_the_best_scale_is_the_peak_between_candidates() -> None:
+    cands = candidate_scales(0.5, 3)
+    peak = [1.0 - float(np.log(c / 0.6)) ** 2 for c in cands]
+    # The smoothing is symmetric, so a parabola's vertex stays where it was.
+    assert best_scale(cands, list(peak), 0.5, 0.0) == pytest.approx(0.6, rel=0.02)
+    assert best_scale(cands, [None] * 7, 0.5, 0.0) is None
+
+
+def test_a_flat_fit_keeps_the_size_estimate_and_a_lone_spike_is_not_believed() -> None:
+    cands = candidate_scales(0.5, 3)
+    assert best_scale(cands, [0.9] * 7, 0.5, 0.02) == pytest.approx(0.5)
+    # One noisy candidate at the edge loses to a broad plateau in the middle.
+    fits: list[float | None] = [0.95, 0.7, 0.85, 0.9, 0.9, 0.85, 0.7]
+    got = best_scale(cands, fits, 0.5, 0.0)
+    assert got is not None and 0.42 < got < 0.6
+
+
+def test_central_cells_are_the_whole_ones_nearest_the_middle() -> None:
+    green = np.full((200, 400), 5.0, np.float32)
+    for x in (50, 120, 200, 280, 399):
+        cv2.circle(green, (x, 100), 12, 150.0, -1)
+    cells = segment_cells(green, 0.5, CFG)
+    ids = central_cells(cells, green.shape, 2)
+    xs = sorted(round(float(cells.centroids[i - 1, 0])) for i in ids)
+    assert xs == [120, 200] or xs == [200, 280]
+    assert 200 in xs and len(central_cells(cells, green.shape, 99)) == 4  # one cut by the edge
+
+
+def test_classifier_fit_is_the_mean_top_probability() -> None:
+    assert classifier_fit(np.array([[0.9, 0.1], [0.5, 0.5]])) == pytest.approx(0.7)
+    with pytest.raises(ValueError):
+        classifier_fit(np.zeros((0, 3)))
+
+
+def test_crops_of_some_cells_are_those_cells_crops_of_all() -> None:
+    green = _green(0.5)
+    cells = segment_cells(green, 0.5, CFG)
+    every, ids = crops_for(green, cells.labels, 0.5, CFG)
+    some, some_ids = crops_for(green, cells.labels, 0.5, CFG, only=ids[[1, 4]])
+    assert list(some_ids) == list(ids[[1, 4]])
+    assert np.array_equal(some, every[[1, 4]])
+
+
+@pytest.mark.parametrize("seed", [720_003, 720_015])
+def test_the_classifier_corrects_a_size_estimate_that_is_far_off(seed: int) -> None:
+    """Generated tuning fields (seeds 720000+) where the size estimate alone is off by more
+    than 40%: a homogeneous nucleolar field whose cells are read as whole cells, and a
+    fibrillar field whose cells are read as nuclei."""
+    field = generate_hep2_field(Hep2FieldSpec(seed=seed))
+    green = field.image[..., 1].astype(np.float32)
+    size = estimate_scale(green, CFG)
+    assert abs(np.log(size.um_per_px / field.um_per_px)) > np.log(1.4)
+    base = with_overrides(Config(), {"assay": "hep2"})
+    with Hep2Assay.from_config(base) as assay:
+        searched = assay._estimated_scale(green)
+    with Hep2Assay.from_config(with_overrides(
+            base, {"hep2.cells.scale_search_steps": 0})) as assay:
+        alone = assay._estimated_scale(green)
+    assert searched.source == "estimated" and "set the objective" in searched.warnings[0]
+    assert searched.um_per_px == pytest.approx(field.um_per_px, rel=0.15)
+    assert alone.um_per_px == size.um_per_px
+
+
+def _score_without_scale(spec: Hep2FieldSpec) -> tuple[float, Hep2Result]:
+    field = generate_hep2_field(spec)
+    frame = Frame(image=field.image, seq=1, timestamp=0.0, source="f")
+    with Hep2Assay.from_config(with_overrides(Config(), {"assay": "hep2"})) as assay:
+        return field.um_per_px, assay.score(frame)
+
+
+def test_focus_is_judged_at_the_estimated_scale_not_the_provisional_one() -> None:
+    """A sharp 40x homogeneous field reads soft if judged as a 20x one (sharpness 1.47
+    at 0.5 um/px, 1.97 at its true 0.25): before, the box refused it as out of focus
+    whenever nobody declared the scale."""
+    true_um, result = _score_without_scale(Hep2FieldSpec(
+        seed=72_316, width=640, height=480, um_per_px=0.25,
+        patterns=(("homogeneous", 1.0),), defocus_um=0.0))
+    assert result.status == "scored"
+    assert result.um_per_px == pytest.approx(true_um, rel=0.25)
+
+
+def test_a_blurred_field_without_a_scale_is_still_refused_as_out_of_focus() -> None:
+    _, result = _score_without_scale(Hep2FieldSpec(
+        seed=72_316, width=640, height=480, um_per_px=0.25,
+        patterns=(("fine_speckled", 1.0),), defocus_um=2.5))
+    assert result.status == "not_scorable" and "out of focus" in result.reason

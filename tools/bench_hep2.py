@@ -14,6 +14,10 @@
    model / rules). The model stage classifies each crop in ``hep2.cells.orientations``
    orientations (``--orientations``, default the config's), so it costs that many times
    the classifier alone.
+3. The scale (INT8, 800x600): the whole assay with the scale declared, estimated from the
+   cells' size alone (``hep2.cells.scale_search_steps`` 0), and estimated with the
+   classifier's check (the default), the three rotating field by field. In the service
+   the estimate runs once per still view, not per frame.
 
 Prints a table and writes a chart; asserts nothing (speed targets live here, never in
 tests). Absolute times on a shared 2-core machine drift from run to run: compare the
@@ -48,6 +52,7 @@ SIZES = ((800, 600), (1280, 960))
 UM_PER_PX = 0.5
 STAGES = ("quality", "cells", "model", "rules")
 STAINED = tuple(n for n in NAMES if n != "negative")
+SCALE_MODES = ("declared", "size estimate", "size + classifier")
 
 
 def _median(values: Sequence[float]) -> float:
@@ -139,6 +144,24 @@ def time_assay(assays: dict[str, Hep2Assay], fields: Sequence[Hep2Field], label:
     return out
 
 
+def time_scale_modes(assays: dict[str, Hep2Assay], fields: Sequence[Hep2Field]
+                     ) -> dict[str, dict[str, float]]:
+    """Whole-assay ms per field for each way of knowing the scale (``SCALE_MODES``: the
+    frame declares it; the box estimates it from the cells' size; and checks that with the
+    classifier), rotating which goes first field by field."""
+    totals: dict[str, list[float]] = defaultdict(list)
+    modes = list(assays)
+    for i, f in enumerate(tqdm(fields, desc="scale modes")):
+        for k in range(len(modes)):
+            mode = modes[(i + k) % len(modes)]
+            frame = Frame(image=f.image, seq=i, timestamp=0.0, source="bench",
+                          um_per_px=f.um_per_px if mode == "declared" else None)
+            t0 = time.perf_counter()
+            assays[mode].score(frame)
+            totals[mode].append((time.perf_counter() - t0) * 1000.0)
+    return {m: {"ms_per_field": round(_median(totals[m]), 1)} for m in modes}
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The figures as fixed-width text (for the closing note)."""
     clf, fields, agree = report["classifier"], report["assay"], report["agreement"]
@@ -163,6 +186,14 @@ def format_table(report: dict[str, Any]) -> str:
                          f"{r['ms_per_field']:>8.0f}{r['fields_per_s']:>10.2f}"
                          f"{r['cells_per_s']:>9.0f}"
                          + "".join(f"{r['stages_ms'][s]:>9.1f}" for s in STAGES))
+    modes = report.get("scale_modes")
+    if modes:
+        declared = modes["declared"]["ms_per_field"]
+        lines += ["", "the scale, INT8, 800x600 (the estimate runs once per still view)",
+                  f"{'scale':<20}{'ms/field':>9}{'x declared':>12}"]
+        for mode, r in modes.items():
+            lines.append(f"{mode:<20}{r['ms_per_field']:>9.0f}"
+                         f"{r['ms_per_field'] / declared:>12.2f}")
     return "\n".join(lines)
 
 
@@ -234,6 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      "hep2.cells.orientations": args.orientations})
     assays = {p: Hep2Assay.from_config(with_overrides(base, {"inference.precision": p}))
               for p in PRECISIONS}
+    scale_assays = {"declared": assays["int8"]}
     try:
         sets = {f"{w}x{h}": bench_field_set(args.fields, w, h) for w, h in SIZES}
         batch = crop_batch(assays["int8"], sets["800x600"], args.batch)
@@ -248,8 +280,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "agreement": agreement(assays, batch),
             "assay": {label: time_assay(assays, fields, label) for label, fields in sets.items()},
         }
+        int8 = with_overrides(base, {"inference.precision": "int8"})
+        scale_assays["size estimate"] = Hep2Assay.from_config(
+            with_overrides(int8, {"hep2.cells.scale_search_steps": 0}))
+        scale_assays["size + classifier"] = Hep2Assay.from_config(int8)
+        report["scale_modes"] = time_scale_modes(scale_assays, sets["800x600"])
     finally:
-        for a in assays.values():
+        for a in (*assays.values(), *list(scale_assays.values())[1:]):
             a.close()
     return report
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,7 +53,13 @@ from appliance.assays.hep2.segmentation import Hep2Cells
 from appliance.assays.hep2.specimen import intensity_level
 from appliance.assays.hep2.types import INTENSITY_LEVELS, Hep2Result
 from appliance.capture.frame import Frame
-from appliance.config import Config, Hep2IntensityConfig, with_overrides
+from appliance.config import (
+    Config,
+    ConfigError,
+    Hep2IntensityConfig,
+    load_config,
+    with_overrides,
+)
 from tools.hep2_dataset import match_cells
 from tools.numbers import save_chart, write_numbers
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field, region_of
@@ -651,6 +658,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, default=None, help="write all numbers here")
     ap.add_argument("--estimate-scale", action="store_true",
                     help="give the box no scale: it estimates each field's from its cells")
+    ap.add_argument("--config", type=Path, default=None,
+                    help="a config file for the box (default: the built-in defaults); the "
+                         "assay, precision and models folder are this command's")
     ap.add_argument("--quick", action="store_true",
                     help=f"{QUICK_SPECIMENS} specimen per class")
     args = ap.parse_args(argv)
@@ -665,8 +675,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation, print the tables and targets, write the PNGs (and the JSON)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    cfg = with_overrides(Config(), {"assay": "hep2", "inference.precision": args.precision,
+    try:
+        base = Config() if args.config is None else load_config(args.config)
+        cfg = with_overrides(base, {"assay": "hep2", "inference.precision": args.precision,
                                     "inference.models_dir": args.models_dir})
+    except ConfigError as e:
+        print(f"config {args.config}: {e}", file=sys.stderr)
+        return 2
     cases = specimen_cases(args.specimens, first_seed=args.seed, um_per_px=args.um_per_px)
     t0 = time.perf_counter()
     with Hep2Assay.from_config(cfg) as assay:
@@ -697,7 +712,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "first_seed": args.seed, "um_per_px": args.um_per_px,
                        "width": WIDTH, "height": HEIGHT, "model": model,
                        "seconds": round(seconds, 1), "mixed_pairs": MIXED_PAIRS,
-                       "estimate_scale": args.estimate_scale},
+                       "estimate_scale": args.estimate_scale,
+                       "config": None if args.config is None else str(args.config),
+                       "config_sha256": cfg.sha256()},
                "scale": scale,
                "cells": cells, "cell_confusion": tally.confusion, "cell_labels": NAMES,
                "specimens": specimens, "specimen_confusion": specimen_confusion(outcomes),

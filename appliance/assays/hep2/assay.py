@@ -24,8 +24,16 @@ from appliance.assays.hep2.calibration import intensity_is_calibrated
 from appliance.assays.hep2.crops import crops_for
 from appliance.assays.hep2.orientations import mean_over_orientations, oriented
 from appliance.assays.hep2.patterns import NAMES, REGIONS, pattern
-from appliance.assays.hep2.quality import measure_hep2_quality, quality_issues
-from appliance.assays.hep2.scale import PROVISIONAL_UM_PER_PX, estimate_scale
+from appliance.assays.hep2.quality import QualityIssue, measure_hep2_quality, quality_issues
+from appliance.assays.hep2.scale import (
+    PROVISIONAL_UM_PER_PX,
+    best_scale,
+    candidate_scales,
+    central_cells,
+    classifier_fit,
+    estimate_scale,
+    estimate_warning,
+)
 from appliance.assays.hep2.segmentation import Hep2Cells, segment_cells
 from appliance.assays.hep2.single_cell import single_cell_crop
 from appliance.assays.hep2.specimen import call_specimen
@@ -120,25 +128,45 @@ class Hep2Assay(AssayShell[Hep2Result]):
         image = frame.image
         green = image[..., 1].astype(np.float32)
         declared = scale or self._declared_scale(frame)
-        # The gates need a scale for their smoothing; before the estimate, a provisional one.
-        q = measure_hep2_quality(image, declared.um_per_px if declared else
-                                 PROVISIONAL_UM_PER_PX, self.cfg.hep2.cells)
-        issues = quality_issues(q)
-        warnings = [i.reason for i in issues if not i.fatal]
+        cfg = self.cfg.hep2.cells
+        # The gates need a scale for their smoothing: without a declared one, a provisional
+        # one, and the gates are measured again at the estimate. Focus is judged per µm, so
+        # it waits for the estimate: a sharp 40x field judged as if at 20x looks soft.
+        issues = quality_issues(measure_hep2_quality(
+            image, declared.um_per_px if declared else PROVISIONAL_UM_PER_PX, cfg))
         base = Hep2Result(file=frame.source, seq=frame.seq, status="not_scorable",
                           model=self.model, image_width=frame.width,
                           image_height=frame.height, timings_ms=ms)
-        fatal = [i for i in issues if i.fatal]
-        ms["quality"] = (time.perf_counter() - t0) * 1000.0
-        if fatal:
-            prep = Hep2Prepared(base, warnings, declared or ScaleInfo(0.0, "unknown", ()))
+
+        def refused(found: ScaleInfo | None, issues: list[QualityIssue]) -> Hep2Prepared | None:
+            """The refusal when a gate fails (focus only once the scale is known)."""
+            fatal = [i for i in issues if i.fatal
+                     and (found is not None or i.code != "out_of_focus")]
+            if not fatal:
+                return None
+            warnings = [i.reason for i in issues if not i.fatal]
+            prep = Hep2Prepared(base, warnings, found or ScaleInfo(0.0, "unknown", ()))
             prep.refusal = self._refused(base, "; ".join(i.reason for i in fatal),
                                          fatal[0].code, warnings)
             return prep
+
+        ms["quality"] = (time.perf_counter() - t0) * 1000.0
+        early = refused(declared, issues)
+        if early is not None:
+            return early
         t1 = time.perf_counter()
-        found = declared or estimate_scale(green, self.cfg.hep2.cells)
-        cells = segment_cells(green, found.um_per_px, self.cfg.hep2.cells)
-        crops, ids = crops_for(green, cells.labels, found.um_per_px, self.cfg.hep2.cells)
+        found = declared
+        if found is None:
+            found = self._estimated_scale(green)
+            t2 = time.perf_counter()
+            issues = quality_issues(measure_hep2_quality(image, found.um_per_px, cfg))
+            ms["quality"] += (time.perf_counter() - t2) * 1000.0
+            late = refused(found, issues)
+            if late is not None:
+                return late
+        warnings = [i.reason for i in issues if not i.fatal]
+        cells = segment_cells(green, found.um_per_px, cfg)
+        crops, ids = crops_for(green, cells.labels, found.um_per_px, cfg)
         bright = brightness_mod.cell_brightness(green, cells.labels, cells.background_map)
         field_grey = (brightness_mod.field_brightness(green, cells.background_map)
                       if cells.count == 0 else 0.0)
@@ -251,6 +279,34 @@ class Hep2Assay(AssayShell[Hep2Result]):
                  warnings: list[str]) -> Hep2Result:
         return replace(base, status="not_scorable", reason=reason, reason_code=code,
                        warnings=tuple(warnings), created_at=_now())
+
+    def _estimated_scale(self, green: np.ndarray) -> ScaleInfo:
+        """The scale from the cells' size (scale.py), then checked by the classifier: the
+        field's central cells are cut and classified at quarter-octave steps around it,
+        and the scale whose crops the classifier reads most surely is kept. The size
+        estimate cannot tell every pattern's objects apart (nucleus or whole cell); the
+        classifier was trained on cells cut at their true size, so crops cut at the wrong
+        one look like none it knows."""
+        cfg = self.cfg.hep2.cells
+        size = estimate_scale(green, cfg)
+        if size.source != "estimated" or cfg.scale_search_steps == 0:
+            return size
+        candidates = candidate_scales(size.um_per_px, cfg.scale_search_steps)
+        fits: list[float | None] = []
+        for um in candidates:
+            cells = segment_cells(green, um, cfg)
+            ids = central_cells(cells, green.shape[:2], cfg.scale_search_cells)
+            if len(ids) < 5:
+                fits.append(None)  # too few whole cells at this scale to judge it
+                continue
+            crops, _ = crops_for(green, cells.labels, um, cfg, only=ids)
+            # One orientation: the search compares scales, it does not call the cells.
+            logits = self._logits(crops, 1)[PATTERN_LOGITS]
+            fits.append(classifier_fit(softmax(logits)))
+        best = best_scale(candidates, fits, size.um_per_px, cfg.scale_search_prior)
+        if best is None:
+            return size
+        return ScaleInfo(best, "estimated", (estimate_warning(best), *size.warnings[1:]))
 
     def _declared_scale(self, frame: Frame) -> ScaleInfo | None:
         """µm/px the frame, the config or the objective declares (None: to be estimated)."""

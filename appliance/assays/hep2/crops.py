@@ -143,11 +143,13 @@ def _background(win: np.ndarray, around: np.ndarray) -> float:
 
 
 def crops_for(green: np.ndarray, labels: np.ndarray, um_per_px: float,
-              cfg: Hep2CellsConfig) -> tuple[np.ndarray, np.ndarray]:
+              cfg: Hep2CellsConfig, only: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Crops of every labelled cell: ((N, 2, S, S) float32, (N,) int32 cell ids, ascending).
 
     ``labels``: (H, W) integer label image, 0 background. The background of each cell is
-    estimated from the pixels of its window that belong to no cell at all.
+    estimated from the pixels of its window that belong to no cell at all. ``only``: the
+    cell ids to cut (the others still count as cells, not background).
     """
     _check(green, um_per_px, cfg)
     if labels.shape != green.shape:
@@ -160,6 +162,9 @@ def crops_for(green: np.ndarray, labels: np.ndarray, um_per_px: float,
     uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
     cx = np.bincount(inverse, weights=xs) / counts
     cy = np.bincount(inverse, weights=ys) / counts
+    if only is not None:
+        keep = np.isin(uniq, only)
+        uniq, cx, cy = uniq[keep], cx[keep], cy[keep]
     g = green.astype(np.float32, copy=False)
     out = np.empty((len(uniq), 2, size, size), dtype=np.float32)
     for i, cell_id in enumerate(uniq):

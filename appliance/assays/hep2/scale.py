@@ -13,7 +13,13 @@ field's median object stands for is read from the field's median core ratio:
 that is 25.7 µm for ring-like objects (ratio 0.3) down to 17.4 µm for solid ones (1.0).
 The two constants were fitted on 126 generated tuning fields (seeds 620000+, every pattern
 and negatives, 10x to 40x, segmented at their true scale); the held-out figures are in
-docs/hep2.md ("Scale"). A declared objective needs none of this and is always better.
+docs/hep2.md ("Scale").
+
+The assay then checks that estimate with its classifier (``Hep2Assay._estimated_scale``):
+the central cells are cut at a few scales around it and the one whose crops the classifier
+reads most surely is kept. The pure parts of that search are here (``candidate_scales``,
+``central_cells``, ``classifier_fit``, ``best_scale``). A declared objective needs none of
+this and is still the right set-up.
 """
 
 from __future__ import annotations
@@ -64,6 +70,15 @@ def core_ratios(green: np.ndarray, cells: Hep2Cells, um_per_px: float) -> np.nda
     return np.asarray(out, np.float64)
 
 
+def estimate_warning(um_per_px: float) -> str:
+    """What every result scored at an estimated scale says."""
+    # Why it insists: the estimate is within 25% in only part of the fields (docs/hep2.md,
+    # "Scale"); a declared objective has no such error.
+    return (f"scale estimated from the cells: {um_per_px:.2f} um/px, which may be off by a "
+            "quarter or more; set the objective (optics.objective or the set_objective "
+            "command) for a reliable reading")
+
+
 def object_diameter_um(core_ratio: float) -> float:
     """The diameter (µm) a field's median whole object stands for, by its core ratio."""
     lo, hi = _RATIO_RANGE
@@ -92,12 +107,97 @@ def estimate_scale(green: np.ndarray, cfg: Hep2CellsConfig) -> ScaleInfo:
         return ScaleInfo(PROVISIONAL_UM_PER_PX, "assumed", (
             f"scale unknown: too few cells to estimate it; assumed {PROVISIONAL_UM_PER_PX} "
             "um/px (set optics.objective or optics.um_per_px)",))
-    # Why the warning insists: even so the estimate is within 25% in only part of the
-    # fields (docs/hep2.md, "Scale"); a declared objective has no such error.
-    warnings = [f"scale estimated from cell size: {um:.2f} um/px, which may be off by a "
-                "quarter or more; set the objective (optics.objective or the set_objective "
-                "command) for a reliable reading"]
+    warnings = [estimate_warning(um)]
     if not lo <= um <= hi:
         warnings.append(f"estimated scale {um:.2f} um/px is implausible; clamped")
         um = min(hi, max(lo, um))
     return ScaleInfo(um, "estimated", tuple(warnings))
+
+
+# ------------------------------------------------------------------ the classifier's check
+
+# Candidates a quarter of an octave apart (19%): finer than the estimate's typical error,
+# coarse enough that a few cover it.
+SEARCH_STEP = 2.0 ** 0.25
+
+
+def candidate_scales(estimate_um: float, steps: int) -> list[float]:
+    """µm/px to try around an estimate: ``steps`` quarter-octaves either side, ascending,
+    within the plausible range (duplicates after clamping dropped)."""
+    if estimate_um <= 0:
+        raise ValueError(f"estimate must be positive, got {estimate_um}")
+    if steps < 0:
+        raise ValueError(f"steps must be 0 or more, got {steps}")
+    lo, hi = _PLAUSIBLE_UM_PER_PX
+    out: list[float] = []
+    for k in range(-steps, steps + 1):
+        um = min(hi, max(lo, estimate_um * SEARCH_STEP ** k))
+        if not out or um > out[-1] * 1.001:
+            out.append(um)
+    return out
+
+
+def central_cells(cells: Hep2Cells, shape: tuple[int, int], limit: int) -> np.ndarray:
+    """Labels (1-based) of up to ``limit`` whole objects, those nearest the picture's centre
+    first (the sharpest, most evenly lit part of an eyepiece view)."""
+    if cells.count == 0 or limit < 1:
+        return np.zeros(0, np.int32)
+    whole = np.flatnonzero(~cells.touches_edge)
+    h, w = shape
+    d2 = ((cells.centroids[whole, 0] - w / 2.0) ** 2
+          + (cells.centroids[whole, 1] - h / 2.0) ** 2)
+    return (whole[np.argsort(d2, kind="stable")[:limit]] + 1).astype(np.int32)
+
+
+def classifier_fit(probabilities: np.ndarray) -> float:
+    """How well crops fit the classifier: the mean of each crop's top class probability
+    ((N, classes) rows summing to 1). Crops cut at the wrong scale look like none of the
+    training cells, and the classifier hedges."""
+    if probabilities.ndim != 2 or len(probabilities) == 0:
+        raise ValueError(f"need (N, classes) probabilities, got shape {probabilities.shape}")
+    return float(probabilities.max(axis=1).mean())
+
+
+def smoothed(values: list[float | None]) -> list[float | None]:
+    """A 1-2-1 running mean over the neighbours that have a value (None stays None)."""
+    out: list[float | None] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        near = [(w, values[j]) for j, w in ((i - 1, 1.0), (i, 2.0), (i + 1, 1.0))
+                if 0 <= j < len(values) and values[j] is not None]
+        out.append(sum(w * float(x) for w, x in near if x is not None)
+                   / sum(w for w, _ in near))
+    return out
+
+
+def best_scale(candidates: list[float], fits: list[float | None], estimate_um: float,
+               prior_per_octave: float) -> float | None:
+    """The candidate scale the classifier fits best, or None when no candidate has a fit.
+
+    The fits are smoothed over neighbouring candidates first (a fit is a mean over a few
+    dozen cells, and it is often flat over two or three steps: the middle of that plateau
+    is wanted, not its noisiest point), then each loses ``prior_per_octave`` per octave
+    away from the size estimate; the best is refined between its neighbours by a parabola
+    through the three (in log scale).
+    """
+    if len(candidates) != len(fits):
+        raise ValueError("one fit per candidate")
+    scores = [None if f is None else f - prior_per_octave * abs(float(np.log2(c / estimate_um)))
+              for c, f in zip(candidates, smoothed(fits), strict=True)]
+    known = [(s, i) for i, s in enumerate(scores) if s is not None]
+    if not known:
+        return None
+    _, i = max(known)
+    best = candidates[i]
+    if 0 < i < len(candidates) - 1:
+        left, top, right = scores[i - 1], scores[i], scores[i + 1]
+        if left is not None and top is not None and right is not None:
+            x0, x1, x2 = (float(np.log(candidates[j])) for j in (i - 1, i, i + 1))
+            # Vertex of the parabola through the three points (a maximum: top is highest).
+            num = (x1 - x0) ** 2 * (top - right) - (x1 - x2) ** 2 * (top - left)
+            den = (x1 - x0) * (top - right) - (x1 - x2) * (top - left)
+            if den != 0:
+                best = float(np.exp(min(x2, max(x0, x1 - 0.5 * num / den))))
+    return best
