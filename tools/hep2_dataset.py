@@ -493,9 +493,11 @@ def field_crops(csv_path: Path, um_per_px: float | None, cfg: Hep2CellsConfig, *
     """Weakly labelled crops of every segmented cell of the fields listed in ``csv_path``.
 
     Files are relative to the CSV's folder. ``um_per_px`` is the fields' scale; None
-    estimates it field by field from the cells' size, as the box does where nothing
-    declares it (scale.estimate_scale). ``segment(green, um_per_px) -> labels`` defaults
-    to the assay's own segmentation, so training sees the masks the box makes.
+    estimates it field by field from the cells' size (scale.estimate_scale: the box's
+    first step where nothing declares it; the box then checks it with its classifier,
+    which a model still in training cannot do, so give the scale where it is known).
+    ``segment(green, um_per_px) -> labels`` defaults to the assay's own segmentation, so
+    training sees the masks the box makes.
     """
     if um_per_px is not None and not (um_per_px > 0 and math.isfinite(um_per_px)):
         raise ValueError(f"um_per_px must be positive, got {um_per_px!r}")

@@ -882,7 +882,8 @@ def main() -> None:
     ap.add_argument("--fields-csv", default="", help="a lab's file,pattern[,pattern2] CSV")
     ap.add_argument("--fields-um-per-px", type=float, default=None,
                     help="pixel size of the lab's fields (µm at the specimen); default: "
-                         "estimated field by field from the cells' size, as the box does")
+                         "estimated field by field from the cells' size alone (the box "
+                         "also checks it with its classifier): give it where it is known")
     manifest = run(ap.parse_args())
     if not manifest:
         return
