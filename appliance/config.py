@@ -335,6 +335,12 @@ class Hep2CellsConfig:
         48, "Whole cells nearest the centre classified at each scale of that search", lo=5,
         hi=1000,
     )
+    crop_search_steps: int = _f(
+        3, "With a declared scale coarser than hep2.specimen.subtype_max_um_per_px (a 10x "
+        "objective), the crops are cut at the scale the classifier reads the central cells "
+        "most surely at, within this many quarter-octave steps of it; the segmentation, "
+        "every size and the reported scale stay the declared ones. 0 = off", lo=0, hi=8,
+    )
     scale_search_prior: float = _f(
         0.02, "Fit (mean top probability) a candidate scale loses per octave away from the "
         "size estimate in that search", lo=0, hi=1,

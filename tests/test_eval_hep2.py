@@ -368,6 +368,7 @@ def test_bench_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
             assert r["cells_per_field"] > 0 and r["ms_per_field"] > 0
     assert set(report["scale_modes"]) == set(bench_hep2.SCALE_MODES)
     assert all(r["ms_per_field"] > 0 for r in report["scale_modes"].values())
+    assert set(report["coarse_modes"]) == {"declared 10x", "10x, crops not searched"}
     assert out.stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "INT8 speed-up" in printed and "size + classifier" in printed

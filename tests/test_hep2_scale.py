@@ -207,3 +207,28 @@ def test_a_blurred_field_without_a_scale_is_still_refused_as_out_of_focus() -> N
         seed=72_316, width=640, height=480, um_per_px=0.25,
         patterns=(("fine_speckled", 1.0),), defocus_um=2.5))
     assert result.status == "not_scorable" and "out of focus" in result.reason
+
+
+def test_a_declared_scale_is_kept_for_the_crops_unless_the_field_is_too_coarse() -> None:
+    """At 20x the crops are cut at the declared scale; at 10x (coarser than
+    hep2.specimen.subtype_max_um_per_px) at the scale the classifier reads surest, near
+    it. The reported scale is the declared one either way."""
+    base = with_overrides(Config(), {"assay": "hep2"})
+    with Hep2Assay.from_config(base) as assay:
+        for um in (0.5, 0.95):
+            field = generate_hep2_field(Hep2FieldSpec(
+                seed=72_330, width=640, height=480, um_per_px=um,
+                patterns=(("nucleolar_clumpy", 1.0),)))
+            green = field.image[..., 1].astype(np.float32)
+            cells = segment_cells(green, um, CFG)
+            read = assay._reading_scale(green, cells, um)
+            if um == 0.5:
+                assert read == 0.5
+            else:
+                assert um / 1.7 < read < um * 1.7
+            result = assay.score(Frame(image=field.image, seq=1, timestamp=0.0, source="f",
+                                       um_per_px=um))
+            assert (result.um_per_px, result.um_per_px_source) == (um, "frame")
+    with Hep2Assay.from_config(with_overrides(
+            base, {"hep2.cells.crop_search_steps": 0})) as assay:
+        assert assay._reading_scale(green, cells, 0.95) == 0.95

@@ -17,7 +17,9 @@
 3. The scale (INT8, 800x600): the whole assay with the scale declared, estimated from the
    cells' size alone (``hep2.cells.scale_search_steps`` 0), and estimated with the
    classifier's check (the default), the three rotating field by field. In the service
-   the estimate runs once per still view, not per frame.
+   the estimate runs once per still view, not per frame. And a declared 10x field
+   (0.95 µm/px), whose crops are cut where the classifier reads surest, against the same
+   with ``hep2.cells.crop_search_steps`` 0.
 
 Prints a table and writes a chart; asserts nothing (speed targets live here, never in
 tests). Absolute times on a shared 2-core machine drift from run to run: compare the
@@ -53,17 +55,19 @@ UM_PER_PX = 0.5
 STAGES = ("quality", "cells", "model", "rules")
 STAINED = tuple(n for n in NAMES if n != "negative")
 SCALE_MODES = ("declared", "size estimate", "size + classifier")
+COARSE_UM_PER_PX = 0.95  # a 10x objective: coarser than hep2.specimen.subtype_max_um_per_px
 
 
 def _median(values: Sequence[float]) -> float:
     return float(np.median(values)) if len(values) else float("nan")
 
 
-def bench_field_set(count: int, width: int, height: int, *, first_seed: int = BENCH_SEED
-                    ) -> list[Hep2Field]:
-    """``count`` positive fields of one size, the stained patterns in turn, at 0.5 µm/px."""
+def bench_field_set(count: int, width: int, height: int, *, first_seed: int = BENCH_SEED,
+                    um_per_px: float = UM_PER_PX) -> list[Hep2Field]:
+    """``count`` positive fields of one size, the stained patterns in turn, at 0.5 µm/px
+    (or ``um_per_px``)."""
     return [generate_hep2_field(Hep2FieldSpec(
-        seed=first_seed + i, width=width, height=height, um_per_px=UM_PER_PX,
+        seed=first_seed + i, width=width, height=height, um_per_px=um_per_px,
         patterns=((STAINED[i % len(STAINED)], 1.0),), intensity=100.0))
         for i in range(count)]
 
@@ -144,18 +148,19 @@ def time_assay(assays: dict[str, Hep2Assay], fields: Sequence[Hep2Field], label:
     return out
 
 
-def time_scale_modes(assays: dict[str, Hep2Assay], fields: Sequence[Hep2Field]
-                     ) -> dict[str, dict[str, float]]:
-    """Whole-assay ms per field for each way of knowing the scale (``SCALE_MODES``: the
-    frame declares it; the box estimates it from the cells' size; and checks that with the
-    classifier), rotating which goes first field by field."""
+def time_scale_modes(assays: dict[str, Hep2Assay], fields: Sequence[Hep2Field],
+                     declared: frozenset[str]) -> dict[str, dict[str, float]]:
+    """Whole-assay ms per field of each assay (by mode name), rotating which goes first
+    field by field. The modes in ``declared`` are given the field's scale; the others
+    estimate it (``SCALE_MODES``: declared; from the cells' size alone; and checked with
+    the classifier)."""
     totals: dict[str, list[float]] = defaultdict(list)
     modes = list(assays)
     for i, f in enumerate(tqdm(fields, desc="scale modes")):
         for k in range(len(modes)):
             mode = modes[(i + k) % len(modes)]
             frame = Frame(image=f.image, seq=i, timestamp=0.0, source="bench",
-                          um_per_px=f.um_per_px if mode == "declared" else None)
+                          um_per_px=f.um_per_px if mode in declared else None)
             t0 = time.perf_counter()
             assays[mode].score(frame)
             totals[mode].append((time.perf_counter() - t0) * 1000.0)
@@ -194,6 +199,14 @@ def format_table(report: dict[str, Any]) -> str:
         for mode, r in modes.items():
             lines.append(f"{mode:<20}{r['ms_per_field']:>9.0f}"
                          f"{r['ms_per_field'] / declared:>12.2f}")
+    coarse = report.get("coarse_modes")
+    if coarse:
+        plain = coarse["10x, crops not searched"]["ms_per_field"]
+        lines += ["", f"a declared 10x field ({COARSE_UM_PER_PX} um/px), INT8, 800x600",
+                  f"{'crops':<26}{'ms/field':>9}{'x not searched':>16}"]
+        for mode, r in coarse.items():
+            lines.append(f"{mode:<26}{r['ms_per_field']:>9.0f}"
+                         f"{r['ms_per_field'] / plain:>16.2f}")
     return "\n".join(lines)
 
 
@@ -284,7 +297,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scale_assays["size estimate"] = Hep2Assay.from_config(
             with_overrides(int8, {"hep2.cells.scale_search_steps": 0}))
         scale_assays["size + classifier"] = Hep2Assay.from_config(int8)
-        report["scale_modes"] = time_scale_modes(scale_assays, sets["800x600"])
+        report["scale_modes"] = time_scale_modes(scale_assays, sets["800x600"],
+                                                 frozenset({"declared"}))
+        # At 10x a declared scale's crops are searched too (hep2.cells.crop_search_steps).
+        coarse = {"declared 10x": assays["int8"], "10x, crops not searched":
+                  Hep2Assay.from_config(with_overrides(int8, {"hep2.cells.crop_search_steps": 0}))}
+        scale_assays["10x, crops not searched"] = coarse["10x, crops not searched"]
+        report["coarse_modes"] = time_scale_modes(
+            coarse, bench_field_set(args.fields, 800, 600, um_per_px=COARSE_UM_PER_PX),
+            frozenset(coarse))
     finally:
         for a in (*assays.values(), *list(scale_assays.values())[1:]):
             a.close()

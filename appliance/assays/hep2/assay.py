@@ -36,7 +36,7 @@ from appliance.assays.hep2.scale import (
 )
 from appliance.assays.hep2.segmentation import Hep2Cells, segment_cells
 from appliance.assays.hep2.single_cell import single_cell_crop
-from appliance.assays.hep2.specimen import call_specimen
+from appliance.assays.hep2.specimen import call_specimen, too_coarse_for_subtypes
 from appliance.assays.hep2.types import MITOSIS_CLASSES, CellCall, Hep2Cell, Hep2Result
 from appliance.assays.her2.assay import TENSORRT_INT8, ScaleInfo
 from appliance.assays.her2.types import FieldContext, ModelRef
@@ -166,7 +166,9 @@ class Hep2Assay(AssayShell[Hep2Result]):
                 return late
         warnings = [i.reason for i in issues if not i.fatal]
         cells = segment_cells(green, found.um_per_px, cfg)
-        crops, ids = crops_for(green, cells.labels, found.um_per_px, cfg)
+        crop_um = (found.um_per_px if found.source == "estimated"  # already the surest
+                   else self._reading_scale(green, cells, found.um_per_px))
+        crops, ids = crops_for(green, cells.labels, crop_um, cfg)
         bright = brightness_mod.cell_brightness(green, cells.labels, cells.background_map)
         field_grey = (brightness_mod.field_brightness(green, cells.background_map)
                       if cells.count == 0 else 0.0)
@@ -307,6 +309,26 @@ class Hep2Assay(AssayShell[Hep2Result]):
         if best is None:
             return size
         return ScaleInfo(best, "estimated", (estimate_warning(best), *size.warnings[1:]))
+
+    def _reading_scale(self, green: np.ndarray, cells: Hep2Cells, um_per_px: float) -> float:
+        """The scale to cut a declared field's crops at: the declared one, except on a
+        field too coarse for subtypes (10x), where it is the one the classifier reads the
+        central cells most surely at, within ``crop_search_steps`` of it. There a cell is
+        about 20 pixels wide and blurred, and the classifier reads some such cells surely
+        only magnified (docs/hep2.md, "Scale")."""
+        cfg = self.cfg.hep2.cells
+        if cfg.crop_search_steps == 0 or not too_coarse_for_subtypes(
+                um_per_px, self.cfg.hep2.specimen):
+            return um_per_px
+        ids = central_cells(cells, green.shape[:2], cfg.scale_search_cells)
+        if len(ids) < 5:
+            return um_per_px
+        candidates = candidate_scales(um_per_px, cfg.crop_search_steps)
+        fits: list[float | None] = []
+        for um in candidates:
+            crops, _ = crops_for(green, cells.labels, um, cfg, only=ids)
+            fits.append(classifier_fit(softmax(self._logits(crops, 1)[PATTERN_LOGITS])))
+        return best_scale(candidates, fits, um_per_px, cfg.scale_search_prior) or um_per_px
 
     def _declared_scale(self, frame: Frame) -> ScaleInfo | None:
         """µm/px the frame, the config or the objective declares (None: to be estimated)."""
