@@ -27,6 +27,7 @@ from appliance.assays.hep2.patterns import NAMES, REGIONS, pattern
 from appliance.assays.hep2.quality import QualityIssue, measure_hep2_quality, quality_issues
 from appliance.assays.hep2.scale import (
     PROVISIONAL_UM_PER_PX,
+    SEARCH_MIN_CELLS,
     best_scale,
     candidate_scales,
     central_cells,
@@ -298,13 +299,10 @@ class Hep2Assay(AssayShell[Hep2Result]):
         for um in candidates:
             cells = segment_cells(green, um, cfg)
             ids = central_cells(cells, green.shape[:2], cfg.scale_search_cells)
-            if len(ids) < 5:
+            if len(ids) < SEARCH_MIN_CELLS:
                 fits.append(None)  # too few whole cells at this scale to judge it
                 continue
-            crops, _ = crops_for(green, cells.labels, um, cfg, only=ids)
-            # One orientation: the search compares scales, it does not call the cells.
-            logits = self._logits(crops, 1)[PATTERN_LOGITS]
-            fits.append(classifier_fit(softmax(logits)))
+            fits.append(self._fit_at(green, cells.labels, ids, um))
         best = best_scale(candidates, fits, size.um_per_px, cfg.scale_search_prior)
         if best is None:
             return size
@@ -321,14 +319,20 @@ class Hep2Assay(AssayShell[Hep2Result]):
                 um_per_px, self.cfg.hep2.specimen):
             return um_per_px
         ids = central_cells(cells, green.shape[:2], cfg.scale_search_cells)
-        if len(ids) < 5:
+        if len(ids) < SEARCH_MIN_CELLS:
             return um_per_px
         candidates = candidate_scales(um_per_px, cfg.crop_search_steps)
-        fits: list[float | None] = []
-        for um in candidates:
-            crops, _ = crops_for(green, cells.labels, um, cfg, only=ids)
-            fits.append(classifier_fit(softmax(self._logits(crops, 1)[PATTERN_LOGITS])))
+        fits: list[float | None] = [self._fit_at(green, cells.labels, ids, um)
+                                    for um in candidates]
         return best_scale(candidates, fits, um_per_px, cfg.scale_search_prior) or um_per_px
+
+    def _fit_at(self, green: np.ndarray, labels: np.ndarray, ids: np.ndarray,
+                um_per_px: float) -> float:
+        """How surely the classifier reads the cells ``ids`` cut at ``um_per_px``
+        (scale.classifier_fit). One orientation: the searches compare scales, they do not
+        call the cells."""
+        crops, _ = crops_for(green, labels, um_per_px, self.cfg.hep2.cells, only=ids)
+        return classifier_fit(softmax(self._logits(crops, 1)[PATTERN_LOGITS]))
 
     def _declared_scale(self, frame: Frame) -> ScaleInfo | None:
         """µm/px the frame, the config or the objective declares (None: to be estimated)."""

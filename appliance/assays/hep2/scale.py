@@ -119,6 +119,7 @@ def estimate_scale(green: np.ndarray, cfg: Hep2CellsConfig) -> ScaleInfo:
 # Candidates a quarter of an octave apart (19%): finer than the estimate's typical error,
 # coarse enough that a few cover it.
 SEARCH_STEP = 2.0 ** 0.25
+SEARCH_MIN_CELLS = 5  # fewer whole cells say too little about a scale
 
 
 def candidate_scales(estimate_um: float, steps: int) -> list[float]:
