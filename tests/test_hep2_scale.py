@@ -11,6 +11,7 @@ from appliance.assays.hep2.crops import crops_for
 from appliance.assays.hep2.scale import (
     PROVISIONAL_UM_PER_PX,
     SEARCH_STEP,
+    Hep2Scale,
     best_scale,
     candidate_scales,
     central_cells,
@@ -206,7 +207,8 @@ def test_a_blurred_field_without_a_scale_is_still_refused_as_out_of_focus() -> N
     _, result = _score_without_scale(Hep2FieldSpec(
         seed=72_316, width=640, height=480, um_per_px=0.25,
         patterns=(("fine_speckled", 1.0),), defocus_um=2.5))
-    assert result.status == "not_scorable" and "out of focus" in result.reason
+    assert result.status == "not_scorable"
+    assert result.reason is not None and "out of focus" in result.reason
 
 
 def test_a_declared_scale_is_kept_for_the_crops_unless_the_field_is_too_coarse() -> None:
@@ -232,3 +234,25 @@ def test_a_declared_scale_is_kept_for_the_crops_unless_the_field_is_too_coarse()
     with Hep2Assay.from_config(with_overrides(
             base, {"hep2.cells.crop_search_steps": 0})) as assay:
         assert assay._reading_scale(green, cells, 0.95) == 0.95
+
+
+def test_a_10x_field_searches_its_crop_scale_once_per_still_view(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline hands a field's scale back with the next frames of its still view; the
+    crop scale found on the first is reused, not searched again."""
+    field = generate_hep2_field(Hep2FieldSpec(seed=72_330, width=640, height=480,
+                                              um_per_px=0.95,
+                                              patterns=(("nucleolar_clumpy", 1.0),)))
+    frame = Frame(image=field.image, seq=1, timestamp=0.0, source="f", um_per_px=0.95)
+    with Hep2Assay.from_config(with_overrides(Config(), {"assay": "hep2"})) as assay:
+        first = assay.prepare(frame)
+        assert isinstance(first.scale, Hep2Scale) and first.scale.crop_um_per_px is not None
+
+        def searched_again(*_: object) -> float:
+            raise AssertionError("the crop scale was searched again")
+
+        monkeypatch.setattr(assay, "_reading_scale", searched_again)
+        second = assay.prepare(frame, first.scale)
+    assert second.scale == first.scale
+    assert first.crops is not None and second.crops is not None
+    assert np.array_equal(first.crops, second.crops)

@@ -28,6 +28,7 @@ from appliance.assays.hep2.quality import QualityIssue, measure_hep2_quality, qu
 from appliance.assays.hep2.scale import (
     PROVISIONAL_UM_PER_PX,
     SEARCH_MIN_CELLS,
+    Hep2Scale,
     best_scale,
     candidate_scales,
     central_cells,
@@ -167,8 +168,8 @@ class Hep2Assay(AssayShell[Hep2Result]):
                 return late
         warnings = [i.reason for i in issues if not i.fatal]
         cells = segment_cells(green, found.um_per_px, cfg)
-        crop_um = (found.um_per_px if found.source == "estimated"  # already the surest
-                   else self._reading_scale(green, cells, found.um_per_px))
+        crop_um = self._crop_scale(green, cells, found)
+        found = Hep2Scale(found.um_per_px, found.source, found.warnings, crop_um)
         crops, ids = crops_for(green, cells.labels, crop_um, cfg)
         bright = brightness_mod.cell_brightness(green, cells.labels, cells.background_map)
         field_grey = (brightness_mod.field_brightness(green, cells.background_map)
@@ -307,6 +308,15 @@ class Hep2Assay(AssayShell[Hep2Result]):
         if best is None:
             return size
         return ScaleInfo(best, "estimated", (estimate_warning(best), *size.warnings[1:]))
+
+    def _crop_scale(self, green: np.ndarray, cells: Hep2Cells, found: ScaleInfo) -> float:
+        """The scale to cut the crops at: the one found earlier in this still view, the
+        estimate (already the classifier's surest), or a declared scale's reading scale."""
+        if isinstance(found, Hep2Scale) and found.crop_um_per_px is not None:
+            return found.crop_um_per_px
+        if found.source == "estimated":
+            return found.um_per_px
+        return self._reading_scale(green, cells, found.um_per_px)
 
     def _reading_scale(self, green: np.ndarray, cells: Hep2Cells, um_per_px: float) -> float:
         """The scale to cut a declared field's crops at: the declared one, except on a

@@ -24,6 +24,8 @@ this and is still the right set-up.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -115,6 +117,16 @@ def estimate_scale(green: np.ndarray, cfg: Hep2CellsConfig) -> ScaleInfo:
 
 
 # ------------------------------------------------------------------ the classifier's check
+
+
+@dataclass(frozen=True)
+class Hep2Scale(ScaleInfo):
+    """A field's scale, and the scale its crops were cut at where that differs (a declared
+    10x field: ``Hep2Assay._reading_scale``). The pipeline keeps a field's scale for its
+    still view and hands it back with the next frames, so that search runs once per view,
+    as the estimate does."""
+
+    crop_um_per_px: float | None = None
 
 # Candidates a quarter of an octave apart (19%): finer than the estimate's typical error,
 # coarse enough that a few cover it.
