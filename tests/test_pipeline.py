@@ -284,3 +284,23 @@ def test_a_failing_display_never_stops_the_scoring(
     assert len(stored(tmp_path / "results.sqlite")) == 4
     assert pipeline.snapshot().frames_dropped.get("display_error", 0) > 1
     assert sum("HDMI output gone" in r.getMessage() for r in caplog.records) == 1  # once
+
+
+def test_a_held_view_refused_before_its_scale_is_known_stays_refused_for_its_reason(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A brightfield slide under the HEp-2 assay is refused as the wrong stain before any
+    scale is estimated. Before, the pipeline kept that refusal's empty scale for the still
+    view, and every later frame of the view failed as an internal error."""
+    from appliance.assays.hep2.assay import Hep2Assay
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    write_rgb(folder / "brightfield.png",
+              generate_field(FieldSpec(seed=990_100, target_score="3+")).image)
+    cfg = config(tmp_path, **{"source.uri": f"replay:{folder}", "assay": "hep2"})
+    with Hep2Assay.from_config(cfg) as hep2:
+        pipeline = run_pipeline(cfg, hep2, lambda: open_source(cfg.source, cfg.input))
+    assert pipeline.snapshot().frames_analysed > 1  # the view was analysed again
+    assert pipeline.latest_reason_code() == "wrong_stain"
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert [s for _, _, s in stored(tmp_path / "results.sqlite")] == ["not_scorable"]

@@ -261,7 +261,9 @@ class Pipeline:
         if isinstance(prepared, RESULT_TYPES):
             job.result = prepared
             return
-        if hint is None and prepared.scale.source != "assumed":
+        # A refused field's scale is kept for nothing: it may be no scale at all (a HEp-2
+        # field is refused before its scale is estimated) or one read off a bad picture.
+        if hint is None and prepared.refusal is None and prepared.scale.source != "assumed":
             self._scale_memo = (still_id, prepared.scale)
         if prepared.refusal is not None:
             job.result = prepared.refusal
