@@ -343,7 +343,8 @@ class Hep2CellsConfig:
     )
     scale_search_prior: float = _f(
         0.02, "Fit (mean top probability) a candidate scale loses per octave away from the "
-        "size estimate in that search", lo=0, hi=1,
+        "size estimate in that search (in the 10x crop search: from the declared scale)",
+        lo=0, hi=1,
     )
 
 

@@ -278,7 +278,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      "hep2.cells.orientations": args.orientations})
     assays = {p: Hep2Assay.from_config(with_overrides(base, {"inference.precision": p}))
               for p in PRECISIONS}
-    scale_assays = {"declared": assays["int8"]}
+    extra: list[Hep2Assay] = []  # opened for the scale tables; closed with the others
+
+    def opened(cfg: Config) -> Hep2Assay:
+        extra.append(Hep2Assay.from_config(cfg))
+        return extra[-1]
+
     try:
         sets = {f"{w}x{h}": bench_field_set(args.fields, w, h) for w, h in SIZES}
         batch = crop_batch(assays["int8"], sets["800x600"], args.batch)
@@ -294,20 +299,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "assay": {label: time_assay(assays, fields, label) for label, fields in sets.items()},
         }
         int8 = with_overrides(base, {"inference.precision": "int8"})
-        scale_assays["size estimate"] = Hep2Assay.from_config(
-            with_overrides(int8, {"hep2.cells.scale_search_steps": 0}))
-        scale_assays["size + classifier"] = Hep2Assay.from_config(int8)
+        scale_assays = {
+            "declared": assays["int8"],
+            "size estimate": opened(with_overrides(int8, {"hep2.cells.scale_search_steps": 0})),
+            "size + classifier": opened(int8)}
         report["scale_modes"] = time_scale_modes(scale_assays, sets["800x600"],
                                                  frozenset({"declared"}))
         # At 10x a declared scale's crops are searched too (hep2.cells.crop_search_steps).
         coarse = {"declared 10x": assays["int8"], "10x, crops not searched":
-                  Hep2Assay.from_config(with_overrides(int8, {"hep2.cells.crop_search_steps": 0}))}
-        scale_assays["10x, crops not searched"] = coarse["10x, crops not searched"]
+                  opened(with_overrides(int8, {"hep2.cells.crop_search_steps": 0}))}
         report["coarse_modes"] = time_scale_modes(
             coarse, bench_field_set(args.fields, 800, 600, um_per_px=COARSE_UM_PER_PX),
             frozenset(coarse))
     finally:
-        for a in (*assays.values(), *list(scale_assays.values())[1:]):
+        for a in (*assays.values(), *extra):
             a.close()
     return report
 

@@ -178,10 +178,9 @@ def smoothed(values: list[float | None]) -> list[float | None]:
         if v is None:
             out.append(None)
             continue
-        near = [(w, values[j]) for j, w in ((i - 1, 1.0), (i, 2.0), (i + 1, 1.0))
-                if 0 <= j < len(values) and values[j] is not None]
-        out.append(sum(w * float(x) for w, x in near if x is not None)
-                   / sum(w for w, _ in near))
+        near = [(w, x) for j, w in ((i - 1, 1.0), (i, 2.0), (i + 1, 1.0))
+                if 0 <= j < len(values) and (x := values[j]) is not None]
+        out.append(sum(w * x for w, x in near) / sum(w for w, _ in near))
     return out
 
 
