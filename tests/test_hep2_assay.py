@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import jsonschema
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -84,6 +85,17 @@ def test_a_her2_brightfield_field_is_refused_as_the_wrong_stain(assay: Hep2Assay
     assert "brightfield" in doc["reason"]
 
 
+def test_a_monochrome_camera_field_scores_as_its_colour_twin(assay: Hep2Assay) -> None:
+    image = field("centromere", seed=71_001)
+    grey = np.ascontiguousarray(np.repeat(image[..., 1:2], 3, axis=2))
+    colour, mono = score(assay, image), score(assay, grey)
+    assert mono["status"] == "scored", mono["reason"]
+    assert [p["icap"] for p in mono["patterns"]] == [p["icap"] for p in colour["patterns"]]
+    assert mono["intensity"] == colour["intensity"]
+    assert any(w.startswith("monochrome image") for w in mono["warnings"])
+    assert not any(w.startswith("monochrome image") for w in colour["warnings"])
+
+
 def test_the_overlay_draws_the_call(assay: Hep2Assay) -> None:
     image = field("homogeneous", seed=71_004)
     result = assay.score(Frame(image=image, seq=1, timestamp=0.0, source="f", um_per_px=0.5))
@@ -93,7 +105,10 @@ def test_the_overlay_draws_the_call(assay: Hep2Assay) -> None:
 
 
 def test_the_cli_scores_fields_and_cells_and_refuses_bad_files(tmp_path: Path) -> None:
-    write_rgb(tmp_path / "pos.png", field("nucleolar_clumpy", seed=71_005))
+    pos = field("nucleolar_clumpy", seed=71_005)
+    write_rgb(tmp_path / "pos.png", pos)
+    # A monochrome camera's file: one grey plane.
+    assert cv2.imwrite(str(tmp_path / "grey.png"), pos[..., 1])
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     f = generate_hep2_field(Hep2FieldSpec(seed=71_006, width=640, height=480, um_per_px=0.5,
                                           patterns=(("golgi", 1.0),), intensity=120.0))
@@ -106,17 +121,18 @@ def test_the_cli_scores_fields_and_cells_and_refuses_bad_files(tmp_path: Path) -
     proc = subprocess.run(
         [sys.executable, "-m", "appliance", "score", "--assay", "hep2", "--json",
          "--store", str(store), "--overlay-dir", str(tmp_path / "ov"),
-         str(tmp_path / "pos.png"), str(tmp_path / "broken.png")],
+         str(tmp_path / "pos.png"), str(tmp_path / "broken.png"), str(tmp_path / "grey.png")],
         capture_output=True, text=True, env=env, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     docs = [json.loads(line) for line in proc.stdout.splitlines()]
     for doc in docs:
         VALIDATOR.validate(doc)
     assert docs[0]["status"] == "scored" and docs[1]["reason_code"] == "corrupt_image"
+    assert docs[2]["status"] == "scored" and docs[2]["patterns"] == docs[0]["patterns"]
     with ResultStore(store) as s:
         rows = s.recent(5)
-    assert {r["assay"] for r in rows} == {"hep2"} and len(rows) == 2
-    assert len(list((tmp_path / "ov").glob("*.png"))) == 1
+    assert {r["assay"] for r in rows} == {"hep2"} and len(rows) == 3
+    assert len(list((tmp_path / "ov").glob("*.png"))) == 2
     cells = subprocess.run(
         [sys.executable, "-m", "appliance", "score", "--assay", "hep2", "--cell", "--json",
          str(tmp_path / "cell.png")], capture_output=True, text=True, env=env, timeout=120,

@@ -74,6 +74,33 @@ def test_red_fluorescence_is_refused_green_is_not() -> None:
     assert _codes(tritc) == {"wrong_stain": True}
 
 
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    """What a monochrome camera (or a grey-scale file) gives: one grey in all channels."""
+    g = rgb[..., 1]
+    return np.ascontiguousarray(np.stack([g, g, g], axis=-1))
+
+
+def test_a_monochrome_camera_field_is_not_the_wrong_stain_but_says_so() -> None:
+    q = measure_hep2_quality(_grey(_fitc_field(2)), UM_PER_PX, CELLS)
+    assert q.monochrome
+    issues = quality_issues(q)
+    assert [(i.code, i.fatal) for i in issues] == [("monochrome", False)]
+    assert "filter cube" in issues[0].reason
+    # A colour camera's own sensor noise keeps its channels apart.
+    assert not measure_hep2_quality(_fitc_field(2), UM_PER_PX, CELLS).monochrome
+
+
+def test_a_monochrome_field_still_meets_the_other_gates() -> None:
+    blurred = measure_hep2_quality(_grey(_fitc_field(5, 80.0, blur_um=2.0)), UM_PER_PX, CELLS)
+    codes = {i.code: i.fatal for i in quality_issues(blurred)}
+    assert codes == {"monochrome": False, "out_of_focus": True}
+    # Brightfield light is brightfield in grey too.
+    her2 = generate_field(FieldSpec(seed=11))
+    issues = quality_issues(measure_hep2_quality(_grey(her2.image), her2.um_per_px, CELLS))
+    assert [(i.code, i.fatal) for i in issues] == [("wrong_stain", True)]
+    assert "brightfield" in issues[0].reason
+
+
 def test_negative_and_blank_wells_are_not_quality_failures() -> None:
     # A blank well on a black background: no colour to judge, at most a warning.
     blank = _fitc_field(3, level=0.0)

@@ -12,6 +12,9 @@ Why each measure is built the way it is:
   rises above each channel's background, over the brightest pixels, so the red and blue
   sensor noise and autofluorescence of a dark field do not count. A field with no signal
   above the noise (a negative or empty well) has no colour to judge and is not refused.
+  A monochrome camera (the same grey in all three channels, as a grey-scale file or a mono
+  sensor is read) has no colour at all: only the brightfield test applies, and a warning
+  says that the fluorochrome was not checked.
 * Over-exposure: clipped green pixels as a share of the cell pixels, not of the field: the
   intensity reads the brightest 5 % of each cell, so clipping of a few percent of the cells'
   pixels already flattens it, however much dark background surrounds them.
@@ -48,6 +51,10 @@ MIN_GREEN_SHARE = 0.5
 # brightest channel): a negative well's faint autofluorescence reads below it.
 _COLOUR_MIN_GREY = 15.0
 _COLOUR_TOP_SHARE = 0.02  # the brightest 2 % of the field's excess light carry its colour
+# Monochrome: red and blue within this many grey levels of green (a grey JPEG's rounding)
+# at all but this share of the pixels. A colour camera's sensor noise alone breaks it.
+_MONOCHROME_GREY = 2
+_MONOCHROME_OUTLIERS = 0.001
 CLIPPED_GREY = 250
 # Share of the cell pixels clipped in green. Patterns stay readable in a bright field,
 # so clipping is a warning (the intensity reads low) until most of the cells are white.
@@ -77,6 +84,7 @@ class Hep2Quality:
     focus: float  # sharpness ratio, ~1 blurred .. 2-4 sharp; 0 = not measurable
     cell_fraction: float  # share of the field the foreground covers
     light: float = 0.0  # brightest 2 %: mean excess grey of the brightest channel
+    monochrome: bool = False  # the three channels are one grey: the colour says nothing
 
 
 def measure_hep2_quality(rgb: np.ndarray, um_per_px: float,
@@ -98,7 +106,16 @@ def measure_hep2_quality(rgb: np.ndarray, um_per_px: float,
         focus=_focus(green, mask, um_per_px) if measurable else 0.0,
         cell_fraction=float(mask.mean()),
         light=_top_light(rgb)[1],
+        monochrome=is_monochrome(rgb),
     )
+
+
+def is_monochrome(rgb: np.ndarray) -> bool:
+    """True when red and blue repeat green (a monochrome camera, a grey-scale file)."""
+    g = rgb[..., 1]
+    differ = (cv2.absdiff(rgb[..., 0], g) > _MONOCHROME_GREY) | \
+        (cv2.absdiff(rgb[..., 2], g) > _MONOCHROME_GREY)
+    return int(np.count_nonzero(differ)) <= _MONOCHROME_OUTLIERS * g.size
 
 
 def green_share(rgb: np.ndarray) -> float:
@@ -135,14 +152,15 @@ def quality_issues(q: Hep2Quality, *, min_focus: float = MIN_FOCUS,
     A wrong stain stops everything else; no cells is not an issue (a negative specimen).
     """
     stain = _stain_issues(q)
-    if stain:
+    if any(i.fatal for i in stain):
         return stain
-    return (_over_exposure_issues(q, max_saturated) + _under_exposure_issues(q)
+    return (stain + _over_exposure_issues(q, max_saturated) + _under_exposure_issues(q)
             + _focus_issues(q, min_focus))
 
 
 def _stain_issues(q: Hep2Quality) -> list[QualityIssue]:
-    """Brightfield light or non-green signal: not a FITC immunofluorescence field."""
+    """Brightfield light or non-green signal: not a FITC immunofluorescence field (fatal).
+    A monochrome field's colour cannot be judged: a warning says so."""
     if min(q.median_rgb) > BRIGHTFIELD_MEDIAN:
         r, g, b = q.median_rgb
         return [QualityIssue(
@@ -152,6 +170,14 @@ def _stain_issues(q: Hep2Quality) -> list[QualityIssue]:
             "(transmitted-light) image, not immunofluorescence; the HEp-2 assay needs the "
             "FITC fluorescence field on a dark background",
             fatal=True,
+        )]
+    if q.monochrome:
+        return [QualityIssue(
+            "monochrome",
+            "monochrome image (the same grey in every colour channel): the fluorochrome "
+            "cannot be checked from the colour, so a field of another fluorochrome (TRITC, "
+            "DAPI) would not be refused; make sure the FITC filter cube is in",
+            fatal=False,
         )]
     # The colour of the light is judged only where there is real signal: a negative well's
     # faint autofluorescence is grey-ish and must not read as "the wrong fluorochrome".
