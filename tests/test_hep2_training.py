@@ -251,6 +251,29 @@ def test_generated_crops_are_stratified_and_seeded() -> None:
     assert np.all(centre > 0.9)
 
 
+def test_camera_looks_change_the_pictures_only_when_asked() -> None:
+    from tools.hep2_dataset import generated_crops, through_a_camera
+    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+
+    f = generate_hep2_field(Hep2FieldSpec(seed=72_500, width=240, height=180, um_per_px=0.5,
+                                          patterns=(("centromere", 1.0),), intensity=120.0))
+    rng = np.random.default_rng(3)
+    assert through_a_camera(f, rng, 0.0) is f
+    assert rng.random() == np.random.default_rng(3).random()  # no draw was taken
+    seen = [through_a_camera(f, np.random.default_rng(s), 1.0) for s in range(6)]
+    assert sum(not np.array_equal(g.image, f.image) for g in seen) >= 4
+    assert all(g.cells == f.cells and g.cell_labels is f.cell_labels for g in seen)
+    kwargs = {"classes": ("centromere",), "rng_seed": 5, "width": 240, "height": 180,
+              "um_per_px": 0.5}
+    plain = generated_crops(range(900, 930), 6, CFG, **kwargs)  # type: ignore[arg-type]
+    again = generated_crops(range(900, 930), 6, CFG, camera_share=0.0,
+                            **kwargs)  # type: ignore[arg-type]
+    looked = generated_crops(range(900, 930), 6, CFG, camera_share=1.0,
+                             **kwargs)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(plain.crops, again.crops)
+    assert len(looked) == 6 and not np.array_equal(plain.crops, looked.crops)
+
+
 def test_compound_crops_carry_both_patterns_of_different_regions() -> None:
     from tools.hep2_dataset import compound_crops, compound_pairs
     from tools.synth.hep2_fields import region_of

@@ -40,7 +40,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,6 +78,8 @@ MIXED_PAIRS: tuple[tuple[str, str], ...] = (
     ("cyto_fibrillar", "golgi"),
 )
 NOT_SCORABLE = "not_scorable"
+# A change made to a generated picture before it is scored: (RGB, true µm/px) -> RGB.
+Look = Callable[[np.ndarray, float], np.ndarray]
 SPECIMEN_LABELS = (*NAMES, NOT_SCORABLE)  # columns of the specimen confusion
 DEFAULT_SPECIMENS = 10
 QUICK_SPECIMENS = 1
@@ -421,18 +423,24 @@ def target_results(cells: Mapping[str, object], specimens: Mapping[str, object]
 
 
 def score_generated(assay: Hep2Assay, spec: Hep2FieldSpec, seq: int, *,
-                    estimate_scale: bool = False
+                    estimate_scale: bool = False, look: Look | None = None,
+                    declared_factor: float = 1.0
                     ) -> tuple[Hep2Field, Hep2Cells | None, Hep2Result, float]:
     """Generate one field and score it with its scale declared (or, with
     ``estimate_scale``, left for the box to estimate): (truth, segmentation or None when
     refused, result, milliseconds of scoring).
 
+    ``look`` changes the picture before it is scored (the camera or microscope differing
+    from the generator's; tools/stress_hep2.py); the truth stays the drawn one.
+    ``declared_factor``: the scale declared is the true one times this (a wrong objective).
+
     The steps (prepare / infer / finish) are run one by one to keep the segmentation's
     label image, which the cell matching needs; the result is the same as ``score``'s.
     """
     truth = generate_hep2_field(spec)
-    frame = Frame(image=truth.image, seq=seq, timestamp=0.0, source=f"seed{spec.seed}",
-                  um_per_px=None if estimate_scale else truth.um_per_px)
+    image = truth.image if look is None else look(truth.image, truth.um_per_px)
+    frame = Frame(image=image, seq=seq, timestamp=0.0, source=f"seed{spec.seed}",
+                  um_per_px=None if estimate_scale else truth.um_per_px * declared_factor)
     t0 = time.perf_counter()
     prepared = assay.prepare(frame)
     if prepared.refusal is not None:
@@ -443,11 +451,13 @@ def score_generated(assay: Hep2Assay, spec: Hep2FieldSpec, seq: int, *,
 
 
 def score_specimen(assay: Hep2Assay, case: SpecimenCase, seq: int, tally: CellTally,
-                   levels: Hep2IntensityConfig, *, estimate_scale: bool = False
+                   levels: Hep2IntensityConfig, *, estimate_scale: bool = False,
+                   look: Look | None = None, declared_factor: float = 1.0
                    ) -> SpecimenOutcome:
     """Generate, score and compare one specimen; its cells go into ``tally``."""
     truth, cells, result, ms = score_generated(assay, case.spec, seq,
-                                               estimate_scale=estimate_scale)
+                                               estimate_scale=estimate_scale, look=look,
+                                               declared_factor=declared_factor)
     if case.kind != "mixed" and cells is not None:
         add_cells(tally, truth, cells, result)
     return SpecimenOutcome(
@@ -472,12 +482,15 @@ def truth_shares(result: Hep2Result, names: Sequence[str]) -> tuple[float, ...]:
 
 
 def evaluate(assay: Hep2Assay, cases: Sequence[SpecimenCase], *, progress: bool = False,
-             estimate_scale: bool = False) -> tuple[list[SpecimenOutcome], CellTally]:
-    """Score every case; the outcomes and the cell tally."""
+             estimate_scale: bool = False, look: Look | None = None,
+             declared_factor: float = 1.0, desc: str = "specimens"
+             ) -> tuple[list[SpecimenOutcome], CellTally]:
+    """Score every case (see :func:`score_generated`); the outcomes and the cell tally."""
     tally = CellTally()
     levels = assay.cfg.hep2.intensity
-    outcomes = [score_specimen(assay, case, i, tally, levels, estimate_scale=estimate_scale)
-                for i, case in enumerate(tqdm(cases, desc="specimens", disable=not progress))]
+    outcomes = [score_specimen(assay, case, i, tally, levels, estimate_scale=estimate_scale,
+                               look=look, declared_factor=declared_factor)
+                for i, case in enumerate(tqdm(cases, desc=desc, disable=not progress))]
     return outcomes, tally
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +253,7 @@ def field_cell_crops(field: Any, cfg: Hep2CellsConfig, rng: np.random.Generator,
 def generated_crops(seeds: Iterable[int], per_class: int, cfg: Hep2CellsConfig, *,
                     classes: tuple[str, ...] = NAMES, rng_seed: int = 0,
                     max_per_field: int = 40, segmented_share: float = 0.0,
-                    scale_error: float = 1.0,
+                    scale_error: float = 1.0, camera_share: float = 0.0,
                     progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
                     **spec_overrides: Any) -> CropSet:
     """Up to ``per_class`` crops of each class from generated one-pattern fields.
@@ -265,8 +265,9 @@ def generated_crops(seeds: Iterable[int], per_class: int, cfg: Hep2CellsConfig, 
     ``segmented_share`` of the fields are cut as the assay's segmentation finds them
     (see :func:`field_cell_crops`). ``scale_error`` > 1: half the fields are cut at a
     wrong scale, off by a factor drawn log-uniform up to ``scale_error`` either way, as an
-    estimated scale would be (:func:`drawn_scale_error`). ``spec_overrides`` go to
-    Hep2FieldSpec (e.g. width, mitotic_fraction).
+    estimated scale would be (:func:`drawn_scale_error`). ``camera_share`` of the fields
+    are seen through a randomly drawn real camera first (:func:`through_a_camera`).
+    ``spec_overrides`` go to Hep2FieldSpec (e.g. width, mitotic_fraction).
     """
     from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 
@@ -284,8 +285,8 @@ def generated_crops(seeds: Iterable[int], per_class: int, cfg: Hep2CellsConfig, 
         spec = Hep2FieldSpec(seed=seed_list[i], patterns=((name, 1.0),),
                              **spec_overrides)
         segmented = segmented_share > 0 and rng.random() < segmented_share
-        got = field_cell_crops(generate_hep2_field(spec), cfg, rng, classes=(name,),
-                               segmented=segmented,
+        field = through_a_camera(generate_hep2_field(spec), rng, camera_share)
+        got = field_cell_crops(field, cfg, rng, classes=(name,), segmented=segmented,
                                scale_error=drawn_scale_error(rng, scale_error))
         take = min(len(got), per_class - counts[name], max_per_field)
         counts[name] += take
@@ -305,6 +306,18 @@ def drawn_scale_error(rng: np.random.Generator, largest: float) -> float:
     return float(np.exp(rng.uniform(-np.log(largest), np.log(largest))))
 
 
+def through_a_camera(field: Any, rng: np.random.Generator, share: float) -> Any:
+    """``field`` with its picture as a randomly drawn real camera would give it
+    (tools/synth/camera_looks.py: colour mosaic or monochrome, read noise, tone curve,
+    MJPG), for ``share`` of the fields; the truth is unchanged. ``share`` 0 draws nothing,
+    so the crops (and caches) of a run without it stay what they were."""
+    from tools.synth.camera_looks import random_camera
+
+    if share <= 0 or rng.random() >= share:
+        return field
+    return replace(field, image=random_camera(field.image, rng)[0])
+
+
 def compound_pairs(classes: tuple[str, ...] = NAMES) -> list[tuple[str, str]]:
     """Every pair of staining classes of different cell regions (they can share a cell)."""
     from tools.synth.hep2_fields import region_of
@@ -317,6 +330,7 @@ def compound_pairs(classes: tuple[str, ...] = NAMES) -> list[tuple[str, str]]:
 def compound_crops(seeds: Iterable[int], count: int, cfg: Hep2CellsConfig, *,
                    rng_seed: int = 0, max_per_field: int = COMPOUND_PER_FIELD,
                    segmented_share: float = 0.0, scale_error: float = 1.0,
+                   camera_share: float = 0.0,
                    progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
                    **spec_overrides: Any) -> CropSet:
     """About ``count`` crops of compound cells: two patterns of different regions in one cell.
@@ -325,6 +339,7 @@ def compound_crops(seeds: Iterable[int], count: int, cfg: Hep2CellsConfig, *,
     every cell (``combined=True``), so the classifier learns that a cell can show, say,
     AC-3 in its nucleus and AC-22 in its cytoplasm, and gives both their probability.
     At most ``max_per_field`` cells per field, so every pair is seen at many looks.
+    ``camera_share``: as in :func:`generated_crops`.
     """
     from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 
@@ -341,8 +356,8 @@ def compound_crops(seeds: Iterable[int], count: int, cfg: Hep2CellsConfig, *,
         spec = Hep2FieldSpec(seed=seed_list[i], patterns=((a, 0.5), (b, 0.5)), combined=True,
                              **spec_overrides)
         segmented = segmented_share > 0 and rng.random() < segmented_share
-        got = field_cell_crops(generate_hep2_field(spec), cfg, rng, compound=True,
-                               segmented=segmented,
+        field = through_a_camera(generate_hep2_field(spec), rng, camera_share)
+        got = field_cell_crops(field, cfg, rng, compound=True, segmented=segmented,
                                scale_error=drawn_scale_error(rng, scale_error))
         take = min(len(got), count - have, max_per_field)
         have += take

@@ -649,22 +649,25 @@ def _cache_path(args: argparse.Namespace, kind: str, seeds: range, per_class: in
 def _generated(args: argparse.Namespace, cfg: Hep2CellsConfig, kind: str, seeds: range,
                per_class: int, rng_seed: int, max_per_field: int = 40,
                segmented_share: float = 0.0, scale_error: float = 1.0,
-               **overrides: Any) -> CropSet:
+               camera_share: float = 0.0, **overrides: Any) -> CropSet:
     """Generated crops, read from / written to the --cache folder when one is given."""
     extra: dict[str, object] = {"g": segmented_share} if segmented_share else {}
     if scale_error > 1.0:
         extra["e"] = scale_error
+    if camera_share > 0:
+        extra["c"] = camera_share
     path = _cache_path(args, kind, seeds, per_class, rng_seed, f=max_per_field, **extra,
                        **overrides)
     return cached(path, lambda: generated_crops(
         seeds, per_class, cfg, rng_seed=rng_seed, max_per_field=max_per_field,
-        segmented_share=segmented_share, scale_error=scale_error,
+        segmented_share=segmented_share, scale_error=scale_error, camera_share=camera_share,
         progress=lambda r: tqdm(r, desc=f"{kind} fields"), **overrides))
 
 
 def _compound(args: argparse.Namespace, cfg: Hep2CellsConfig, kind: str, seeds: range,
               count: int, rng_seed: int, segmented_share: float = 0.0,
-              every_pair: bool = False, scale_error: float = 1.0) -> CropSet:
+              every_pair: bool = False, scale_error: float = 1.0,
+              camera_share: float = 0.0) -> CropSet:
     """Compound-cell crops, cached like :func:`_generated`. ``every_pair``: few enough
     cells per field that ``count`` crops take every pair of regions (a held-out set)."""
     if count <= 0:
@@ -676,10 +679,12 @@ def _compound(args: argparse.Namespace, cfg: Hep2CellsConfig, kind: str, seeds: 
         extra["p"] = per_field
     if scale_error > 1.0:
         extra["e"] = scale_error
+    if camera_share > 0:
+        extra["c"] = camera_share
     path = _cache_path(args, kind, seeds, count, rng_seed, **extra)
     return cached(path, lambda: compound_crops(
         seeds, count, cfg, rng_seed=rng_seed, segmented_share=segmented_share,
-        scale_error=scale_error, max_per_field=per_field,
+        scale_error=scale_error, camera_share=camera_share, max_per_field=per_field,
         progress=lambda r: tqdm(r, desc=f"{kind} fields")))
 
 
@@ -687,9 +692,11 @@ def _training_data(args: argparse.Namespace, cfg: Hep2CellsConfig) -> CropSet:
     # More metaphases than a real well holds, so the mitosis head sees enough of them.
     sets = [_generated(args, cfg, "train", TRAIN_SEEDS, args.per_class, args.seed,
                        segmented_share=args.segmented_share, scale_error=args.scale_error,
+                       camera_share=args.camera_looks,
                        mitotic_fraction=TRAIN_MITOTIC_FRACTION),
             _compound(args, cfg, "compound", COMPOUND_SEEDS, args.compound, args.seed,
-                      segmented_share=args.segmented_share, scale_error=args.scale_error)]
+                      segmented_share=args.segmented_share, scale_error=args.scale_error,
+                      camera_share=args.camera_looks)]
     if args.cells_dir:
         sets.append(folder_crops(Path(args.cells_dir), cfg, args.cells_um_per_px))
     if args.fields_csv:
@@ -720,6 +727,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             raise ValueError(f"{flag} {value}: the scale must be a positive number")
     if not (args.scale_error >= 1.0 and math.isfinite(args.scale_error)):
         raise ValueError(f"--scale-error {args.scale_error}: a factor of 1 (none) or more")
+    if not 0.0 <= args.camera_looks <= 1.0:
+        raise ValueError(f"--camera-looks {args.camera_looks}: a share of the fields, 0..1")
     if args.head_only and not args.init:
         raise ValueError("--head-only keeps the weights of --init: give --init")
     t0 = time.time()
@@ -780,6 +789,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 f"one cell, every such pair, seeds from {COMPOUND_SEEDS.start}) taught as "
                 f"{COMPOUND_SPLIT:g} / {1 - COMPOUND_SPLIT:g}",
         "scale_error": args.scale_error,
+        "camera_looks": args.camera_looks,
         "lab_cells_dir": args.cells_dir, "lab_cells_um_per_px": args.cells_um_per_px,
         "lab_fields_csv": args.fields_csv, "lab_fields_um_per_px": args.fields_um_per_px,
         "train_crops": len(train), "per_class": args.per_class,
@@ -810,7 +820,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                                        ("label-smoothing", args.label_smoothing))
             + ((("init", args.init),) if args.init else ())
             + ((("region-loss", args.region_loss),) if args.region_loss > 0 else ())
-            + ((("scale-error", args.scale_error),) if args.scale_error > 1.0 else ()))
+            + ((("scale-error", args.scale_error),) if args.scale_error > 1.0 else ())
+            + ((("camera-looks", args.camera_looks),) if args.camera_looks > 0 else ()))
             + (" --bf16" if bf16_trunk else "")
             + (" --head-only" if args.head_only else ""),
         "augmentation": "rot90, flip, gamma 0.8..1.25 on the signal",
@@ -875,6 +886,12 @@ def main() -> None:
                          "up to this factor either way (log-uniform), as an estimated "
                          "scale would be, so the classifier holds when the objective is "
                          "not declared (held-out crops stay exact)")
+    ap.add_argument("--camera-looks", type=float, default=0.0,
+                    help="share of the generated training fields (one-pattern and compound) "
+                         "seen through a randomly drawn real camera first: colour mosaic or "
+                         "monochrome, read noise, tone curve, MJPG (tools/synth/"
+                         "camera_looks.py; python -m tools.stress_hep2 measures each). "
+                         "Held-out and calibration crops stay as drawn")
     ap.add_argument("--cells-dir", default="", help="a lab's DIR/<class>/*.png cell crops")
     ap.add_argument("--cells-um-per-px", type=float, default=None,
                     help="the scale of the --cells-dir images (µm per pixel): they are then "

@@ -1,0 +1,106 @@
+"""What real eyepiece cameras do to a picture that the HEp-2 field generator does not draw.
+
+The generator (hep2_fields.py) draws a linear colour camera that records every colour at
+every pixel, with little read noise, and JPEG only at quality 82-98 with full-resolution
+chroma. Real cameras differ, and each function here changes a drawn (H, W, 3) uint8 RGB
+picture the way one difference would. tools/stress_hep2.py scores held-out specimens under
+each at a fixed strength; :func:`random_camera` draws a mix of them for training crops
+(tools/hep2_dataset.py, ``camera_share``), so a classifier can learn to ignore them.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def monochrome(rgb: np.ndarray) -> np.ndarray:
+    """A monochrome camera: its one grey (here the green) in all three channels."""
+    return np.ascontiguousarray(np.repeat(rgb[..., 1:2], 3, axis=2))
+
+
+def colour_mosaic(rgb: np.ndarray) -> np.ndarray:
+    """A colour sensor's RGGB mosaic (one colour per pixel: green at half of them, red and
+    blue at a quarter), then OpenCV's bilinear demosaic, as a cheap colour camera gives."""
+    mosaic = np.empty(rgb.shape[:2], np.uint8)
+    mosaic[0::2, 0::2] = rgb[0::2, 0::2, 0]
+    mosaic[0::2, 1::2] = rgb[0::2, 1::2, 1]
+    mosaic[1::2, 0::2] = rgb[1::2, 0::2, 1]
+    mosaic[1::2, 1::2] = rgb[1::2, 1::2, 2]
+    # OpenCV names a pattern by the second row's first two pixels: RGGB is its "BG".
+    return np.ascontiguousarray(cv2.demosaicing(mosaic, cv2.COLOR_BayerBG2RGB))
+
+
+def tone_curve(rgb: np.ndarray, gamma: float) -> np.ndarray:
+    """A display tone curve, grey ** (1 / gamma), instead of a linear response (1: none)."""
+    if not gamma > 0:
+        raise ValueError(f"gamma must be positive, got {gamma}")
+    lut = np.clip(np.round(255.0 * (np.arange(256) / 255.0) ** (1.0 / gamma)), 0, 255)
+    return np.ascontiguousarray(cv2.LUT(rgb, lut.astype(np.uint8)))
+
+
+def mjpg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """A JPEG round trip with 4:2:0 chroma (half the colour resolution each way), as USB
+    cameras send MJPG."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality),
+              cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+    if decoded is None:
+        raise RuntimeError("OpenCV could not encode and decode a JPEG")
+    return np.ascontiguousarray(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB))
+
+
+def read_noise(rgb: np.ndarray, sigma_grey: float, rng: np.random.Generator) -> np.ndarray:
+    """More sensor read noise (Gaussian, ``sigma_grey`` grey levels), as at a high gain."""
+    out = rgb.astype(np.float32) + rng.normal(0.0, sigma_grey, rgb.shape).astype(np.float32)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def defocus(rgb: np.ndarray, um_per_px: float, blur_um: float) -> np.ndarray:
+    """A Gaussian blur of ``blur_um`` micrometres more (a field a little off focus)."""
+    blurred = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), blur_um / um_per_px)
+    return np.clip(np.round(blurred), 0, 255).astype(np.uint8)
+
+
+def vignetting(rgb: np.ndarray, corner_light: float) -> np.ndarray:
+    """Light falling smoothly (quadratically in the radius) from the centre to
+    ``corner_light`` of it at the corners."""
+    h, w = rgb.shape[:2]
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    half_w, half_h = max((w - 1) / 2, 0.5), max((h - 1) / 2, 0.5)
+    r2 = ((x - half_w) ** 2 + (y - half_h) ** 2) / (half_w**2 + half_h**2)
+    out = rgb.astype(np.float32) * (1.0 - (1.0 - corner_light) * r2)[..., None]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+# How often random_camera applies each difference, and how strongly. Wider than the stress
+# tool's fixed looks on purpose: a camera is all of these at once, each to its own degree.
+MOSAIC_SHARE = 0.5
+MONOCHROME_SHARE = 0.15  # of the cameras without a mosaic
+TONE_SHARE, TONE_GAMMA = 0.35, (1.3, 2.4)
+NOISE_SHARE, NOISE_GREY = 0.5, (1.0, 6.0)
+MJPG_SHARE, MJPG_QUALITY = 0.35, (60, 95)
+
+
+def random_camera(rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """``rgb`` as one randomly drawn real camera would give it, and what was drawn.
+
+    In the order a camera works: the sensor (a colour mosaic, or monochrome), its read
+    noise, the tone curve, then MJPG compression. Each part is drawn on its own share.
+    """
+    out, parts = rgb, list[str]()
+    if rng.random() < MOSAIC_SHARE:
+        out, parts = colour_mosaic(out), [*parts, "mosaic"]
+    elif rng.random() < MONOCHROME_SHARE:
+        out, parts = monochrome(out), [*parts, "monochrome"]
+    if rng.random() < NOISE_SHARE:
+        sigma = float(rng.uniform(*NOISE_GREY))
+        out, parts = read_noise(out, sigma, rng), [*parts, f"noise {sigma:.1f}"]
+    if rng.random() < TONE_SHARE:
+        gamma = float(rng.uniform(*TONE_GAMMA))
+        out, parts = tone_curve(out, gamma), [*parts, f"gamma {gamma:.2f}"]
+    if rng.random() < MJPG_SHARE:
+        quality = int(rng.integers(MJPG_QUALITY[0], MJPG_QUALITY[1] + 1))
+        out, parts = mjpg(out, quality), [*parts, f"mjpg q{quality}"]
+    return out, ", ".join(parts) or "as drawn"
