@@ -65,8 +65,10 @@ class SourceConfig:
                     hi=10000)
     height: int = _f(0, "Requested camera height in pixels; 0 = the driver's default", lo=0,
                      hi=10000)
-    fourcc: str = _f("MJPG", "v4l2 pixel format requested from a USB camera",
-                     choices=("MJPG", "YUYV", "any"))
+    fourcc: str = _f("MJPG", "v4l2 pixel format requested from a USB camera: MJPG (JPEG, "
+                     "the most frames over USB 2) or YUYV (uncompressed: use it for HEp-2, "
+                     "whose fine speckles and dots JPEG blurs; every HEp-2 result from MJPG "
+                     "frames says so)", choices=("MJPG", "YUYV", "any"))
     read_timeout_s: float = _f(
         2.0, "A camera that delivers no frame for this long is in fault and is reopened",
         lo=0.1, hi=60,

@@ -96,6 +96,17 @@ def test_a_monochrome_camera_field_scores_as_its_colour_twin(assay: Hep2Assay) -
     assert not any(w.startswith("monochrome image") for w in colour["warnings"])
 
 
+def test_results_from_mjpg_frames_say_the_frames_were_compressed(assay: Hep2Assay) -> None:
+    image = field("homogeneous", seed=71_004)
+    said = {}
+    for fmt in ("MJPG", "YUYV", "file"):
+        result = assay.score(Frame(image=image, seq=1, timestamp=0.0, source="cam",
+                                   um_per_px=0.5, pixel_format=fmt))
+        assert result.status == "scored", result.reason
+        said[fmt] = any("JPEG-compressed frames (MJPG)" in w for w in result.warnings)
+    assert said == {"MJPG": True, "YUYV": False, "file": False}
+
+
 def test_the_overlay_draws_the_call(assay: Hep2Assay) -> None:
     image = field("homogeneous", seed=71_004)
     result = assay.score(Frame(image=image, seq=1, timestamp=0.0, source="f", um_per_px=0.5))

@@ -56,6 +56,13 @@ REGION_LOGITS = "region_logits"  # hep2-cells-v6 on: does each region of the cel
 # Cells per classifier run: bounded memory on a big field. Also the largest batch of the
 # TensorRT engine's profile (tools/build_engine.py builds it with this value).
 CLASSIFIER_BATCH = 256
+# Pixel formats that reach the box JPEG-compressed (Frame.pixel_format). Measured with
+# tools.stress_hep2: MJPG's 4:2:0 chroma and quantisation blur the fine speckles and dots
+# the classes differ by, and cost the cells many points of accuracy (docs/hep2.md).
+COMPRESSED_FORMATS = ("MJPG",)
+COMPRESSED_WARNING = ("the camera sends JPEG-compressed frames (MJPG): fine speckles and dots "
+                      "lose detail and colour, and cells are classified less accurately; set "
+                      "source.fourcc = \"YUYV\" where the camera offers it")
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
@@ -167,6 +174,8 @@ class Hep2Assay(AssayShell[Hep2Result]):
             if late is not None:
                 return late
         warnings = [i.reason for i in issues if not i.fatal]
+        if frame.pixel_format in COMPRESSED_FORMATS:
+            warnings.append(COMPRESSED_WARNING)
         cells = segment_cells(green, found.um_per_px, cfg)
         crop_um = self._crop_scale(green, cells, found)
         found = Hep2Scale(found.um_per_px, found.source, found.warnings, crop_um)
