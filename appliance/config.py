@@ -82,6 +82,11 @@ class SourceConfig:
         hi=10_000_000,
     )
     gain: float = _f(0.0, "Camera analogue gain; 0 = automatic", lo=0, hi=1000)
+    tuning_file: str = _f(
+        "", "picamera2 only: a libcamera tuning file (JSON) used instead of the sensor's own, "
+        "e.g. one whose gamma curve (rpi.contrast) is linear, as the HEp-2 intensity needs "
+        "(docs/hep2-calibration.md); empty = the sensor's default",
+    )
 
     @property
     def kind(self) -> str:

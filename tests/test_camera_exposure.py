@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -188,6 +189,17 @@ def test_factory_passes_exposure_and_gain() -> None:
     pic = open_source(SourceConfig(uri="picamera2:0", exposure_us=8_000, gain=3), InputConfig())
     assert isinstance(pic, Picamera2Source)
     assert (pic.exposure_us, pic.gain) == (8_000, 3)
+
+
+def test_factory_passes_the_tuning_file_to_picamera2_only(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "linear.json"
+    path.write_text('{"version": 2.0, "algorithms": [{"rpi.contrast": {"ce_enable": 0}}]}')
+    pic = open_source(SourceConfig(uri="picamera2:0", tuning_file=str(path)), InputConfig())
+    assert isinstance(pic, Picamera2Source) and pic.tuning_file == str(path)
+    with caplog.at_level(logging.WARNING):
+        open_source(SourceConfig(uri="v4l2:0", tuning_file=str(path)), InputConfig())
+    assert any("picamera2 sources only" in w for w in warnings_of(caplog))
 
 
 def test_factory_warns_that_gstreamer_pipeline_must_pin(

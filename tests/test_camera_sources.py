@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -247,6 +248,27 @@ def test_picamera2_sets_only_what_is_configured() -> None:
     assert rig.made[0].asked == {"main": {"format": "RGB888"}, "controls": {}}
     with pytest.raises(SourceError, match="both"):
         Picamera2Source(0, width=640)
+
+
+def test_picamera2_loads_a_tuning_file_and_refuses_one_it_cannot_use(tmp_path: Path) -> None:
+    rig = CameraRig(rgb_scene())
+    Picamera2Source(0, camera_factory=rig.camera).open()
+    assert rig.made[0].tuning is None  # the sensor's own
+    linear = {"version": 2.0, "target": "pisp", "algorithms": [
+        {"rpi.contrast": {"ce_enable": 0, "gamma_curve": [0, 0, 65535, 65535]}}]}
+    path = tmp_path / "imx477_linear.json"
+    path.write_text(json.dumps(linear))
+    source = Picamera2Source(0, tuning_file=str(path), camera_factory=rig.camera)
+    source.open()
+    assert rig.made[1].tuning == linear
+    for name, text, why in (("missing.json", None, "cannot read"),
+                            ("broken.json", "{", "not JSON"),
+                            ("other.json", '{"version": 2}', "no 'algorithms' list")):
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(SourceError, match=why) as err:
+            Picamera2Source(0, tuning_file=str(tmp_path / name), camera_factory=rig.camera)
+        assert "source.tuning_file" in str(err.value)
 
 
 def test_picamera2_errors_are_faults_and_close_is_idempotent() -> None:

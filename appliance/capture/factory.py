@@ -26,6 +26,8 @@ def open_source(cfg: SourceConfig, input_cfg: InputConfig, *,
     calls ``open()``; sources accept a second ``open()`` as a no-op.
     """
     kind, target = cfg.kind, cfg.target.strip()
+    if cfg.tuning_file and kind != "picamera2":
+        _log.warning("source %s: tuning_file is for picamera2 sources only; ignored", cfg.uri)
     if kind == "replay":
         if not target:
             raise SourceError(f"source {cfg.uri!r}: expected replay:DIR_OR_VIDEO")
@@ -51,7 +53,8 @@ def open_source(cfg: SourceConfig, input_cfg: InputConfig, *,
         return Picamera2Source(_number(cfg.uri, target, "a camera index"), width=cfg.width,
                                height=cfg.height, fps=cfg.fps,
                                read_timeout_s=cfg.read_timeout_s, preview=camera_preview,
-                               exposure_us=cfg.exposure_us, gain=cfg.gain)
+                               exposure_us=cfg.exposure_us, gain=cfg.gain,
+                               tuning_file=cfg.tuning_file)
     raise SourceError(f"source {cfg.uri!r}: unknown kind {kind!r}; expected one of "
                       f"{', '.join(k + ':' for k in SOURCE_KINDS)}")
 

@@ -12,13 +12,20 @@ controls as libcamera names them: ``AeEnable`` False, ``ExposureTime`` (integer 
 duration, so after start the frame metadata is read back:
 :attr:`Picamera2Source.exposure_pinned` is True only when it holds what was asked (the
 HEp-2 intensity needs it).
+
+A tuning file (``source.tuning_file``) replaces the sensor's default libcamera tuning: the
+Pi's ISP applies that file's gamma curve (``rpi.contrast``) to every frame, and the HEp-2
+intensity needs a linear one. The file is read and checked when the source is made, and
+given to ``Picamera2(camera_num, tuning=dict)``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,8 +49,8 @@ class Picamera2Source:
 
     def __init__(self, camera_index: int = 0, *, width: int = 0, height: int = 0,
                  fps: float = 0.0, read_timeout_s: float = 2.0, preview: bool = False,
-                 exposure_us: float = 0.0, gain: float = 0.0,
-                 camera_factory: Callable[[int], Any] | None = None) -> None:
+                 exposure_us: float = 0.0, gain: float = 0.0, tuning_file: str = "",
+                 camera_factory: Callable[..., Any] | None = None) -> None:
         if camera_index < 0:
             raise SourceError(f"picamera2 source: camera index {camera_index} is negative")
         if bool(width) != bool(height):
@@ -58,6 +65,8 @@ class Picamera2Source:
             raise SourceError(f"picamera2 source: exposure {exposure_us} us and gain {gain} "
                               "must be 0 (automatic) or positive")
         self.exposure_us, self.gain = exposure_us, gain
+        self.tuning_file = tuning_file
+        self._tuning = load_tuning_file(tuning_file) if tuning_file else None
         self._pin_problems: list[str] = ["not open"]
         self.read_timeout_s = read_timeout_s
         self.preview = preview  # run picamera2's DRM preview (the picamera2 display sink)
@@ -74,7 +83,8 @@ class Picamera2Source:
             return
         factory = self._factory or _picamera2_class()
         try:
-            camera = factory(self.camera_index)
+            camera = (factory(self.camera_index) if self._tuning is None
+                      else factory(self.camera_index, tuning=self._tuning))
         except Exception as exc:  # picamera2 raises IndexError, RuntimeError... for no camera
             raise SourceFault(
                 f"cannot open camera {self.camera_index} ({type(exc).__name__}: {exc}); is the "
@@ -200,13 +210,31 @@ def pin_problems(metadata: Any, exposure_us: float, gain: float) -> list[str]:
     return problems
 
 
-def _picamera2_class() -> Callable[[int], Any]:
+def load_tuning_file(path: str) -> dict[str, Any]:
+    """A libcamera tuning file's JSON, or SourceError saying why it cannot be used."""
+    where = f"source.tuning_file {path}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SourceError(f"{where}: cannot read it ({exc.strerror or exc})") from exc
+    try:
+        tuning = json.loads(text)
+    except ValueError as exc:
+        raise SourceError(f"{where}: not JSON ({exc})") from exc
+    if not isinstance(tuning, dict) or not isinstance(tuning.get("algorithms"), list):
+        raise SourceError(f"{where}: not a libcamera tuning file (no 'algorithms' list); "
+                          "start from the sensor's own, e.g. /usr/share/libcamera/ipa/rpi/"
+                          "pisp/imx477.json")
+    return tuning
+
+
+def _picamera2_class() -> Callable[..., Any]:
     """Import picamera2 now, or explain how to install it."""
     try:
         import picamera2  # optional: Raspberry Pi OS only
     except ImportError as exc:
         raise SourceError(INSTALL_HINT) from exc
-    camera_class: Callable[[int], Any] = picamera2.Picamera2
+    camera_class: Callable[..., Any] = picamera2.Picamera2
     return camera_class
 
 

@@ -1,7 +1,8 @@
 """A stand-in for the ``picamera2`` module, following its documented API.
 
-``Picamera2(camera_num)`` raises IndexError when there is no such camera (as picamera2
-does when indexing its camera list); ``create_video_configuration(main=..., queue=...,
+``Picamera2(camera_num, tuning=None)`` raises IndexError when there is no such camera (as
+picamera2 does when indexing its camera list); ``tuning`` (a tuning file's dict or a file
+name) is kept as the camera's tuning; ``create_video_configuration(main=..., queue=...,
 controls=..., ...)`` returns a configuration dict; ``configure`` refuses a started
 camera; ``start``/``stop``; ``capture_array(name="main", wait=None)`` returns the
 frame in the configured format; ``close`` may be called again. For ``"RGB888"`` the
@@ -47,9 +48,9 @@ class CameraRig:
         """The ``number``-th capture (1-based, over all cameras) raises ``error``."""
         self.fail_at[number] = error
 
-    def camera(self, camera_num: int = 0) -> FakePicamera2:
+    def camera(self, camera_num: int = 0, tuning: Any = None) -> FakePicamera2:
         """Use as ``camera_factory`` (or via :meth:`module`)."""
-        cam = FakePicamera2(camera_num, rig=self)
+        cam = FakePicamera2(camera_num, rig=self, tuning=tuning)
         self.made.append(cam)
         return cam
 
@@ -59,8 +60,8 @@ class CameraRig:
         rig = self
 
         class Picamera2(FakePicamera2):
-            def __init__(self, camera_num: int = 0) -> None:
-                super().__init__(camera_num, rig=rig)
+            def __init__(self, camera_num: int = 0, tuning: Any = None) -> None:
+                super().__init__(camera_num, rig=rig, tuning=tuning)
                 rig.made.append(self)
 
         module.Picamera2 = Picamera2  # type: ignore[attr-defined]
@@ -80,10 +81,11 @@ class Preview(enum.Enum):
 class FakePicamera2:
     """One camera of a :class:`CameraRig`."""
 
-    def __init__(self, camera_num: int = 0, *, rig: CameraRig) -> None:
+    def __init__(self, camera_num: int = 0, *, rig: CameraRig, tuning: Any = None) -> None:
         if not 0 <= camera_num < rig.cameras:
             raise IndexError("list index out of range")
         self.camera_num = camera_num
+        self.tuning = tuning  # None: the sensor's default tuning file
         self._rig = rig
         self.camera_config: dict[str, Any] | None = None
         self.started = False
