@@ -684,14 +684,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def scoring_config(path: Path | None, precision: str, models_dir: str) -> Config:
+    """The box's config (the defaults without ``path``) set to score HEp-2 at ``precision``
+    with the models in ``models_dir``; ConfigError naming the key when it is not valid."""
+    base = Config() if path is None else load_config(path)
+    return with_overrides(base, {"assay": "hep2", "inference.precision": precision,
+                                 "inference.models_dir": models_dir})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation, print the tables and targets, write the PNGs (and the JSON)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
-        base = Config() if args.config is None else load_config(args.config)
-        cfg = with_overrides(base, {"assay": "hep2", "inference.precision": args.precision,
-                                    "inference.models_dir": args.models_dir})
+        cfg = scoring_config(args.config, args.precision, args.models_dir)
     except ConfigError as e:
         print(f"config {args.config}: {e}", file=sys.stderr)
         return 2

@@ -44,12 +44,13 @@ from pathlib import Path
 import numpy as np
 
 from appliance.assays.hep2.assay import Hep2Assay
-from appliance.config import Config, ConfigError, load_config, with_overrides
+from appliance.config import ConfigError
 from tools.eval_hep2 import (
     Look,
     SpecimenOutcome,
     cell_summary,
     evaluate,
+    scoring_config,
     specimen_cases,
     specimen_summary,
 )
@@ -199,9 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
-        base = Config() if args.config is None else load_config(args.config)
-        cfg = with_overrides(base, {"assay": "hep2", "inference.precision": args.precision,
-                                    "inference.models_dir": args.models_dir})
+        cfg = scoring_config(args.config, args.precision, args.models_dir)
     except ConfigError as e:
         print(f"config {args.config}: {e}", file=sys.stderr)
         return 2
