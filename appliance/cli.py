@@ -254,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "case": lambda a: cli_cases.cmd_case(a, _load(a)),
                 "report": lambda a: cli_cases.cmd_report(a, _load(a)),
                 "audit": lambda a: cli_cases.cmd_audit(a, _load(a)),
-                "calibrate-iif": lambda a: cli_hep2.cmd_calibrate_iif(a, _load(a))}
+                "calibrate-iif": lambda a: cli_hep2.cmd_calibrate_iif(a, _load(a)),
+                "flat-iif": lambda a: cli_hep2.cmd_flat_iif(a, _load(a))}
     try:
         return handlers[args.command](args)
     except (ConfigError, SourceError, DisplayError) as exc:

@@ -1,18 +1,26 @@
-"""`appliance calibrate-iif`: the HEp-2 intensity calibration with a reference slide.
+"""`appliance flat-iif` and `appliance calibrate-iif`: the HEp-2 intensity's light path.
 
+    appliance flat-iif IMAGE... --save FLAT [--dark IMAGE...] [--write CONFIG] [--config FILE]
     appliance calibrate-iif IMAGE... --reference-units U [--write CONFIG] [--config FILE]
 
-Each IMAGE is a field of the reference slide taken at the camera's pinned exposure and
-gain (``source.exposure_us``, ``source.gain``). The fields are scored with the HEp-2 assay,
-their intensity in grey levels gives ``units_per_grey`` (the median field, at most 20 %
-spread), and the command prints the ``[hep2.intensity]`` lines to put in the config. With
-``--write`` it writes the config (``--config``'s text, or an empty one) with those three
+flat-iif: each IMAGE is a frame of a uniformly fluorescent slide (moved between frames);
+the flat field (flat_field.py) is saved to FLAT and the command prints the line that names
+it in the config.
+
+calibrate-iif: each IMAGE is a field of the reference slide taken at the camera's pinned
+exposure and gain (``source.exposure_us``, ``source.gain``), after the flat field. The
+fields are scored with the HEp-2 assay, their intensity in grey levels gives
+``units_per_grey`` (the median field, at most 20 % spread), and the command prints the
+``[hep2.intensity]`` lines to put in the config.
+
+With ``--write`` either writes the config (``--config``'s text, or an empty one) with its
 keys changed and every other byte kept, atomically. Procedure: docs/hep2-calibration.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -27,6 +35,14 @@ from appliance.assays.hep2.calibration import (
     CalibrationError,
     units_per_grey_from_reference,
 )
+from appliance.assays.hep2.flat_field import (
+    FlatField,
+    FlatFieldError,
+    configured_flat,
+    flat_from_frames,
+    gain_map,
+    save_flat,
+)
 from appliance.capture.frame import Frame
 from appliance.capture.stills import ImageRejected, load_still
 from appliance.config import Config, ConfigError, SourceConfig, config_from_dict
@@ -38,12 +54,26 @@ else:  # pragma: no cover - Python 3.10 on JetPack 6
     import tomli as tomllib
 
 TABLE = "hep2.intensity"
-KEYS = ("exposure_ms", "gain", "units_per_grey")
-EXIT_REFUSED = 2  # the calibration was refused: nothing written
+KEYS = ("exposure_ms", "gain", "units_per_grey", "flat_field_sha256")
+FLAT_KEY = "flat_field_file"
+EXIT_REFUSED = 2  # the calibration or flat field was refused: nothing written
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add the calibrate-iif subcommand to the `appliance` parser."""
+    """Add the flat-iif and calibrate-iif subcommands to the `appliance` parser."""
+    fl = sub.add_parser(
+        "flat-iif", help="HEp-2 flat field of the light path from frames of a uniformly "
+        "fluorescent slide (before calibrate-iif)")
+    fl.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                    help="frames of the uniform slide, moved between frames (at least 3)")
+    fl.add_argument("--save", type=Path, required=True, metavar="FLAT",
+                    help="write the flat field (JSON) to this file")
+    fl.add_argument("--dark", nargs="+", type=Path, default=[], metavar="IMAGE",
+                    help="frames with the light path shut, at the same exposure and gain")
+    fl.add_argument("--write", type=Path, metavar="CONFIG",
+                    help="write the config (--config's text) naming the flat field to this "
+                         "file")
+    common(fl)
     ci = sub.add_parser(
         "calibrate-iif", help="HEp-2 intensity calibration from fields of a reference slide "
         "(at the pinned exposure and gain)")
@@ -63,14 +93,16 @@ def cmd_calibrate_iif(args: argparse.Namespace, cfg: Config) -> int:
     writes nothing) when the fields refuse a calibration, 0 when done.
     """
     require_pinned(cfg.source)
+    _, flat_sha = configured_flat(cfg.hep2.intensity)
     try:
         greys = measure_reference_fields(cfg, args.images)
         cal = units_per_grey_from_reference([g for _, g in greys], args.reference_units)
-        lines = calibration_lines(cfg.source, cal)
+        lines = calibration_lines(cfg.source, cal, flat_sha)
         new_text = None
         if args.write is not None:
             old_text = _read_text(args.config) if args.config is not None else ""
-            new_text = update_config_text(old_text, calibration_values(cfg.source, cal))
+            new_text = update_config_text(old_text,
+                                          calibration_values(cfg.source, cal, flat_sha))
     except CalibrationError as exc:
         print(f"error: calibration refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
@@ -85,6 +117,51 @@ def cmd_calibrate_iif(args: argparse.Namespace, cfg: Config) -> int:
         write_atomic(args.write, new_text.encode("utf-8"))
         print(f"written to {args.write}")
     return 0
+
+
+def cmd_flat_iif(args: argparse.Namespace, cfg: Config) -> int:
+    """Make the flat field from the uniform slide's frames, save it, print (and write) the
+    config line. Returns 2 (nothing written) when the frames refuse a flat field."""
+    try:
+        frames = [_read_frame(path, cfg) for path in args.images]
+        dark = [_read_frame(path, cfg) for path in args.dark]
+        flat = flat_from_frames(frames, dark)
+        new_text = None
+        if args.write is not None:
+            old_text = _read_text(args.config) if args.config is not None else ""
+            new_text = update_config_text(old_text, {FLAT_KEY: str(args.save)})
+    except (FlatFieldError, CalibrationError) as exc:
+        print(f"error: flat field refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    sha = save_flat(flat, args.save)
+    print(flat_summary(flat))
+    for warning in flat.warnings:
+        print(f"warning: {warning}")
+    print(f"saved to {args.save} (sha256 {sha[:16]})")
+    print(f"[{TABLE}]\n{FLAT_KEY} = {toml_value(str(args.save))}")
+    if cfg.hep2.intensity.units_per_grey != 1.0 or cfg.hep2.intensity.exposure_ms > 0:
+        print("note: the intensity calibration holds only with the flat field it was made "
+              "with: run `appliance calibrate-iif` again once this flat field is in the config")
+    if args.write is not None and new_text is not None:
+        write_atomic(args.write, new_text.encode("utf-8"))
+        print(f"written to {args.write}")
+    return 0
+
+
+def flat_summary(flat: FlatField) -> str:
+    """What the flat field measured, in one line."""
+    dark = f"dark level {flat.dark_grey:.1f} grey" if flat.dark_grey else "no dark frame"
+    return (f"flat field from {flat.frames} frames of {flat.width}x{flat.height}: the light "
+            f"falls to {flat.corner_light:.0%} of the brightest at its dimmest; brightest "
+            f"{flat.brightest_grey:.1f} grey, {dark}")
+
+
+def _read_frame(path: Path, cfg: Config) -> Any:
+    """A frame of the flat field's slide, or FlatFieldError naming the file."""
+    try:
+        return load_still(path, cfg.input, grey_ok=True)
+    except ImageRejected as exc:
+        raise FlatFieldError(f"{path}: not read: {exc.reason}") from exc
 
 
 def require_pinned(source: SourceConfig) -> None:
@@ -109,6 +186,11 @@ def measure_reference_fields(cfg: Config, images: Sequence[Path]) -> list[tuple[
                 image = load_still(path, cfg.input, grey_ok=True)
             except ImageRejected as exc:
                 raise CalibrationError(f"{path}: not read: {exc.reason}") from exc
+            if assay.flat is not None:
+                try:
+                    gain_map(assay.flat, image.shape[0], image.shape[1])
+                except FlatFieldError as exc:
+                    raise CalibrationError(f"{path}: {exc}") from exc
             frame = Frame(image=image, seq=seq, timestamp=time.monotonic(), source=str(path))
             result = assay.score(frame)
             if result.intensity_units is None:
@@ -121,16 +203,24 @@ def measure_reference_fields(cfg: Config, images: Sequence[Path]) -> list[tuple[
     return out
 
 
-def calibration_values(source: SourceConfig, cal: Calibration) -> dict[str, float]:
-    """The [hep2.intensity] keys a calibration sets."""
+def calibration_values(source: SourceConfig, cal: Calibration,
+                       flat_sha256: str = "") -> dict[str, float | str]:
+    """The [hep2.intensity] keys a calibration sets (with the flat field it was made with)."""
     return {"exposure_ms": source.exposure_us / 1000.0, "gain": source.gain,
-            "units_per_grey": float(f"{cal.units_per_grey:.6g}")}
+            "units_per_grey": float(f"{cal.units_per_grey:.6g}"),
+            "flat_field_sha256": flat_sha256}
 
 
-def calibration_lines(source: SourceConfig, cal: Calibration) -> list[str]:
+def calibration_lines(source: SourceConfig, cal: Calibration,
+                      flat_sha256: str = "") -> list[str]:
     """The TOML lines to put in the config."""
-    values = calibration_values(source, cal)
-    return [f"[{TABLE}]"] + [f"{k} = {toml_float(values[k])}" for k in KEYS]
+    values = calibration_values(source, cal, flat_sha256)
+    return [f"[{TABLE}]"] + [f"{k} = {toml_value(values[k])}" for k in KEYS]
+
+
+def toml_value(value: float | str) -> str:
+    """A TOML literal for a float or a string (JSON's string escapes are TOML's)."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else toml_float(value)
 
 
 def toml_float(value: float) -> str:
@@ -145,7 +235,7 @@ _TABLE_LINE = re.compile(r"^\s*\[")
 _HEADER = re.compile(r"^\s*\[\s*([^\[\]#]+?)\s*\]\s*(#.*)?$")
 
 
-def update_config_text(text: str, values: Mapping[str, float]) -> str:
+def update_config_text(text: str, values: Mapping[str, float | str]) -> str:
     """``text`` with the [hep2.intensity] ``values`` set; every other byte kept.
 
     Keys present in a ``[hep2.intensity]`` table are changed in place (a trailing comment
@@ -160,7 +250,7 @@ def update_config_text(text: str, values: Mapping[str, float]) -> str:
     if start is None:
         if lines and not lines[-1].endswith(("\n", "\r")):
             lines[-1] += newline
-        block = [f"[{TABLE}]{newline}"] + [f"{k} = {toml_float(v)}{newline}"
+        block = [f"[{TABLE}]{newline}"] + [f"{k} = {toml_value(v)}{newline}"
                                           for k, v in values.items()]
         lines += ([newline] if lines else []) + block
     else:
@@ -176,7 +266,7 @@ def update_config_text(text: str, values: Mapping[str, float]) -> str:
         last = max((i for i in range(start, end) if lines[i].strip()), default=start)
         if not lines[last].endswith(("\n", "\r")):
             lines[last] += newline
-        lines[last + 1:last + 1] = [f"{k} = {toml_float(v)}{newline}"
+        lines[last + 1:last + 1] = [f"{k} = {toml_value(v)}{newline}"
                                     for k, v in missing.items()]
     new_text = "".join(lines)
     _verify_update(text, new_text, values)
@@ -192,15 +282,15 @@ def _find_table(lines: Sequence[str], name: str) -> int | None:
     return None
 
 
-def _set_value(line: str, key: str, value: float) -> str | None:
+def _set_value(line: str, key: str, value: float | str) -> str | None:
     """``line`` with ``key``'s value replaced, or None when the line does not set ``key``."""
     m = re.match(rf"^(\s*{re.escape(key)}\s*=\s*)([^#\r\n]*?)(\s*#[^\r\n]*)?(\r?\n)?$", line)
     if m is None:
         return None
-    return f"{m.group(1)}{toml_float(value)}{m.group(3) or ''}{m.group(4) or ''}"
+    return f"{m.group(1)}{toml_value(value)}{m.group(3) or ''}{m.group(4) or ''}"
 
 
-def _verify_update(old: str, new: str, values: Mapping[str, float]) -> None:
+def _verify_update(old: str, new: str, values: Mapping[str, float | str]) -> None:
     """The edited text parses, holds ``values`` and is otherwise the same config."""
     try:
         before, after = tomllib.loads(old), tomllib.loads(new)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import sys
 import types
 import typing
@@ -430,6 +431,15 @@ class Hep2IntensityConfig:
         1.0, "Calibrated units per 8-bit grey level above background at the pinned exposure "
         "(from the reference slide: `appliance calibrate-iif`)", lo=0.0001, hi=10000,
     )
+    flat_field_file: str = _f(
+        "", "Flat field of the light path (`appliance flat-iif`, from a uniformly "
+        "fluorescent slide): each cell's brightness is divided by the relative light where "
+        "it lies. '' = none: a cell at a dim corner reads dimmer"
+    )
+    flat_field_sha256: str = _f(
+        "", "sha256 of the flat-field file the calibration was made with ('' = none), "
+        "written by `appliance calibrate-iif`: another flat makes intensities relative"
+    )
 
 
 @dataclass(frozen=True)
@@ -757,6 +767,9 @@ def _cross_checks(cfg: Config) -> None:
     if len(hi.levels) != 2 or not (hi.negative_below < hi.levels[0] < hi.levels[1]):
         raise ConfigError("hep2.intensity.levels", "need two increasing values (intermediate, "
                           f"strong) above negative_below {hi.negative_below}, got {hi.levels}")
+    if hi.flat_field_sha256 and not re.fullmatch(r"[0-9a-f]{64}", hi.flat_field_sha256):
+        raise ConfigError("hep2.intensity.flat_field_sha256", "must be '' or 64 lower-case hex "
+                          f"digits (a sha256), got {hi.flat_field_sha256!r}")
     c = cfg.hep2.cells
     if c.max_area_um2 <= c.min_area_um2:
         raise ConfigError("hep2.cells.max_area_um2", f"{c.max_area_um2} is not above "

@@ -227,6 +227,8 @@ class MeasuringAssay:
     """Stands in for Hep2Assay where no classifier is shipped: the same measurement
     (segmentation, brightest-5 % above background, median) reported as the assay does."""
 
+    flat = None  # no flat field: the fields are measured as they are
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
 

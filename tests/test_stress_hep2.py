@@ -103,6 +103,21 @@ def test_a_look_and_a_wrong_scale_reach_the_box(tmp_path: Path) -> None:
     assert png.stat().st_size > 1000
 
 
+def test_the_flat_fielded_look_gets_the_flat_of_its_light(tmp_path: Path) -> None:
+    from appliance.assays.hep2.flat_field import gain_map, load_flat
+
+    assert set(stress_hep2.FLAT_FIELDED) <= set(stress_hep2.LOOKS)
+    path = stress_hep2.flat_field_file("vignetting", 240, 320, tmp_path)
+    flat, _sha = load_flat(path)
+    light = gain_map(flat, 240, 320)
+    ones = np.full((240, 320, 3), 200, np.uint8)
+    look, _ = stress_hep2.LOOKS["vignetting"]
+    assert look is not None
+    truth = look(ones, UM)[..., 1] / 200.0
+    assert np.percentile(np.abs(light / truth - 1), 99) < 0.02
+    assert flat.corner_light == pytest.approx(stress_hep2.CORNER_LIGHT, abs=0.05)
+
+
 def test_refused_fields_are_counted_by_reason() -> None:
     from tools.eval_hep2 import SpecimenOutcome
 

@@ -19,6 +19,9 @@ declared, as tools/eval_hep2.py scores them:
 - ``noisy``: 4 grey levels more read noise (a camera at high gain);
 - ``soft_focus``: 0.4 µm more blur (a field a little off the focal plane);
 - ``vignetting``: the light falling to half at the corners (a misaligned lamp);
+- ``vignetting_flat``: the same, scored with a flat field the box made from three frames
+  of a uniform slide seen through the same light (``appliance flat-iif``; the frames from
+  ``camera_looks.uniform_slide``);
 - ``scale_+20%`` / ``scale_-20%``: the declared scale 20% above / below the true one (the
   camera adapter's magnification unlike the config's, or cells larger or smaller than
   the generator's 15-25 µm).
@@ -44,7 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from appliance.assays.hep2.assay import Hep2Assay
-from appliance.config import ConfigError
+from appliance.assays.hep2.flat_field import flat_from_frames, save_flat
+from appliance.config import ConfigError, with_overrides
 from tools.eval_hep2 import (
     Look,
     SpecimenOutcome,
@@ -83,10 +87,27 @@ LOOKS: dict[str, tuple[Look | None, float]] = {
     "noisy": (_noisy, 1.0),
     "soft_focus": (lambda rgb, um: camera_looks.defocus(rgb, um, EXTRA_BLUR_UM), 1.0),
     "vignetting": (lambda rgb, _um: camera_looks.vignetting(rgb, CORNER_LIGHT), 1.0),
+    "vignetting_flat": (lambda rgb, _um: camera_looks.vignetting(rgb, CORNER_LIGHT), 1.0),
     "scale_+20%": (None, SCALE_ERROR),
     "scale_-20%": (None, 1.0 / SCALE_ERROR),
 }
 BASELINE = "as_drawn"
+# Looks scored with a flat field made through them: name -> the look the flat's frames see.
+FLAT_FIELDED = {"vignetting_flat": "vignetting"}
+FLAT_FRAMES = 3
+
+
+def flat_field_file(look_name: str, height: int, width: int, out_dir: Path) -> Path:
+    """Make the flat field of a look as a lab would: frames of a uniform slide through it
+    (seeded, dust in other places each time), written beside the chart."""
+    look, _ = LOOKS[look_name]
+    assert look is not None
+    rng = np.random.default_rng(FIRST_SEED)
+    frames = [look(camera_looks.uniform_slide(height, width, rng), 1.0)
+              for _ in range(FLAT_FRAMES)]
+    path = out_dir / f"flat_field_{look_name}.json"
+    save_flat(flat_from_frames(frames), path)
+    return path
 
 
 def intensity_ratios(outcomes: Sequence[SpecimenOutcome],
@@ -213,8 +234,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         baseline: list[SpecimenOutcome] | None = None
         for name in names:
             look, factor = LOOKS[name]
-            outcomes, tally = evaluate(assay, cases, progress=True, look=look,
-                                       declared_factor=factor, desc=name)
+            if name in FLAT_FIELDED:
+                spec = cases[0].spec
+                flat = flat_field_file(FLAT_FIELDED[name], spec.height, spec.width,
+                                       args.out_dir)
+                flat_cfg = with_overrides(cfg, {"hep2.intensity.flat_field_file": str(flat)})
+                with Hep2Assay.from_config(flat_cfg) as flat_assay:
+                    outcomes, tally = evaluate(flat_assay, cases, progress=True, look=look,
+                                               declared_factor=factor, desc=name)
+            else:
+                outcomes, tally = evaluate(assay, cases, progress=True, look=look,
+                                           declared_factor=factor, desc=name)
             summaries[name] = look_summary(outcomes, cell_summary(tally), baseline)
             baseline = outcomes if baseline is None else baseline
     seconds = time.perf_counter() - t0

@@ -74,6 +74,21 @@ def vignetting(rgb: np.ndarray, corner_light: float) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def uniform_slide(height: int, width: int, rng: np.random.Generator, level: float = 170.0,
+                  specks: int = 4) -> np.ndarray:
+    """A frame of a uniformly fluorescent slide as a camera with no vignetting sees it:
+    green at ``level``, a little red and blue, read noise, and a few dark specks of dust
+    that fall elsewhere in every frame (what the flat field's median over frames drops)."""
+    rgb = np.empty((height, width, 3), np.float32)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 0.12 * level, level, 0.1 * level
+    for _ in range(specks):
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        radius = int(rng.integers(2, 7))
+        cv2.circle(rgb, centre, radius, (0.04 * level, 0.4 * level, 0.04 * level), -1)
+    rgb += rng.normal(0.0, 2.0, rgb.shape).astype(np.float32)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
 # How often random_camera applies each difference, and how strongly. Wider than the stress
 # tool's fixed looks on purpose: a camera is all of these at once, each to its own degree.
 MOSAIC_SHARE = 0.5

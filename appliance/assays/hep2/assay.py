@@ -22,6 +22,7 @@ import numpy as np
 from appliance.assays.hep2 import intensity as brightness_mod
 from appliance.assays.hep2.calibration import intensity_is_calibrated
 from appliance.assays.hep2.crops import crops_for
+from appliance.assays.hep2.flat_field import FlatFieldError, configured_flat, gain_map
 from appliance.assays.hep2.orientations import mean_over_orientations, oriented
 from appliance.assays.hep2.patterns import NAMES, REGIONS, pattern
 from appliance.assays.hep2.quality import QualityIssue, measure_hep2_quality, quality_issues
@@ -63,6 +64,7 @@ COMPRESSED_FORMATS = ("MJPG",)
 COMPRESSED_WARNING = ("the camera sends JPEG-compressed frames (MJPG): fine speckles and dots "
                       "lose detail and colour, and cells are classified less accurately; set "
                       "source.fourcc = \"YUYV\" where the camera offers it")
+_LIGHT_MAPS_KEPT = 4  # frame sizes whose flat-field map is kept (stills come in any size)
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class Hep2Prepared:
     field_grey: float = 0.0  # the whole field's brightness (when no cell is found)
     exposure_pinned: bool | None = None  # the camera's word (None: a still, or cannot say)
     refusal: Hep2Result | None = None
+    flat_sha256: str = ""  # the flat field the brightness was corrected with ('' = none)
 
 
 class Hep2Assay(AssayShell[Hep2Result]):
@@ -96,6 +99,9 @@ class Hep2Assay(AssayShell[Hep2Result]):
         self.model = ModelRef(name=manifest.name, sha256=manifest.sha256(precision),
                               precision=precision, validated_on=manifest.validated_on)
         self._heads = model_heads(manifest)
+        # Raises ConfigError naming hep2.intensity.flat_field_file for a bad file.
+        self.flat, self.flat_sha256 = configured_flat(cfg.hep2.intensity)
+        self._light: dict[tuple[int, int], np.ndarray | str] = {}
         # Cases are the HER2 workflow; the pipeline sets this on every assay.
         self.field_context: Callable[[], FieldContext | None] = lambda: None
 
@@ -180,13 +186,19 @@ class Hep2Assay(AssayShell[Hep2Result]):
         crop_um = self._crop_scale(green, cells, found)
         found = Hep2Scale(found.um_per_px, found.source, found.warnings, crop_um)
         crops, ids = crops_for(green, cells.labels, crop_um, cfg)
-        bright = brightness_mod.cell_brightness(green, cells.labels, cells.background_map)
-        field_grey = (brightness_mod.field_brightness(green, cells.background_map)
+        light = self._light_map(green.shape)
+        if isinstance(light, str):
+            warnings.append(light)
+        light_map = None if isinstance(light, str) else light
+        bright = brightness_mod.cell_brightness(green, cells.labels, cells.background_map,
+                                                light_map)
+        field_grey = (brightness_mod.field_brightness(green, cells.background_map, light_map)
                       if cells.count == 0 else 0.0)
         ms["cells"] = (time.perf_counter() - t1) * 1000.0
         base = replace(base, um_per_px=found.um_per_px, um_per_px_source=found.source)
         return Hep2Prepared(base, warnings + list(found.warnings), found, cells, crops, ids,
-                            bright, field_grey, frame.exposure_pinned)
+                            bright, field_grey, frame.exposure_pinned,
+                            flat_sha256=self.flat_sha256 if light_map is not None else "")
 
     def infer(self, prepared: Hep2Prepared) -> dict[str, np.ndarray]:
         """The classifier on every crop: pattern and mitosis logits, each the mean over the
@@ -233,7 +245,8 @@ class Hep2Assay(AssayShell[Hep2Result]):
             grey = prepared.field_grey
             warnings.append("no interphase cell found: intensity measured on the whole field")
         units = brightness_mod.to_units(grey, h2.intensity)
-        calibrated, why = intensity_is_calibrated(self.cfg.source, h2.intensity)
+        calibrated, why = intensity_is_calibrated(self.cfg.source, h2.intensity,
+                                                  prepared.flat_sha256)
         if calibrated and prepared.exposure_pinned is False:
             # The config is right, but the camera did not take it (see the service log).
             calibrated, why = False, ("the camera did not take the pinned exposure and gain: "
@@ -286,6 +299,22 @@ class Hep2Assay(AssayShell[Hep2Result]):
                           created_at=_now())
 
     # ------------------------------------------------------------------ helpers
+
+    def _light_map(self, shape: tuple[int, ...]) -> np.ndarray | str | None:
+        """The flat field's light at every pixel of a frame of ``shape``; None without a
+        flat, the reason in words when the flat does not fit the frame (kept per size: a
+        camera sends one or two)."""
+        if self.flat is None:
+            return None
+        key = (int(shape[0]), int(shape[1]))
+        if key not in self._light:
+            if len(self._light) >= _LIGHT_MAPS_KEPT:
+                self._light.clear()
+            try:
+                self._light[key] = gain_map(self.flat, *key)
+            except FlatFieldError as exc:
+                self._light[key] = str(exc)
+        return self._light[key]
 
     @staticmethod
     def _refused(base: Hep2Result, reason: str, code: str,

@@ -51,14 +51,16 @@ class Calibration:
     warnings: tuple[str, ...] = ()
 
 
-def intensity_is_calibrated(source: SourceConfig,
-                            intensity: Hep2IntensityConfig) -> tuple[bool, str]:
+def intensity_is_calibrated(source: SourceConfig, intensity: Hep2IntensityConfig,
+                            flat_sha256: str = "") -> tuple[bool, str]:
     """Whether intensities are in calibrated units, and the reason in words.
 
     True only when the calibration record (``hep2.intensity.exposure_ms`` and ``gain``) is
-    set and the camera pins the same exposure and gain (``source.exposure_us`` and
-    ``gain``, within 1 %). Whether the driver really holds them is the source's
-    ``exposure_pinned``, known only once a camera is open.
+    set, the camera pins the same exposure and gain (``source.exposure_us`` and ``gain``,
+    within 1 %), and the flat field applied (``flat_sha256``, its file's sha256, '' for
+    none) is the one the calibration was made with (``flat_field_sha256``). Whether the
+    driver really holds exposure and gain is the source's ``exposure_pinned``, known only
+    once a camera is open.
     """
     cal_us = intensity.exposure_ms * 1000.0
     if cal_us <= 0 or intensity.gain <= 0:
@@ -76,6 +78,15 @@ def intensity_is_calibrated(source: SourceConfig,
     if not _same(source.gain, intensity.gain):
         return False, (f"camera gain {source.gain:g} differs from the calibration's "
                        f"{intensity.gain:g}: relative units")
+    if intensity.flat_field_sha256 != flat_sha256:
+        if not intensity.flat_field_sha256:
+            change = "was made without a flat field and one is applied now"
+        elif not flat_sha256:
+            change = "was made with a flat field and none is applied now"
+        else:
+            change = "was made with another flat field"
+        return False, (f"the calibration {change} (hep2.intensity.flat_field_file): run "
+                       "`appliance calibrate-iif` again: relative units")
     return True, (f"calibrated at exposure {cal_us:g} us and gain {intensity.gain:g}: "
                   f"{intensity.units_per_grey:g} units per grey level")
 

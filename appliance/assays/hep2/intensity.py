@@ -10,7 +10,9 @@ the pixels, not the single maximum, so one hot pixel or a noise spike does not d
 
 The background is estimated at a scale well above a cell (``background_map``): uneven
 illumination (vignetting, an off-centre lamp) shifts the black level across the field, and
-a single field-wide value would add that shift to the cells at the bright corner.
+a single field-wide value would add that shift to the cells at the bright corner. The
+same unevenness also scales the signal itself; the background cannot show that, so it is
+the flat field's to correct (``light``, from flat_field.py).
 """
 
 from __future__ import annotations
@@ -70,12 +72,15 @@ def _opening_bias(resid: np.ndarray) -> float:
 
 
 def cell_brightness(green: np.ndarray, labels: np.ndarray,
-                    background: np.ndarray | float) -> np.ndarray:
+                    background: np.ndarray | float,
+                    light: np.ndarray | None = None) -> np.ndarray:
     """Brightness of every labelled cell: mean of its brightest 5 % minus its background.
 
     ``labels`` holds 0 for background and 1..n for the cells; the result has n entries, entry
     ``i`` for label ``i + 1`` (NaN for a label with no pixel). ``background`` is a map (the
     mean of the map over the cell's pixels is its local background) or one grey level.
+    ``light``: the flat field's relative light (flat_field.gain_map); each cell's brightness
+    is divided by the light's mean over the cell, as if the field were evenly lit.
     """
     _check_plane(green)
     if labels.shape != green.shape:
@@ -87,17 +92,24 @@ def cell_brightness(green: np.ndarray, labels: np.ndarray,
     lab = labels.reshape(-1)[inside].astype(np.int64)
     val = green.reshape(-1)[inside].astype(np.float64)
     top = _top_share_means(lab, val, n)
-    return top - _local_background(background, labels, lab, inside, n)
+    above = top - _local_background(background, labels, lab, inside, n)
+    if light is None:
+        return above
+    return np.asarray(above / _local_background(light, labels, lab, inside, n))
 
 
-def field_brightness(green: np.ndarray, background: np.ndarray | float) -> float:
+def field_brightness(green: np.ndarray, background: np.ndarray | float,
+                     light: np.ndarray | None = None) -> float:
     """Whole-field fallback when no cell is found: the same definition over every pixel.
 
     A blank well reads close to 0 (the brightest 5 % of pure sensor noise sit about two
-    noise standard deviations above the background), never NaN.
+    noise standard deviations above the background), never NaN. ``light`` as for
+    :func:`cell_brightness`, pixel by pixel.
     """
     _check_plane(green)
     resid = green.astype(np.float32) - np.asarray(background, np.float32)
+    if light is not None:
+        resid = resid / light
     flat = resid.reshape(-1)
     k = max(1, int(np.ceil(BRIGHTEST_SHARE * flat.size)))
     return float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
@@ -159,12 +171,12 @@ def _top_share_means(lab: np.ndarray, val: np.ndarray, n: int) -> np.ndarray:
 
 def _local_background(background: np.ndarray | float, labels: np.ndarray, lab: np.ndarray,
                       inside: np.ndarray, n: int) -> np.ndarray | float:
-    """Mean background under each cell (a map), or the one value given."""
+    """Mean of a map (background, light) under each cell, or the one value given."""
     if np.ndim(background) == 0:
         return float(background)
     bg = np.asarray(background)
     if bg.shape != labels.shape:
-        raise ValueError(f"background map {bg.shape} does not match the labels {labels.shape}")
+        raise ValueError(f"map {bg.shape} does not match the labels {labels.shape}")
     counts = np.bincount(lab, minlength=n + 1)[1:]
     sums = np.bincount(lab, weights=bg.reshape(-1)[inside].astype(np.float64),
                        minlength=n + 1)[1:]
