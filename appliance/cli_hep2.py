@@ -1,7 +1,8 @@
 """`appliance flat-iif` and `appliance calibrate-iif`: the HEp-2 intensity's light path.
 
     appliance flat-iif IMAGE... --save FLAT [--dark IMAGE...] [--write CONFIG] [--config FILE]
-    appliance calibrate-iif IMAGE... --reference-units U [--write CONFIG] [--config FILE]
+    appliance calibrate-iif IMAGE... --reference-units U [--write CONFIG | --check [PERCENT]]
+                            [--config FILE]
 
 flat-iif: each IMAGE is a frame of a uniformly fluorescent slide (moved between frames);
 the flat field (flat_field.py) is saved to FLAT and the command prints the line that names
@@ -11,7 +12,9 @@ calibrate-iif: each IMAGE is a field of the reference slide taken at the camera'
 exposure and gain (``source.exposure_us``, ``source.gain``), after the flat field. The
 fields are scored with the HEp-2 assay, their intensity in grey levels gives
 ``units_per_grey`` (the median field, at most 20 % spread), and the command prints the
-``[hep2.intensity]`` lines to put in the config.
+``[hep2.intensity]`` lines to put in the config. With ``--check`` it measures the same
+fields against the calibration in use instead, the lab's periodic check (a lamp dims with
+age): exit 1 when the reference reads further from its value than the tolerance.
 
 With ``--write`` either writes the config (``--config``'s text, or an empty one) with its
 keys changed and every other byte kept, atomically. Procedure: docs/hep2-calibration.md.
@@ -33,6 +36,8 @@ from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.hep2.calibration import (
     Calibration,
     CalibrationError,
+    intensity_is_calibrated,
+    reference_drift,
     units_per_grey_from_reference,
 )
 from appliance.assays.hep2.flat_field import (
@@ -57,6 +62,8 @@ TABLE = "hep2.intensity"
 KEYS = ("exposure_ms", "gain", "units_per_grey", "flat_field_sha256")
 FLAT_KEY = "flat_field_file"
 EXIT_REFUSED = 2  # the calibration or flat field was refused: nothing written
+EXIT_DRIFTED = 1  # --check: the reference reads beyond the tolerance
+DEFAULT_DRIFT_PERCENT = 10.0
 
 
 def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -81,8 +88,14 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
                     help="reference-slide fields (at least 3)")
     ci.add_argument("--reference-units", type=float, required=True, metavar="U",
                     help="the reference slide's intensity in the lab's units")
-    ci.add_argument("--write", type=Path, metavar="CONFIG",
-                    help="write the config (--config's text) with the calibration to this file")
+    what = ci.add_mutually_exclusive_group()
+    what.add_argument("--write", type=Path, metavar="CONFIG",
+                      help="write the config (--config's text) with the calibration to this "
+                           "file")
+    what.add_argument("--check", type=float, nargs="?", const=DEFAULT_DRIFT_PERCENT,
+                      metavar="PERCENT",
+                      help="check the calibration in use instead: exit 1 when the reference "
+                           f"reads more than PERCENT (default {DEFAULT_DRIFT_PERCENT:g}) off")
     common(ci)
 
 
@@ -94,6 +107,8 @@ def cmd_calibrate_iif(args: argparse.Namespace, cfg: Config) -> int:
     """
     require_pinned(cfg.source)
     _, flat_sha = configured_flat(cfg.hep2.intensity)
+    if args.check is not None:
+        return check_calibration(args, cfg, flat_sha)
     try:
         greys = measure_reference_fields(cfg, args.images)
         cal = units_per_grey_from_reference([g for _, g in greys], args.reference_units)
@@ -117,6 +132,42 @@ def cmd_calibrate_iif(args: argparse.Namespace, cfg: Config) -> int:
         write_atomic(args.write, new_text.encode("utf-8"))
         print(f"written to {args.write}")
     return 0
+
+
+def check_calibration(args: argparse.Namespace, cfg: Config, flat_sha: str) -> int:
+    """``calibrate-iif --check``: the reference read at the calibration in use.
+
+    Returns 0 within the tolerance, 1 beyond it (recalibrate), 2 when there is no
+    calibration to check or the fields refuse a measurement.
+    """
+    intensity = cfg.hep2.intensity
+    calibrated, why = intensity_is_calibrated(cfg.source, intensity, flat_sha)
+    if not calibrated:
+        print(f"error: no calibration to check: {why}", file=sys.stderr)
+        return EXIT_REFUSED
+    tolerance = float(args.check)
+    if not (math.isfinite(tolerance) and tolerance > 0):
+        print(f"error: --check needs a positive tolerance in per cent, got {args.check}",
+              file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        greys = measure_reference_fields(cfg, args.images)
+        drift = reference_drift([g for _, g in greys], args.reference_units,
+                                intensity.units_per_grey)
+    except CalibrationError as exc:
+        print(f"error: check refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    for path, grey in greys:
+        print(f"{path}: {grey * intensity.units_per_grey:.2f} units")
+    within = abs(drift.percent) <= tolerance
+    print(f"the reference reads {drift.units:.2f} units (median of {drift.fields} fields, "
+          f"spread {drift.cv:.1%}) against its {drift.reference_units:g}: "
+          f"{drift.percent:+.1f}%, {'within' if within else 'beyond'} the {tolerance:g}% "
+          "tolerance")
+    if not within:
+        print("recalibrate: run calibrate-iif on these fields with --write (and check the "
+              "lamp, the light path and the focus first)")
+    return 0 if within else EXIT_DRIFTED
 
 
 def cmd_flat_iif(args: argparse.Namespace, cfg: Config) -> int:

@@ -17,6 +17,7 @@ from appliance import cli_hep2
 from appliance.assays.hep2.calibration import (
     CalibrationError,
     intensity_is_calibrated,
+    reference_drift,
     units_per_grey_from_reference,
 )
 from appliance.assays.hep2.intensity import cell_brightness
@@ -336,3 +337,56 @@ def test_calibrate_iif_end_to_end_with_the_shipped_classifier(
     line = next(ln for ln in capsys.readouterr().out.splitlines()
                 if ln.startswith("units_per_grey"))
     assert float(line.split("=")[1]) == pytest.approx(1.0, rel=0.1)
+
+
+# ---------------------------------------------------------------- the periodic check
+
+
+def test_drift_is_the_reading_at_the_calibration_in_use() -> None:
+    drift = reference_drift([40.0, 41.0, 39.0], 80.0, units_per_grey=1.8)
+    assert drift.units == pytest.approx(72.0) and drift.percent == pytest.approx(-10.0)
+    with pytest.raises(CalibrationError, match="at least 3"):
+        reference_drift([40.0, 41.0], 80.0, units_per_grey=1.8)
+
+
+CALIBRATED = CONFIG.replace("units_per_grey = 1.0  # placeholder until calibrated",
+                            "units_per_grey = 2.0\nexposure_ms = 20.0\ngain = 2.0")
+
+
+@pytest.mark.parametrize(("exposure", "code", "words"), [
+    (0.5, 0, "within the 10% tolerance"),  # the calibration's own exposure: no drift
+    (0.4, cli_hep2.EXIT_DRIFTED, "beyond the 10% tolerance"),  # the lamp at 80%
+])
+def test_calibrate_iif_check_reports_the_drift(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        exposure: float, code: int, words: str) -> None:
+    monkeypatch.setattr(cli_hep2, "Hep2Assay", MeasuringAssay)
+    config = tmp_path / "box.toml"
+    config.write_text(CALIBRATED)
+    images = write_fields(tmp_path, (1, 2, 3), 80.0, exposure)
+    args = parse(["calibrate-iif", *images, "--reference-units", "80", "--check",
+                  "--config", str(config)])
+    assert cli_hep2.cmd_calibrate_iif(args, load_config(config)) == code
+    printed = capsys.readouterr().out
+    assert words in printed
+    assert config.read_text() == CALIBRATED  # a check writes nothing
+
+
+def test_calibrate_iif_check_needs_a_calibration_and_a_tolerance(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli_hep2, "Hep2Assay", MeasuringAssay)
+    images = write_fields(tmp_path, (1, 2, 3), 80.0, 0.5)
+    uncalibrated = config_from_dict({"source": {"exposure_us": 20000.0, "gain": 2.0}})
+    args = parse(["calibrate-iif", *images, "--reference-units", "80", "--check", "5"])
+    assert args.check == 5.0
+    assert cli_hep2.cmd_calibrate_iif(args, uncalibrated) == cli_hep2.EXIT_REFUSED
+    assert "no calibration to check" in capsys.readouterr().err
+    config = tmp_path / "box.toml"
+    config.write_text(CALIBRATED)
+    args = parse(["calibrate-iif", *images, "--reference-units", "80", "--check", "0"])
+    assert cli_hep2.cmd_calibrate_iif(args, load_config(config)) == cli_hep2.EXIT_REFUSED
+    assert "positive tolerance" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["calibrate-iif", *images, "--reference-units", "80", "--check",
+               "--write", "x.toml"])

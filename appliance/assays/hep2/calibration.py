@@ -51,6 +51,21 @@ class Calibration:
     warnings: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Drift:
+    """How the reference reads at the current calibration (a periodic check)."""
+
+    units: float  # the median field in calibrated units
+    reference_units: float  # what it should read
+    fields: int
+    cv: float
+
+    @property
+    def percent(self) -> float:
+        """The reading's difference from the reference, in per cent (negative: reads low)."""
+        return 100.0 * (self.units / self.reference_units - 1.0)
+
+
 def intensity_is_calibrated(source: SourceConfig, intensity: Hep2IntensityConfig,
                             flat_sha256: str = "") -> tuple[bool, str]:
     """Whether intensities are in calibrated units, and the reason in words.
@@ -135,6 +150,19 @@ def units_per_grey_from_reference(measured_grey: Sequence[float],
     return Calibration(units_per_grey=reference_units / median,
                        reference_units=float(reference_units), median_grey=median,
                        fields=len(greys), cv=cv, warnings=warnings)
+
+
+def reference_drift(measured_grey: Sequence[float], reference_units: float,
+                    units_per_grey: float) -> Drift:
+    """The reference fields read at the calibration in use (``units_per_grey``).
+
+    The fields are held to the calibration's own checks (at least three, none clipped or
+    empty, at most 20 % spread; :class:`CalibrationError` otherwise), so a drift is
+    measured on fields that could have made a calibration.
+    """
+    fresh = units_per_grey_from_reference(measured_grey, reference_units)
+    return Drift(units=fresh.median_grey * units_per_grey, reference_units=reference_units,
+                 fields=fresh.fields, cv=fresh.cv)
 
 
 def _same(value: float, reference: float) -> bool:
