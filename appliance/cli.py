@@ -7,6 +7,9 @@
     appliance case start|end|control start|control end|status|list ...
     appliance report CASE_ID
     appliance audit export|verify
+    appliance capture --out DIR [--count N] [--prompt | --every S]
+    appliance flat-iif IMAGE... --save FLAT
+    appliance calibrate-iif IMAGE... --reference-units U [--write CONFIG | --check]
 
 Exit codes: 0 done; 1 an image hit an internal error; 2 bad command line or
 config; 3 the model is missing or refused.
@@ -26,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from appliance import __version__, cli_cases, cli_hep2
+from appliance import __version__, cli_capture, cli_cases, cli_hep2
 from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.hep2.cell_files import is_mask_file, load_cell_image
 from appliance.assays.her2.assay import Her2Assay
@@ -59,7 +62,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and tests)."""
-    ap = argparse.ArgumentParser(prog="appliance", description="Eyepiece HER2 scoring appliance")
+    ap = argparse.ArgumentParser(
+        prog="appliance",
+        description="Eyepiece: AI-assisted scoring at the microscope (HER2 IHC, HEp-2 IIF)")
     ap.add_argument("--version", action="version", version=f"eyepiece {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -91,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rn)
 
     cli_cases.add_parsers(sub, _common)
+    cli_capture.add_parser(sub, _common)
     cli_hep2.add_parsers(sub, _common)
 
     cf = sub.add_parser("config", help="print the defaults or validate a config file")
@@ -255,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "report": lambda a: cli_cases.cmd_report(a, _load(a)),
                 "audit": lambda a: cli_cases.cmd_audit(a, _load(a)),
                 "calibrate-iif": lambda a: cli_hep2.cmd_calibrate_iif(a, _load(a)),
-                "flat-iif": lambda a: cli_hep2.cmd_flat_iif(a, _load(a))}
+                "flat-iif": lambda a: cli_hep2.cmd_flat_iif(a, _load(a)),
+                "capture": lambda a: cli_capture.cmd_capture(a, _load(a))}
     try:
         return handlers[args.command](args)
     except (ConfigError, SourceError, DisplayError) as exc:
