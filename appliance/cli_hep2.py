@@ -1,12 +1,14 @@
 """`appliance flat-iif` and `appliance calibrate-iif`: the HEp-2 intensity's light path.
 
-    appliance flat-iif IMAGE... --save FLAT [--dark IMAGE...] [--write CONFIG] [--config FILE]
+    appliance flat-iif IMAGE... --save FLAT [--dark IMAGE...] [--half IMAGE...]
+                       [--write CONFIG] [--config FILE]
     appliance calibrate-iif IMAGE... --reference-units U [--write CONFIG | --check [PERCENT]]
                             [--config FILE]
 
 flat-iif: each IMAGE is a frame of a uniformly fluorescent slide (moved between frames);
 the flat field (flat_field.py) is saved to FLAT and the command prints the line that names
-it in the config.
+it in the config. With ``--half``, frames of the slide at half the exposure, it also checks
+that the camera is linear, which the one-point calibration needs.
 
 calibrate-iif: each IMAGE is a field of the reference slide taken at the camera's pinned
 exposure and gain (``source.exposure_us``, ``source.gain``), after the flat field. The
@@ -77,6 +79,9 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
                     help="write the flat field (JSON) to this file")
     fl.add_argument("--dark", nargs="+", type=Path, default=[], metavar="IMAGE",
                     help="frames with the light path shut, at the same exposure and gain")
+    fl.add_argument("--half", nargs="+", type=Path, default=[], metavar="IMAGE",
+                    help="frames of the slide at half the exposure (same gain): checks that "
+                         "the camera is linear")
     fl.add_argument("--write", type=Path, metavar="CONFIG",
                     help="write the config (--config's text) naming the flat field to this "
                          "file")
@@ -176,7 +181,8 @@ def cmd_flat_iif(args: argparse.Namespace, cfg: Config) -> int:
     try:
         frames = [_read_frame(path, cfg) for path in args.images]
         dark = [_read_frame(path, cfg) for path in args.dark]
-        flat = flat_from_frames(frames, dark)
+        half = [_read_frame(path, cfg) for path in args.half]
+        flat = flat_from_frames(frames, dark, half=half)
         new_text = None
         if args.write is not None:
             old_text = _read_text(args.config) if args.config is not None else ""
@@ -202,9 +208,12 @@ def cmd_flat_iif(args: argparse.Namespace, cfg: Config) -> int:
 def flat_summary(flat: FlatField) -> str:
     """What the flat field measured, in one line."""
     dark = f"dark level {flat.dark_grey:.1f} grey" if flat.dark_grey else "no dark frame"
+    linear = ("linearity not checked (--half)" if flat.half_exposure_ratio is None else
+              "half the exposure reads {:.3f} and {:.3f} of the grey (dim and bright parts; "
+              "linear: 0.5)".format(*flat.half_exposure_ratio))
     return (f"flat field from {flat.frames} frames of {flat.width}x{flat.height}: the light "
             f"falls to {flat.corner_light:.0%} of the brightest at its dimmest; brightest "
-            f"{flat.brightest_grey:.1f} grey, {dark}")
+            f"{flat.brightest_grey:.1f} grey, {dark}; {linear}")
 
 
 def _read_frame(path: Path, cfg: Config) -> Any:

@@ -130,6 +130,25 @@ def test_a_specimen_is_not_a_flat_field() -> None:
         ff.flat_from_frames(fields)
 
 
+def _through(frames: list[np.ndarray], gamma: float) -> list[np.ndarray]:
+    return [camera_looks.tone_curve(f, gamma) for f in frames]
+
+
+def test_half_exposure_frames_show_whether_the_camera_is_linear() -> None:
+    full, half = slide_frames(level=170.0, seed=8), slide_frames(level=85.0, seed=9)
+    dim, bright = ff.flat_from_frames(full, half=half).half_exposure_ratio or (0.0, 0.0)
+    assert dim == pytest.approx(0.5, abs=0.02) and bright == pytest.approx(0.5, abs=0.02)
+    # A display tone curve: half the light reads about 0.73 of the grey.
+    with pytest.raises(ff.FlatFieldError, match=r"not linear: half the exposure reads 0\.7"
+                                                 r".*gamma 2\.\d"):
+        ff.flat_from_frames(_through(full, 2.2), half=_through(half, 2.2))
+    # Half frames of another size, and frames at the same exposure by mistake.
+    with pytest.raises(ff.FlatFieldError, match="half-exposure frame 1 is 200x150"):
+        ff.flat_from_frames(full, half=[cv2.resize(half[0], (200, 150))])
+    with pytest.raises(ff.FlatFieldError, match="exactly half the exposure"):
+        ff.flat_from_frames(full, half=slide_frames(level=170.0, seed=10))
+
+
 # ---------------------------------------------------------------- mapping it to a frame
 
 
@@ -153,6 +172,11 @@ def test_file_round_trip_and_sha(tmp_path: Path) -> None:
     assert loaded_sha == sha and len(sha) == 64
     assert np.allclose(loaded.gains, flat.gains, atol=1e-5)
     assert (loaded.width, loaded.height, loaded.frames) == (W, H, 3)
+    assert loaded.half_exposure_ratio is None
+    checked = ff.flat_from_frames(slide_frames(), half=slide_frames(level=85.0, seed=3))
+    ff.save_flat(checked, path)
+    assert ff.load_flat(path)[0].half_exposure_ratio == pytest.approx(
+        checked.half_exposure_ratio, abs=1e-4)
 
 
 def _doc(**changes: object) -> str:
@@ -174,6 +198,7 @@ def _doc(**changes: object) -> str:
     (_doc(gains=[[1.0, 0.9], [0.9, "x"]]), "not a number"),
     (_doc(gains=[[1.0, 0.9], [0.9, 0.1]]), r"must lie in \[0.25, 1\]"),
     (_doc(gains=[[0.9, 0.9], [0.9, 0.9]]), "brightest at 1"),
+    (_doc(half_exposure_ratio=[0.5]), "two numbers or null"),
 ])
 def test_a_bad_file_is_refused_with_the_reason(tmp_path: Path, text: str, match: str) -> None:
     path = tmp_path / "flat.json"
@@ -305,6 +330,7 @@ def test_flat_iif_saves_the_flat_and_names_it_in_the_config(
     assert cli_hep2.cmd_flat_iif(args, load_config(config)) == 0
     printed = capsys.readouterr().out
     assert "falls to 5" in printed and f'flat_field_file = "{save}"' in printed
+    assert "linearity not checked" in printed
     assert load_config(out).hep2.intensity.flat_field_file == str(save)
     assert tomllib.loads(out.read_text())["hep2"]["intensity"]["negative_below"] == 20.0
     assert ff.load_flat(save)[0].corner_light == pytest.approx(CORNER, abs=0.04)

@@ -55,6 +55,12 @@ _LUMP_SIGMA_BLOCKS = 2.0
 # Frames whose width / height differs from the flat's by more than this are another
 # camera mode or another camera: the flat does not map onto them.
 ASPECT_TOLERANCE = 0.02
+# Frames at half the exposure must read half the grey (a linear camera); a display tone
+# curve of gamma 2.2 reads 0.73. Exposure steps (100 µs on V4L2) keep a linear camera
+# well inside this.
+HALF_RATIO_TOLERANCE = 0.04
+# Blocks dimmer than this above the dark level are left out of the linearity check (noise).
+LINEARITY_MIN_GREY = 20.0
 # With no dark frame the dark level is taken as 0; a warning when that could be off by
 # more than a few per cent of the flat (a black level of 5 grey against this level).
 DARK_WARN_BELOW_GREY = 150.0
@@ -76,6 +82,9 @@ class FlatField:
     brightest_grey: float  # the brightest block above the dark level
     made_at: str = ""
     warnings: tuple[str, ...] = ()
+    # Half-exposure frames over full-exposure frames, in the dimmest and brightest third of
+    # the blocks (0.5 and 0.5 for a linear camera); None when not checked.
+    half_exposure_ratio: tuple[float, float] | None = None
 
     @property
     def corner_light(self) -> float:
@@ -88,6 +97,8 @@ class FlatField:
             "format": FORMAT, "version": VERSION, "width": self.width, "height": self.height,
             "frames": self.frames, "dark_grey": round(self.dark_grey, 3),
             "brightest_grey": round(self.brightest_grey, 3), "made_at": self.made_at,
+            "half_exposure_ratio": (None if self.half_exposure_ratio is None
+                                    else [round(r, 4) for r in self.half_exposure_ratio]),
             "gains": [[round(float(v), 5) for v in row] for row in self.gains],
         }, indent=1) + "\n"
 
@@ -102,14 +113,17 @@ def green_plane(image: np.ndarray) -> np.ndarray:
 
 
 def flat_from_frames(frames: Sequence[np.ndarray], dark: Sequence[np.ndarray] = (),
-                     *, made_at: str | None = None) -> FlatField:
+                     *, half: Sequence[np.ndarray] = (),
+                     made_at: str | None = None) -> FlatField:
     """The flat field from frames of a uniformly fluorescent slide (8-bit, same size).
 
     ``dark``: frames with the light path shut (same exposure and gain); their mean green is
-    the dark level subtracted. Raises :class:`FlatFieldError` naming the frame and the
-    reason: too few frames, sizes that differ, clipping, too dim, a frame that differs
-    from the others (a bubble or scratch), a picture that is not uniform (a specimen),
-    or light darker than vignetting.
+    the dark level subtracted. ``half``: frames of the same slide at half the exposure,
+    to check that the camera is linear (:func:`half_exposure_ratio`). Raises
+    :class:`FlatFieldError` naming the frame and the reason: too few frames, sizes that
+    differ, clipping, too dim, a frame that differs from the others (a bubble or scratch),
+    a picture that is not uniform (a specimen), light darker than vignetting, or a camera
+    that is not linear.
     """
     if len(frames) < MIN_FRAMES:
         raise FlatFieldError(f"need at least {MIN_FRAMES} frames of the uniform slide, got "
@@ -156,6 +170,8 @@ def flat_from_frames(frames: Sequence[np.ndarray], dark: Sequence[np.ndarray] = 
             f"the light falls to {float(gains[dimmest]):.0%} of the brightest "
             f"{_where(dimmest, gains.shape)}, more than vignetting (at least {MIN_GAIN:.0%}): "
             "is the slide's edge, the field diaphragm or a holder in view?")
+    ratio = (half_exposure_ratio(np.median(np.stack(grids), axis=0), half, dark_grey, (h, w))
+             if half else None)
     warnings: tuple[str, ...] = ()
     if not dark and level < DARK_WARN_BELOW_GREY:
         warnings = (f"no dark frame: the camera's dark level is taken as 0, and the flat "
@@ -163,7 +179,48 @@ def flat_from_frames(frames: Sequence[np.ndarray], dark: Sequence[np.ndarray] = 
                     "brighter flat makes the correction more exact",)
     return FlatField(gains=gains, width=w, height=h, frames=len(frames),
                      dark_grey=dark_grey, brightest_grey=level,
-                     made_at=made_at if made_at is not None else _now(), warnings=warnings)
+                     made_at=made_at if made_at is not None else _now(), warnings=warnings,
+                     half_exposure_ratio=ratio)
+
+
+def half_exposure_ratio(full: np.ndarray, half: Sequence[np.ndarray], dark_grey: float,
+                        shape: tuple[int, int]) -> tuple[float, float]:
+    """How a camera's grey follows the light: frames at half the exposure over the
+    full-exposure block grid ``full`` (dark level subtracted), in the dimmest and the
+    brightest third of the blocks. A linear camera reads 0.5 in both.
+
+    The intensity calibration is one point, so it holds at other intensities only on a
+    linear camera: a display tone curve (gamma 2.2) reads 0.73, and read specimens at
+    0.85-1.87 times their value (docs/hep2.md). Raises :class:`FlatFieldError` when
+    either ratio is more than HALF_RATIO_TOLERANCE from 0.5, or the half frames are not
+    of the flat frames' ``shape`` (height, width).
+    """
+    rows, cols = full.shape
+    grids = []
+    for i, frame in enumerate(half, start=1):
+        plane = green_plane(frame)
+        if plane.shape != shape:
+            raise FlatFieldError(f"half-exposure frame {i} is {plane.shape[1]}x"
+                                 f"{plane.shape[0]}, not the flat frames' size")
+        grids.append(cv2.resize(plane - dark_grey, (cols, rows), interpolation=cv2.INTER_AREA))
+    halves = np.median(np.stack(grids), axis=0)
+    usable = full >= LINEARITY_MIN_GREY
+    if usable.sum() < 3:
+        raise FlatFieldError("the flat is too dim to check the camera's linearity")
+    levels, ratios = full[usable], halves[usable] / full[usable]
+    low, high = np.percentile(levels, [100 / 3, 200 / 3])
+    dim = float(np.median(ratios[levels <= low]))
+    bright = float(np.median(ratios[levels >= high]))
+    for ratio in (dim, bright):
+        if abs(ratio - 0.5) > HALF_RATIO_TOLERANCE:
+            gamma = math.log(0.5) / math.log(min(max(ratio, 1e-3), 0.999))
+            raise FlatFieldError(
+                f"the camera is not linear: half the exposure reads {dim:.2f} of the grey "
+                f"where the light is dimmer and {bright:.2f} where it is brighter (a linear "
+                f"camera reads 0.50; this is like a tone curve of gamma {gamma:.1f}); turn "
+                "off the camera's tone curve (docs/hep2-calibration.md, section 1), or check "
+                "the half frames were taken at exactly half the exposure and the same gain")
+    return dim, bright
 
 
 def grid_shape(height: int, width: int) -> tuple[int, int]:
@@ -232,7 +289,8 @@ def load_flat(path: Path) -> tuple[FlatField, str]:
     flat = FlatField(gains=gains, width=width, height=height, frames=frames,
                      dark_grey=_number(doc, "dark_grey", path),
                      brightest_grey=_number(doc, "brightest_grey", path),
-                     made_at=str(doc.get("made_at", "")))
+                     made_at=str(doc.get("made_at", "")),
+                     half_exposure_ratio=_ratio(doc.get("half_exposure_ratio"), path))
     return flat, hashlib.sha256(data).hexdigest()
 
 
@@ -306,6 +364,18 @@ def _number(doc: dict[str, object], key: str, path: Path) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise FlatFieldError(f"{path}: '{key}' must be a number, got {value!r}")
     return float(value)
+
+
+def _ratio(value: object, path: Path) -> tuple[float, float] | None:
+    """The recorded linearity check: absent, or two numbers."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                       and math.isfinite(v) for v in value)):
+        raise FlatFieldError(f"{path}: 'half_exposure_ratio' must be two numbers or null, "
+                             f"got {value!r}")
+    return float(value[0]), float(value[1])
 
 
 def _grid(value: object, path: Path) -> np.ndarray:
