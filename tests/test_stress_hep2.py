@@ -116,6 +116,9 @@ def test_the_flat_fielded_look_gets_the_flat_of_its_light(tmp_path: Path) -> Non
     truth = look(ones, UM)[..., 1] / 200.0
     assert np.percentile(np.abs(light / truth - 1), 99) < 0.02
     assert flat.corner_light == pytest.approx(stress_hep2.CORNER_LIGHT, abs=0.05)
+    png = tmp_path / "flat.png"
+    stress_hep2.plot_flat_field(path, [0.8, 0.85, 0.9], [0.98, 1.0, 1.03], png)
+    assert png.stat().st_size > 1000
 
 
 def test_refused_fields_are_counted_by_reason() -> None:

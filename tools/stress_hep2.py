@@ -29,7 +29,9 @@ declared, as tools/eval_hep2.py scores them:
 Per look: specimen pattern accuracy, positive / negative agreement, mixed specimens that
 report both, cell mean class accuracy (single-pattern and negative specimens), fields not
 scorable and why, and the intensity each specimen reads against its reading as drawn.
-A chart of the first four goes to ``--out-dir``. Generated data only: this shows which
+A chart of the first four goes to ``--out-dir``, and, when ``vignetting`` and
+``vignetting_flat`` are both scored, a picture of the flat field with the intensities read
+under the uneven light without and with it. Generated data only: this shows which
 differences matter and how much, not how real slides read. Seeds from 780000 by default,
 apart from every training, tuning and evaluation set.
 """
@@ -47,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.assays.hep2.assay import Hep2Assay
-from appliance.assays.hep2.flat_field import flat_from_frames, save_flat
+from appliance.assays.hep2.flat_field import flat_from_frames, gain_map, load_flat, save_flat
 from appliance.config import ConfigError, with_overrides
 from tools.eval_hep2 import (
     Look,
@@ -197,6 +199,38 @@ def plot_looks(summaries: dict[str, dict[str, object]], path: Path) -> None:
     save_chart(fig, path, dpi=110)
 
 
+def plot_flat_field(flat_path: Path, uneven: Sequence[float], corrected: Sequence[float],
+                    path: Path) -> None:
+    """The flat field the box made (its relative light), and each positive specimen's
+    intensity over its reading as drawn, under the uneven light without and with it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    flat, _sha = load_flat(flat_path)
+    light = gain_map(flat, flat.height, flat.width)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    shown = left.imshow(light, cmap="viridis", vmin=min(0.4, float(light.min())), vmax=1.0)
+    contours = left.contour(light, levels=[0.6, 0.7, 0.8, 0.9], colors="white",
+                            linewidths=0.7)
+    left.clabel(contours, fmt="%.1f", fontsize=7)
+    left.set_title(f"flat field from {flat.frames} frames of a uniform slide", fontsize=9)
+    left.set_axis_off()
+    fig.colorbar(shown, ax=left, fraction=0.04, label="relative light")
+    bins = np.linspace(0.6, 1.2, 31)
+    right.hist(uneven, bins=bins, alpha=0.7, label=f"uneven light (median "
+               f"{np.median(uneven):.2f})" if len(uneven) else "uneven light")
+    right.hist(corrected, bins=bins, alpha=0.7, label=f"with the flat field (median "
+               f"{np.median(corrected):.2f})" if len(corrected) else "with the flat field")
+    right.axvline(1.0, color="grey", lw=0.8, ls="--")
+    right.set_xlabel("specimen intensity / intensity as drawn")
+    right.set_ylabel("positive specimens")
+    right.legend(fontsize=8)
+    right.set_title("the same specimens, light at half in the corners", fontsize=9)
+    save_chart(fig, path, dpi=110)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.stress_hep2", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,12 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with Hep2Assay.from_config(cfg) as assay:
         model = assay.model
         baseline: list[SpecimenOutcome] | None = None
+        scored: dict[str, list[SpecimenOutcome]] = {}
+        flats: dict[str, Path] = {}
         for name in names:
             look, factor = LOOKS[name]
             if name in FLAT_FIELDED:
                 spec = cases[0].spec
-                flat = flat_field_file(FLAT_FIELDED[name], spec.height, spec.width,
-                                       args.out_dir)
+                flat = flats[name] = flat_field_file(FLAT_FIELDED[name], spec.height,
+                                                     spec.width, args.out_dir)
                 flat_cfg = with_overrides(cfg, {"hep2.intensity.flat_field_file": str(flat)})
                 with Hep2Assay.from_config(flat_cfg) as flat_assay:
                     outcomes, tally = evaluate(flat_assay, cases, progress=True, look=look,
@@ -247,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            declared_factor=factor, desc=name)
             summaries[name] = look_summary(outcomes, cell_summary(tally), baseline)
             baseline = outcomes if baseline is None else baseline
+            scored[name] = outcomes
     seconds = time.perf_counter() - t0
     print(format_table(summaries))
     print(f"{len(cases)} specimens (seeds {cases[0].spec.seed}..{cases[-1].spec.seed}) x "
@@ -254,6 +291,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     chart = args.out_dir / "hep2_looks.png"
     plot_looks(summaries, chart)
     print(f"chart: {chart}")
+    for name, flat in flats.items():
+        uneven = scored.get(FLAT_FIELDED[name])
+        if uneven is not None and baseline is not None:
+            picture = args.out_dir / f"hep2_flat_field_{FLAT_FIELDED[name]}.png"
+            plot_flat_field(flat, intensity_ratios(uneven, baseline),
+                            intensity_ratios(scored[name], baseline), picture)
+            print(f"flat field: {picture}")
     if args.json is not None:
         write_numbers(args.json, {
             "run": {"specimens_per_class": args.specimens, "first_seed": args.seed,
