@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -190,6 +191,11 @@ def cmd_flat_iif(args: argparse.Namespace, cfg: Config) -> int:
     except (FlatFieldError, CalibrationError) as exc:
         print(f"error: flat field refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    if args.save.exists():
+        # A flat field in use is not lost: the one before is kept beside the new one.
+        previous = args.save.with_name(args.save.name + ".previous")
+        os.replace(args.save, previous)
+        print(f"the flat field that was in {args.save} is kept as {previous}")
     sha = save_flat(flat, args.save)
     print(flat_summary(flat))
     for warning in flat.warnings:

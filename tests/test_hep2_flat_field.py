@@ -301,6 +301,8 @@ def test_the_assay_reads_a_vignetted_field_as_evenly_lit(tmp_path: Path) -> None
     _, cal_small, warnings = score(flat_cfg, small)
     assert not cal_small
     assert any("flat field was made on 800x600" in w for w in warnings)
+    assert "the flat field does not fit this image (another shape): relative units" in warnings
+    assert not any("calibrate-iif" in w for w in warnings)
 
 
 # ---------------------------------------------------------------- the commands
@@ -334,6 +336,12 @@ def test_flat_iif_saves_the_flat_and_names_it_in_the_config(
     assert load_config(out).hep2.intensity.flat_field_file == str(save)
     assert tomllib.loads(out.read_text())["hep2"]["intensity"]["negative_below"] == 20.0
     assert ff.load_flat(save)[0].corner_light == pytest.approx(CORNER, abs=0.04)
+    # Made again, the flat in use is kept beside the new one, not lost.
+    before = save.read_bytes()
+    args = parse(["flat-iif", *images, "--save", str(save)])
+    assert cli_hep2.cmd_flat_iif(args, load_config(config)) == 0
+    assert (tmp_path / "hep2_flat.json.previous").read_bytes() == before
+    assert "kept as" in capsys.readouterr().out
 
 
 def test_flat_iif_refuses_and_writes_nothing(tmp_path: Path,

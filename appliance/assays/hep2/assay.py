@@ -84,6 +84,7 @@ class Hep2Prepared:
     exposure_pinned: bool | None = None  # the camera's word (None: a still, or cannot say)
     refusal: Hep2Result | None = None
     flat_sha256: str = ""  # the flat field the brightness was corrected with ('' = none)
+    flat_unfit: bool = False  # a flat field is configured but does not fit this image
 
 
 class Hep2Assay(AssayShell[Hep2Result]):
@@ -198,7 +199,8 @@ class Hep2Assay(AssayShell[Hep2Result]):
         base = replace(base, um_per_px=found.um_per_px, um_per_px_source=found.source)
         return Hep2Prepared(base, warnings + list(found.warnings), found, cells, crops, ids,
                             bright, field_grey, frame.exposure_pinned,
-                            flat_sha256=self.flat_sha256 if light_map is not None else "")
+                            flat_sha256=self.flat_sha256 if light_map is not None else "",
+                            flat_unfit=isinstance(light, str))
 
     def infer(self, prepared: Hep2Prepared) -> dict[str, np.ndarray]:
         """The classifier on every crop: pattern and mitosis logits, each the mean over the
@@ -247,6 +249,10 @@ class Hep2Assay(AssayShell[Hep2Result]):
         units = brightness_mod.to_units(grey, h2.intensity)
         calibrated, why = intensity_is_calibrated(self.cfg.source, h2.intensity,
                                                   prepared.flat_sha256)
+        if prepared.flat_unfit and not calibrated and intensity_is_calibrated(
+                self.cfg.source, h2.intensity, self.flat_sha256)[0]:
+            # Calibrated, but this image was not corrected: not a reason to recalibrate.
+            why = "the flat field does not fit this image (another shape): relative units"
         if calibrated and prepared.exposure_pinned is False:
             # The config is right, but the camera did not take it (see the service log).
             calibrated, why = False, ("the camera did not take the pinned exposure and gain: "

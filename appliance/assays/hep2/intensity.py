@@ -92,10 +92,10 @@ def cell_brightness(green: np.ndarray, labels: np.ndarray,
     lab = labels.reshape(-1)[inside].astype(np.int64)
     val = green.reshape(-1)[inside].astype(np.float64)
     top = _top_share_means(lab, val, n)
-    above = top - _local_background(background, labels, lab, inside, n)
+    above = top - _mean_under_cells(background, labels, lab, inside, n)
     if light is None:
         return above
-    return np.asarray(above / _local_background(light, labels, lab, inside, n))
+    return np.asarray(above / _mean_under_cells(light, labels, lab, inside, n))
 
 
 def field_brightness(green: np.ndarray, background: np.ndarray | float,
@@ -169,12 +169,12 @@ def _top_share_means(lab: np.ndarray, val: np.ndarray, n: int) -> np.ndarray:
         return np.where(counts > 0, sums / keep, np.nan)
 
 
-def _local_background(background: np.ndarray | float, labels: np.ndarray, lab: np.ndarray,
+def _mean_under_cells(values: np.ndarray | float, labels: np.ndarray, lab: np.ndarray,
                       inside: np.ndarray, n: int) -> np.ndarray | float:
     """Mean of a map (background, light) under each cell, or the one value given."""
-    if np.ndim(background) == 0:
-        return float(background)
-    bg = np.asarray(background)
+    if np.ndim(values) == 0:
+        return float(values)
+    bg = np.asarray(values)
     if bg.shape != labels.shape:
         raise ValueError(f"map {bg.shape} does not match the labels {labels.shape}")
     counts = np.bincount(lab, minlength=n + 1)[1:]
