@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.flat_field import gain_map, load_flat
 from appliance.config import Config, with_overrides
 from tools import stress_hep2
 from tools.eval_hep2 import cell_summary, evaluate, specimen_cases
@@ -104,8 +105,6 @@ def test_a_look_and_a_wrong_scale_reach_the_box(tmp_path: Path) -> None:
 
 
 def test_the_flat_fielded_look_gets_the_flat_of_its_light(tmp_path: Path) -> None:
-    from appliance.assays.hep2.flat_field import gain_map, load_flat
-
     assert set(stress_hep2.FLAT_FIELDED) <= set(stress_hep2.LOOKS)
     path = stress_hep2.flat_field_file("vignetting", 240, 320, tmp_path)
     flat, _sha = load_flat(path)

@@ -79,6 +79,10 @@ def _noisy(rgb: np.ndarray, _um: float) -> np.ndarray:
     return camera_looks.read_noise(rgb, EXTRA_NOISE_GREY, rng)
 
 
+def _vignetted(rgb: np.ndarray, _um: float) -> np.ndarray:
+    return camera_looks.vignetting(rgb, CORNER_LIGHT)
+
+
 # name -> (change to the picture or None, declared scale / true scale)
 LOOKS: dict[str, tuple[Look | None, float]] = {
     "as_drawn": (None, 1.0),
@@ -88,8 +92,8 @@ LOOKS: dict[str, tuple[Look | None, float]] = {
     "mjpg_q75": (lambda rgb, _um: camera_looks.mjpg(rgb, MJPG_QUALITY), 1.0),
     "noisy": (_noisy, 1.0),
     "soft_focus": (lambda rgb, um: camera_looks.defocus(rgb, um, EXTRA_BLUR_UM), 1.0),
-    "vignetting": (lambda rgb, _um: camera_looks.vignetting(rgb, CORNER_LIGHT), 1.0),
-    "vignetting_flat": (lambda rgb, _um: camera_looks.vignetting(rgb, CORNER_LIGHT), 1.0),
+    "vignetting": (_vignetted, 1.0),
+    "vignetting_flat": (_vignetted, 1.0),
     "scale_+20%": (None, SCALE_ERROR),
     "scale_-20%": (None, 1.0 / SCALE_ERROR),
 }
