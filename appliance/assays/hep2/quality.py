@@ -99,16 +99,17 @@ def measure_hep2_quality(rgb: np.ndarray, um_per_px: float,
     mask, bg = foreground_mask(green, um_per_px, cfg)
     signal, floor = signal_and_floor(green, bg, um_per_px)
     measurable = signal > floor
+    lead, light = _top_light(rgb)  # once: both come from the same brightest 2 %
     return Hep2Quality(
         median_rgb=_channel_medians(rgb),
-        green_lead=green_lead(rgb) if _any_light(rgb, um_per_px, cfg) else float("nan"),
+        green_lead=lead if _any_light(rgb, um_per_px, cfg) else float("nan"),
         signal=signal,
         noise_floor=floor,
         background=float(np.median(bg)),
         saturated_fraction=_saturated(green, mask),
         focus=_focus(green, mask, um_per_px) if measurable else 0.0,
         cell_fraction=float(mask.mean()),
-        light=_top_light(rgb)[1],
+        light=light,
         monochrome=is_monochrome(rgb),
     )
 
