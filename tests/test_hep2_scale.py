@@ -231,6 +231,7 @@ def test_a_declared_scale_is_kept_for_the_crops_unless_the_field_is_too_coarse()
             result = assay.score(Frame(image=field.image, seq=1, timestamp=0.0, source="f",
                                        um_per_px=um))
             assert (result.um_per_px, result.um_per_px_source) == (um, "frame")
+            assert result.crop_um_per_px == pytest.approx(read)  # and says where it cut
     with Hep2Assay.from_config(with_overrides(
             base, {"hep2.cells.crop_search_steps": 0})) as assay:
         assert assay._reading_scale(green, cells, 0.95) == 0.95

@@ -73,6 +73,8 @@ def result_to_dict(result: Hep2Result, *, include_cells: bool = False) -> dict[s
         "warnings": list(result.warnings),
         "um_per_px": None if result.um_per_px is None else _num("um_per_px", result.um_per_px, 4),
         "um_per_px_source": result.um_per_px_source,
+        "crop_um_per_px": (None if result.crop_um_per_px is None
+                           else _num("crop_um_per_px", result.crop_um_per_px, 4)),
         "image": ({"width": result.image_width, "height": result.image_height}
                   if result.image_width else None),
         "model": {"name": m.name, "sha256": m.sha256, "precision": m.precision,

@@ -196,7 +196,8 @@ class Hep2Assay(AssayShell[Hep2Result]):
         field_grey = (brightness_mod.field_brightness(green, cells.background_map, light_map)
                       if cells.count == 0 else 0.0)
         ms["cells"] = (time.perf_counter() - t1) * 1000.0
-        base = replace(base, um_per_px=found.um_per_px, um_per_px_source=found.source)
+        base = replace(base, um_per_px=found.um_per_px, um_per_px_source=found.source,
+                       crop_um_per_px=crop_um)
         return Hep2Prepared(base, warnings + list(found.warnings), found, cells, crops, ids,
                             bright, field_grey, frame.exposure_pinned,
                             flat_sha256=self.flat_sha256 if light_map is not None else "",

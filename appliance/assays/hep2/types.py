@@ -71,6 +71,9 @@ class Hep2Result:
     warnings: tuple[str, ...] = ()
     um_per_px: float | None = None
     um_per_px_source: str = "unknown"
+    # The scale the cell crops were cut at: um_per_px, except on a field too coarse for
+    # subtypes (10x), where it is the nearby scale the classifier reads surest.
+    crop_um_per_px: float | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     created_at: str = ""
 
