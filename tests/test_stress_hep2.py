@@ -62,6 +62,11 @@ def test_the_looks_do_what_they_say() -> None:
     noisy = camera_looks.read_noise(np.full((200, 200, 3), 100, np.uint8), 4.0,
                                     np.random.default_rng(0))
     assert 3.5 < float(noisy.std()) < 4.5
+    green = np.zeros((4, 4, 3), np.uint8)
+    green[..., 1] = 160
+    assert (camera_looks.long_pass(green, 0.5)[..., 0] == 80).all()
+    leaked = camera_looks.stray_light(np.zeros((2, 11, 3), np.uint8), 20.0).astype(int)
+    assert leaked[0, 0].tolist() == [10] * 3 and leaked[1, 10].tolist() == [20] * 3
     assert stress_hep2.LOOKS["scale_+20%"] == (None, 1.2)
     assert stress_hep2.LOOKS["scale_-20%"][1] == pytest.approx(1 / 1.2)
 

@@ -22,6 +22,10 @@ declared, as tools/eval_hep2.py scores them:
 - ``vignetting_flat``: the same, scored with a flat field the box made from three frames
   of a uniform slide seen through the same light (``appliance flat-iif``; the frames from
   ``camera_looks.uniform_slide``);
+- ``long_pass``: a long-pass emission filter, so that the red pixels see half as much
+  of the FITC light as the green;
+- ``stray_light``: room light leaking in at the eyepiece, white, 10 grey at the left edge
+  rising to 20 at the right;
 - ``scale_+20%`` / ``scale_-20%``: the declared scale 20% above / below the true one (the
   camera adapter's magnification unlike the config's, or cells larger or smaller than
   the generator's 15-25 µm).
@@ -71,6 +75,8 @@ EXTRA_NOISE_GREY = 4.0
 EXTRA_BLUR_UM = 0.4
 CORNER_LIGHT = 0.5
 SCALE_ERROR = 1.2
+LONG_PASS_RED = 0.5
+STRAY_GREY = 20.0
 
 
 def _noisy(rgb: np.ndarray, _um: float) -> np.ndarray:
@@ -94,6 +100,8 @@ LOOKS: dict[str, tuple[Look | None, float]] = {
     "soft_focus": (lambda rgb, um: camera_looks.defocus(rgb, um, EXTRA_BLUR_UM), 1.0),
     "vignetting": (_vignetted, 1.0),
     "vignetting_flat": (_vignetted, 1.0),
+    "long_pass": (lambda rgb, _um: camera_looks.long_pass(rgb, LONG_PASS_RED), 1.0),
+    "stray_light": (lambda rgb, _um: camera_looks.stray_light(rgb, STRAY_GREY), 1.0),
     "scale_+20%": (None, SCALE_ERROR),
     "scale_-20%": (None, 1.0 / SCALE_ERROR),
 }

@@ -74,6 +74,23 @@ def vignetting(rgb: np.ndarray, corner_light: float) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def long_pass(rgb: np.ndarray, red_share: float) -> np.ndarray:
+    """A long-pass emission filter (or a wide band-pass) in place of a narrow one: the
+    FITC emission's red tail reaches the red pixels, ``red_share`` of the green."""
+    out = rgb.astype(np.float32)
+    out[..., 0] += red_share * out[..., 1]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def stray_light(rgb: np.ndarray, grey: float) -> np.ndarray:
+    """Room light leaking in at the eyepiece: white (the same in every channel), rising
+    from half of ``grey`` at the left edge to ``grey`` at the right."""
+    w = rgb.shape[1]
+    ramp = grey * (0.5 + 0.5 * np.arange(w, dtype=np.float32) / max(w - 1, 1))
+    out = rgb.astype(np.float32) + ramp[None, :, None]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
 def uniform_slide(height: int, width: int, rng: np.random.Generator, level: float = 170.0,
                   specks: int = 4) -> np.ndarray:
     """A frame of a uniformly fluorescent slide as a camera with no vignetting sees it:
