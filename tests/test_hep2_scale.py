@@ -17,6 +17,7 @@ from appliance.assays.hep2.scale import (
     central_cells,
     classifier_fit,
     core_ratios,
+    declared_scale_warning,
     estimate_scale,
     object_diameter_um,
     smoothed,
@@ -257,3 +258,67 @@ def test_a_10x_field_searches_its_crop_scale_once_per_still_view(
     assert second.scale == first.scale
     assert first.crops is not None and second.crops is not None
     assert np.array_equal(first.crops, second.crops)
+
+
+# ---------------------------------------------------------------- a declared scale checked
+
+
+# One objective step (x2) is questioned in about 70% of fields, two (x4) in all: these are
+# fields where it is.
+@pytest.mark.parametrize(("true_um", "declared_um"), [(0.25, 0.5), (0.5, 1.0), (1.0, 0.25),
+                                                      (0.25, 1.0)])
+def test_a_declared_scale_an_objective_step_off_is_questioned(true_um: float,
+                                                               declared_um: float) -> None:
+    green = _green(true_um, pattern="homogeneous")
+    doubt = declared_scale_warning(green, declared_um, "objective", CFG)
+    assert doubt is not None and "check the objective setting" in doubt
+    assert f"declared scale {declared_um:.2f} um/px (objective)" in doubt
+    said = float(doubt.split("(about ")[1].split(" ")[0])
+    assert said == pytest.approx(true_um, rel=0.3)
+    assert declared_scale_warning(green, true_um, "objective", CFG) is None
+
+
+def test_a_large_frame_is_checked_on_a_smaller_copy() -> None:
+    # A 40x field magnified 3 times: a 2.8-megapixel field at 0.083 um/px.
+    big = cv2.resize(_green(0.25, pattern="homogeneous"), (1920, 1440),
+                     interpolation=cv2.INTER_LINEAR)
+    assert declared_scale_warning(big, 0.25 / 3, "config", CFG) is None
+    doubt = declared_scale_warning(big, 0.25, "config", CFG)
+    assert doubt is not None and "about 0.0" in doubt
+
+
+def test_the_assay_checks_a_declared_scale_once_per_still_view(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import appliance.assays.hep2.assay as assay_module
+
+    field = generate_hep2_field(Hep2FieldSpec(seed=72_340, width=640, height=480,
+                                              um_per_px=0.25,
+                                              patterns=(("homogeneous", 1.0),)))
+    tenx = generate_hep2_field(Hep2FieldSpec(seed=71_001, width=800, height=600,
+                                             um_per_px=1.0,
+                                             patterns=(("homogeneous", 1.0),)))
+    frame = Frame(image=tenx.image, seq=1, timestamp=0.0, source="f", um_per_px=0.25)
+    with Hep2Assay.from_config(with_overrides(Config(), {"assay": "hep2"})) as assay:
+        # Declared two objective steps off, the sharp 40x field looks out of focus: the
+        # refusal says what else to check.
+        wide = assay.score(Frame(image=field.image, seq=1, timestamp=0.0, source="f",
+                                 um_per_px=1.0))
+        assert wide.reason_code == "out_of_focus"
+        assert any("disagrees with the cells' size" in w for w in wide.warnings)
+        first = assay.prepare(frame)  # a 10x field declared 40x
+        assert first.refusal is None
+        assert any("disagrees with the cells' size" in w for w in first.warnings)
+
+        def checked_again(*_: object) -> str:
+            raise AssertionError("the declared scale was checked again")
+
+        monkeypatch.setattr(assay_module, "declared_scale_warning", checked_again)
+        second = assay.prepare(frame, first.scale)
+        assert any("disagrees with the cells' size" in w for w in second.warnings)
+        # A negative well's faint cells are not asked.
+        blank = generate_hep2_field(Hep2FieldSpec(seed=72_341, width=640, height=480,
+                                                  um_per_px=0.25,
+                                                  patterns=(("negative", 1.0),),
+                                                  intensity=5.0))
+        assay.prepare(Frame(image=blank.image, seq=2, timestamp=0.0, source="g",
+                            um_per_px=0.25))

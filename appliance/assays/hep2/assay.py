@@ -25,7 +25,12 @@ from appliance.assays.hep2.crops import crops_for
 from appliance.assays.hep2.flat_field import FlatFieldError, configured_flat, gain_map
 from appliance.assays.hep2.orientations import mean_over_orientations, oriented
 from appliance.assays.hep2.patterns import NAMES, REGIONS, pattern
-from appliance.assays.hep2.quality import QualityIssue, measure_hep2_quality, quality_issues
+from appliance.assays.hep2.quality import (
+    QualityIssue,
+    measure_hep2_quality,
+    quality_issues,
+    shows_signal,
+)
 from appliance.assays.hep2.scale import (
     PROVISIONAL_UM_PER_PX,
     SEARCH_MIN_CELLS,
@@ -34,6 +39,7 @@ from appliance.assays.hep2.scale import (
     candidate_scales,
     central_cells,
     classifier_fit,
+    declared_scale_warning,
     estimate_scale,
     estimate_warning,
 )
@@ -148,11 +154,22 @@ class Hep2Assay(AssayShell[Hep2Result]):
         # The gates need a scale for their smoothing: without a declared one, a provisional
         # one, and the gates are measured again at the estimate. Focus is judged per µm, so
         # it waits for the estimate: a sharp 40x field judged as if at 20x looks soft.
-        issues = quality_issues(measure_hep2_quality(
-            image, declared.um_per_px if declared else PROVISIONAL_UM_PER_PX, cfg))
+        quality = measure_hep2_quality(
+            image, declared.um_per_px if declared else PROVISIONAL_UM_PER_PX, cfg)
+        issues = quality_issues(quality)
         base = Hep2Result(file=frame.source, seq=frame.seq, status="not_scorable",
                           model=self.model, image_width=frame.width,
                           image_height=frame.height, timings_ms=ms)
+
+        # First frame of a still view with a declared scale: do the cells agree? The doubt
+        # travels with the scale to the view's next frames, and goes with a refusal too: a
+        # 40x field declared 10x looks out of focus. A negative well's faint cells say too
+        # little (they gave half the false doubts measured).
+        doubt = None
+        if scale is None and declared is not None and shows_signal(quality):
+            doubt = declared_scale_warning(green, declared.um_per_px, declared.source, cfg)
+            if doubt is not None:
+                declared = replace(declared, warnings=(*declared.warnings, doubt))
 
         def refused(found: ScaleInfo | None, issues: list[QualityIssue]) -> Hep2Prepared | None:
             """The refusal when a gate fails (focus only once the scale is known)."""
@@ -160,7 +177,7 @@ class Hep2Assay(AssayShell[Hep2Result]):
                      and (found is not None or i.code != "out_of_focus")]
             if not fatal:
                 return None
-            warnings = [i.reason for i in issues if not i.fatal]
+            warnings = [i.reason for i in issues if not i.fatal] + ([doubt] if doubt else [])
             prep = Hep2Prepared(base, warnings, found or ScaleInfo(0.0, "unknown", ()))
             prep.refusal = self._refused(base, "; ".join(i.reason for i in fatal),
                                          fatal[0].code, warnings)

@@ -155,6 +155,12 @@ def signal_and_floor(green: np.ndarray, bg: np.ndarray, um_per_px: float) -> tup
     return signal, _SIGNAL_NOISE_SIGMAS * float(smoothed_noise)
 
 
+def shows_signal(q: Hep2Quality) -> bool:
+    """Real stained light in the field, not a negative well's faint autofluorescence: what
+    the colour test, and the check of a declared scale, need to judge anything."""
+    return q.light > _COLOUR_MIN_GREY
+
+
 def quality_issues(q: Hep2Quality, *, min_focus: float = MIN_FOCUS,
                    max_saturated: float = MAX_SATURATED) -> list[QualityIssue]:
     """Fatal issues and warnings for a fluorescence field, most fundamental first.
@@ -191,7 +197,7 @@ def _stain_issues(q: Hep2Quality) -> list[QualityIssue]:
         )]
     # The colour of the light is judged only where there is real signal: a negative well's
     # faint autofluorescence is grey-ish and must not read as "the wrong fluorochrome".
-    if q.light > _COLOUR_MIN_GREY and np.isfinite(q.green_lead) \
+    if shows_signal(q) and np.isfinite(q.green_lead) \
             and q.green_lead < MIN_GREEN_LEAD:
         return [QualityIssue(
             "wrong_stain",
