@@ -52,7 +52,7 @@ BENCH_SEED = 900_000  # apart from training (700000+) and the eval (500000+)
 PRECISIONS = ("fp32", "int8")
 SIZES = ((800, 600), (1280, 960))
 UM_PER_PX = 0.5
-STAGES = ("quality", "cells", "model", "rules")
+STAGES = ("quality", "scale", "cells", "model", "rules")
 STAINED = tuple(n for n in NAMES if n != "negative")
 SCALE_MODES = ("declared", "size estimate", "size + classifier")
 COARSE_UM_PER_PX = 0.95  # a 10x objective: coarser than hep2.specimen.subtype_max_um_per_px
@@ -226,7 +226,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     left.set_title(f"Classifier alone (batch {report['batch']})")
     labels = [f"{size}\n{p}" for size in fields for p in PRECISIONS]
     bottom = np.zeros(len(labels))
-    colours = ("#999999", "#0072B2", "#D55E00", "#009E73")
+    colours = ("#999999", "#CC79A7", "#0072B2", "#D55E00", "#009E73")
     for stage, colour in zip(STAGES, colours, strict=True):
         values = np.array([fields[size][p]["stages_ms"][stage]
                            for size in fields for p in PRECISIONS])

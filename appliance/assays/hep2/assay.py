@@ -165,11 +165,14 @@ class Hep2Assay(AssayShell[Hep2Result]):
         # travels with the scale to the view's next frames, and goes with a refusal too: a
         # 40x field declared 10x looks out of focus. A negative well's faint cells say too
         # little (they gave half the false doubts measured).
+        ms["quality"] = (time.perf_counter() - t0) * 1000.0
         doubt = None
         if scale is None and declared is not None and shows_signal(quality):
+            t_check = time.perf_counter()
             doubt = declared_scale_warning(green, declared.um_per_px, declared.source, cfg)
             if doubt is not None:
                 declared = replace(declared, warnings=(*declared.warnings, doubt))
+            ms["scale"] = (time.perf_counter() - t_check) * 1000.0
 
         def refused(found: ScaleInfo | None, issues: list[QualityIssue]) -> Hep2Prepared | None:
             """The refusal when a gate fails (focus only once the scale is known)."""
@@ -183,7 +186,6 @@ class Hep2Assay(AssayShell[Hep2Result]):
                                          fatal[0].code, warnings)
             return prep
 
-        ms["quality"] = (time.perf_counter() - t0) * 1000.0
         early = refused(declared, issues)
         if early is not None:
             return early

@@ -103,12 +103,11 @@ _CHECK_MAX_PIXELS = 600_000
 _CHECK_COARSEST_UM_PER_PX = 1.0
 
 
-def declared_scale_warning(green: np.ndarray, declared_um_per_px: float, source: str,
-                           cfg: Hep2CellsConfig) -> str | None:
-    """A warning when the cells' size says the field is at another scale than the declared
-    one (more than DECLARED_DISAGREES times off); None when they agree, or when there are
-    too few cells to say. The size estimate ignores the declared scale, so an objective
-    turned without the box being told shows as a factor of 2 or 4."""
+def cells_scale(green: np.ndarray, declared_um_per_px: float,
+                cfg: Hep2CellsConfig) -> float | None:
+    """The scale the cells' size says (``estimate_scale``, which ignores the declared one),
+    measured on a copy of at most _CHECK_MAX_PIXELS pixels that the declared scale says is
+    no coarser than _CHECK_COARSEST_UM_PER_PX; None with too few cells to say."""
     h, w = green.shape
     shrink = min(max(1.0, float(np.sqrt(h * w / _CHECK_MAX_PIXELS))),
                  max(1.0, _CHECK_COARSEST_UM_PER_PX / declared_um_per_px))
@@ -116,11 +115,23 @@ def declared_scale_warning(green: np.ndarray, declared_um_per_px: float, source:
         green, (max(1, round(w / shrink)), max(1, round(h / shrink))),
         interpolation=cv2.INTER_AREA)
     found = estimate_scale(small, cfg)
-    if found.source != "estimated":
-        return None
-    seen = found.um_per_px / shrink
-    ratio = seen / declared_um_per_px
-    if 1.0 / DECLARED_DISAGREES < ratio < DECLARED_DISAGREES:
+    return found.um_per_px / shrink if found.source == "estimated" else None
+
+
+def disagrees(seen: float, declared: float, factor: float = DECLARED_DISAGREES) -> bool:
+    """The cells' size more than ``factor`` times off the declared scale, either way."""
+    ratio = seen / declared
+    return not 1.0 / factor < ratio < factor
+
+
+def declared_scale_warning(green: np.ndarray, declared_um_per_px: float, source: str,
+                           cfg: Hep2CellsConfig) -> str | None:
+    """A warning when the cells' size says the field is at another scale than the declared
+    one (more than DECLARED_DISAGREES times off); None when they agree, or when there are
+    too few cells to say. An objective turned without the box being told shows as a
+    factor of 2 or 4."""
+    seen = cells_scale(green, declared_um_per_px, cfg)
+    if seen is None or not disagrees(seen, declared_um_per_px):
         return None
     return (f"the declared scale {declared_um_per_px:.2f} um/px ({source}) disagrees with the "
             f"cells' size (about {seen:.2f} um/px): check the objective setting "
