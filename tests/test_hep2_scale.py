@@ -20,6 +20,7 @@ from appliance.assays.hep2.scale import (
     declared_scale_warning,
     estimate_scale,
     object_diameter_um,
+    range_warning,
     smoothed,
 )
 from appliance.assays.hep2.segmentation import segment_cells
@@ -322,3 +323,23 @@ def test_the_assay_checks_a_declared_scale_once_per_still_view(
                                                   intensity=5.0))
         assay.prepare(Frame(image=blank.image, seq=2, timestamp=0.0, source="g",
                             um_per_px=0.25))
+
+
+def test_a_scale_outside_the_trained_range_is_said() -> None:
+    trained = (0.25, 1.0)
+    assert range_warning(0.5, "objective", trained) is None
+    assert range_warning(1.04, "objective", trained) is None  # a rounded 10x
+    oil = range_warning(0.16, "objective", trained)
+    assert oil is not None and "0.16 um/px (objective) is outside the 0.25-1 um/px" in oil
+    assert range_warning(2.5, "config", trained) is not None  # a 4x objective
+    field = generate_hep2_field(Hep2FieldSpec(seed=72_350, width=640, height=480,
+                                              um_per_px=0.25,
+                                              patterns=(("homogeneous", 1.0),)))
+    with Hep2Assay.from_config(with_overrides(Config(), {"assay": "hep2"})) as assay:
+        assert assay.manifest.input.um_per_px_range == trained
+        at_60x = assay.score(Frame(image=field.image, seq=1, timestamp=0.0, source="f",
+                                   um_per_px=0.16))
+        at_40x = assay.score(Frame(image=field.image, seq=1, timestamp=0.0, source="f",
+                                   um_per_px=0.25))
+    assert any("outside the 0.25-1 um/px" in w for w in at_60x.warnings)
+    assert not any("outside the" in w for w in at_40x.warnings)

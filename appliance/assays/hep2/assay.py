@@ -42,6 +42,7 @@ from appliance.assays.hep2.scale import (
     declared_scale_warning,
     estimate_scale,
     estimate_warning,
+    range_warning,
 )
 from appliance.assays.hep2.segmentation import Hep2Cells, segment_cells
 from appliance.assays.hep2.single_cell import single_cell_crop
@@ -202,6 +203,10 @@ class Hep2Assay(AssayShell[Hep2Result]):
         warnings = [i.reason for i in issues if not i.fatal]
         if frame.pixel_format in COMPRESSED_FORMATS:
             warnings.append(COMPRESSED_WARNING)
+        outside = range_warning(found.um_per_px, found.source,
+                                self.manifest.input.um_per_px_range)
+        if outside is not None:
+            warnings.append(outside)
         cells = segment_cells(green, found.um_per_px, cfg)
         crop_um = self._crop_scale(green, cells, found)
         found = Hep2Scale(found.um_per_px, found.source, found.warnings, crop_um)

@@ -118,6 +118,23 @@ def cells_scale(green: np.ndarray, declared_um_per_px: float,
     return found.um_per_px / shrink if found.source == "estimated" else None
 
 
+# A scale this little outside the classifier's trained range is still within it: the
+# generator draws 0.25-1.0 um/px and a declared objective is rounded.
+_RANGE_MARGIN = 1.05
+
+
+def range_warning(um_per_px: float, source: str, trained: tuple[float, float]) -> str | None:
+    """A warning when the scale lies outside the range the classifier was trained and
+    measured on (the manifest's ``um_per_px_range``, 10x to 40x): a 60x oil or a 4x
+    objective gives calls nobody has measured."""
+    lo, hi = trained
+    if lo / _RANGE_MARGIN <= um_per_px <= hi * _RANGE_MARGIN:
+        return None
+    return (f"scale {um_per_px:.2f} um/px ({source}) is outside the {lo:g}-{hi:g} um/px "
+            "(10x-40x) the classifier was trained and measured on: its calls here are not "
+            "validated")
+
+
 def disagrees(seen: float, declared: float, factor: float = DECLARED_DISAGREES) -> bool:
     """The cells' size more than ``factor`` times off the declared scale, either way."""
     ratio = seen / declared
