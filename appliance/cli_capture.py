@@ -109,18 +109,36 @@ def cmd_capture(args: argparse.Namespace, cfg: Config, *,
     except CaptureError as exc:
         print(f"error: capture refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    for frame, path in zip(captured.frames, paths, strict=True):
-        ok, png = cv2.imencode(".png", cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise OSError(f"could not encode {path}")
-        write_atomic(path, png.tobytes())
+    try:
+        write_capture(captured, paths, record, cfg)
+    except OSError as exc:
+        print(f"error: could not write the frames: {exc.strerror or exc} (nothing is kept; a "
+              "full disk or a folder this user cannot write?)", file=sys.stderr)
+        return EXIT_REFUSED
+    for path in [*paths, record]:
         print(path)
-    write_atomic(record, (json.dumps(capture_record(captured, paths, cfg), indent=1) + "\n")
-                 .encode("utf-8"))
-    print(record)
     for warning in captured.warnings:
         print(f"warning: {warning}")
     return 0
+
+
+def write_capture(captured: Captured, paths: Sequence[Path], record: Path, cfg: Config) -> None:
+    """Write the PNGs and the record, all or none: on OSError (a full disk) the files this
+    call wrote are removed again before it is raised."""
+    written: list[Path] = []
+    try:
+        for frame, path in zip(captured.frames, paths, strict=True):
+            ok, png = cv2.imencode(".png", cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise OSError(f"could not encode {path}")
+            write_atomic(path, png.tobytes())
+            written.append(path)
+        write_atomic(record, (json.dumps(capture_record(captured, paths, cfg), indent=1)
+                              + "\n").encode("utf-8"))
+    except OSError:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def capture(source: FrameSource, count: int, settle: int, before: Callable[[int], None],

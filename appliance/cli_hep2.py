@@ -135,7 +135,12 @@ def cmd_calibrate_iif(args: argparse.Namespace, cfg: Config) -> int:
         print(f"warning: {warning}")
     print("\n".join(lines))
     if args.write is not None and new_text is not None:
-        write_atomic(args.write, new_text.encode("utf-8"))
+        try:
+            write_atomic(args.write, new_text.encode("utf-8"))
+        except OSError as exc:
+            print(f"error: could not write {args.write}: {exc.strerror or exc} (the config is "
+                  "as it was; put the printed lines in it by hand)", file=sys.stderr)
+            return EXIT_REFUSED
         print(f"written to {args.write}")
     return 0
 
@@ -191,12 +196,14 @@ def cmd_flat_iif(args: argparse.Namespace, cfg: Config) -> int:
     except (FlatFieldError, CalibrationError) as exc:
         print(f"error: flat field refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    if args.save.exists():
-        # A flat field in use is not lost: the one before is kept beside the new one.
-        previous = args.save.with_name(args.save.name + ".previous")
-        os.replace(args.save, previous)
+    try:
+        sha, previous = _save_keeping_previous(flat, args.save)
+    except OSError as exc:
+        print(f"error: could not save the flat field to {args.save}: {exc.strerror or exc} "
+              "(the flat field in use, if any, is as it was)", file=sys.stderr)
+        return EXIT_REFUSED
+    if previous is not None:
         print(f"the flat field that was in {args.save} is kept as {previous}")
-    sha = save_flat(flat, args.save)
     print(flat_summary(flat))
     for warning in flat.warnings:
         print(f"warning: {warning}")
@@ -206,9 +213,29 @@ def cmd_flat_iif(args: argparse.Namespace, cfg: Config) -> int:
         print("note: the intensity calibration holds only with the flat field it was made "
               "with: run `appliance calibrate-iif` again once this flat field is in the config")
     if args.write is not None and new_text is not None:
-        write_atomic(args.write, new_text.encode("utf-8"))
+        try:
+            write_atomic(args.write, new_text.encode("utf-8"))
+        except OSError as exc:
+            print(f"error: could not write {args.write}: {exc.strerror or exc} (the flat field "
+                  f"is saved in {args.save}; name it in the config by hand)", file=sys.stderr)
+            return EXIT_REFUSED
         print(f"written to {args.write}")
     return 0
+
+
+def _save_keeping_previous(flat: FlatField, path: Path) -> tuple[str, Path | None]:
+    """Save the flat field; one already at ``path`` is kept as ``path.previous`` (and put
+    back when the new one cannot be written). Returns the new file's sha256 and where the
+    previous one went."""
+    previous = path.with_name(path.name + ".previous") if path.exists() else None
+    if previous is not None:
+        os.replace(path, previous)
+    try:
+        return save_flat(flat, path), previous
+    except OSError:
+        if previous is not None:
+            os.replace(previous, path)
+        raise
 
 
 def flat_summary(flat: FlatField) -> str:

@@ -166,3 +166,24 @@ def test_bad_arguments_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture
                                    extra: tuple[str, ...], words: str) -> None:
     assert cli_capture.cmd_capture(_args(tmp_path, *extra), load_config(None)) == 2
     assert words in capsys.readouterr().err
+
+
+def test_a_full_disk_keeps_nothing_half_written(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    monkeypatch.setattr(cli_capture, "open_source", lambda *_a, **_k: StubCamera())
+    real = cli_capture.write_atomic
+    calls: list[Path] = []
+
+    def fills_up(path: Path, data: bytes, **kw: object) -> None:
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(cli_capture, "write_atomic", fills_up)
+    assert cli_capture.cmd_capture(_args(tmp_path), PINNED) == cli_capture.EXIT_REFUSED
+    assert "No space left on device" in capsys.readouterr().err
+    assert len(calls) == 3 and not list(tmp_path.iterdir())  # the two written are gone

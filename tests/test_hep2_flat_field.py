@@ -385,3 +385,39 @@ def test_calibrate_iif_records_the_flat_field_it_was_made_with(
     args = parse(["calibrate-iif", *images[:2], str(crop), "--reference-units", "80"])
     assert cli_hep2.cmd_calibrate_iif(args, load_config(config)) == cli_hep2.EXIT_REFUSED
     assert "crop.png" in capsys.readouterr().err
+
+
+def test_a_full_disk_leaves_the_flat_in_use_and_the_config_as_they_were(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    images = [str(write_rgb(tmp_path / f"f{i}.png", f)) for i, f in enumerate(slide_frames())]
+    save = tmp_path / "flat.json"
+    save.write_text("the flat in use")
+
+    def full(*_a: object, **_k: object) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli_hep2, "save_flat", full)
+    args = parse(["flat-iif", *images, "--save", str(save)])
+    assert cli_hep2.cmd_flat_iif(args, Config()) == cli_hep2.EXIT_REFUSED
+    assert "No space left on device" in capsys.readouterr().err
+    assert save.read_text() == "the flat in use"
+    assert not (tmp_path / "flat.json.previous").exists()
+    # calibrate-iif --write on a full disk: refused, the config untouched.
+    monkeypatch.undo()
+    monkeypatch.setattr(cli_hep2, "write_atomic", full)
+    config = tmp_path / "box.toml"
+    config.write_text("assay = \"hep2\"\n[source]\nexposure_us = 10000.0\ngain = 4.0\n")
+    refs = []
+    for seed in (41, 42, 43):
+        image = generate_hep2_field(Hep2FieldSpec(
+            seed=seed, width=400, height=300, um_per_px=0.5,
+            patterns=(("homogeneous", 1.0),), intensity=80.0, photobleaching=0.0)).image
+        refs.append(str(write_rgb(tmp_path / f"ref{seed}.png", image)))
+    args = parse(["calibrate-iif", *refs, "--reference-units", "80", "--write", str(config),
+                  "--config", str(config)])
+    assert cli_hep2.cmd_calibrate_iif(args, load_config(config)) == cli_hep2.EXIT_REFUSED
+    assert "by hand" in capsys.readouterr().err
+    assert "units_per_grey" not in config.read_text()
