@@ -35,6 +35,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
+
 from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.hep2.calibration import (
     Calibration,
@@ -48,6 +50,7 @@ from appliance.assays.hep2.flat_field import (
     FlatFieldError,
     configured_flat,
     flat_from_frames,
+    flat_picture,
     gain_map,
     save_flat,
 )
@@ -204,6 +207,14 @@ def cmd_flat_iif(args: argparse.Namespace, cfg: Config) -> int:
         return EXIT_REFUSED
     if previous is not None:
         print(f"the flat field that was in {args.save} is kept as {previous}")
+    picture = args.save.with_name(args.save.name + ".png")
+    ok, png = cv2.imencode(".png", flat_picture(flat))
+    try:
+        if ok:
+            write_atomic(picture, png.tobytes())
+            print(f"picture of the light: {picture}")
+    except OSError as exc:  # the flat is saved; the picture is only for looking at
+        print(f"warning: could not write {picture}: {exc.strerror or exc}")
     print(flat_summary(flat))
     for warning in flat.warnings:
         print(f"warning: {warning}")

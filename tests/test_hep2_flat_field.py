@@ -333,6 +333,10 @@ def test_flat_iif_saves_the_flat_and_names_it_in_the_config(
     printed = capsys.readouterr().out
     assert "falls to 5" in printed and f'flat_field_file = "{save}"' in printed
     assert "linearity not checked" in printed
+    picture = cv2.imread(str(tmp_path / "hep2_flat.json.png"))
+    assert picture is not None and picture.shape[1] == 640
+    # Brighter (yellow in viridis) in the middle than at the corners.
+    assert int(picture[picture.shape[0] // 2, 320].sum()) > int(picture[5, 5].sum())
     assert load_config(out).hep2.intensity.flat_field_file == str(save)
     assert tomllib.loads(out.read_text())["hep2"]["intensity"]["negative_below"] == 20.0
     assert ff.load_flat(save)[0].corner_light == pytest.approx(CORNER, abs=0.04)
