@@ -47,7 +47,7 @@ BRIGHTFIELD_MEDIAN = 80.0
 # times the brighter of red and blue. Measured on the 60 generated fields with signal of
 # tools.stress_hep2's specimens: 3.0 and more as drawn (5th percentile), 1.8 through a
 # display tone curve (gamma 2.2) or MJPG at quality 75; through a long-pass emission filter
-# whose red pixels see 0.3 of the green 1.25 at least, 0.5 of it 1.21 (5th percentile).
+# whose red pixels see 0.3 of the green 1.5 at least, 0.5 of it 1.15-1.3 in the least green.
 # What must be refused reads far lower: colour photographs 0.71-0.85, the same fields in
 # red (TRITC) 0.33 or blue (DAPI) 0.26 at most, and a yellow fluorochrome (red at 0.9 of
 # green) 1.03 at most. 1.4 used to be the limit and refused 22 of 63 long-pass fields; the
