@@ -692,14 +692,22 @@ def scoring_config(path: Path | None, precision: str, models_dir: str) -> Config
                                  "inference.models_dir": models_dir})
 
 
+def tool_config(args: argparse.Namespace) -> Config | None:
+    """The HEp-2 tools' start: logging at ERROR only, and the scoring config from
+    ``--config``, ``--precision`` and ``--models-dir`` (None once the error is printed)."""
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return scoring_config(args.config, args.precision, args.models_dir)
+    except ConfigError as e:
+        print(f"config {args.config}: {e}", file=sys.stderr)
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation, print the tables and targets, write the PNGs (and the JSON)."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = scoring_config(args.config, args.precision, args.models_dir)
-    except ConfigError as e:
-        print(f"config {args.config}: {e}", file=sys.stderr)
+    cfg = tool_config(args)
+    if cfg is None:
         return 2
     cases = specimen_cases(args.specimens, first_seed=args.seed, um_per_px=args.um_per_px)
     t0 = time.perf_counter()

@@ -43,8 +43,6 @@ apart from every training, tuning and evaluation set.
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -54,15 +52,15 @@ import numpy as np
 
 from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.hep2.flat_field import flat_from_frames, gain_map, load_flat, save_flat
-from appliance.config import ConfigError, with_overrides
+from appliance.config import with_overrides
 from tools.eval_hep2 import (
     Look,
     SpecimenOutcome,
     cell_summary,
     evaluate,
-    scoring_config,
     specimen_cases,
     specimen_summary,
+    tool_config,
 )
 from tools.numbers import save_chart, write_numbers
 from tools.synth import camera_looks
@@ -265,11 +263,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Score the specimens under every look; print, chart and (optionally) save."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = scoring_config(args.config, args.precision, args.models_dir)
-    except ConfigError as e:
-        print(f"config {args.config}: {e}", file=sys.stderr)
+    cfg = tool_config(args)
+    if cfg is None:
         return 2
     cases = specimen_cases(args.specimens, first_seed=args.seed)
     names = [BASELINE] + [n for n in args.looks if n != BASELINE]

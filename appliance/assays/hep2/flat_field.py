@@ -196,13 +196,8 @@ def half_exposure_ratio(full: np.ndarray, half: Sequence[np.ndarray], dark_grey:
     of the flat frames' ``shape`` (height, width).
     """
     rows, cols = full.shape
-    grids = []
-    for i, frame in enumerate(half, start=1):
-        plane = green_plane(frame)
-        if plane.shape != shape:
-            raise FlatFieldError(f"half-exposure frame {i} is {plane.shape[1]}x"
-                                 f"{plane.shape[0]}, not the flat frames' size")
-        grids.append(cv2.resize(plane - dark_grey, (cols, rows), interpolation=cv2.INTER_AREA))
+    grids = [cv2.resize(plane - dark_grey, (cols, rows), interpolation=cv2.INTER_AREA)
+             for plane in _planes_of(half, shape, "half-exposure frame")]
     halves = np.median(np.stack(grids), axis=0)
     usable = full >= LINEARITY_MIN_GREY
     if usable.sum() < 3:
@@ -327,14 +322,22 @@ def configured_flat(cfg: Hep2IntensityConfig) -> tuple[FlatField | None, str]:
 
 def _dark_level(dark: Sequence[np.ndarray], shape: tuple[int, int]) -> float:
     """The mean green of the dark frames (0 without any)."""
-    levels = []
-    for i, frame in enumerate(dark, start=1):
+    levels = [float(plane.mean()) for plane in _planes_of(dark, shape, "dark frame")]
+    return float(np.mean(levels)) if levels else 0.0
+
+
+def _planes_of(frames: Sequence[np.ndarray], shape: tuple[int, int],
+               what: str) -> list[np.ndarray]:
+    """The green planes of extra frames (dark, half exposure), each of the flat frames'
+    ``shape`` (height, width), or FlatFieldError naming the one that is not."""
+    planes = []
+    for i, frame in enumerate(frames, start=1):
         plane = green_plane(frame)
         if plane.shape != shape:
-            raise FlatFieldError(f"dark frame {i} is {plane.shape[1]}x{plane.shape[0]}, the "
-                                 f"flat frames {shape[1]}x{shape[0]}")
-        levels.append(float(plane.mean()))
-    return float(np.mean(levels)) if levels else 0.0
+            raise FlatFieldError(f"{what} {i} is {plane.shape[1]}x{plane.shape[0]}, the flat "
+                                 f"frames {shape[1]}x{shape[0]}")
+        planes.append(plane)
+    return planes
 
 
 def _check_uniform(median: np.ndarray) -> None:
