@@ -162,11 +162,11 @@ class Hep2Assay(AssayShell[Hep2Result]):
                           model=self.model, image_width=frame.width,
                           image_height=frame.height, timings_ms=ms)
 
+        ms["quality"] = (time.perf_counter() - t0) * 1000.0
         # First frame of a still view with a declared scale: do the cells agree? The doubt
         # travels with the scale to the view's next frames, and goes with a refusal too: a
         # 40x field declared 10x looks out of focus. A negative well's faint cells say too
         # little (they gave half the false doubts measured).
-        ms["quality"] = (time.perf_counter() - t0) * 1000.0
         doubt = None
         if scale is None and declared is not None and shows_signal(quality):
             t_check = time.perf_counter()
