@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from appliance.config import Config, with_overrides
 from tools import stress_hep2
 from tools.eval_hep2 import cell_summary, evaluate, specimen_cases
 from tools.synth import camera_looks
-from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field
 
 UM = 0.5
 
@@ -156,3 +157,26 @@ def test_bad_arguments_and_config_stop_the_tool(tmp_path: Path,
     bad.write_text("[hep2.cells]\ncrop_px = 3\n")
     assert stress_hep2.main(["--config", str(bad), "--out-dir", str(tmp_path)]) == 2
     assert "hep2.cells.crop_px" in capsys.readouterr().err
+
+
+def test_a_specimen_is_generated_once_for_every_look(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tools.eval_hep2 as eval_hep2
+
+    cases = [c for c in specimen_cases(1, first_seed=stress_hep2.FIRST_SEED)
+             if c.spec.patterns and c.spec.patterns[0][0] == "centromere"]
+    cfg = with_overrides(Config(), {"assay": "hep2"})
+    fields: dict[int, Hep2Field] = {}
+    with Hep2Assay.from_config(cfg) as assay:
+        drawn, _ = evaluate(assay, cases, fields=fields)
+        assert set(fields) == {c.spec.seed for c in cases}
+
+        def generated_again(*_: object) -> None:
+            raise AssertionError("the field was generated again")
+
+        monkeypatch.setattr(eval_hep2, "generate_hep2_field", generated_again)
+        again, _ = evaluate(assay, cases, fields=fields)
+        look, _f = stress_hep2.LOOKS["monochrome"]
+        mono, _ = evaluate(assay, cases, look=look, fields=fields)
+    # The cached field scores as the fresh one did (all but the time it took).
+    assert [replace(o, ms=0.0) for o in again] == [replace(o, ms=0.0) for o in drawn]
+    assert [o.seed for o in mono] == [o.seed for o in drawn]

@@ -424,7 +424,7 @@ def target_results(cells: Mapping[str, object], specimens: Mapping[str, object]
 
 def score_generated(assay: Hep2Assay, spec: Hep2FieldSpec, seq: int, *,
                     estimate_scale: bool = False, look: Look | None = None,
-                    declared_factor: float = 1.0
+                    declared_factor: float = 1.0, fields: dict[int, Hep2Field] | None = None
                     ) -> tuple[Hep2Field, Hep2Cells | None, Hep2Result, float]:
     """Generate one field and score it with its scale declared (or, with
     ``estimate_scale``, left for the box to estimate): (truth, segmentation or None when
@@ -433,11 +433,17 @@ def score_generated(assay: Hep2Assay, spec: Hep2FieldSpec, seq: int, *,
     ``look`` changes the picture before it is scored (the camera or microscope differing
     from the generator's; tools/stress_hep2.py); the truth stays the drawn one.
     ``declared_factor``: the scale declared is the true one times this (a wrong objective).
+    ``fields``: generated fields by seed, kept for the next call (a tool that scores the
+    same specimens several ways generates each once; the looks never change them).
 
     The steps (prepare / infer / finish) are run one by one to keep the segmentation's
     label image, which the cell matching needs; the result is the same as ``score``'s.
     """
-    truth = generate_hep2_field(spec)
+    truth = fields.get(spec.seed) if fields is not None else None
+    if truth is None:
+        truth = generate_hep2_field(spec)
+        if fields is not None:
+            fields[spec.seed] = truth
     image = truth.image if look is None else look(truth.image, truth.um_per_px)
     frame = Frame(image=image, seq=seq, timestamp=0.0, source=f"seed{spec.seed}",
                   um_per_px=None if estimate_scale else truth.um_per_px * declared_factor)
@@ -452,12 +458,12 @@ def score_generated(assay: Hep2Assay, spec: Hep2FieldSpec, seq: int, *,
 
 def score_specimen(assay: Hep2Assay, case: SpecimenCase, seq: int, tally: CellTally,
                    levels: Hep2IntensityConfig, *, estimate_scale: bool = False,
-                   look: Look | None = None, declared_factor: float = 1.0
-                   ) -> SpecimenOutcome:
+                   look: Look | None = None, declared_factor: float = 1.0,
+                   fields: dict[int, Hep2Field] | None = None) -> SpecimenOutcome:
     """Generate, score and compare one specimen; its cells go into ``tally``."""
     truth, cells, result, ms = score_generated(assay, case.spec, seq,
                                                estimate_scale=estimate_scale, look=look,
-                                               declared_factor=declared_factor)
+                                               declared_factor=declared_factor, fields=fields)
     if case.kind != "mixed" and cells is not None:
         add_cells(tally, truth, cells, result)
     return SpecimenOutcome(
@@ -483,13 +489,15 @@ def truth_shares(result: Hep2Result, names: Sequence[str]) -> tuple[float, ...]:
 
 def evaluate(assay: Hep2Assay, cases: Sequence[SpecimenCase], *, progress: bool = False,
              estimate_scale: bool = False, look: Look | None = None,
-             declared_factor: float = 1.0, desc: str = "specimens"
+             declared_factor: float = 1.0, desc: str = "specimens",
+             fields: dict[int, Hep2Field] | None = None
              ) -> tuple[list[SpecimenOutcome], CellTally]:
-    """Score every case (see :func:`score_generated`); the outcomes and the cell tally."""
+    """Score every case (see :func:`score_generated`; ``fields`` keeps the generated
+    fields for another pass); the outcomes and the cell tally."""
     tally = CellTally()
     levels = assay.cfg.hep2.intensity
     outcomes = [score_specimen(assay, case, i, tally, levels, estimate_scale=estimate_scale,
-                               look=look, declared_factor=declared_factor)
+                               look=look, declared_factor=declared_factor, fields=fields)
                 for i, case in enumerate(tqdm(cases, desc=desc, disable=not progress))]
     return outcomes, tally
 
