@@ -146,7 +146,10 @@ def flat_from_frames(frames: Sequence[np.ndarray], dark: Sequence[np.ndarray] = 
     # or a lamp that flickers, changes the level, not the shape.
     shapes = [g / max(float(np.median(g)), 1e-6) for g in grids]
     median = np.median(np.stack(shapes), axis=0)
-    level = float(np.median(np.stack(grids), axis=0).max())
+    # The frames' median grid in grey: its brightest block is the flat's level, and the
+    # linearity check compares the half-exposure frames with it.
+    grey = np.median(np.stack(grids), axis=0)
+    level = float(grey.max())
     if level < MIN_LEVEL_GREY:
         raise FlatFieldError(f"the brightest part reads only {level:.1f} grey above the dark "
                              f"level (at least {MIN_LEVEL_GREY:g}): lengthen the exposure or "
@@ -170,8 +173,7 @@ def flat_from_frames(frames: Sequence[np.ndarray], dark: Sequence[np.ndarray] = 
             f"the light falls to {float(gains[dimmest]):.0%} of the brightest "
             f"{_where(dimmest, gains.shape)}, more than vignetting (at least {MIN_GAIN:.0%}): "
             "is the slide's edge, the field diaphragm or a holder in view?")
-    ratio = (half_exposure_ratio(np.median(np.stack(grids), axis=0), half, dark_grey, (h, w))
-             if half else None)
+    ratio = half_exposure_ratio(grey, half, dark_grey, (h, w)) if half else None
     warnings: tuple[str, ...] = ()
     if not dark and level < DARK_WARN_BELOW_GREY:
         warnings = (f"no dark frame: the camera's dark level is taken as 0, and the flat "
