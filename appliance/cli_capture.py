@@ -35,7 +35,7 @@ from typing import Any
 import cv2
 
 from appliance.capture.factory import open_source
-from appliance.capture.frame import Frame
+from appliance.capture.frame import COMPRESSED_FORMATS, Frame
 from appliance.capture.source import EndOfStream, FrameSource, RejectedFrame, SourceFault
 from appliance.config import Config
 from appliance.files import write_atomic
@@ -44,7 +44,6 @@ EXIT_REFUSED = 2
 DEFAULT_SETTLE = 5
 OPEN_TRIES = 3  # a camera just released by another process can take a moment
 OPEN_RETRY_S = 1.0
-COMPRESSED = ("MJPG",)
 _log = logging.getLogger(__name__)
 
 
@@ -228,7 +227,7 @@ def _check(frames: Sequence[Frame], cfg: Config) -> list[str]:
     elif any(f.exposure_pinned is None for f in frames):
         warnings.append("the source cannot say whether the camera holds the pinned exposure "
                         "and gain (a GStreamer pipeline or a replay): check it pins them")
-    if any(f.pixel_format in COMPRESSED for f in frames):
+    if any(f.pixel_format in COMPRESSED_FORMATS for f in frames):
         warnings.append("the camera sent JPEG-compressed frames (MJPG): grey levels shift and "
                         "fine detail blurs; set source.fourcc = \"YUYV\" for calibration")
     return warnings

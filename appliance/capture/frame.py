@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Pixel formats that reach the box JPEG-compressed (Frame.pixel_format): fine detail and
+# grey levels are not what the sensor saw (docs/hep2.md, "Cameras the generator does not
+# draw"; docs/hep2-calibration.md).
+COMPRESSED_FORMATS = ("MJPG",)
+
 
 @dataclass(frozen=True)
 class Frame:

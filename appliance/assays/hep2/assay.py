@@ -51,7 +51,7 @@ from appliance.assays.hep2.types import MITOSIS_CLASSES, CellCall, Hep2Cell, Hep
 from appliance.assays.her2.assay import TENSORRT_INT8, ScaleInfo
 from appliance.assays.her2.types import FieldContext, ModelRef
 from appliance.assays.shell import AssayShell
-from appliance.capture.frame import Frame
+from appliance.capture.frame import COMPRESSED_FORMATS, Frame
 from appliance.config import Config
 from appliance.inference.backend import ClassifierBackend
 from appliance.inference.manifest import ModelError, ModelManifest, load_manifest, verify_model
@@ -64,10 +64,9 @@ REGION_LOGITS = "region_logits"  # hep2-cells-v6 on: does each region of the cel
 # Cells per classifier run: bounded memory on a big field. Also the largest batch of the
 # TensorRT engine's profile (tools/build_engine.py builds it with this value).
 CLASSIFIER_BATCH = 256
-# Pixel formats that reach the box JPEG-compressed (Frame.pixel_format). Measured with
-# tools.stress_hep2: MJPG's 4:2:0 chroma and quantisation blur the fine speckles and dots
+# JPEG-compressed frames (capture.frame.COMPRESSED_FORMATS): measured with
+# tools.stress_hep2, MJPG's 4:2:0 chroma and quantisation blur the fine speckles and dots
 # the classes differ by, and cost the cells many points of accuracy (docs/hep2.md).
-COMPRESSED_FORMATS = ("MJPG",)
 COMPRESSED_WARNING = ("the camera sends JPEG-compressed frames (MJPG): fine speckles and dots "
                       "lose detail and colour, and cells are classified less accurately; set "
                       "source.fourcc = \"YUYV\" where the camera offers it")
