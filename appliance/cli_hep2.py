@@ -31,7 +31,9 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,8 @@ from appliance.assays.hep2.flat_field import (
     gain_map,
     save_flat,
 )
+from appliance.assays.hep2.patterns import pattern
+from appliance.assays.hep2.types import Hep2Cell
 from appliance.capture.frame import Frame
 from appliance.capture.stills import ImageRejected, load_still
 from appliance.config import Config, ConfigError, SourceConfig, config_from_dict
@@ -119,8 +123,8 @@ def cmd_calibrate_iif(args: argparse.Namespace, cfg: Config) -> int:
     if args.check is not None:
         return check_calibration(args, cfg, flat_sha)
     try:
-        greys = measure_reference_fields(cfg, args.images)
-        cal = units_per_grey_from_reference([g for _, g in greys], args.reference_units)
+        readings = measure_reference_fields(cfg, args.images)
+        cal = units_per_grey_from_reference([r.grey for r in readings], args.reference_units)
         lines = calibration_lines(cfg.source, cal, flat_sha)
         new_text = None
         if args.write is not None:
@@ -130,8 +134,8 @@ def cmd_calibrate_iif(args: argparse.Namespace, cfg: Config) -> int:
     except CalibrationError as exc:
         print(f"error: calibration refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    for path, grey in greys:
-        print(f"{path}: {grey:.2f} grey levels above background")
+    for reading in readings:
+        print(reading.line())
     print(f"median {cal.median_grey:.2f} grey over {cal.fields} fields (spread {cal.cv:.1%}); "
           f"reference {cal.reference_units:g} units -> {cal.units_per_grey:.6g} units per grey")
     for warning in cal.warnings:
@@ -165,14 +169,14 @@ def check_calibration(args: argparse.Namespace, cfg: Config, flat_sha: str) -> i
               file=sys.stderr)
         return EXIT_REFUSED
     try:
-        greys = measure_reference_fields(cfg, args.images)
-        drift = reference_drift([g for _, g in greys], args.reference_units,
+        readings = measure_reference_fields(cfg, args.images)
+        drift = reference_drift([r.grey for r in readings], args.reference_units,
                                 intensity.units_per_grey)
     except CalibrationError as exc:
         print(f"error: check refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    for path, grey in greys:
-        print(f"{path}: {grey * intensity.units_per_grey:.2f} units")
+    for reading in readings:
+        print(reading.line(intensity.units_per_grey))
     within = abs(drift.percent) <= tolerance
     print(f"the reference reads {drift.units:.2f} units (median of {drift.fields} fields, "
           f"spread {drift.cv:.1%}) against its {drift.reference_units:g}: "
@@ -278,12 +282,40 @@ def require_pinned(source: SourceConfig) -> None:
                           "source.gain")
 
 
-def measure_reference_fields(cfg: Config, images: Sequence[Path]) -> list[tuple[Path, float]]:
-    """Each field's specimen intensity in grey levels above background, scored by Hep2Assay.
+@dataclass(frozen=True)
+class ReferenceReading:
+    """One reference field as the assay read it."""
+
+    path: Path
+    grey: float  # specimen intensity, grey levels above background
+    cells: int  # interphase cells measured
+    pattern: str  # the pattern most cells read as, for the lab's record
+
+    def line(self, units_per_grey: float | None = None) -> str:
+        """The field's printed line: grey levels, or units at ``units_per_grey``."""
+        value = (f"{self.grey:.2f} grey levels above background" if units_per_grey is None
+                 else f"{self.grey * units_per_grey:.2f} units")
+        return f"{self.path}: {value} ({self.cells} cells; {self.pattern})"
+
+
+def cells_read_as(cells: Sequence[Hep2Cell]) -> str:
+    """The pattern most whole interphase cells read as, and their share: "homogeneous
+    AC-1, 92% of cells". Not the specimen call, which before a calibration may be
+    "negative" for a cut-off serum read a little low."""
+    names = [c.pattern for c in cells if not c.mitotic and not c.touches_edge]
+    if not names:
+        return "no whole interphase cell"
+    top, count = Counter(names).most_common(1)[0]
+    return f"{top} {pattern(top).icap}, {count / len(names):.0%} of cells"
+
+
+def measure_reference_fields(cfg: Config, images: Sequence[Path]) -> list[ReferenceReading]:
+    """Each field's specimen intensity in grey levels above background, scored by Hep2Assay,
+    the interphase cells it was measured on, and the pattern most whole cells read as.
 
     Raises CalibrationError naming the first field that could not be measured.
     """
-    out: list[tuple[Path, float]] = []
+    out: list[ReferenceReading] = []
     with Hep2Assay.from_config(cfg) as assay:
         for seq, path in enumerate(images, start=1):
             try:
@@ -303,7 +335,9 @@ def measure_reference_fields(cfg: Config, images: Sequence[Path]) -> list[tuple[
                 raise CalibrationError(f"{path}: no interphase cell found: not a field of a "
                                        "stained reference slide")
             # The assay reports units at the config's current calibration: undo it.
-            out.append((path, result.intensity_units / cfg.hep2.intensity.units_per_grey))
+            out.append(ReferenceReading(
+                path, result.intensity_units / cfg.hep2.intensity.units_per_grey,
+                result.cells_interphase, cells_read_as(result.cells)))
     return out
 
 

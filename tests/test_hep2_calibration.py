@@ -246,7 +246,8 @@ class MeasuringAssay:
     def score(self, frame: Frame) -> Any:
         grey = grey_of(frame.image)
         return SimpleNamespace(intensity_units=grey * self.cfg.hep2.intensity.units_per_grey,
-                               cells_interphase=5, reason=None)
+                               cells_interphase=5, reason=None, cells=[SimpleNamespace(
+                                   pattern="homogeneous", mitotic=False, touches_edge=False)])
 
 
 def common(p: argparse.ArgumentParser) -> None:
@@ -285,11 +286,23 @@ def test_calibrate_iif_prints_and_writes_the_calibration(
     assert cli_hep2.cmd_calibrate_iif(args, load_config(config)) == 0
     printed = capsys.readouterr().out
     assert "[hep2.intensity]" in printed and "exposure_ms = 20.0" in printed
+    # Each field's line says what it was measured on, for the lab's record.
+    assert f"{images[0]}: " in printed and "(5 cells; homogeneous AC-1, 100% of cells)" in printed
     cal = load_config(out).hep2.intensity
     assert cal.units_per_grey == pytest.approx(2.0, rel=0.1)  # half the exposure
     assert (cal.exposure_ms, cal.gain) == (20.0, 2.0)
     assert intensity_is_calibrated(load_config(out).source, cal)[0]
     assert config.read_bytes().decode().count("units_per_grey = 3.0") == 1  # source untouched
+
+
+def test_a_reference_field_says_which_pattern_most_of_its_cells_read_as() -> None:
+    def cell(name: str, mitotic: bool = False, edge: bool = False) -> Any:
+        return SimpleNamespace(pattern=name, mitotic=mitotic, touches_edge=edge)
+
+    cells = [cell("centromere")] * 3 + [cell("homogeneous")] + [
+        cell("homogeneous", mitotic=True)] * 4 + [cell("homogeneous", edge=True)] * 4
+    assert cli_hep2.cells_read_as(cells) == "centromere AC-3, 75% of cells"
+    assert cli_hep2.cells_read_as(cells[4:]) == "no whole interphase cell"
 
 
 def test_calibrate_iif_refuses_unpinned_camera(tmp_path: Path) -> None:
@@ -334,9 +347,11 @@ def test_calibrate_iif_end_to_end_with_the_shipped_classifier(
     args = parse(["calibrate-iif", *images, "--reference-units", "80"])
     cfg = config_from_dict({"source": {"exposure_us": 20000.0, "gain": 2.0}})
     assert cli_hep2.cmd_calibrate_iif(args, cfg) == 0
-    line = next(ln for ln in capsys.readouterr().out.splitlines()
-                if ln.startswith("units_per_grey"))
+    printed = capsys.readouterr().out.splitlines()
+    line = next(ln for ln in printed if ln.startswith("units_per_grey"))
     assert float(line.split("=")[1]) == pytest.approx(1.0, rel=0.1)
+    fields = [ln for ln in printed if ln.startswith(str(tmp_path))]
+    assert len(fields) == 3 and all("cells; homogeneous AC-1, " in ln for ln in fields)
 
 
 # ---------------------------------------------------------------- the periodic check
@@ -369,6 +384,7 @@ def test_calibrate_iif_check_reports_the_drift(
     assert cli_hep2.cmd_calibrate_iif(args, load_config(config)) == code
     printed = capsys.readouterr().out
     assert words in printed
+    assert f"{images[0]}: " in printed and " units (5 cells; homogeneous AC-1" in printed
     assert config.read_text() == CALIBRATED  # a check writes nothing
 
 

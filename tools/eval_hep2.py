@@ -2,7 +2,7 @@
 
     python -m tools.eval_hep2 [--precision int8|fp32] [--specimens 10] [--quick]
                               [--um-per-px U] [--estimate-scale] [--out-dir docs/img]
-                              [--json FILE]
+                              [--calibrate] [--json FILE]
 
 Each specimen is one 800x600 field (tools/synth/hep2_fields.py) scored by the real assay
 (quality gates, segmentation, crops, classifier, specimen rules) with the scale declared,
@@ -13,6 +13,10 @@ the JSON's ``scale``). Three kinds of specimen, N of each:
 - single-pattern positive specimens, every staining pattern of the table;
 - negative specimens (autofluorescence only);
 - mixed specimens, pairs of clearly different patterns (``MIXED_PAIRS``), half and half.
+
+The box's ``units_per_grey`` is 1 unless ``--calibrate`` is given: the generator's own grey
+scale, exact for an unbleached cell. With ``--calibrate`` it is first calibrated as a lab
+would, on generated reference wells scored by the same assay (tools/hep2_reference.py).
 
 Cell level (single-pattern and negative specimens: a mixed specimen's compound cells have
 no single truth): every segmented cell is matched to the truth cell it overlaps with
@@ -48,6 +52,7 @@ import numpy as np
 from tqdm import tqdm
 
 from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.calibration import CalibrationError
 from appliance.assays.hep2.patterns import NAMES, pattern, subtype_group
 from appliance.assays.hep2.segmentation import Hep2Cells
 from appliance.assays.hep2.specimen import intensity_level
@@ -61,6 +66,7 @@ from appliance.config import (
     with_overrides,
 )
 from tools.hep2_dataset import match_cells
+from tools.hep2_reference import REFERENCE_PATTERN, calibrate_on_reference
 from tools.numbers import save_chart, write_numbers
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field, region_of
 
@@ -682,6 +688,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--config", type=Path, default=None,
                     help="a config file for the box (default: the built-in defaults); the "
                          "assay, precision and models folder are this command's")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="calibrate the box first as a lab would, on generated reference "
+                         "wells (tools/hep2_reference.py: the cut-off serum, 15 fields, "
+                         "seeds 790000+), instead of the generator's own grey scale")
     ap.add_argument("--quick", action="store_true",
                     help=f"{QUICK_SPECIMENS} specimen per class")
     args = ap.parse_args(argv)
@@ -698,6 +708,23 @@ def scoring_config(path: Path | None, precision: str, models_dir: str) -> Config
     base = Config() if path is None else load_config(path)
     return with_overrides(base, {"assay": "hep2", "inference.precision": precision,
                                  "inference.models_dir": models_dir})
+
+
+def lab_calibrated(cfg: Config) -> tuple[Config, dict[str, object]]:
+    """``cfg`` with ``units_per_grey`` from the generated reference wells (as a lab's
+    ``calibrate-iif`` would set it), and what the calibration measured. Prints it."""
+    with Hep2Assay.from_config(with_overrides(cfg, {"hep2.intensity.units_per_grey": 1.0})
+                               ) as assay:
+        cal, fields = calibrate_on_reference(assay)
+    print(f"calibrated on {cal.fields} generated reference fields ({REFERENCE_PATTERN} at "
+          f"{cal.reference_units:g} units, seeds {fields[0].seed}..{fields[-1].seed}): median "
+          f"{cal.median_grey:.2f} grey, spread {cal.cv:.1%} -> {cal.units_per_grey:.4f} units "
+          "per grey")
+    summary: dict[str, object] = {
+        "units_per_grey": cal.units_per_grey, "reference_units": cal.reference_units,
+        "pattern": REFERENCE_PATTERN, "median_grey": cal.median_grey, "cv": cal.cv,
+        "fields": [asdict(f) for f in fields]}
+    return with_overrides(cfg, {"hep2.intensity.units_per_grey": cal.units_per_grey}), summary
 
 
 def tool_config(args: argparse.Namespace) -> Config | None:
@@ -718,6 +745,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg is None:
         return 2
     cases = specimen_cases(args.specimens, first_seed=args.seed, um_per_px=args.um_per_px)
+    calibration = None
+    if args.calibrate:
+        try:
+            cfg, calibration = lab_calibrated(cfg)
+        except CalibrationError as e:
+            print(f"calibration on the reference wells refused: {e}", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
     with Hep2Assay.from_config(cfg) as assay:
         model = asdict(assay.model)
@@ -747,7 +781,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "first_seed": args.seed, "um_per_px": args.um_per_px,
                        "width": WIDTH, "height": HEIGHT, "model": model,
                        "seconds": round(seconds, 1), "mixed_pairs": MIXED_PAIRS,
-                       "estimate_scale": args.estimate_scale,
+                       "estimate_scale": args.estimate_scale, "calibration": calibration,
                        "config": None if args.config is None else str(args.config),
                        "config_sha256": cfg.sha256()},
                "scale": scale,
