@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # System packages the test suite uses: the broker, systemd-analyze, shellcheck for deploy/.
 SYSTEM_PACKAGES := mosquitto systemd shellcheck
 
-.PHONY: demo test lint typecheck pytest system-deps model model-hep2 bench bench-pipeline eval-cases eval-hep2 eval-hep2-seg tune-hep2 bench-hep2 clean
+.PHONY: demo test lint typecheck pytest system-deps model model-hep2 bench bench-pipeline eval-cases eval-hep2 eval-hep2-wells eval-hep2-seg tune-hep2 bench-hep2 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,10 @@ eval-hep2: $(STAMP)
 	$(BIN)/python -m tools.eval_hep2 --precision fp32 --specimens 20 --json build/eval/eval_hep2_fp32.json
 	$(BIN)/python -m tools.eval_hep2 --precision int8 --specimens 20 --calibrate --out-dir build/eval \
 		--json build/eval/eval_hep2_int8_calibrated.json
+
+## eval-hep2-wells: HEp-2 wells of 3 fields pooled against single fields (about 10 min)
+eval-hep2-wells: $(STAMP)
+	$(BIN)/python -m tools.eval_hep2_wells --wells 10 --fields 3 --calibrate --json build/eval/hep2_wells.json
 
 ## eval-hep2-seg: HEp-2 segmentation by pattern: cells found, split, merged, missed, outlined
 eval-hep2-seg: $(STAMP)

@@ -2,6 +2,7 @@
 
     appliance score [--assay her2|hep2] [--json] IMAGE...
     appliance score --assay hep2 --cell [--json] CELL_IMAGE...
+    appliance score --assay hep2 --well [--json] FIELD...
     appliance run [--source URI] [--display SINK] [--config FILE] [--store PATH]
     appliance config --defaults | --validate FILE
     appliance case start|end|control start|control end|status|list ...
@@ -32,6 +33,7 @@ from typing import Any
 from appliance import __version__, cli_capture, cli_cases, cli_hep2
 from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.hep2.cell_files import is_mask_file, load_cell_image
+from appliance.assays.hep2.well import call_well
 from appliance.assays.her2.assay import Her2Assay
 from appliance.assays.shell import INTERNAL_ERROR
 from appliance.capture.frame import Frame
@@ -42,6 +44,7 @@ from appliance.inference.manifest import ModelError
 from appliance.outputs import hep2_json
 from appliance.outputs.display.sinks import DisplayError
 from appliance.outputs.store import ResultStore, StoreError
+from appliance.outputs.table import format_hep2_well_row
 from appliance.service import runner
 from appliance.service.cases import CaseWorkflow, mqtt_case_messages
 from appliance.service.logs import configure_logging
@@ -74,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="assay (default: the config's, her2)")
     sc.add_argument("--cell", action="store_true",
                     help="hep2: each image is one cell (a crop): its pattern and probabilities")
+    sc.add_argument("--well", action="store_true",
+                    help="hep2: the images are fields of one well: after the fields, the "
+                         "well's call from their cells pooled")
     sc.add_argument("--json", action="store_true", help="one JSON object per image")
     sc.add_argument("--cells", action="store_true", help="include per-cell results in the JSON")
     sc.add_argument("--no-overlay", action="store_true", help="write no overlay pictures")
@@ -131,6 +137,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if args.cell and cfg.assay != "hep2":
         raise ConfigError("assay", "--cell classifies single HEp-2 cells: use --assay hep2")
+    if args.well and (cfg.assay != "hep2" or args.cell):
+        raise ConfigError("assay", "--well pools whole HEp-2 fields: use --assay hep2 "
+                                   "without --cell")
     if cfg.assay == "hep2" and args.cell:
         return _classify_cells(args, cfg)
     overlay = None if args.no_overlay or not cfg.overlay.enabled else Path(cfg.overlay.dir)
@@ -175,8 +184,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _score_hep2(args: argparse.Namespace, cfg: Config, overlay: Path | None,
                 store: ResultStore | None) -> int:
-    """`score --assay hep2`: whole IIF fields."""
+    """`score --assay hep2`: whole IIF fields (and, with ``--well``, their pooled call)."""
     failures = 0
+    results = []
     with Hep2Assay.from_config(cfg) as assay:
         recorder = Recorder(store=store, config_sha256=cfg.sha256(), overlay_dir=overlay,
                             out=sys.stdout, as_json=args.json, with_cells=args.cells)
@@ -184,12 +194,19 @@ def _score_hep2(args: argparse.Namespace, cfg: Config, overlay: Path | None,
             try:
                 image = load_still(path, cfg.input, grey_ok=True)
             except ImageRejected as exc:
-                recorder.record(assay.refuse_input(str(path), seq, exc.code, exc.reason), None)
+                refusal = assay.refuse_input(str(path), seq, exc.code, exc.reason)
+                results.append(refusal)
+                recorder.record(refusal, None)
                 continue
             frame = Frame(image=image, seq=seq, timestamp=time.monotonic(), source=str(path))
             result = assay.score_guarded(frame)
             failures += result.reason_code == INTERNAL_ERROR
+            results.append(result)
             recorder.record(result, image)
+    if args.well:
+        well = call_well(results, cfg.hep2)
+        print(hep2_json.to_json(hep2_json.well_to_dict(well)) if args.json
+              else format_hep2_well_row(well))
     return 1 if failures else 0
 
 

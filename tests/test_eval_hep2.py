@@ -304,9 +304,9 @@ def test_truth_shares_count_whole_interphase_cells_only() -> None:
 
     cells = [cell("golgi"), cell("golgi"), cell("centromere"), cell("homogeneous"),
              cell("centromere", edge=True), cell("centromere", mitosis="mitotic_plate_stained")]
-    got = eval_hep2.truth_shares(fake_result(cells), ("centromere", "golgi"))
+    got = eval_hep2.truth_shares(cells, ("centromere", "golgi"))
     assert got == (0.25, 0.5)
-    assert eval_hep2.truth_shares(fake_result([]), ("golgi",)) == (0.0,)
+    assert eval_hep2.truth_shares([], ("golgi",)) == (0.0,)
 
 
 # ------------------------------------------------------------------------------ smoke runs

@@ -56,7 +56,8 @@ from appliance.assays.hep2.calibration import CalibrationError
 from appliance.assays.hep2.patterns import NAMES, pattern, subtype_group
 from appliance.assays.hep2.segmentation import Hep2Cells
 from appliance.assays.hep2.specimen import intensity_level
-from appliance.assays.hep2.types import INTENSITY_LEVELS, Hep2Result
+from appliance.assays.hep2.types import INTENSITY_LEVELS, Hep2Cell, Hep2Result
+from appliance.assays.hep2.well import Hep2WellResult
 from appliance.capture.frame import Frame
 from appliance.config import (
     Config,
@@ -472,24 +473,35 @@ def score_specimen(assay: Hep2Assay, case: SpecimenCase, seq: int, tally: CellTa
                                                declared_factor=declared_factor, fields=fields)
     if case.kind != "mixed" and cells is not None:
         add_cells(tally, truth, cells, result)
+    return outcome_of(case.kind, truth, result, ms, levels)
+
+
+def outcome_of(kind: str, truth: Hep2Field, result: Hep2Result | Hep2WellResult, ms: float,
+               levels: Hep2IntensityConfig) -> SpecimenOutcome:
+    """A scored field (or a well of such fields, judged by its first field's truth)
+    against its truth."""
+    if isinstance(result, Hep2Result):
+        cells, shares = len(result.cells), truth_shares(result.cells, truth.patterns)
+    else:  # a well counts its pooled cells and does not keep them
+        cells, shares = result.cells_interphase + result.cells_mitotic, ()
     return SpecimenOutcome(
-        seed=case.spec.seed, kind=case.kind, um_per_px=round(truth.um_per_px, 4),
+        seed=truth.spec.seed, kind=kind, um_per_px=round(truth.um_per_px, 4),
         truth_patterns=truth.patterns, truth_positive=truth.positive,
         truth_intensity=round(truth.intensity, 2),
         truth_level=intensity_level(truth.intensity, levels), status=result.status,
         reported=tuple(p.name for p in result.patterns), positive=result.positive,
         intensity=None if result.intensity_units is None else round(result.intensity_units, 2),
-        level=result.intensity_level, reason=result.reason, cells=len(result.cells),
-        ms=round(ms, 1), truth_shares=truth_shares(result, truth.patterns),
+        level=result.intensity_level, reason=result.reason,
+        cells=cells, ms=round(ms, 1), truth_shares=shares,
         scale_used=None if result.um_per_px is None else round(result.um_per_px, 4))
 
 
-def truth_shares(result: Hep2Result, names: Sequence[str]) -> tuple[float, ...]:
+def truth_shares(cells: Sequence[Hep2Cell], names: Sequence[str]) -> tuple[float, ...]:
     """Share of the whole interphase cells whose most probable class is each of ``names``.
 
     Why a second pattern was not reported: too few cells voted for it, or none did.
     """
-    top = [c.pattern for c in result.cells if not c.mitotic and not c.touches_edge]
+    top = [c.pattern for c in cells if not c.mitotic and not c.touches_edge]
     return tuple(round(sum(p == n for p in top) / len(top), 3) if top else 0.0 for n in names)
 
 

@@ -1,4 +1,5 @@
-"""The HEp-2 result JSON: one object per field (`appliance score --assay hep2 --json`).
+"""The HEp-2 result JSON: one object per field (`appliance score --assay hep2 --json`), and
+one per well with ``--well`` (the fields pooled: ``docs/hep2-well.schema.json``).
 
 Schema: ``docs/hep2-result.schema.json`` (JSON Schema 2020-12), documented in
 ``docs/hep2-json.md``. Single-cell calls (``--cell``) have their own small object,
@@ -8,14 +9,18 @@ Schema: ``docs/hep2-result.schema.json`` (JSON Schema 2020-12), documented in
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from appliance.assays.hep2.types import CellCall, Hep2Cell, Hep2Result
+from appliance.assays.hep2.types import CellCall, Hep2Cell, Hep2Result, PatternCall
+from appliance.assays.hep2.well import Hep2WellResult
+from appliance.assays.her2.types import ModelRef
 from appliance.outputs.result_json import _created_at_now, _num, is_research_use_only
 
 SCHEMA_VERSION = "1"
 SCHEMA_PATH: Path = Path(__file__).resolve().parents[2] / "docs" / "hep2-result.schema.json"
+WELL_SCHEMA_PATH: Path = SCHEMA_PATH.with_name("hep2-well.schema.json")
 
 
 def _check(result: Hep2Result) -> None:
@@ -58,14 +63,9 @@ def result_to_dict(result: Hep2Result, *, include_cells: bool = False) -> dict[s
         "schema_version": SCHEMA_VERSION, "file": result.file, "seq": result.seq,
         "assay": result.assay, "status": result.status,
         "positive": result.positive if result.scored else None,
-        "intensity": (None if result.intensity_level is None else {
-            "level": result.intensity_level,
-            "value": _num("intensity.value", result.intensity_units or 0.0, 2),
-            "calibrated": result.intensity_calibrated}),
-        "patterns": [{"name": p.name, "icap": p.icap, "label": p.label,
-                      "share": _num("patterns.share", p.share, 4),
-                      "confidence": _num("patterns.confidence", p.confidence, 4),
-                      "evidence": p.evidence} for p in result.patterns],
+        "intensity": _intensity(result.intensity_level, result.intensity_units,
+                                result.intensity_calibrated),
+        "patterns": _patterns(result.patterns),
         "cell_counts": {"total": len(result.cells), "interphase": result.cells_interphase,
                         "mitotic": result.cells_mitotic},
         "reason": None if result.scored else result.reason,
@@ -77,8 +77,7 @@ def result_to_dict(result: Hep2Result, *, include_cells: bool = False) -> dict[s
                            else _num("crop_um_per_px", result.crop_um_per_px, 4)),
         "image": ({"width": result.image_width, "height": result.image_height}
                   if result.image_width else None),
-        "model": {"name": m.name, "sha256": m.sha256, "precision": m.precision,
-                  "validated_on": m.validated_on},
+        "model": _model(m),
         "research_use_only": is_research_use_only(m),
         "timings_ms": {k: _num(f"timings_ms.{k}", v, 1) for k, v in result.timings_ms.items()},
         "created_at": result.created_at or _created_at_now(),
@@ -86,6 +85,50 @@ def result_to_dict(result: Hep2Result, *, include_cells: bool = False) -> dict[s
     if include_cells:
         out["cells"] = [cell_to_dict(c) for c in result.cells]
     return out
+
+
+def _patterns(patterns: Sequence[PatternCall]) -> list[dict[str, Any]]:
+    return [{"name": p.name, "icap": p.icap, "label": p.label,
+             "share": _num("patterns.share", p.share, 4),
+             "confidence": _num("patterns.confidence", p.confidence, 4),
+             "evidence": p.evidence} for p in patterns]
+
+
+def _intensity(level: str | None, units: float | None, calibrated: bool
+               ) -> dict[str, Any] | None:
+    return None if level is None else {"level": level,
+                                       "value": _num("intensity.value", units or 0.0, 2),
+                                       "calibrated": calibrated}
+
+
+def _model(m: ModelRef) -> dict[str, Any]:
+    return {"name": m.name, "sha256": m.sha256, "precision": m.precision,
+            "validated_on": m.validated_on}
+
+
+def well_to_dict(well: Hep2WellResult) -> dict[str, Any]:
+    """The JSON object of one well's pooled call (``docs/hep2-well.schema.json``)."""
+    if well.scored and (well.positive is None or well.intensity_level is None):
+        raise ValueError("HEp-2 well result: scored but positive or intensity missing")
+    if not well.scored and not well.reason:
+        raise ValueError("HEp-2 well result: not scorable but no reason given")
+    return {
+        "schema_version": SCHEMA_VERSION, "assay": "hep2", "kind": "well",
+        "status": well.status, "positive": well.positive if well.scored else None,
+        "intensity": _intensity(well.intensity_level, well.intensity_units,
+                                well.intensity_calibrated),
+        "patterns": _patterns(well.patterns),
+        "cell_counts": {"total": well.cells_interphase + well.cells_mitotic,
+                        "interphase": well.cells_interphase, "mitotic": well.cells_mitotic},
+        "fields": list(well.fields), "fields_refused": list(well.fields_refused),
+        "reason": None if well.scored else well.reason,
+        "reason_code": None if well.scored else well.reason_code,
+        "warnings": list(well.warnings),
+        "um_per_px": None if well.um_per_px is None else _num("um_per_px", well.um_per_px, 4),
+        "model": None if well.model is None else _model(well.model),
+        "research_use_only": well.model is not None and is_research_use_only(well.model),
+        "created_at": _created_at_now(),
+    }
 
 
 def cell_call_to_dict(call: CellCall) -> dict[str, Any]:
@@ -99,9 +142,7 @@ def cell_call_to_dict(call: CellCall) -> dict[str, Any]:
             "um_per_px": None if call.um_per_px is None else _num("um_per_px", call.um_per_px, 4),
             "um_per_px_source": call.um_per_px_source, "mask": call.mask_source,
             "warnings": list(call.warnings),
-            "model": {"name": m.name, "sha256": m.sha256, "precision": m.precision,
-                      "validated_on": m.validated_on},
-            "research_use_only": is_research_use_only(m)}
+            "model": _model(m), "research_use_only": is_research_use_only(m)}
 
 
 def to_json(doc: dict[str, Any]) -> str:
@@ -109,7 +150,7 @@ def to_json(doc: dict[str, Any]) -> str:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def load_schema() -> dict[str, Any]:
-    """The JSON Schema of the HEp-2 field result."""
-    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """The JSON Schema of the HEp-2 field result (or ``WELL_SCHEMA_PATH``'s, of a well)."""
+    schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return schema

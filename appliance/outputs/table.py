@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from appliance.assays.hep2.types import Hep2Result
+from appliance.assays.hep2.well import Hep2WellResult
 from appliance.assays.her2.types import FieldResult, MembraneClass
 
 _ORDER = (
@@ -38,14 +39,24 @@ HEP2_HEADER = (f"{'#':>4}  {'field':<28} {'result':<8} {'intensity':<22} {'cells
 
 def format_hep2_row(result: Hep2Result) -> str:
     """One line per HEp-2 field: positive/negative, intensity, cells, pattern(s) with AC codes."""
-    name = Path(result.file).name[-28:]
-    cells = len(result.cells)
-    if not result.scored:
-        return (f"{result.seq:>4}  {name:<28} {'-':<8} {'NOT SCORABLE':<22} {cells:>5}  "
-                f"{result.reason}")
-    verdict = "positive" if result.positive else "negative"
-    intensity = f"{result.intensity_level} ({result.intensity_units or 0:.0f})"
-    patterns = ", ".join(f"{p.icap} {p.name} {100 * p.share:.0f}%" for p in result.patterns)
-    note = "; ".join(result.warnings)
-    return (f"{result.seq:>4}  {name:<28} {verdict:<8} {intensity:<22} {cells:>5}  {patterns}"
+    return _hep2_line(f"{result.seq:>4}", Path(result.file).name[-28:], result,
+                      len(result.cells))
+
+
+def format_hep2_well_row(well: Hep2WellResult) -> str:
+    """The line of a well under its fields' lines: the pooled call."""
+    name = f"well of {len(well.fields)} field" + ("s" if len(well.fields) != 1 else "")
+    if well.fields_refused:
+        name += f" (+{len(well.fields_refused)} left out)"
+    return _hep2_line("well", name, well, well.cells_interphase + well.cells_mitotic)
+
+
+def _hep2_line(label: str, name: str, r: Hep2Result | Hep2WellResult, cells: int) -> str:
+    if not r.scored:
+        return f"{label}  {name:<28} {'-':<8} {'NOT SCORABLE':<22} {cells:>5}  {r.reason}"
+    verdict = "positive" if r.positive else "negative"
+    intensity = f"{r.intensity_level} ({r.intensity_units or 0:.0f})"
+    patterns = ", ".join(f"{p.icap} {p.name} {100 * p.share:.0f}%" for p in r.patterns)
+    note = "; ".join(r.warnings)
+    return (f"{label}  {name:<28} {verdict:<8} {intensity:<22} {cells:>5}  {patterns}"
             + (f"  ({note})" if note else ""))
