@@ -116,3 +116,40 @@ def test_bad_datasets_are_refused_by_name(tmp_path: Path,
     assert validate_hep2.main(["--cells-dir", str(good), "--models-dir",
                                str(tmp_path / "no-models")]) == 3
     assert "manifest" in capsys.readouterr().err
+
+
+def write_field(path: Path, seed: int, name: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = generate_hep2_field(Hep2FieldSpec(seed=seed, width=480, height=360, um_per_px=0.35,
+                                          patterns=((name, 1.0),), camera_seed=72_200))
+    cv2.imwrite(str(path), cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
+
+
+def test_a_folder_of_fields_is_measured_as_one_well(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    rows = ["file,pattern"]
+    for well, name in (("patient1", "centromere"), ("patient2", "negative")):
+        for k in range(2):
+            write_field(tmp_path / well / f"f{k}.png", 72_210 + 10 * len(rows) + k, name)
+            rows.append(f"{well}/f{k}.png,{name}")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    record_path = tmp_path / "record.json"
+    assert validate_hep2.main(["--fields-csv", str(csv), "--wells", "--um-per-px", "0.35",
+                               "--out-dir", str(tmp_path / "png"),
+                               "--json", str(record_path)]) == 0
+    assert "wells: 2 (0 not scorable)" in capsys.readouterr().out
+    wells = json.loads(record_path.read_text(encoding="utf-8"))["fields"]["wells"]
+    assert wells["wells"] == 2
+    assert [(Path(o["file"]).name, o["truth"]) for o in wells["outcomes"]] == [
+        ("patient1", ["centromere"]), ("patient2", ["negative"])]
+    assert wells["outcomes"][0]["reported"][:1] == ["centromere"]
+    assert wells["outcomes"][1]["positive"] is False
+    # A folder is one well of one label: a field labelled otherwise is refused by name.
+    csv.write_text("\n".join([*rows[:2], "patient1/f1.png,golgi", *rows[3:]]) + "\n",
+                   encoding="utf-8")
+    assert validate_hep2.main(["--fields-csv", str(csv), "--wells", "--um-per-px", "0.35",
+                               "--out-dir", str(tmp_path / "png")]) == 2
+    assert "patient1: its fields carry different labels" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        validate_hep2.main(["--cells-dir", str(tmp_path), "--wells"])

@@ -1,7 +1,7 @@
 """Measure the HEp-2 assay on a lab's own labelled images, as the box reads them.
 
     python -m tools.validate_hep2 --cells-dir LAB/cells [--um-per-px 0.35]
-    python -m tools.validate_hep2 --fields-csv LAB/fields.csv [--um-per-px 0.5]
+    python -m tools.validate_hep2 --fields-csv LAB/fields.csv [--wells] [--um-per-px 0.5]
         [--config /etc/eyepiece/config.toml] [--models-dir DIR] [--precision int8]
         [--out-dir build/validate] [--json build/validate/record.json]
 
@@ -19,7 +19,9 @@ measures it on labelled images the model never saw:
   field is scored as `appliance score --assay hep2` scores it. Figures: pattern accuracy
   (first reported pattern, one-pattern fields), positive / negative agreement, mixed
   fields reporting both patterns (also at the competent level), one-pattern fields given
-  a second pattern, fields not scorable.
+  a second pattern, fields not scorable. With ``--wells``, the fields of one folder are one
+  well's (they must share their label): the same figures for the wells, each called from
+  its fields pooled, as `appliance score --assay hep2 --well` calls it.
 
 ``--um-per-px`` is the scale the images were taken at; without it the config's (or the
 objective's) is used, and where none is set the box estimates it, as it would in use.
@@ -49,9 +51,10 @@ from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.hep2.cell_files import IMAGE_SUFFIXES, is_mask_file, load_cell_image
 from appliance.assays.hep2.patterns import NAMES
 from appliance.assays.hep2.types import Hep2Result
+from appliance.assays.hep2.well import call_well
 from appliance.capture.frame import Frame
 from appliance.capture.stills import ImageRejected, load_still
-from appliance.config import Config, load_config, with_overrides
+from appliance.config import Config, Hep2Config, load_config, with_overrides
 from appliance.inference.manifest import ModelError
 from tools.eval_hep2 import (
     COMPETENT_LABELS,
@@ -143,9 +146,10 @@ def validate_cells(assay: Hep2Assay, files: Sequence[tuple[Path, str]], *,
 
 
 def validate_fields(assay: Hep2Assay, csv_path: Path, *, progress: bool = False
-                    ) -> list[FieldOutcome]:
+                    ) -> list[tuple[FieldOutcome, Hep2Result]]:
     """Every labelled field scored as `appliance score --assay hep2` scores it (at the
-    scale the assay's config declares, else estimated)."""
+    scale the assay's config declares, else estimated): its outcome, and the result (the
+    cells, for the wells)."""
     out = []
     rows = read_specimen_csv(csv_path)
     for seq, (name, truth) in enumerate(tqdm(rows, desc="fields", disable=not progress), 1):
@@ -157,9 +161,31 @@ def validate_fields(assay: Hep2Assay, csv_path: Path, *, progress: bool = False
         else:
             result = assay.score_guarded(Frame(image=image, seq=seq, timestamp=0.0,
                                                source=str(path)))
-        out.append(FieldOutcome(
+        out.append((FieldOutcome(
             str(path), truth, result.status, tuple(p.name for p in result.patterns),
-            result.positive, result.intensity_units, result.reason))
+            result.positive, result.intensity_units, result.reason), result))
+    return out
+
+
+def validate_wells(fields: Sequence[tuple[FieldOutcome, Hep2Result]], cfg: Hep2Config
+                   ) -> list[FieldOutcome]:
+    """The wells, one per folder of the fields (as `appliance score --assay hep2 --well`
+    calls them from their fields pooled), each judged by its fields' label. ValueError
+    naming the folder whose fields carry different labels."""
+    folders: dict[Path, list[tuple[FieldOutcome, Hep2Result]]] = {}
+    for outcome, result in fields:
+        folders.setdefault(Path(outcome.file).parent, []).append((outcome, result))
+    out = []
+    for folder, group in folders.items():
+        labels = {o.truth for o, _ in group}
+        if len(labels) > 1:
+            raise ValueError(f"{folder}: its fields carry different labels "
+                             f"({', '.join(sorted('+'.join(t) for t in labels))}); with "
+                             "--wells a folder is one well, of one label")
+        well = call_well([r for _, r in group], cfg)
+        out.append(FieldOutcome(str(folder), group[0][0].truth, well.status,
+                                tuple(p.name for p in well.patterns), well.positive,
+                                well.intensity_units, well.reason))
     return out
 
 
@@ -299,6 +325,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells-dir", type=Path, help="DIR/<class>/*.png single-cell images")
     ap.add_argument("--fields-csv", type=Path, help="file,pattern[,pattern2] per field")
+    ap.add_argument("--wells", action="store_true",
+                    help="the fields of one folder (as the CSV names them) are one well's: "
+                         "also measure the wells, each called from its fields pooled")
     ap.add_argument("--um-per-px", type=float, default=None,
                     help="the images' scale, cells and fields alike (run them apart when "
                          "theirs differ; default: the config's, else estimated)")
@@ -312,6 +341,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.cells_dir is None and args.fields_csv is None:
         ap.error("give --cells-dir, --fields-csv or both")
+    if args.wells and args.fields_csv is None:
+        ap.error("--wells groups the fields of --fields-csv")
     if args.um_per_px is not None and not 0.0 < args.um_per_px < 100.0:
         ap.error(f"--um-per-px {args.um_per_px}: not a scale in µm per pixel")
     return args
@@ -349,18 +380,27 @@ def _cells_record(assay: Hep2Assay, root: Path, cells: Sequence[tuple[Path, str]
 
 
 def _fields_record(assay: Hep2Assay, csv_path: Path, names: Sequence[str],
-                   out_dir: Path) -> dict[str, object]:
-    """Validate the labelled fields: print, draw, return the record."""
-    fields = validate_fields(assay, csv_path, progress=True)
+                   out_dir: Path, *, wells: bool = False) -> dict[str, object]:
+    """Validate the labelled fields (and, with ``wells``, their folders as wells): print,
+    draw, return the record. ValueError for a folder of mixed labels."""
+    scored = validate_fields(assay, csv_path, progress=True)
+    fields = [o for o, _ in scored]
     summary = field_summary(fields)
     print(format_fields(summary, fields))
+    well_record: dict[str, object] = {}
+    if wells:
+        pooled = validate_wells(scored, assay.cfg.hep2)
+        well_summary = field_summary(pooled)
+        print(format_fields(well_summary, pooled).replace("fields:", "wells:", 1))
+        counted = {("wells" if k == "fields" else k): v for k, v in well_summary.items()}
+        well_record = {"wells": {**counted, "outcomes": [asdict(o) for o in pooled]}}
     png = out_dir / "hep2_validate_fields.png"
     plot_confusion(field_confusion(fields), _labels(NAMES), _labels(SPECIMEN_LABELS),
                    f"{assay.model.name} on {csv_path.name}", png)
     print(f"plot: {png}")
     paths = [csv_path] + [csv_path.parent / n for n in names if (csv_path.parent / n).is_file()]
     return {"csv": str(csv_path), "data_sha256": data_digest(paths, csv_path.parent),
-            **summary, "outcomes": [asdict(o) for o in fields]}
+            **summary, "outcomes": [asdict(o) for o in fields], **well_record}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -389,8 +429,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cells:
             record["cells"] = _cells_record(assay, args.cells_dir, cells, args.out_dir)
         if rows:
-            record["fields"] = _fields_record(assay, args.fields_csv, [n for n, _ in rows],
-                                              args.out_dir)
+            try:
+                record["fields"] = _fields_record(assay, args.fields_csv,
+                                                  [n for n, _ in rows], args.out_dir,
+                                                  wells=args.wells)
+            except ValueError as exc:
+                print(f"validate_hep2: {exc}", file=sys.stderr)
+                return 2
     if args.json is not None:
         write_numbers(args.json, record)
         print(f"record: {args.json}")

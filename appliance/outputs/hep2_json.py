@@ -125,8 +125,7 @@ def well_to_dict(well: Hep2WellResult) -> dict[str, Any]:
         "reason_code": None if well.scored else well.reason_code,
         "warnings": list(well.warnings),
         "um_per_px": None if well.um_per_px is None else _num("um_per_px", well.um_per_px, 4),
-        "model": None if well.model is None else _model(well.model),
-        "research_use_only": well.model is not None and is_research_use_only(well.model),
+        "model": _model(well.model), "research_use_only": is_research_use_only(well.model),
         "created_at": _created_at_now(),
     }
 

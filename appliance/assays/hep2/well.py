@@ -40,7 +40,7 @@ class Hep2WellResult:
     fields: tuple[str, ...]  # the scored fields pooled (their files / sources)
     fields_refused: tuple[str, ...]  # fields left out, each "FILE: reason"
     status: str  # "scored" | "not_scorable"
-    model: ModelRef | None
+    model: ModelRef  # the fields' (the first field's when none was scored)
     reason: str | None = None
     reason_code: str | None = None
     positive: bool | None = None
