@@ -166,6 +166,7 @@ def capture_record(captured: Captured, paths: Sequence[Path], cfg: Config) -> di
         "source": first.source, "width": first.width, "height": first.height,
         "pixel_format": first.pixel_format,
         "exposure_us": cfg.source.exposure_us, "gain": cfg.source.gain,
+        "auto_white_balance": cfg.source.auto_white_balance,
         "exposure_pinned": [f.exposure_pinned for f in captured.frames],
         "config_sha256": cfg.sha256(), "files": [p.name for p in paths],
         "warnings": list(captured.warnings),
@@ -227,6 +228,10 @@ def _check(frames: Sequence[Frame], cfg: Config) -> list[str]:
     elif any(f.exposure_pinned is None for f in frames):
         warnings.append("the source cannot say whether the camera holds the pinned exposure "
                         "and gain (a GStreamer pipeline or a replay): check it pins them")
+    if cfg.source.auto_white_balance and cfg.source.kind in ("v4l2", "picamera2"):
+        warnings.append("the camera's automatic white balance is on (source."
+                        "auto_white_balance = true): it changes the colour of fluorescence "
+                        "light; set it false for HEp-2")
     if any(f.pixel_format in COMPRESSED_FORMATS for f in frames):
         warnings.append("the camera sent JPEG-compressed frames (MJPG): grey levels shift and "
                         "fine detail blurs; set source.fourcc = \"YUYV\" for calibration")

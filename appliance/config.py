@@ -83,6 +83,16 @@ class SourceConfig:
         hi=10_000_000,
     )
     gain: float = _f(0.0, "Camera analogue gain; 0 = automatic", lo=0, hi=1000)
+    auto_white_balance: bool = _f(
+        True, "false turns the camera's automatic white balance off, as HEp-2 needs (it "
+        "would whiten the green FITC light, which the wrong-stain check reads): picamera2 "
+        "fixes the colour gains at colour_gains, a V4L2 camera keeps its present white "
+        "balance, a GStreamer pipeline must set it itself",
+    )
+    colour_gains: list[float] = _f(
+        [1.0, 1.0], "picamera2, with auto_white_balance false: the red and blue gains "
+        "(libcamera ColourGains; 1.0, 1.0 keeps the sensor's own colour)",
+    )
     tuning_file: str = _f(
         "", "picamera2 only: a libcamera tuning file (JSON) used instead of the sensor's own, "
         "e.g. one whose gamma curve (rpi.contrast) is linear, as the HEp-2 intensity needs "
@@ -825,6 +835,9 @@ def _check_source(src: SourceConfig) -> None:
                           f"{src.reconnect_max_s} is below reconnect_min_s {src.reconnect_min_s}")
     if (src.width == 0) != (src.height == 0):
         raise ConfigError("source.width", "set both width and height, or neither (0)")
+    if len(src.colour_gains) != 2 or not all(0.0 < g <= 32.0 for g in src.colour_gains):
+        raise ConfigError("source.colour_gains", "need two gains (red, blue) above 0 and at "
+                          f"most 32, got {src.colour_gains}")
 
 
 def config_from_dict(data: typing.Mapping[str, Any]) -> Config:

@@ -1,4 +1,5 @@
-"""Pinned camera exposure and gain (HEp-2 intensity) on the V4L2 and picamera2 sources."""
+"""Pinned camera exposure and gain (HEp-2 intensity), and white balance (HEp-2 colour), on the
+V4L2 and picamera2 sources."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from appliance.capture.picamera2_source import (
     Picamera2Source,
     exposure_controls,
     pin_problems,
+    white_balance_problems,
 )
 from appliance.capture.source import SourceError
 from appliance.capture.v4l2 import V4l2Source
@@ -210,3 +212,78 @@ def test_factory_warns_that_gstreamer_pipeline_must_pin(
         src = open_source(cfg, InputConfig())
     assert isinstance(src, GstreamerSource)
     assert any("pipeline" in w for w in warnings_of(caplog))
+
+
+# ---------------------------------------------------------------- white balance
+
+
+AWB = cv2.CAP_PROP_AUTO_WB
+
+
+def test_v4l2_turns_automatic_white_balance_off_when_asked(
+        caplog: pytest.LogCaptureFixture) -> None:
+    camera = FakeCamera()
+    left = V4l2Source("/dev/video0", capture_factory=camera.capture)
+    left.open()
+    assert AWB not in {prop for prop, _ in camera.captures[-1].set_calls}  # default: untouched
+    assert camera.controls[AWB] == 1 and left.white_balance_problems == ()
+    left.close()
+    src = V4l2Source("/dev/video0", auto_white_balance=False, capture_factory=camera.capture)
+    with caplog.at_level(logging.WARNING):
+        src.open()
+    assert camera.controls[AWB] == 0 and src.white_balance_problems == ()
+    assert warnings_of(caplog) == []
+
+
+def test_v4l2_camera_that_keeps_automatic_white_balance_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    camera = FakeCamera(manual_white_balance=False)
+    src = V4l2Source("/dev/video0", auto_white_balance=False, capture_factory=camera.capture)
+    with caplog.at_level(logging.WARNING):
+        src.open()
+    assert camera.controls[AWB] == 1
+    assert "kept automatic white balance" in src.white_balance_problems[0]
+    assert any("automatic white balance" in w for w in warnings_of(caplog))
+
+
+def test_picamera2_fixes_the_colour_gains_when_asked(caplog: pytest.LogCaptureFixture) -> None:
+    rig = CameraRig(scene())
+    src = Picamera2Source(0, colour_gains=(1.0, 1.0), camera_factory=rig.camera)
+    with caplog.at_level(logging.WARNING):
+        src.open()
+    asked = rig.made[-1].asked["controls"]
+    assert asked == {"AwbEnable": False, "ColourGains": (1.0, 1.0)}
+    assert src.white_balance_problems == () and warnings_of(caplog) == []
+    auto = Picamera2Source(0, camera_factory=rig.camera)
+    auto.open()
+    assert "AwbEnable" not in rig.made[-1].asked["controls"]
+
+
+def test_picamera2_colour_gains_the_isp_does_not_hold_are_reported(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rig = CameraRig(scene())
+    rig.colour_gain_limits = (0.5, 8.0)
+    src = Picamera2Source(0, colour_gains=(12.0, 1.0), camera_factory=rig.camera)
+    with caplog.at_level(logging.WARNING):
+        src.open()
+    assert "not the (12, 1) asked for" in src.white_balance_problems[0]
+    assert any("colour gains" in w for w in warnings_of(caplog))
+    assert white_balance_problems({"AnalogueGain": 2.0}, (1.0, 1.0)) == [
+        "the frame metadata has no ColourGains"]
+    assert white_balance_problems(None, (1.0, 1.0))
+    with pytest.raises(SourceError, match="positive"):
+        Picamera2Source(0, colour_gains=(0.0, 1.0), camera_factory=rig.camera)
+
+
+def test_factory_passes_the_white_balance_and_warns_for_gstreamer(
+        caplog: pytest.LogCaptureFixture) -> None:
+    off = {"auto_white_balance": False, "colour_gains": [1.2, 0.9]}
+    pic = open_source(SourceConfig(uri="picamera2:0", **off), InputConfig())
+    assert isinstance(pic, Picamera2Source) and pic.colour_gains == (1.2, 0.9)
+    auto = open_source(SourceConfig(uri="picamera2:0"), InputConfig())
+    assert isinstance(auto, Picamera2Source) and auto.colour_gains is None
+    usb = open_source(SourceConfig(uri="v4l2:0", **off), InputConfig())
+    assert isinstance(usb, V4l2Source) and not usb.auto_white_balance
+    with caplog.at_level(logging.WARNING):
+        open_source(SourceConfig(uri="gstreamer:v4l2src ! appsink", **off), InputConfig())
+    assert any("white_balance_automatic=0" in w for w in warnings_of(caplog))

@@ -155,7 +155,21 @@ def test_frames_the_camera_did_not_pin_are_refused_and_mjpg_is_warned(
     assert "MJPG" in capsys.readouterr().out
     record = json.loads((tmp_path / "b" / "frame.json").read_text())
     assert record["exposure_us"] == 20000.0 and record["exposure_pinned"] == [True] * 3
-    assert record["config_sha256"] == PINNED.sha256()
+    assert record["config_sha256"] == PINNED.sha256() and record["auto_white_balance"]
+
+
+def test_a_camera_left_on_automatic_white_balance_is_warned(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli_capture, "open_source", lambda *_a, **_k: StubCamera())
+    usb = with_overrides(PINNED, {"source.uri": "v4l2:/dev/video9"})
+    assert cli_capture.cmd_capture(_args(tmp_path / "a"), usb) == 0
+    assert "automatic white balance is on" in capsys.readouterr().out
+    fixed = with_overrides(usb, {"source.auto_white_balance": False})
+    assert cli_capture.cmd_capture(_args(tmp_path / "b"), fixed) == 0
+    assert "white balance" not in capsys.readouterr().out
+    record = json.loads((tmp_path / "b" / "frame.json").read_text())
+    assert record["auto_white_balance"] is False
 
 
 @pytest.mark.parametrize(("extra", "words"), [

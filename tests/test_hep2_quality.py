@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from skimage import data
 
 from appliance.assays.hep2.quality import (
     Hep2Quality,
+    is_white_light,
     measure_hep2_quality,
     quality_issues,
 )
@@ -53,6 +56,43 @@ def test_a_her2_brightfield_field_is_refused_as_the_wrong_stain() -> None:
     issues = quality_issues(q)
     assert [(i.code, i.fatal) for i in issues] == [("wrong_stain", True)]
     assert "brightfield" in issues[0].reason
+
+
+def test_dense_brightfield_tissue_is_refused_by_its_white_light() -> None:
+    """Crops of HER2 fields that dense tissue fills have a dark median in green (pink and
+    brown absorb it), so the bright-background test passes them; their brightest light is
+    still the lamp's white."""
+    dense = []
+    # Two 3+ fields of tools.make_samples (seed 11) where dense tumour fills parts of the view.
+    for seed, um_per_px in ((1926383459, 0.773), (961975133, 0.607)):
+        image = generate_field(FieldSpec(seed=seed, um_per_px=um_per_px, target_score="3+",
+                                         tissue="tumour")).image
+        h, w = image.shape[:2]
+        for y in range(0, h - 64, 32):
+            for x in range(0, w - 96, 48):
+                crop = np.ascontiguousarray(image[y:y + 64, x:x + 96])
+                if min(np.median(crop.reshape(-1, 3), axis=0)) <= 80:
+                    dense.append(crop)
+    assert len(dense) >= 3  # the case exists in generated tissue
+    for crop in dense:
+        q = measure_hep2_quality(crop, 0.5, CELLS)
+        issues = quality_issues(q)
+        assert [(i.code, i.fatal) for i in issues] == [("wrong_stain", True)], q
+        assert "brightest light is white" in issues[0].reason
+
+
+def test_bright_fitc_through_a_long_pass_filter_and_a_tone_curve_is_not_white() -> None:
+    from tools.eval_hep2 import specimen_cases
+    from tools.synth import camera_looks
+
+    # The brightest FITC light is green with red beside it, never with blue: even the red
+    # tail of a long-pass filter lifted by a display tone curve stays far from white. (The
+    # green-lead test may still refuse the brightest of these; that is another limit.)
+    for case in specimen_cases(1, first_seed=780_000)[:16:3]:
+        f = generate_hep2_field(replace(case.spec, intensity=250.0))
+        rgb = camera_looks.tone_curve(camera_looks.long_pass(f.image, 0.5), 2.2)
+        q = measure_hep2_quality(rgb, f.um_per_px, CELLS)
+        assert not is_white_light(q.top_rgb), q.top_rgb
 
 
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])

@@ -40,7 +40,8 @@ def open_source(cfg: SourceConfig, input_cfg: InputConfig, *,
     if kind == "v4l2":
         return V4l2Source(target, width=cfg.width, height=cfg.height, fps=cfg.fps,
                           fourcc=cfg.fourcc, read_timeout_s=cfg.read_timeout_s,
-                          exposure_us=cfg.exposure_us, gain=cfg.gain)
+                          exposure_us=cfg.exposure_us, gain=cfg.gain,
+                          auto_white_balance=cfg.auto_white_balance)
     if kind == "gstreamer":
         if cfg.exposure_us or cfg.gain:
             # OpenCV cannot reach the camera element inside a pipeline: the pipeline string
@@ -48,13 +49,21 @@ def open_source(cfg: SourceConfig, input_cfg: InputConfig, *,
             _log.warning("source %s: exposure_us and gain are not applied to a GStreamer "
                          "pipeline; pin them in the pipeline (e.g. v4l2src extra-controls, "
                          "nvarguscamerasrc exposuretimerange / gainrange / aelock)", cfg.uri)
+        if not cfg.auto_white_balance:
+            _log.warning("source %s: auto_white_balance = false is not applied to a "
+                         "GStreamer pipeline; turn it off in the pipeline (e.g. v4l2src "
+                         "extra-controls white_balance_automatic=0, or "
+                         "white_balance_temperature_auto=0 on older kernels; "
+                         "nvarguscamerasrc awblock=true)", cfg.uri)
         return GstreamerSource(target, read_timeout_s=cfg.read_timeout_s)
     if kind == "picamera2":
         return Picamera2Source(_number(cfg.uri, target, "a camera index"), width=cfg.width,
                                height=cfg.height, fps=cfg.fps,
                                read_timeout_s=cfg.read_timeout_s, preview=camera_preview,
                                exposure_us=cfg.exposure_us, gain=cfg.gain,
-                               tuning_file=cfg.tuning_file)
+                               tuning_file=cfg.tuning_file,
+                               colour_gains=(None if cfg.auto_white_balance else
+                                             (cfg.colour_gains[0], cfg.colour_gains[1])))
     raise SourceError(f"source {cfg.uri!r}: unknown kind {kind!r}; expected one of "
                       f"{', '.join(k + ':' for k in SOURCE_KINDS)}")
 

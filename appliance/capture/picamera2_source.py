@@ -13,6 +13,10 @@ duration, so after start the frame metadata is read back:
 :attr:`Picamera2Source.exposure_pinned` is True only when it holds what was asked (the
 HEp-2 intensity needs it).
 
+With ``source.auto_white_balance`` false the controls also hold ``AwbEnable`` False and
+``ColourGains`` (red, blue) from ``source.colour_gains``, read back from the metadata the
+same way: automatic white balance would whiten a fluorescence field's green light.
+
 A tuning file (``source.tuning_file``) replaces the sensor's default libcamera tuning: the
 Pi's ISP applies that file's gamma curve (``rpi.contrast``) to every frame, and the HEp-2
 intensity needs a linear one. The file is read and checked when the source is made, and
@@ -50,6 +54,7 @@ class Picamera2Source:
     def __init__(self, camera_index: int = 0, *, width: int = 0, height: int = 0,
                  fps: float = 0.0, read_timeout_s: float = 2.0, preview: bool = False,
                  exposure_us: float = 0.0, gain: float = 0.0, tuning_file: str = "",
+                 colour_gains: tuple[float, float] | None = None,
                  camera_factory: Callable[..., Any] | None = None) -> None:
         if camera_index < 0:
             raise SourceError(f"picamera2 source: camera index {camera_index} is negative")
@@ -65,6 +70,10 @@ class Picamera2Source:
             raise SourceError(f"picamera2 source: exposure {exposure_us} us and gain {gain} "
                               "must be 0 (automatic) or positive")
         self.exposure_us, self.gain = exposure_us, gain
+        if colour_gains is not None and not all(g > 0 for g in colour_gains):
+            raise SourceError(f"picamera2 source: colour gains {colour_gains} must be positive")
+        self.colour_gains = colour_gains  # None: automatic white balance
+        self._wb_problems: list[str] = []
         self.tuning_file = tuning_file
         self._tuning = load_tuning_file(tuning_file) if tuning_file else None
         self._pin_problems: list[str] = ["not open"]
@@ -98,6 +107,7 @@ class Picamera2Source:
                 camera.start_preview(_drm_preview())
             camera.start()
             self._pin_problems = self._check_pinned(camera)
+            self._wb_problems = self._check_white_balance(camera)
         except Exception as exc:
             _close_quietly(camera, self.source_id)
             raise SourceFault(
@@ -118,6 +128,12 @@ class Picamera2Source:
     def exposure_problems(self) -> tuple[str, ...]:
         """Why :attr:`exposure_pinned` is False, in words (empty when pinned)."""
         return tuple(self._pin_problems)
+
+    @property
+    def white_balance_problems(self) -> tuple[str, ...]:
+        """Why the colour gains asked for are not held (empty when they are, or when the
+        white balance was left automatic)."""
+        return tuple(self._wb_problems)
 
     @property
     def camera(self) -> Any:
@@ -155,9 +171,26 @@ class Picamera2Source:
             main["size"] = (self.width, self.height)
         controls: dict[str, Any] = {"FrameRate": self.fps} if self.fps else {}
         controls.update(exposure_controls(self.exposure_us, self.gain))
+        if self.colour_gains is not None:
+            controls.update(white_balance_controls(self.colour_gains))
         # queue=False: capture_array waits for a new frame instead of returning a queued one.
         return {"main": main, "queue": False, "controls": controls}
 
+    def _check_white_balance(self, camera: Any) -> list[str]:
+        """With colour gains fixed, compare them with the frames' metadata; problems are
+        logged as WARNINGs (the colour the HEp-2 wrong-stain check reads would move)."""
+        if self.colour_gains is None:
+            return []
+        problems: list[str] = []
+        for _ in range(_PIN_CHECK_FRAMES):
+            problems = white_balance_problems(camera.capture_metadata(), self.colour_gains)
+            if not problems:
+                _log.info("%s: white balance fixed at colour gains %g, %g (AWB off)",
+                          self.source_id, *self.colour_gains)
+                return []
+        for problem in problems:
+            _log.warning("%s: %s", self.source_id, problem)
+        return problems
 
     def _check_pinned(self, camera: Any) -> list[str]:
         """Compare the frames' metadata with the pinned values; problems in words."""
@@ -174,6 +207,28 @@ class Picamera2Source:
             _log.warning("%s: %s: the HEp-2 intensity is in relative units", self.source_id,
                          problem)
         return problems
+
+
+def white_balance_controls(colour_gains: tuple[float, float]) -> dict[str, Any]:
+    """libcamera controls that fix the white balance: AWB off, red and blue gains."""
+    return {"AwbEnable": False, "ColourGains": (float(colour_gains[0]),
+                                                float(colour_gains[1]))}
+
+
+def white_balance_problems(metadata: Any, colour_gains: tuple[float, float]) -> list[str]:
+    """What a frame's metadata shows against the fixed colour gains, in words."""
+    if not isinstance(metadata, dict):
+        return [f"the camera gave no frame metadata ({type(metadata).__name__})"]
+    got = metadata.get("ColourGains")
+    if not (isinstance(got, (tuple, list)) and len(got) == 2
+            and all(isinstance(g, (int, float)) for g in got)):
+        return ["the frame metadata has no ColourGains"]
+    if any(abs(float(g) - w) > PIN_TOLERANCE * w for g, w in zip(got, colour_gains,
+                                                                   strict=True)):
+        return [f"the camera holds colour gains ({float(got[0]):g}, {float(got[1]):g}), not "
+                f"the ({colour_gains[0]:g}, {colour_gains[1]:g}) asked for (automatic white "
+                "balance still on?)"]
+    return []
 
 
 def exposure_controls(exposure_us: float, gain: float) -> dict[str, Any]:

@@ -8,6 +8,10 @@ backends that do not know it (V4L2 among them) refuse it harmlessly. The timeout
 not passed to ``open()``: OpenCV refuses to open with a parameter the backend does not
 consume.
 
+With ``source.auto_white_balance`` false, ``CAP_PROP_AUTO_WB`` (the V4L2 control
+``white_balance_automatic``) is set to 0 and read back: the camera keeps the white balance
+it has, and fluorescence light keeps its colour.
+
 Exposure and gain (``source.exposure_us``, ``source.gain``) are pinned for the HEp-2
 intensity, which is only comparable between fields taken at one exposure. On the V4L2
 backend ``CAP_PROP_AUTO_EXPOSURE`` takes the raw ``V4L2_CID_EXPOSURE_AUTO`` menu value
@@ -144,6 +148,7 @@ class V4l2Source:
     def __init__(self, device: str, *, width: int = 0, height: int = 0, fps: float = 0.0,
                  fourcc: str = "MJPG", read_timeout_s: float = 2.0,
                  exposure_us: float = 0.0, gain: float = 0.0,
+                 auto_white_balance: bool = True,
                  capture_factory: CaptureFactory = cv2.VideoCapture) -> None:
         if not device.strip():
             raise SourceError("v4l2 source: no device given (expected v4l2:/dev/videoN or "
@@ -160,6 +165,8 @@ class V4l2Source:
             raise SourceError(f"v4l2 source: exposure {exposure_us} us and gain {gain} must "
                               "be 0 (automatic) or positive")
         self.exposure_us, self.gain = exposure_us, gain
+        self.auto_white_balance = auto_white_balance
+        self._wb_problems: list[str] = []
         self._factory = capture_factory
         self._cap: VideoCaptureLike | None = None
         self._pin_problems: list[str] = ["not open"]
@@ -184,6 +191,12 @@ class V4l2Source:
     def exposure_problems(self) -> tuple[str, ...]:
         """Why :attr:`exposure_pinned` is False, in words (empty when pinned)."""
         return tuple(self._pin_problems)
+
+    @property
+    def white_balance_problems(self) -> tuple[str, ...]:
+        """Why the automatic white balance asked off is not (empty when off, or when it
+        was left automatic)."""
+        return tuple(self._wb_problems)
 
     def open(self) -> None:
         """Open and configure the camera (no-op when open); SourceFault when it cannot."""
@@ -236,6 +249,8 @@ class V4l2Source:
         set_read_timeout(cap, self.read_timeout_s, self.source_id)
         # After the frame rate: a driver caps the exposure time at the frame interval.
         self._pin_problems = pin_exposure(cap, self.exposure_us, self.gain, self.source_id)
+        self._wb_problems = ([] if self.auto_white_balance
+                             else fix_white_balance(cap, self.source_id))
         self._pixel_format = fourcc_text(cap.get(cv2.CAP_PROP_FOURCC))
         if self.fourcc != "any" and self._pixel_format != self.fourcc:
             _log.warning("%s: asked for %s, the camera delivers %s", self.source_id,
@@ -286,6 +301,23 @@ def pin_exposure(cap: VideoCaptureLike, exposure_us: float, gain: float,
         _log.info("%s: exposure pinned at %g us, gain %g (auto exposure off)", where,
                   exposure_us, gain)
     return problems
+
+
+def fix_white_balance(cap: VideoCaptureLike, where: str) -> list[str]:
+    """Turn the automatic white balance off (``CAP_PROP_AUTO_WB``, the V4L2 control
+    ``white_balance_automatic``); the camera keeps the balance it has. The problems, in
+    words, each logged as a WARNING: the colour the HEp-2 wrong-stain check reads would
+    follow the scene."""
+    cap.set(cv2.CAP_PROP_AUTO_WB, 0)
+    mode = cap.get(cv2.CAP_PROP_AUTO_WB)
+    if round(mode) == 0:
+        _log.info("%s: automatic white balance off", where)
+        return []
+    problem = (f"the driver kept automatic white balance ({mode:g}; asked for 0): it may "
+               "have no such control, or no manual white balance")
+    _log.warning("%s: %s: the colour of fluorescence light may be changed by it", where,
+                 problem)
+    return [problem]
 
 
 def _pin_exposure_time(cap: VideoCaptureLike, exposure_us: float) -> list[str]:

@@ -19,7 +19,8 @@ priority, a UVC camera's default), ``CAP_PROP_EXPOSURE`` is ``exposure_time_abso
 100 µs steps, ``CAP_PROP_GAIN`` the driver's gain number. As in OpenCV, ``set()`` returns
 True even when the driver clamps the value to its range or ignores it (a camera without
 manual exposure keeps its automatic mode; the time is inactive while automatic): only
-``get()`` tells what the device holds.
+``get()`` tells what the device holds. ``CAP_PROP_AUTO_WB`` is the boolean
+``white_balance_automatic`` control (1 on, a UVC camera's default).
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ import numpy as np
 V4L2_PROPS = frozenset({cv2.CAP_PROP_FOURCC, cv2.CAP_PROP_FRAME_WIDTH,
                         cv2.CAP_PROP_FRAME_HEIGHT, cv2.CAP_PROP_FPS, cv2.CAP_PROP_BUFFERSIZE,
                         cv2.CAP_PROP_AUTO_EXPOSURE, cv2.CAP_PROP_EXPOSURE,
-                        cv2.CAP_PROP_GAIN})
+                        cv2.CAP_PROP_GAIN, cv2.CAP_PROP_AUTO_WB})
 EXPOSURE_PROPS = frozenset({cv2.CAP_PROP_AUTO_EXPOSURE, cv2.CAP_PROP_EXPOSURE,
-                            cv2.CAP_PROP_GAIN})
+                            cv2.CAP_PROP_GAIN, cv2.CAP_PROP_AUTO_WB})
 GSTREAMER_PROPS = frozenset({cv2.CAP_PROP_READ_TIMEOUT_MSEC})
 
 ReadStep = np.ndarray | BaseException | None
@@ -67,15 +68,18 @@ class FakeCamera:
                  reads: Iterable[ReadStep] = (),
                  exposure_range: tuple[int, int] = (3, 2047),
                  gain_range: tuple[int, int] | None = (0, 255),
-                 manual_exposure: bool = True) -> None:
+                 manual_exposure: bool = True, manual_white_balance: bool = True) -> None:
         self.size = size
         # The device's controls, as v4l2-ctl would list them (exposure in 100 µs steps).
         self.exposure_range = exposure_range
         self.gain_range = gain_range  # None: the camera has no gain control
         self.manual_exposure = manual_exposure  # False: the auto-exposure menu has no manual
+        # False: white_balance_automatic cannot be turned off (or the camera has none)
+        self.manual_white_balance = manual_white_balance
         self.controls: dict[int, float] = {cv2.CAP_PROP_AUTO_EXPOSURE: 3.0,
                                            cv2.CAP_PROP_EXPOSURE: 156.0,
-                                           cv2.CAP_PROP_GAIN: 0.0}
+                                           cv2.CAP_PROP_GAIN: 0.0,
+                                           cv2.CAP_PROP_AUTO_WB: 1.0}
         self.fourccs = tuple(fourccs)
         self.backend = backend
         self.reads: deque[ReadStep] = deque(reads)
@@ -110,6 +114,10 @@ class FakeCamera:
                 return  # inactive while automatic: the write is refused, OpenCV ignores it
             lo, hi = self.exposure_range
             self.controls[prop] = float(min(max(round(value), lo), hi))
+            return
+        if prop == cv2.CAP_PROP_AUTO_WB:
+            if self.manual_white_balance and round(value) in (0, 1):
+                self.controls[prop] = float(round(value))
             return
         if prop == cv2.CAP_PROP_GAIN and self.gain_range is not None:
             lo, hi = self.gain_range

@@ -12,7 +12,8 @@ array holds B, G, R in that order (libcamera's little-endian naming), for
 ``capture_metadata(wait=None)`` returns a frame's metadata: ``ExposureTime`` (µs, whole
 sensor lines, capped by the frame duration ``1e6 / FrameRate``) and ``AnalogueGain``
 (clamped to the sensor's range) — the manual values from the configuration's controls
-(``AeEnable`` False, ``ExposureTime``, ``AnalogueGain``), or the automatic ones.
+(``AeEnable`` False, ``ExposureTime``, ``AnalogueGain``), or the automatic ones — and
+``ColourGains`` (red, blue): the configuration's with ``AwbEnable`` False, else the AWB's.
 
 A :class:`CameraRig` describes the cameras plugged in and what they see, and can be
 told to raise mid-stream; :meth:`CameraRig.module` builds a module object to put in
@@ -40,6 +41,8 @@ class CameraRig:
         self.gain_limits = (1.0, 16.0)
         self.auto_exposure_us = 20_000  # what the AGC/AEC picks on this scene
         self.auto_gain = 2.0
+        self.colour_gain_limits = (0.0, 32.0)  # what the ISP applies
+        self.auto_colour_gains = (1.9, 1.6)  # what the AWB picks on this scene
         self.fail_at: dict[int, BaseException] = {}  # capture number -> error to raise
         self.made: list[FakePicamera2] = []
         self.captures = 0
@@ -167,9 +170,15 @@ class FakePicamera2:
         gain = float(controls["AnalogueGain"]) if manual and "AnalogueGain" in controls \
             else rig.auto_gain
         glo, ghi = rig.gain_limits
+        # Colour gains: the fixed ones with AWB off (clamped to the ISP's range), else what
+        # the AWB picks on this scene.
+        fixed = controls.get("AwbEnable", True) is False and "ColourGains" in controls
+        clo, chi = rig.colour_gain_limits
+        colour = (tuple(min(max(float(g), clo), chi) for g in controls["ColourGains"])
+                  if fixed else rig.auto_colour_gains)
         return {"ExposureTime": int(lines * rig.line_us), "AnalogueGain": min(max(gain, glo), ghi),
-                "AeLocked": manual, "FrameDuration": int(1e6 / float(controls.get("FrameRate",
-                                                                                30.0)))}
+                "AeLocked": manual, "ColourGains": colour,
+                "FrameDuration": int(1e6 / float(controls.get("FrameRate", 30.0)))}
 
     def stop(self) -> None:
         self.stopped += 1

@@ -7,13 +7,16 @@ scorable; the others are warnings shown beside the result.
 Why each measure is built the way it is:
 
 * Wrong stain: a fluorescence field is a dark background with green (FITC) light. A
-  brightfield field (HER2 H-DAB, H&E) has a bright background in every channel; a photo or
-  another fluorochrome has signal that is not mostly green. The colour is judged on what
-  rises above each channel's background, over the brightest pixels, so the red and blue
-  sensor noise and autofluorescence of a dark field do not count. A field with no signal
+  brightfield field (HER2 H-DAB, H&E) has a bright background in every channel; where
+  dense tissue fills the view and darkens it, its brightest light is still white (the
+  lamp through unstained glass or tissue), where a fluorescence field's brightest light
+  is coloured. A photo or another fluorochrome has signal that is not mostly green. The
+  colour is judged on what rises above each channel's background, over the brightest
+  pixels, so the red and blue sensor noise and autofluorescence of a dark field do not
+  count. A field with no signal
   above the noise (a negative or empty well) has no colour to judge and is not refused.
   A monochrome camera (the same grey in all three channels, as a grey-scale file or a mono
-  sensor is read) has no colour at all: only the brightfield test applies, and a warning
+  sensor is read) has no colour at all: only the bright-background test applies, and a warning
   says that the fluorochrome was not checked.
 * Over-exposure: clipped green pixels as a share of the cell pixels, not of the field: the
   intensity reads the brightest 5 % of each cell, so clipping of a few percent of the cells'
@@ -53,6 +56,15 @@ BRIGHTFIELD_MEDIAN = 80.0
 # green) 1.03 at most. 1.4 used to be the limit and refused 22 of 63 long-pass fields; the
 # test before that, green's share of the light >= 0.5, refused FITC through a tone curve.
 MIN_GREEN_LEAD = 1.15
+# Brightfield seen through dense tissue: the brightest 2 % of the pixels are white (every
+# channel at least WHITE_MIN_GREY, the dimmest at least WHITE_BALANCE of the brightest).
+# Measured (tools/probe_hep2_white_light.py): 252 views of 24 generated HER2 fields (whole
+# and cropped down to 64x96) read 101 and more, 0.754 and more (21 escape the median test
+# above); 21 generated FITC fields through 7 camera looks read at most 102 (a gamma 2.2
+# tone curve, then 0.454) and at most 0.661 (stray light, then dimmer than 50). A
+# monochrome field is not asked.
+WHITE_MIN_GREY = 90.0
+WHITE_BALANCE = 0.65
 # Colour is judged only on light at least this bright above background (grey levels of the
 # brightest channel): a negative well's faint autofluorescence reads below it.
 _COLOUR_MIN_GREY = 15.0
@@ -91,6 +103,7 @@ class Hep2Quality:
     cell_fraction: float  # share of the field the foreground covers
     light: float = 0.0  # brightest 2 %: mean excess grey of the brightest channel
     monochrome: bool = False  # the three channels are one grey: the colour says nothing
+    top_rgb: tuple[float, float, float] = (0.0, 0.0, 0.0)  # brightest 2 %: mean raw colour
 
 
 def measure_hep2_quality(rgb: np.ndarray, um_per_px: float,
@@ -102,7 +115,7 @@ def measure_hep2_quality(rgb: np.ndarray, um_per_px: float,
     mask, bg = foreground_mask(green, um_per_px, cfg)
     signal, floor = signal_and_floor(green, bg, um_per_px)
     measurable = signal > floor
-    lead, light = _top_light(rgb)  # once: both come from the same brightest 2 %
+    lead, light, top_rgb = _top_light(rgb)  # once: all come from the same brightest 2 %
     return Hep2Quality(
         median_rgb=_channel_medians(rgb),
         green_lead=lead if _any_light(rgb, um_per_px, cfg) else float("nan"),
@@ -114,6 +127,7 @@ def measure_hep2_quality(rgb: np.ndarray, um_per_px: float,
         cell_fraction=float(mask.mean()),
         light=light,
         monochrome=is_monochrome(rgb),
+        top_rgb=top_rgb,
     )
 
 
@@ -132,16 +146,20 @@ def green_lead(rgb: np.ndarray) -> float:
     return _top_light(rgb)[0]
 
 
-def _top_light(rgb: np.ndarray) -> tuple[float, float]:
-    """(green's lead, mean excess grey of the brightest channel) over the brightest 2 %."""
+def _top_light(rgb: np.ndarray) -> tuple[float, float, tuple[float, float, float]]:
+    """(green's lead, mean excess grey of the brightest channel, mean raw colour) over the
+    brightest 2 %. The channels' medians shift every pixel's total alike, so the brightest
+    pixels above them are the brightest pixels as taken."""
     excess = rgb.reshape(-1, 3).astype(np.float32)
-    excess -= np.median(excess[:: max(1, excess.shape[0] // 50_000)], axis=0)
+    median = np.median(excess[:: max(1, excess.shape[0] // 50_000)], axis=0)
+    excess -= median
     total = excess.sum(axis=1)
     k = max(1, int(_COLOUR_TOP_SHARE * total.size))
     top = np.argpartition(total, total.size - k)[total.size - k:]
     light = np.clip(excess[top], 0, None).sum(axis=0)
+    raw = excess[top].mean(axis=0) + median
     return (float(light[1] / max(float(light[0]), float(light[2]), 1e-6)),
-            float(light.max() / k))
+            float(light.max() / k), (float(raw[0]), float(raw[1]), float(raw[2])))
 
 
 def signal_and_floor(green: np.ndarray, bg: np.ndarray, um_per_px: float) -> tuple[float, float]:
@@ -195,6 +213,17 @@ def _stain_issues(q: Hep2Quality) -> list[QualityIssue]:
             "DAPI) would not be refused; make sure the FITC filter cube is in",
             fatal=False,
         )]
+    if is_white_light(q.top_rgb):
+        r, g, b = q.top_rgb
+        return [QualityIssue(
+            "wrong_stain",
+            f"wrong stain: the brightest light is white (R {r:.0f}, G {g:.0f}, B {b:.0f} of "
+            "255): a brightfield (transmitted-light) image of dense tissue, or a "
+            "photograph, not immunofluorescence (or a camera whose automatic white "
+            "balance whitened the green light: turn it off); the HEp-2 assay needs the FITC "
+            "fluorescence field on a dark background",
+            fatal=True,
+        )]
     # The colour of the light is judged only where there is real signal: a negative well's
     # faint autofluorescence is grey-ish and must not read as "the wrong fluorochrome".
     if shows_signal(q) and np.isfinite(q.green_lead) \
@@ -203,11 +232,18 @@ def _stain_issues(q: Hep2Quality) -> list[QualityIssue]:
             "wrong_stain",
             f"wrong stain: the light above the background is not green enough for FITC: "
             f"green is {q.green_lead:.2f} times the brighter of red and blue (at least "
-            f"{MIN_GREEN_LEAD:g} expected): another fluorochrome, a colour photograph or the "
-            "wrong filter cube",
+            f"{MIN_GREEN_LEAD:g} expected): another fluorochrome, a colour photograph, the "
+            "wrong filter cube, or a camera's automatic white balance (turn it off)",
             fatal=True,
         )]
     return []
+
+
+def is_white_light(top_rgb: tuple[float, float, float]) -> bool:
+    """The brightest light is white: every channel bright and near the others (a lamp
+    seen through glass or unstained tissue), as fluorescence light never is."""
+    return (min(top_rgb) >= WHITE_MIN_GREY
+            and min(top_rgb) >= WHITE_BALANCE * max(max(top_rgb), 1e-6))
 
 
 def _over_exposure_issues(q: Hep2Quality, limit: float) -> list[QualityIssue]:
