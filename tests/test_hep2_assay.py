@@ -28,6 +28,7 @@ from appliance.outputs import hep2_json
 from appliance.outputs.hep2_overlay import render_overlay
 from appliance.outputs.store import ResultStore
 from appliance.service import runner
+from appliance.service.lifecycle import ATTENTION_CODES
 from tests.broker import Mosquitto
 from tests.imagefiles import write_rgb
 from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
@@ -76,6 +77,24 @@ def test_a_negative_field_is_ac0(assay: Hep2Assay) -> None:
     assert doc["status"] == "scored" and doc["positive"] is False
     assert [p["icap"] for p in doc["patterns"]] == ["AC-0"]
     assert doc["intensity"]["level"] == "negative"
+
+
+def test_a_frame_with_nothing_in_view_is_not_called_negative(assay: Hep2Assay) -> None:
+    """A black frame (lamp off, shutter closed), sensor noise alone, or an even grey: no
+    cell and no light above the noise, so nothing to call negative on."""
+    rng = np.random.default_rng(5)
+    frames = {"black": np.zeros((480, 640, 3), np.uint8),
+              "noise": np.clip(rng.normal(4, 1.5, (480, 640, 3)), 0, 255).astype(np.uint8),
+              "grey": np.clip(rng.normal(40, 1.5, (480, 640, 3)), 0, 255).astype(np.uint8)}
+    for name, image in frames.items():
+        doc = score(assay, image, source=name)
+        assert doc["status"] == "not_scorable" and doc["positive"] is None, name
+        assert doc["reason_code"] == "nothing_in_view" and "lamp" in doc["reason"]
+    assert "nothing_in_view" in ATTENTION_CODES  # the status light asks the user to act
+    # The faintest negative the generator draws (2 units: autofluorescence) still shows
+    # its cells, and is called negative.
+    faint = score(assay, field("negative", seed=71_012, intensity=2.0))
+    assert faint["status"] == "scored" and faint["positive"] is False
 
 
 def test_a_her2_brightfield_field_is_refused_as_the_wrong_stain(assay: Hep2Assay) -> None:

@@ -26,6 +26,7 @@ from appliance.assays.hep2.flat_field import FlatFieldError, configured_flat, ga
 from appliance.assays.hep2.orientations import mean_over_orientations, oriented
 from appliance.assays.hep2.patterns import NAMES, REGIONS, pattern
 from appliance.assays.hep2.quality import (
+    Hep2Quality,
     QualityIssue,
     measure_hep2_quality,
     quality_issues,
@@ -64,6 +65,8 @@ REGION_LOGITS = "region_logits"  # hep2-cells-v6 on: does each region of the cel
 # Cells per classifier run: bounded memory on a big field. Also the largest batch of the
 # TensorRT engine's profile (tools/build_engine.py builds it with this value).
 CLASSIFIER_BATCH = 256
+# Reason code of a field with no cell and no light above the noise (not a negative well).
+NOTHING_IN_VIEW = "nothing_in_view"
 # JPEG-compressed frames (capture.frame.COMPRESSED_FORMATS): measured with
 # tools.stress_hep2, MJPG's 4:2:0 chroma and quantisation blur the fine speckles and dots
 # the classes differ by, and cost the cells many points of accuracy (docs/hep2.md).
@@ -194,7 +197,8 @@ class Hep2Assay(AssayShell[Hep2Result]):
         if found is None:
             found = self._estimated_scale(green)
             t2 = time.perf_counter()
-            issues = quality_issues(measure_hep2_quality(image, found.um_per_px, cfg))
+            quality = measure_hep2_quality(image, found.um_per_px, cfg)
+            issues = quality_issues(quality)
             ms["quality"] += (time.perf_counter() - t2) * 1000.0
             late = refused(found, issues)
             if late is not None:
@@ -207,6 +211,16 @@ class Hep2Assay(AssayShell[Hep2Result]):
         if outside is not None:
             warnings.append(outside)
         cells = segment_cells(green, found.um_per_px, cfg)
+        if cells.count == 0 and not quality.signal > quality.noise_floor:
+            # Nothing to call negative on. A negative well still shows its cells faintly
+            # (autofluorescence, the conjugate's background), which the segmentation or at
+            # least the signal measure finds; a black or featureless frame is a lamp off, a
+            # shutter closed, a blocked light path or no well in view.
+            base = replace(base, um_per_px=found.um_per_px, um_per_px_source=found.source)
+            said = warnings + list(found.warnings)
+            prep = Hep2Prepared(base, said, found)
+            prep.refusal = self._refused(base, nothing_in_view(quality), NOTHING_IN_VIEW, said)
+            return prep
         crop_um = self._crop_scale(green, cells, found)
         found = Hep2Scale(found.um_per_px, found.source, found.warnings, crop_um)
         crops, ids = crops_for(green, cells.labels, crop_um, cfg)
@@ -426,6 +440,15 @@ class Hep2Assay(AssayShell[Hep2Result]):
         if optics.objective != "auto":
             return ScaleInfo(optics.objectives[optics.objective], "objective", ())
         return None
+
+
+def nothing_in_view(q: Hep2Quality) -> str:
+    """The reason a field with no cell and no light above the noise is refused."""
+    return (f"nothing in view: no cell and no light above the sensor noise (brightest green "
+            f"{q.signal:.1f} grey over a {q.background:.0f} background, noise floor "
+            f"{q.noise_floor:.1f}): is the lamp on, the shutter open, the light path clear and "
+            "a well in view? A negative well still shows its cells faintly: if this is one, "
+            "lengthen the exposure until they show")
 
 
 def model_heads(manifest: ModelManifest) -> dict[str, int]:
