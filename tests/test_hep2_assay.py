@@ -260,6 +260,19 @@ def test_intensity_is_calibrated_only_when_the_camera_held_the_pinned_exposure(
     assert docs[True]["intensity"]["calibrated"] is True
     assert docs[False]["intensity"]["calibrated"] is False
     assert any("did not take the pinned exposure" in w for w in docs[False]["warnings"])
+    # A live camera's frames (not a still) also say when its white balance is automatic.
+    awb = [any("automatic white balance" in w for w in docs[k]["warnings"])
+           for k in (None, True, False)]
+    assert awb == [False, True, True]
+    fixed = with_overrides(pinned, {"source.auto_white_balance": False})
+    try:
+        assay.cfg = fixed
+        quiet = hep2_json.result_to_dict(assay.score(Frame(
+            image=image, seq=1, timestamp=0.0, source="cam", um_per_px=0.5,
+            exposure_pinned=True)))
+    finally:
+        assay.cfg = original
+    assert not any("white balance" in w for w in quiet["warnings"])
 
 
 def test_cells_carry_the_region_heads_reading(assay: Hep2Assay) -> None:

@@ -65,6 +65,9 @@ REGION_LOGITS = "region_logits"  # hep2-cells-v6 on: does each region of the cel
 # Cells per classifier run: bounded memory on a big field. Also the largest batch of the
 # TensorRT engine's profile (tools/build_engine.py builds it with this value).
 CLASSIFIER_BATCH = 256
+AUTO_WHITE_BALANCE_WARNING = (
+    "the camera's automatic white balance is on (source.auto_white_balance): it shifts the "
+    "colour of fluorescence light, which the wrong-stain check reads; set it false")
 # Reason code of a field with no cell and no light above the noise (not a negative well).
 NOTHING_IN_VIEW = "nothing_in_view"
 # JPEG-compressed frames (capture.frame.COMPRESSED_FORMATS): measured with
@@ -206,6 +209,9 @@ class Hep2Assay(AssayShell[Hep2Result]):
         warnings = [i.reason for i in issues if not i.fatal]
         if frame.pixel_format in COMPRESSED_FORMATS:
             warnings.append(COMPRESSED_WARNING)
+        if frame.exposure_pinned is not None and self.cfg.source.auto_white_balance:
+            # A live camera's frame (a still cannot say): its white balance follows the scene.
+            warnings.append(AUTO_WHITE_BALANCE_WARNING)
         outside = range_warning(found.um_per_px, found.source,
                                 self.manifest.input.um_per_px_range)
         if outside is not None:
