@@ -91,3 +91,15 @@ def test_a_well_is_scored_field_by_field_then_pooled() -> None:
     assert got.well.seed == case.spec.seed and got.well.kind == "single"
     assert got.well.cells == sum(f.cells for f in got.fields)
     assert got.well.called[:1] == ("centromere",)
+
+
+def test_a_refused_calibration_stops_the_tool(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from appliance.assays.hep2.calibration import CalibrationError
+
+    def refuse(_cfg: object) -> None:
+        raise CalibrationError("field 2 measured 0 grey levels")
+
+    monkeypatch.setattr(eval_hep2, "lab_calibrated", refuse)
+    assert eval_hep2_wells.main(["--wells", "1", "--calibrate"]) == 2
+    assert "refused: field 2 measured 0" in capsys.readouterr().err

@@ -739,6 +739,19 @@ def lab_calibrated(cfg: Config) -> tuple[Config, dict[str, object]]:
     return with_overrides(cfg, {"hep2.intensity.units_per_grey": cal.units_per_grey}), summary
 
 
+def calibrated_if_asked(args: argparse.Namespace, cfg: Config
+                        ) -> tuple[Config, dict[str, object] | None] | None:
+    """``cfg`` as it is (``--calibrate`` not given), or calibrated on the reference wells
+    with what the calibration measured; None once a refused calibration is printed."""
+    if not args.calibrate:
+        return cfg, None
+    try:
+        return lab_calibrated(cfg)
+    except CalibrationError as e:
+        print(f"calibration on the reference wells refused: {e}", file=sys.stderr)
+        return None
+
+
 def tool_config(args: argparse.Namespace) -> Config | None:
     """The HEp-2 tools' start: logging at ERROR only, and the scoring config from
     ``--config``, ``--precision`` and ``--models-dir`` (None once the error is printed)."""
@@ -756,14 +769,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = tool_config(args)
     if cfg is None:
         return 2
+    ready = calibrated_if_asked(args, cfg)
+    if ready is None:
+        return 2
+    cfg, calibration = ready
     cases = specimen_cases(args.specimens, first_seed=args.seed, um_per_px=args.um_per_px)
-    calibration = None
-    if args.calibrate:
-        try:
-            cfg, calibration = lab_calibrated(cfg)
-        except CalibrationError as e:
-            print(f"calibration on the reference wells refused: {e}", file=sys.stderr)
-            return 2
     t0 = time.perf_counter()
     with Hep2Assay.from_config(cfg) as assay:
         model = asdict(assay.model)

@@ -22,7 +22,6 @@ Generated data only.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -31,13 +30,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from appliance.assays.hep2.assay import Hep2Assay
-from appliance.assays.hep2.calibration import CalibrationError
 from appliance.assays.hep2.well import call_well
 from appliance.config import Hep2IntensityConfig
 from tools.eval_hep2 import (
     SpecimenCase,
     SpecimenOutcome,
-    lab_calibrated,
+    calibrated_if_asked,
     outcome_of,
     score_generated,
     specimen_cases,
@@ -203,13 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = tool_config(args)
     if cfg is None:
         return 2
-    calibration = None
-    if args.calibrate:
-        try:
-            cfg, calibration = lab_calibrated(cfg)
-        except CalibrationError as e:
-            print(f"calibration on the reference wells refused: {e}", file=sys.stderr)
-            return 2
+    ready = calibrated_if_asked(args, cfg)
+    if ready is None:
+        return 2
+    cfg, calibration = ready
     cases = well_cases(args.wells, args.fields, args.seed)
     t0 = time.perf_counter()
     with Hep2Assay.from_config(cfg) as assay:
