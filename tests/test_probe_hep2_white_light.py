@@ -19,7 +19,7 @@ def test_views_are_the_whole_image_its_parts_and_small_crops() -> None:
 def test_the_brightest_light_and_its_balance() -> None:
     rgb = np.zeros((10, 100, 3), np.uint8)
     rgb[0, :20] = (200, 220, 210)  # 2 % of the pixels: white-ish lamp light
-    assert probe.brightest(rgb) == pytest.approx((200.0, 220.0, 210.0))
+    assert probe.brightest_colour(rgb) == pytest.approx((200.0, 220.0, 210.0))
     grey, balance = probe.grey_and_balance(rgb)
     assert grey == pytest.approx(200.0) and balance == pytest.approx(200 / 220)
 

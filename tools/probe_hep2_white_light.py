@@ -28,7 +28,12 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from appliance.assays.hep2.quality import BRIGHTFIELD_MEDIAN, WHITE_MIN_GREY, is_white_light
+from appliance.assays.hep2.quality import (
+    BRIGHTFIELD_MEDIAN,
+    WHITE_MIN_GREY,
+    brightest_colour,
+    is_white_light,
+)
 from tools.eval_hep2 import specimen_cases
 from tools.make_samples import sample_specs
 from tools.stress_hep2 import LOOKS
@@ -37,15 +42,6 @@ from tools.synth.her2_fields import generate_field
 
 FITC_LOOKS = ("as_drawn", "gamma_2.2", "mjpg_q75", "noisy", "long_pass", "stray_light",
               "colour_mosaic")
-
-
-def brightest(rgb: np.ndarray, share: float = 0.02) -> tuple[float, float, float]:
-    """Mean raw colour of the brightest ``share`` of the pixels (by the sum of channels)."""
-    px = rgb.reshape(-1, 3).astype(np.float32)
-    total = px.sum(axis=1)
-    k = max(1, int(share * total.size))
-    top = px[np.argpartition(total, total.size - k)[total.size - k:]].mean(axis=0)
-    return float(top[0]), float(top[1]), float(top[2])
 
 
 def views(image: np.ndarray) -> Iterator[np.ndarray]:
@@ -60,7 +56,7 @@ def views(image: np.ndarray) -> Iterator[np.ndarray]:
 
 def grey_and_balance(rgb: np.ndarray) -> tuple[float, float]:
     """The brightest light's dimmest channel, and its share of the brightest channel."""
-    top = brightest(rgb)
+    top = brightest_colour(rgb)
     return min(top), min(top) / max(max(top), 1e-6)
 
 
@@ -87,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for spec in tqdm(specs, desc="HER2 fields"):
         for view in views(generate_field(spec).image):
             medians = np.median(view.reshape(-1, 3), axis=0)
-            top = brightest(view)
+            top = brightest_colour(view)
             bright.append((float(medians.min()), *grey_and_balance(view), is_white_light(top)))
     b = np.array(bright, dtype=np.float64)
     escaped = b[b[:, 0] <= BRIGHTFIELD_MEDIAN]
@@ -102,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in FITC_LOOKS:
             look = LOOKS[name][0]
             rgb = field.image if look is None else look(field.image, field.um_per_px)
-            fitc[name].append((*grey_and_balance(rgb), is_white_light(brightest(rgb))))
+            fitc[name].append((*grey_and_balance(rgb), is_white_light(brightest_colour(rgb))))
     for name, rows in fitc.items():
         a = np.array(rows, dtype=np.float64)
         bright_enough = a[a[:, 0] >= WHITE_MIN_GREY]

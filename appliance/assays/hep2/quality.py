@@ -146,6 +146,12 @@ def green_lead(rgb: np.ndarray) -> float:
     return _top_light(rgb)[0]
 
 
+def brightest_colour(rgb: np.ndarray) -> tuple[float, float, float]:
+    """Mean raw colour (R, G, B) of the brightest 2 % of the pixels: what
+    :func:`is_white_light` judges."""
+    return _top_light(rgb)[2]
+
+
 def _top_light(rgb: np.ndarray) -> tuple[float, float, tuple[float, float, float]]:
     """(green's lead, mean excess grey of the brightest channel, mean raw colour) over the
     brightest 2 %. The channels' medians shift every pixel's total alike, so the brightest
