@@ -10,7 +10,7 @@ This prints, for the brightest 2 % of the pixels, the dimmest channel's grey and
 balance (dimmest over brightest channel):
 
 - **brightfield**: generated HER2 fields (``tools.make_samples``' specs, seed 11) at
-  640x480 and at 96x64 (the test suite's sample size), whole, halves, quarters and 64x96
+  640x480 and at 96x64 (the test suite's sample size), whole, halves, quarters and 96x64
   crops from three corners each; how many escape the median test, and how the
   white-light test (``quality.is_white_light``) reads them;
 - **FITC**: one generated HEp-2 specimen of each kind of the eval's plan (seeds from
@@ -45,7 +45,7 @@ FITC_LOOKS = ("as_drawn", "gamma_2.2", "mjpg_q75", "noisy", "long_pass", "stray_
 
 
 def views(image: np.ndarray) -> Iterator[np.ndarray]:
-    """The whole image, its halves and quarters and 64x96 crops, from three corners."""
+    """The whole image, its halves and quarters and 96x64 crops, from three corners."""
     h, w = image.shape[:2]
     for ch, cw in ((h, w), (h // 2, w // 2), (h // 4, w // 4), (64, 96)):
         if min(ch, cw) < 32:

@@ -59,7 +59,7 @@ MIN_GREEN_LEAD = 1.15
 # Brightfield seen through dense tissue: the brightest 2 % of the pixels are white (every
 # channel at least WHITE_MIN_GREY, the dimmest at least WHITE_BALANCE of the brightest).
 # Measured (tools/probe_hep2_white_light.py): 252 views of 24 generated HER2 fields (whole
-# and cropped down to 64x96) read 101 and more, 0.754 and more (21 escape the median test
+# and cropped down to 96x64) read 101 and more, 0.754 and more (21 escape the median test
 # above); 21 generated FITC fields through 7 camera looks read at most 102 (a gamma 2.2
 # tone curve, then 0.454) and at most 0.661 (stray light, then dimmer than 50). A
 # monochrome field is not asked.
