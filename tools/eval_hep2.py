@@ -739,10 +739,14 @@ def lab_calibrated(cfg: Config) -> tuple[Config, dict[str, object]]:
     return with_overrides(cfg, {"hep2.intensity.units_per_grey": cal.units_per_grey}), summary
 
 
-def calibrated_if_asked(args: argparse.Namespace, cfg: Config
-                        ) -> tuple[Config, dict[str, object] | None] | None:
-    """``cfg`` as it is (``--calibrate`` not given), or calibrated on the reference wells
-    with what the calibration measured; None once a refused calibration is printed."""
+def calibrated_tool_config(args: argparse.Namespace
+                           ) -> tuple[Config, dict[str, object] | None] | None:
+    """:func:`tool_config`, then, with ``--calibrate``, calibrated on the reference wells
+    with what the calibration measured (None for it without); None once a bad config or a
+    refused calibration is printed."""
+    cfg = tool_config(args)
+    if cfg is None:
+        return None
     if not args.calibrate:
         return cfg, None
     try:
@@ -766,10 +770,7 @@ def tool_config(args: argparse.Namespace) -> Config | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation, print the tables and targets, write the PNGs (and the JSON)."""
     args = parse_args(argv)
-    cfg = tool_config(args)
-    if cfg is None:
-        return 2
-    ready = calibrated_if_asked(args, cfg)
+    ready = calibrated_tool_config(args)
     if ready is None:
         return 2
     cfg, calibration = ready

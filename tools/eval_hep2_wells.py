@@ -35,12 +35,11 @@ from appliance.config import Hep2IntensityConfig
 from tools.eval_hep2 import (
     SpecimenCase,
     SpecimenOutcome,
-    calibrated_if_asked,
+    calibrated_tool_config,
     outcome_of,
     score_generated,
     specimen_cases,
     specimen_summary,
-    tool_config,
 )
 from tools.numbers import save_chart, write_numbers
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec
@@ -198,10 +197,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Score the wells, print the figures and the changed calls, draw the chart."""
     args = parse_args(argv)
-    cfg = tool_config(args)
-    if cfg is None:
-        return 2
-    ready = calibrated_if_asked(args, cfg)
+    ready = calibrated_tool_config(args)
     if ready is None:
         return 2
     cfg, calibration = ready
