@@ -408,6 +408,12 @@ class Hep2SpecimenConfig:
         2, "Metaphase cells needed before their plate staining may confirm or correct the "
         "interphase call (AC-1 vs AC-4/5)", lo=1, hi=1000,
     )
+    unstained_share: float = _f(
+        0.3, "A field read above the cut-off whose whole interphase cells look unstained "
+        "(most probable class: negative) in at least this share is not scorable: the light "
+        "is not FITC staining (a red counterstain recorded by a monochrome camera through a "
+        "long-pass filter, autofluorescence, stray light)", lo=0.05, hi=1,
+    )
     subtype_max_um_per_px: float = _f(
         0.7, "Fields coarser than this many µm per pixel (a 10x objective, which resolves "
         "about 1 µm) give an expert-level subtype call (AC-2/4/5, AC-6/7, AC-8/9/10, "

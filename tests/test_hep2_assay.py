@@ -31,6 +31,7 @@ from appliance.service import runner
 from appliance.service.lifecycle import ATTENTION_CODES
 from tests.broker import Mosquitto
 from tests.imagefiles import write_rgb
+from tools.synth import camera_looks
 from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 from tools.synth.her2_fields import FieldSpec, generate_field
 
@@ -95,6 +96,27 @@ def test_a_frame_with_nothing_in_view_is_not_called_negative(assay: Hep2Assay) -
     # its cells, and is called negative.
     faint = score(assay, field("negative", seed=71_012, intensity=2.0))
     assert faint["status"] == "scored" and faint["positive"] is False
+
+
+def test_a_red_counterstain_through_a_long_pass_filter_is_never_a_positive_call(
+        assay: Hep2Assay) -> None:
+    """A conjugate's red counterstain makes every cell glow red; a long-pass emission
+    filter lets it through. A colour camera sees red light and is told of the counterstain;
+    a monochrome one records it as FITC light, and a negative well must not be called
+    positive from it."""
+    truth = generate_hep2_field(Hep2FieldSpec(
+        seed=71_013, width=800, height=600, um_per_px=0.5, patterns=(("negative", 1.0),),
+        intensity=6.0, photobleaching=0.0))
+    lp = camera_looks.long_pass(truth.image, 0.3)
+    red = camera_looks.red_counterstain(lp, truth.cell_labels, truth.nucleus_labels, 0.5,
+                                        40.0, 0.05, np.random.default_rng(1))
+    assert score(assay, lp)["positive"] is False  # the filter alone: still negative
+    colour = score(assay, red, source="colour")
+    assert colour["reason_code"] == "wrong_stain" and "counterstain" in colour["reason"]
+    mono = score(assay, camera_looks.monochrome_sum(red, 0.6), source="mono")
+    assert mono["status"] == "not_scorable" and mono["positive"] is None
+    assert mono["reason_code"] == "unstained_light" and "band-pass" in mono["reason"]
+    assert "unstained_light" in ATTENTION_CODES
 
 
 def test_a_her2_brightfield_field_is_refused_as_the_wrong_stain(assay: Hep2Assay) -> None:

@@ -112,6 +112,12 @@ def test_red_fluorescence_is_refused_green_is_not() -> None:
     assert "wrong_stain" not in _codes(fitc)
     tritc = fitc[..., [1, 0, 2]]  # the same cells in the red channel
     assert _codes(tritc) == {"wrong_stain": True}
+    # Red light is named as a counterstain through a long-pass filter; blue light is not.
+    red = quality_issues(measure_hep2_quality(tritc, UM_PER_PX, CELLS))[0].reason
+    assert "counterstain" in red and "band-pass" in red
+    dapi = fitc[..., [0, 2, 1]]  # the same cells in the blue channel
+    blue = quality_issues(measure_hep2_quality(dapi, UM_PER_PX, CELLS))
+    assert blue[0].code == "wrong_stain" and "counterstain" not in blue[0].reason
 
 
 def test_fitc_through_a_tone_curve_or_mjpg_is_still_fitc() -> None:
@@ -163,7 +169,7 @@ def test_a_monochrome_camera_field_is_not_the_wrong_stain_but_says_so() -> None:
     assert q.monochrome
     issues = quality_issues(q)
     assert [(i.code, i.fatal) for i in issues] == [("monochrome", False)]
-    assert "filter cube" in issues[0].reason
+    assert "filter cube" in issues[0].reason and "band-pass emission filter" in issues[0].reason
     # A colour camera's own sensor noise keeps its channels apart.
     assert not measure_hep2_quality(_fitc_field(2), UM_PER_PX, CELLS).monochrome
 

@@ -15,6 +15,7 @@ from appliance.assays.hep2.patterns import (
     subtype_group,
 )
 from appliance.assays.hep2.specimen import (
+    UNSTAINED_LIGHT,
     call_specimen,
     intensity_level,
     look_alikes,
@@ -406,3 +407,24 @@ def test_an_intensity_near_the_cut_off_is_borderline(units: float, flagged: bool
     off = call_specimen(cells("homogeneous", 40), units, specimen=SPEC,
                         intensity=replace(INT, borderline_percent=0.0))
     assert not any("borderline" in w for w in off.warnings)
+
+
+def test_bright_cells_that_look_unstained_are_not_called_positive() -> None:
+    # A monochrome camera behind a long-pass filter records a red counterstain: a negative
+    # well's cells read bright, yet the classifier sees autofluorescence in them.
+    looks_negative = cells("negative", 15) + cells("homogeneous", 25)  # 0.375 unstained
+    refused = call(looks_negative, units=45.0)
+    assert refused.positive is None and refused.reason_code == UNSTAINED_LIGHT
+    assert refused.reason is not None and "15 of 40 whole cells look unstained" in \
+        refused.reason and "band-pass" in refused.reason
+    # Below the share, and for cells cut by the border or in mitosis, it is a positive call.
+    assert call(cells("negative", 4) + cells("homogeneous", 36), units=45.0).positive is True
+    assert call(cells("negative", 30, edge=True) + cells("negative", 30, mitosis="metaphase")
+                + cells("homogeneous", 36), units=45.0).positive is True
+    # Below the cut-off it is simply negative; too few cells say nothing.
+    assert call(looks_negative, units=5.0).positive is False
+    assert call(cells("negative", 5), units=45.0).positive is True
+    # The share is the config's.
+    strict = replace(SPEC, unstained_share=0.5)
+    assert call_specimen(looks_negative, 45.0, specimen=strict,
+                         intensity=INT).positive is True

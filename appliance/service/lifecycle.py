@@ -31,7 +31,8 @@ _log = logging.getLogger(__name__)
 _STATUS_EVERY_S = 5.0
 # Reason codes of the latest result that ask the pathologist to act (the light says so).
 ATTENTION_CODES = frozenset({"out_of_focus", "no_tissue", "control_failed", "wrong_stain",
-                             "over_exposed", "under_exposed", "nothing_in_view"})
+                             "over_exposed", "under_exposed", "nothing_in_view",
+                             "unstained_light"})
 
 
 class Lifecycle:

@@ -65,6 +65,12 @@ MIN_GREEN_LEAD = 1.15
 # monochrome field is not asked.
 WHITE_MIN_GREY = 90.0
 WHITE_BALANCE = 0.65
+# Said when the light that fails the FITC test is red-led. A conjugate's red counterstain
+# makes every cell red; a long-pass emission filter passes it (a band-pass one does not).
+# Measured (tools/probe_hep2_counterstain.py): at 15 grey of red over the cells every
+# generated negative field and half of the weak positives (30 units) are refused so.
+RED_LIGHT_HINT = (". Red light on every cell is a red counterstain (Evans blue) seen through "
+                  "a long-pass emission filter: use a FITC band-pass emission filter")
 # Colour is judged only on light at least this bright above background (grey levels of the
 # brightest channel): a negative well's faint autofluorescence reads below it.
 _COLOUR_MIN_GREY = 15.0
@@ -216,7 +222,9 @@ def _stain_issues(q: Hep2Quality) -> list[QualityIssue]:
             "monochrome",
             "monochrome image (the same grey in every colour channel): the fluorochrome "
             "cannot be checked from the colour, so a field of another fluorochrome (TRITC, "
-            "DAPI) would not be refused; make sure the FITC filter cube is in",
+            "DAPI) would not be refused; make sure the FITC filter cube is in, with a "
+            "band-pass emission filter (through a long-pass one the camera records a red "
+            "counterstain as FITC light)",
             fatal=False,
         )]
     if is_white_light(q.top_rgb):
@@ -234,12 +242,14 @@ def _stain_issues(q: Hep2Quality) -> list[QualityIssue]:
     # faint autofluorescence is grey-ish and must not read as "the wrong fluorochrome".
     if shows_signal(q) and np.isfinite(q.green_lead) \
             and q.green_lead < MIN_GREEN_LEAD:
+        red = q.top_rgb[0] > q.top_rgb[2]
         return [QualityIssue(
             "wrong_stain",
             f"wrong stain: the light above the background is not green enough for FITC: "
             f"green is {q.green_lead:.2f} times the brighter of red and blue (at least "
             f"{MIN_GREEN_LEAD:g} expected): another fluorochrome, a colour photograph, the "
-            "wrong filter cube, or a camera's automatic white balance (turn it off)",
+            "wrong filter cube, or a camera's automatic white balance (turn it off)"
+            + (RED_LIGHT_HINT if red else ""),
             fatal=True,
         )]
     return []

@@ -6,6 +6,10 @@ Pure functions over classified cells, so each rule is tested with constructed ce
    screening cut-off, whatever the classifier says of the faint cells: intensity is what
    the titre / cut-off is about, and a dim field's texture is noise. Within
    ``borderline_percent`` of the cut-off, either side, the call carries a warning.
+   Above the cut-off, a field whose whole cells look unstained in at least
+   ``unstained_share`` (the classifier's "negative" class) is not scorable,
+   ``unstained_light``: bright light on cells that show no staining is not FITC staining
+   (:func:`unstained_light`).
 2. **Patterns** from the interphase cells not cut by the border whose votes together
    hold at least ``min_confidence`` of probability: each votes for its most probable staining
    pattern (the "negative" class left out: in a positive specimen a dim cell is a weak
@@ -58,6 +62,7 @@ PLATE_SPARED = ("fine_speckled", "coarse_speckled")  # AC-4, AC-5: it does not
 # accuracy is 0.999 on generated metaphases; real ones will do worse, and a floor keeps
 # one odd plate from outweighing the rest.
 PLATE_MISREAD = 0.05
+UNSTAINED_LIGHT = "unstained_light"  # reason code: bright cells that look unstained
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,39 @@ def look_alikes(a: str, b: str, *, coarse: bool) -> bool:
     return ga == gb or (coarse and {ga, gb} <= _SPOT_GROUPS)
 
 
+def looks_unstained(c: Hep2Cell) -> bool:
+    """The classifier's most probable class for the cell is "negative", strictly (a tie,
+    as in a cell it cannot read at all, is not)."""
+    p = c.probabilities.get("negative", 0.0)
+    return all(p > q for n, q in c.probabilities.items() if n != "negative")
+
+
+def unstained_light(interphase: Sequence[Hep2Cell], units: float, *,
+                    specimen: Hep2SpecimenConfig, intensity: Hep2IntensityConfig
+                    ) -> str | None:
+    """Why a field read above the cut-off is not scorable when its cells look unstained
+    (None when they do not, or are too few to say).
+
+    A negative well's cells show autofluorescence (the classifier's "negative" class):
+    brighter cytoplasm, no nuclear pattern. In a positive field nearly none look so
+    (measured: at most 0.13 of the whole cells of a generated positive field). When many
+    do and the field still reads above the cut-off, the light is not FITC staining: a red
+    counterstain that a monochrome camera records through a long-pass emission filter
+    (generated: every such negative field read positive, at 4.5 times its intensity),
+    autofluorescence, or stray light. Calling it positive would be a false positive."""
+    if len(interphase) < specimen.min_cells:
+        return None
+    n = sum(looks_unstained(c) for c in interphase)
+    if n / len(interphase) < specimen.unstained_share:
+        return None
+    return (f"{n} of {len(interphase)} whole cells look unstained (like a negative well's "
+            f"autofluorescence) yet the field reads {units:.0f}, above the cut-off "
+            f"{intensity.negative_below:g}: light that is not FITC staining. A red "
+            "counterstain (Evans blue) passes a long-pass emission filter, and a monochrome "
+            "camera records it as FITC light: use a FITC band-pass emission filter. Else "
+            "look for strong autofluorescence or room light reaching the camera")
+
+
 def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2SpecimenConfig,
                   intensity: Hep2IntensityConfig, um_per_px: float | None = None
                   ) -> SpecimenCall:
@@ -210,6 +248,10 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
             f"intensity {units:.0f} below the cut-off {intensity.negative_below:g}")),),
             (near,) if near else ())
     interphase = [c for c in cells if not c.mitotic and not c.touches_edge]
+    unstained = unstained_light(interphase, units, specimen=specimen, intensity=intensity)
+    if unstained is not None:
+        return SpecimenCall(None, None, (), (near,) if near else (), unstained,
+                            UNSTAINED_LIGHT)
     mitotic = [c for c in cells if c.mitotic]
     # A compound cell (AC-3 in the nucleus, AC-22 in the cytoplasm) splits its probability
     # between its two patterns: its confidence is what its votes hold together.
