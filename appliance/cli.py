@@ -205,6 +205,7 @@ def _score_hep2(args: argparse.Namespace, cfg: Config, overlay: Path | None,
             recorder.record(result, image)
     if args.well:
         well = call_well(results, cfg.hep2)
+        recorder.record_well(well)
         print(hep2_json.to_json(hep2_json.well_to_dict(well)) if args.json
               else format_hep2_well_row(well))
     return 1 if failures else 0

@@ -20,6 +20,7 @@ from appliance.assays.hep2.well import Hep2WellResult, call_well, field_warnings
 from appliance.assays.her2.types import ModelRef
 from appliance.config import Hep2Config
 from appliance.outputs import hep2_json
+from appliance.outputs.store import ResultStore, well_file
 from appliance.outputs.table import format_hep2_well_row
 from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 
@@ -154,6 +155,12 @@ def test_fields_of_different_models_do_not_pool() -> None:
 # ------------------------------------------------------------------------ JSON and table
 
 
+def test_a_well_with_no_field_scored_is_named_by_its_refused_fields() -> None:
+    assert well_file(["a.png", "b.png"], ["c.png: out of focus"]) == "well: a.png + b.png"
+    assert well_file([], ["c.png: out of focus", "d.png: wrong stain: x: y"]) == \
+        "well: c.png + d.png"
+
+
 def validator() -> jsonschema.Draft202012Validator:
     field_schema = hep2_json.load_schema()
     registry = referencing.Registry().with_resource(
@@ -204,12 +211,24 @@ def test_score_well_pools_the_fields_it_is_given(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "appliance", "score", "--assay", "hep2", "--well",
                "--um-per-px", "0.5", "--no-store", "--no-overlay", *paths, str(broken)]
     env = {"PYTHONPATH": str(REPO)}
-    proc = subprocess.run([*command, "--json"], capture_output=True, text=True, env=env,
+    db = tmp_path / "results.db"
+    stored = [a if a != "--no-store" else f"--store={db}" for a in command]
+    proc = subprocess.run([*stored, "--json"], capture_output=True, text=True, env=env,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     docs = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(docs) == 4 and docs[-1]["kind"] == "well"
     validator().validate(docs[-1])
+    # The store keeps every field, then the well's call as a row of its own.
+    with ResultStore(db) as store:
+        rows = store.recent()
+    assert [r["file"] for r in rows] == [
+        f"well: {paths[0]} + {paths[1]}", str(broken), *reversed(paths)]
+    well_row = rows[0]
+    assert well_row["seq"] == 0 and well_row["result"]["kind"] == "well"
+    assert well_row["score"] == "AC-3" and well_row["tumour_cells"] == \
+        docs[-1]["cell_counts"]["total"]
+    validator().validate(well_row["result"])
     well, fields = docs[-1], docs[:2]
     assert well["fields"] == paths and well["fields_refused"][0].startswith(str(broken))
     assert well["cell_counts"]["total"] == sum(d["cell_counts"]["total"] for d in fields)

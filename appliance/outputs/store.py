@@ -29,7 +29,7 @@ import re
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from appliance.assays.hep2.types import Hep2Result
+from appliance.assays.hep2.well import Hep2WellResult
 from appliance.assays.results import AnyResult
 from appliance.outputs import hep2_json
 from appliance.outputs.audit import create_audit_table
@@ -155,6 +156,8 @@ class _Row:
 
 
 Companion = Callable[[sqlite3.Connection, int], None]
+# What the store keeps: every field result, and a HEp-2 well's pooled call.
+Storable = AnyResult | Hep2WellResult
 
 
 @dataclass(frozen=True)
@@ -169,15 +172,32 @@ class _Pending:
         return self.row.summary + (" (and its MQTT message)" if self.outbox else "")
 
 
-def _make_row(result: AnyResult, config_sha256: str) -> _Row:
+def well_file(fields: Sequence[str], refused: Sequence[str]) -> str:
+    """The ``file`` column of a HEp-2 well's row: ``well: F1 + F2 + ...`` (its refused
+    fields' files when none was scored)."""
+    names = list(fields) or [r.split(": ", 1)[0] for r in refused]
+    return "well: " + " + ".join(names)
+
+
+def _make_row(result: Storable, config_sha256: str) -> _Row:
     """Serialise a result into the column values (raises ValueError on a bad result).
 
     The columns are shared by the assays: for HEp-2, ``score`` holds the first pattern's
-    ICAP code, ``category`` the intensity level and ``tumour_cells`` the cell count.
+    ICAP code, ``category`` the intensity level and ``tumour_cells`` the cell count. A
+    HEp-2 well's row has ``file`` from :func:`well_file`, ``seq`` 0, and its JSON's
+    ``kind`` is ``"well"``.
     """
     if not _SHA256.match(config_sha256):
         raise ValueError(f"config_sha256 must be 64 lower-case hex digits, got {config_sha256!r}")
-    if isinstance(result, Hep2Result):
+    if isinstance(result, Hep2WellResult):
+        doc = hep2_json.well_to_dict(result)
+        doc_file, doc_seq = well_file(result.fields, result.fields_refused), 0
+        text = hep2_json.to_json(doc)
+        score = doc["patterns"][0]["icap"] if doc["patterns"] else None
+        category = doc["intensity"]["level"] if doc["intensity"] else None
+        cells = doc["cell_counts"]["total"]
+        doc = {**doc, "file": doc_file, "seq": doc_seq}
+    elif isinstance(result, Hep2Result):
         doc = hep2_json.result_to_dict(result, include_cells=True)
         text = hep2_json.to_json(doc)
         score = doc["patterns"][0]["icap"] if doc["patterns"] else None
@@ -336,7 +356,7 @@ class ResultStore:
 
     # ------------------------------------------------------------ writing
 
-    def add(self, result: AnyResult, *, config_sha256: str,
+    def add(self, result: Storable, *, config_sha256: str,
             outbox: MessageBuilder | None = None, companion: Companion | None = None) -> int:
         """Store one result and return its row id; the row is on disk when this returns.
 

@@ -10,12 +10,20 @@ from typing import TextIO
 import numpy as np
 
 from appliance.assays.hep2.types import Hep2Result
+from appliance.assays.hep2.well import Hep2WellResult
 from appliance.assays.her2.types import FieldResult
 from appliance.outputs import hep2_json, hep2_overlay
 from appliance.outputs.outbox import MessageBuilder
 from appliance.outputs.overlay import render_overlay, write_png
 from appliance.outputs.result_json import result_to_json
-from appliance.outputs.store import AnyResult, Companion, ResultStore, StoreError
+from appliance.outputs.store import (
+    AnyResult,
+    Companion,
+    ResultStore,
+    Storable,
+    StoreError,
+    well_file,
+)
 from appliance.outputs.table import HEADER, HEP2_HEADER, format_hep2_row, format_row
 
 _log = logging.getLogger(__name__)
@@ -55,22 +63,34 @@ class Recorder:
         self.counts["fields"] += 1
         self.counts["scored" if result.scored else "not_scorable"] += 1
         if self.store is not None:
-            try:
-                self.store.add(
-                    result, config_sha256=self.config_sha256,
-                    outbox=self.message_for(result) if self.message_for else None,
-                    # Cases are the HER2 workflow: HEp-2 fields are stored on their own.
-                    companion=(self.companion_for(result, image)
-                               if self.companion_for and isinstance(result, FieldResult)
-                               else None))
-                for hook in self.after_store:
-                    hook()
-            except StoreError as exc:
-                self.counts["store_errors"] += 1
-                _log.error("result of %s kept in memory, not yet stored: %s", result.file, exc)
+            self._store(result, result.file,
+                        outbox=self.message_for(result) if self.message_for else None,
+                        # Cases are the HER2 workflow: HEp-2 fields are stored on their own.
+                        companion=(self.companion_for(result, image)
+                                   if self.companion_for and isinstance(result, FieldResult)
+                                   else None))
         if self.overlay_dir is not None and image is not None:
             self._write_overlay(result, image)
         self._print(result)
+
+    def record_well(self, well: Hep2WellResult) -> None:
+        """Store a HEp-2 well's pooled call (its fields were recorded one by one)."""
+        if self.store is not None:
+            self._store(well, well_file(well.fields, well.fields_refused))
+
+    def _store(self, result: Storable, name: str, *, outbox: MessageBuilder | None = None,
+               companion: Companion | None = None) -> None:
+        """Add to the store; a failure (full disk) is counted and logged, and the store
+        keeps the result in its backlog."""
+        assert self.store is not None
+        try:
+            self.store.add(result, config_sha256=self.config_sha256, outbox=outbox,
+                           companion=companion)
+            for hook in self.after_store:
+                hook()
+        except StoreError as exc:
+            self.counts["store_errors"] += 1
+            _log.error("result of %s kept in memory, not yet stored: %s", name, exc)
 
     def _write_overlay(self, result: AnyResult, image: np.ndarray) -> None:
         assert self.overlay_dir is not None
