@@ -16,7 +16,12 @@ import referencing
 from appliance.assays.hep2.patterns import NAMES
 from appliance.assays.hep2.specimen import call_specimen
 from appliance.assays.hep2.types import Hep2Cell, Hep2Result
-from appliance.assays.hep2.well import Hep2WellResult, call_well, field_warnings
+from appliance.assays.hep2.well import (
+    ODD_INTENSITY_RATIO,
+    Hep2WellResult,
+    call_well,
+    field_warnings,
+)
 from appliance.assays.her2.types import ModelRef
 from appliance.config import Hep2Config
 from appliance.outputs import hep2_json
@@ -153,6 +158,42 @@ def test_fields_of_different_models_do_not_pool() -> None:
 
 
 # ------------------------------------------------------------------------ JSON and table
+
+
+def test_a_field_unlike_the_others_is_named_and_the_call_stands() -> None:
+    """A field of another well given by mistake: far brighter or dimmer than the pooled
+    cells, or a pattern of its own that the well does not report."""
+    ours = [field([cell("centromere", brightness=60.0)] * 30, f"f{i}.png") for i in range(2)]
+    alike = call_well([*ours, field([cell("centromere", brightness=70.0)] * 30, "g.png")], CFG)
+    assert not any("another well" in w for w in alike.warnings)
+    brighter = 60.0 * (ODD_INTENSITY_RATIO + 1.0)
+    bright = call_well([*ours, field([cell("centromere", brightness=brighter)] * 10,
+                                     "bright.png")], CFG)
+    assert bright.patterns[0].icap == "AC-3"  # the call stands, with a warning
+    assert any(w.startswith(f"bright.png reads {brighter:.0f} units") and "another well" in w
+               for w in bright.warnings)
+    golgi = call_well([*ours, field([cell("golgi", brightness=60.0)] * 30, "golgi.png")], CFG)
+    # A third of the cells: the well reports AC-22 as a mixed pattern, and names the field.
+    assert [p.icap for p in golgi.patterns] == ["AC-3", "AC-22"]
+    assert any(w.startswith("golgi.png reads AC-22") and "no other field" in w
+               for w in golgi.warnings)
+    # A true mix shows in every field: no field is named for it.
+    both = [field([cell("centromere", brightness=60.0)] * 15
+                  + [cell("golgi", brightness=60.0)] * 15, f"m{i}.png") for i in range(3)]
+    assert not any("another well" in w for w in call_well(both, CFG).warnings)
+    # A look-alike of a reported pattern is doubt, not another well (rule 5).
+    speckled = [field([cell("fine_speckled", brightness=60.0)] * 30, f"s{i}.png")
+                for i in range(2)]
+    coarse = field([cell("coarse_speckled", brightness=60.0)] * 12, "coarse.png")
+    assert not any("another well" in w for w in call_well([*speckled, coarse], CFG).warnings)
+    # A negative well's fields differ a lot in proportion, all under the cut-off: no warning.
+    dim = [replace(field([], f"n{i}.png"), intensity_units=v) for i, v in enumerate((2, 9, 5))]
+    assert not any("another well" in w for w in call_well(dim, CFG).warnings)
+    # ... but with a positive field among them the fields disagree, and are named (the
+    # pooled intensity is the cells', here the positive field's alone).
+    mixed = call_well([*dim, field([cell("golgi", brightness=90.0)] * 12, "pos.png")], CFG)
+    assert any(w.startswith("n0.png reads 2 units, 0.022 times the well's 90")
+               for w in mixed.warnings)
 
 
 def test_a_well_with_no_field_scored_is_named_by_its_refused_fields() -> None:

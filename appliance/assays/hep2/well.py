@@ -16,6 +16,9 @@ keeps its own result) and their classified cells are then pooled:
 - **warnings**: each field's own (quality, scale, calibration), once each, then the
   pooled rules'. A field's rule warnings (too few cells, borderline) are left out: the
   pooled call makes its own.
+- **a field unlike the others** (:func:`odd_field_warnings`): one that reads far brighter
+  or dimmer than the pooled cells, or whose own pattern no other field shows, may be a
+  field of another well given by mistake; the call stands, with a warning naming it.
 
 Pure: it only reads the fields' results, so it is tested without a model.
 """
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from appliance.assays.hep2.specimen import call_specimen
+from appliance.assays.hep2.specimen import call_specimen, look_alikes, too_coarse_for_subtypes
 from appliance.assays.hep2.types import Hep2Cell, Hep2Result, PatternCall
 from appliance.assays.her2.types import ModelRef
 from appliance.config import Hep2Config
@@ -81,6 +84,42 @@ def pooled_intensity(results: Sequence[Hep2Result]) -> float:
                             if r.intensity_units is not None]))
 
 
+# A field whose own reading is this many times the well's, or less than its inverse, with
+# either above the cut-off, is named. Measured (tools/probe_hep2_well_mixup.py): fields of
+# 84 generated wells (one serum, each field its own cells, focus and bleaching) read at
+# most 1.36 times their well's; a swapped-in field of another well, over 2 in 0.42 of
+# wells (by pattern too, 0.85). Not 1.5: a real well varies more than generated fields.
+ODD_INTENSITY_RATIO = 2.0
+
+
+def odd_field_warnings(scored: Sequence[Hep2Result], units: float,
+                       um_per_px: float | None, cfg: Hep2Config) -> list[str]:
+    """A warning for each scored field unlike its well: reading more than
+    ``ODD_INTENSITY_RATIO`` times the well's intensity or less than its inverse (either
+    above the cut-off), or calling on its own a first pattern that no other field reports,
+    nor a look-alike of one. Such a field may be another well's, given by mistake. (The
+    well's own call cannot tell: a foreign field's cells are a third of a well of three, so
+    its pattern is reported as a mixed one.)"""
+    cut = cfg.intensity.negative_below
+    coarse = too_coarse_for_subtypes(um_per_px, cfg.specimen)
+    out = []
+    for r in scored:
+        own = r.intensity_units
+        if own is not None and max(own, units) >= cut and units > 0 and own > 0 and (
+                max(own / units, units / own) > ODD_INTENSITY_RATIO):
+            out.append(f"{r.file} reads {own:.0f} units, {own / units:.2g} times the well's "
+                       f"{units:.0f}: a field of another well? Check that every field is "
+                       "of this well")
+        first = r.patterns[0] if r.positive and r.patterns else None
+        others = {p.name for o in scored if o is not r and o.positive for p in o.patterns}
+        if first is not None and others and not any(
+                first.name == n or look_alikes(first.name, n, coarse=coarse) for n in others):
+            out.append(f"{r.file} reads {first.icap} {first.label}, which no other field of "
+                       "the well shows: a field of another well? Check that every field is "
+                       "of this well")
+    return out
+
+
 def call_well(results: Sequence[Hep2Result], cfg: Hep2Config) -> Hep2WellResult:
     """Pool the scored fields of one well into one call (see the module docstring).
 
@@ -107,6 +146,8 @@ def call_well(results: Sequence[Hep2Result], cfg: Hep2Config) -> Hep2WellResult:
     call = call_specimen(cells, units, specimen=cfg.specimen, intensity=cfg.intensity,
                          um_per_px=um_per_px)
     warnings = list(dict.fromkeys(w for r in scored for w in field_warnings(r, cfg)))
+    if len(scored) > 1:
+        warnings += odd_field_warnings(scored, units, um_per_px, cfg)
     if refused:
         warnings.append(f"{len(refused)} of {len(results)} fields could not be scored and "
                         "are left out")
