@@ -216,9 +216,9 @@ def unstained_light(interphase: Sequence[Hep2Cell], units: float, *,
 
     A negative well's cells show autofluorescence (the classifier's "negative" class):
     brighter cytoplasm, no nuclear pattern. In a positive field nearly none look so
-    (measured: at most 0.14 of the whole cells in 998 generated positive fields reading 17
-    units or more; 0.30 in one weak field, below the cut-off). When many
-    do and the field still reads above the cut-off, the light is not FITC staining: a red
+    (measured: at most 0.14 of the whole cells in 998 generated positive fields reading
+    17 units or more; 0.30 in one weak field, below the cut-off). When many do and the
+    field still reads above the cut-off, the light is not FITC staining: a red
     counterstain that a monochrome camera records through a long-pass emission filter
     (generated: every such negative field read positive, at 4.5 times its intensity),
     autofluorescence, or stray light. Calling it positive would be a false positive."""
