@@ -233,6 +233,9 @@ def test_v4l2_turns_automatic_white_balance_off_when_asked(
         src.open()
     assert camera.controls[AWB] == 0 and src.white_balance_problems == ()
     assert warnings_of(caplog) == []
+    assert src.read().white_balance_held is True
+    left.open()
+    assert left.read().white_balance_held is None  # not asked: nothing to hold
 
 
 def test_v4l2_camera_that_keeps_automatic_white_balance_says_so(
@@ -244,6 +247,7 @@ def test_v4l2_camera_that_keeps_automatic_white_balance_says_so(
     assert camera.controls[AWB] == 1
     assert "kept automatic white balance" in src.white_balance_problems[0]
     assert any("automatic white balance" in w for w in warnings_of(caplog))
+    assert src.read().white_balance_held is False  # every frame carries it to the result
 
 
 def test_picamera2_fixes_the_colour_gains_when_asked(caplog: pytest.LogCaptureFixture) -> None:
@@ -254,9 +258,11 @@ def test_picamera2_fixes_the_colour_gains_when_asked(caplog: pytest.LogCaptureFi
     asked = rig.made[-1].asked["controls"]
     assert asked == {"AwbEnable": False, "ColourGains": (1.0, 1.0)}
     assert src.white_balance_problems == () and warnings_of(caplog) == []
+    assert src.read().white_balance_held is True
     auto = Picamera2Source(0, camera_factory=rig.camera)
     auto.open()
     assert "AwbEnable" not in rig.made[-1].asked["controls"]
+    assert auto.read().white_balance_held is None
 
 
 def test_picamera2_colour_gains_the_isp_does_not_hold_are_reported(
@@ -268,6 +274,7 @@ def test_picamera2_colour_gains_the_isp_does_not_hold_are_reported(
         src.open()
     assert "not the (12, 1) asked for" in src.white_balance_problems[0]
     assert any("colour gains" in w for w in warnings_of(caplog))
+    assert src.read().white_balance_held is False
     assert white_balance_problems({"AnalogueGain": 2.0}, (1.0, 1.0)) == [
         "the frame metadata has no ColourGains"]
     assert white_balance_problems(None, (1.0, 1.0))

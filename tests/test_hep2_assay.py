@@ -289,12 +289,14 @@ def test_intensity_is_calibrated_only_when_the_camera_held_the_pinned_exposure(
     fixed = with_overrides(pinned, {"source.auto_white_balance": False})
     try:
         assay.cfg = fixed
-        quiet = hep2_json.result_to_dict(assay.score(Frame(
+        quiet, slipped = (hep2_json.result_to_dict(assay.score(Frame(
             image=image, seq=1, timestamp=0.0, source="cam", um_per_px=0.5,
-            exposure_pinned=True)))
+            exposure_pinned=True, white_balance_held=held))) for held in (True, False))
     finally:
         assay.cfg = original
     assert not any("white balance" in w for w in quiet["warnings"])
+    # A camera that did not hold the fixed white balance asked for says so in the result.
+    assert any("did not hold the fixed white balance" in w for w in slipped["warnings"])
 
 
 def test_cells_carry_the_region_heads_reading(assay: Hep2Assay) -> None:

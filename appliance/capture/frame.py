@@ -30,6 +30,10 @@ class Frame:
     # The camera's own word on its exposure: False when it did not take the configured
     # exposure and gain (the HEp-2 intensity is then relative); None when it cannot say.
     exposure_pinned: bool | None = None
+    # The camera's word on a white balance asked fixed (source.auto_white_balance = false):
+    # False when it did not hold it (the colour the HEp-2 wrong-stain check reads moves);
+    # None when it was not asked, or the source cannot say.
+    white_balance_held: bool | None = None
 
     def __post_init__(self) -> None:
         img = self.image

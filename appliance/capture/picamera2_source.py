@@ -136,6 +136,11 @@ class Picamera2Source:
         return tuple(self._wb_problems)
 
     @property
+    def white_balance_held(self) -> bool | None:
+        """Whether the camera keeps the colour gains asked for (None: AWB left on)."""
+        return None if self.colour_gains is None else not self._wb_problems
+
+    @property
     def camera(self) -> Any:
         """The open Picamera2 object (None when closed): the picamera2 display sink's target."""
         return self._camera
@@ -155,7 +160,8 @@ class Picamera2Source:
         self._seq += 1
         return Frame(image=rgb, seq=self._seq, timestamp=time.monotonic(),
                      source=self.source_id, pixel_format="RGB888",
-                     exposure_pinned=self.exposure_pinned)
+                     exposure_pinned=self.exposure_pinned,
+                     white_balance_held=self.white_balance_held)
 
     def close(self) -> None:
         """Stop and close the camera (idempotent; safe after a failed open)."""

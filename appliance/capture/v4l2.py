@@ -198,6 +198,11 @@ class V4l2Source:
         was left automatic)."""
         return tuple(self._wb_problems)
 
+    @property
+    def white_balance_held(self) -> bool | None:
+        """Whether the camera keeps the white balance asked fixed (None: not asked)."""
+        return None if self.auto_white_balance else not self._wb_problems
+
     def open(self) -> None:
         """Open and configure the camera (no-op when open); SourceFault when it cannot."""
         if self._cap is not None:
@@ -225,7 +230,8 @@ class V4l2Source:
         self._seq += 1
         return Frame(image=rgb, seq=self._seq, timestamp=time.monotonic(),
                      source=self.source_id, pixel_format=self._pixel_format,
-                     exposure_pinned=self.exposure_pinned)
+                     exposure_pinned=self.exposure_pinned,
+                     white_balance_held=self.white_balance_held)
 
     def close(self) -> None:
         """Release the camera (idempotent; safe after a failed open)."""

@@ -68,6 +68,10 @@ CLASSIFIER_BATCH = 256
 AUTO_WHITE_BALANCE_WARNING = (
     "the camera's automatic white balance is on (source.auto_white_balance): it shifts the "
     "colour of fluorescence light, which the wrong-stain check reads; set it false")
+WHITE_BALANCE_NOT_HELD_WARNING = (
+    "the camera did not hold the fixed white balance asked for (source.auto_white_balance "
+    "= false; the service log says what it reported): the colour of fluorescence light, "
+    "which the wrong-stain check reads, may shift")
 # Reason code of a field with no cell and no light above the noise (not a negative well).
 NOTHING_IN_VIEW = "nothing_in_view"
 # JPEG-compressed frames (capture.frame.COMPRESSED_FORMATS): measured with
@@ -212,6 +216,8 @@ class Hep2Assay(AssayShell[Hep2Result]):
         if frame.exposure_pinned is not None and self.cfg.source.auto_white_balance:
             # A live camera's frame (a still cannot say): its white balance follows the scene.
             warnings.append(AUTO_WHITE_BALANCE_WARNING)
+        if frame.white_balance_held is False:
+            warnings.append(WHITE_BALANCE_NOT_HELD_WARNING)
         outside = range_warning(found.um_per_px, found.source,
                                 self.manifest.input.um_per_px_range)
         if outside is not None:
