@@ -145,6 +145,11 @@ def test_refused_fields_are_counted_by_reason() -> None:
     assert s["not_scorable"] == 1 and s["not_scorable_reasons"] == {"wrong stain": 1}
     assert s["intensity_vs_as_drawn_median"] == pytest.approx(1.25)
     assert "refused: wrong stain 1" in stress_hep2.format_table({"x": s})
+    # A refusal with a code is counted by its code, not by its sentence.
+    coded = replace(now[1], reason="12 of 13 whole cells look unstained: ...",
+                    reason_code="unstained_light")
+    assert stress_hep2.look_summary([now[0], coded], cells, base)["not_scorable_reasons"] \
+        == {"unstained_light": 1}
 
 
 def test_bad_arguments_and_config_stop_the_tool(tmp_path: Path,

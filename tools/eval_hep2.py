@@ -146,6 +146,7 @@ class SpecimenOutcome:
     # Share of the whole interphase cells whose top class is each truth pattern, in order.
     truth_shares: tuple[float, ...] = ()
     scale_used: float | None = None  # µm/px the box worked at (estimated with --estimate-scale)
+    reason_code: str | None = None  # a refused specimen's code (wrong_stain, ...)
 
     @property
     def first(self) -> str:
@@ -491,7 +492,7 @@ def outcome_of(kind: str, truth: Hep2Field, result: Hep2Result | Hep2WellResult,
         truth_level=intensity_level(truth.intensity, levels), status=result.status,
         reported=tuple(p.name for p in result.patterns), positive=result.positive,
         intensity=None if result.intensity_units is None else round(result.intensity_units, 2),
-        level=result.intensity_level, reason=result.reason,
+        level=result.intensity_level, reason=result.reason, reason_code=result.reason_code,
         cells=cells, ms=round(ms, 1), truth_shares=shares,
         scale_used=None if result.um_per_px is None else round(result.um_per_px, 4))
 

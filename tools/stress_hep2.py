@@ -136,7 +136,7 @@ def look_summary(outcomes: Sequence[SpecimenOutcome], cells: dict[str, object],
                  baseline: Sequence[SpecimenOutcome] | None) -> dict[str, object]:
     """The figures of one look (see the module docstring)."""
     spec = specimen_summary(outcomes)
-    refused = Counter((o.reason or "").split(":")[0] for o in outcomes
+    refused = Counter(o.reason_code or (o.reason or "").split(":")[0] for o in outcomes
                       if o.status != "scored")
     ratios = intensity_ratios(outcomes, baseline) if baseline is not None else []
     return {
