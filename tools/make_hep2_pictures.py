@@ -7,6 +7,9 @@
   call carries the warning to report the group or confirm at a higher magnification;
 * ``docs/img/hep2-overlay-faint-second.png``: a weak AC-1 + AC-8 field (both in every
   cell) whose nucleoli the region head finds although AC-1 takes most of the votes;
+* ``docs/img/hep2-overlay-counterstain-mono.png``: a negative well with a red counterstain
+  that a monochrome camera records through a long-pass filter, refused as
+  ``unstained_light`` instead of being called positive;
 * ``docs/img/hep2-crops-by-objective.png``: the crops the classifier sees of the
   few-spots patterns (nuclear dots, nucleolar) at 40x, 20x and 10x, cut as the assay cuts
   them: why their subtypes are read well at 20x and 40x and not at 10x.
@@ -28,6 +31,7 @@ from appliance.config import Config, with_overrides
 from appliance.outputs.display.live import LiveStatus, compose_live
 from appliance.outputs.hep2_overlay import render_overlay
 from tools.hep2_dataset import field_cell_crops
+from tools.synth import camera_looks
 from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,8 +98,20 @@ def crop_sheet(cfg: Config) -> np.ndarray:
     return sheet
 
 
+def counterstained_negative() -> np.ndarray:
+    """A negative well whose conjugate carries a red counterstain, seen by a monochrome
+    camera through a long-pass emission filter (tools.probe_hep2_counterstain's look)."""
+    neg = generate_hep2_field(Hep2FieldSpec(
+        seed=61_007, width=800, height=600, um_per_px=0.5, patterns=(("negative", 1.0),),
+        intensity=6.0, photobleaching=0.0))
+    lp = camera_looks.long_pass(neg.image, 0.3)
+    red = camera_looks.red_counterstain(lp, neg.cell_labels, neg.nucleus_labels, 0.5, 40.0,
+                                        0.05, np.random.default_rng(1))
+    return camera_looks.monochrome_sum(red, 0.6)
+
+
 def main() -> int:
-    """Write the five pictures."""
+    """Write the six pictures."""
     cfg = with_overrides(Config(), {"assay": "hep2"})
     with Hep2Assay.from_config(cfg) as assay:
         ac1 = generate_hep2_field(Hep2FieldSpec(
@@ -126,6 +142,10 @@ def main() -> int:
         result = assay.score(Frame(image=faint.image, seq=4, timestamp=0.0,
                                    source="ac1-ac8.png", um_per_px=0.5))
         _write("hep2-overlay-faint-second.png", render_overlay(faint.image, result))
+        mono = counterstained_negative()
+        result = assay.score(Frame(image=mono, seq=5, timestamp=0.0,
+                                   source="negative-red-mono.png", um_per_px=0.5))
+        _write("hep2-overlay-counterstain-mono.png", render_overlay(mono, result))
     _write("hep2-crops-by-objective.png", crop_sheet(cfg))
     return 0
 
