@@ -187,6 +187,7 @@ def _score_hep2(args: argparse.Namespace, cfg: Config, overlay: Path | None,
     """`score --assay hep2`: whole IIF fields (and, with ``--well``, their pooled call)."""
     failures = 0
     results = []
+    rows: list[tuple[str, int | None]] = []  # each field's store row, for the well
     with Hep2Assay.from_config(cfg) as assay:
         recorder = Recorder(store=store, config_sha256=cfg.sha256(), overlay_dir=overlay,
                             out=sys.stdout, as_json=args.json, with_cells=args.cells)
@@ -196,15 +197,17 @@ def _score_hep2(args: argparse.Namespace, cfg: Config, overlay: Path | None,
             except ImageRejected as exc:
                 refusal = assay.refuse_input(str(path), seq, exc.code, exc.reason)
                 results.append(refusal)
-                recorder.record(refusal, None)
+                rows.append((refusal.file, recorder.record(refusal, None)))
                 continue
             frame = Frame(image=image, seq=seq, timestamp=time.monotonic(), source=str(path))
             result = assay.score_guarded(frame)
             failures += result.reason_code == INTERNAL_ERROR
             results.append(result)
-            recorder.record(result, image)
+            rows.append((result.file, recorder.record(result, image)))
     if args.well:
         well = call_well(results, cfg.hep2)
+        if all(row is not None for _, row in rows):  # every field is in the store
+            well = replace(well, stored_fields=tuple((f, r) for f, r in rows if r is not None))
         recorder.record_well(well)
         print(hep2_json.to_json(hep2_json.well_to_dict(well)) if args.json
               else format_hep2_well_row(well))

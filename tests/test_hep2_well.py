@@ -267,6 +267,10 @@ def test_score_well_pools_the_fields_it_is_given(tmp_path: Path) -> None:
         f"well: {paths[0]} + {paths[1]}", str(broken), *reversed(paths)]
     well_row = rows[0]
     assert well_row["seq"] == 0 and well_row["result"]["kind"] == "well"
+    # The well names the rows of its fields, the refused one too, in the order given.
+    assert well_row["result"]["stored_fields"] == [
+        {"file": r["file"], "row": r["id"]} for r in reversed(rows[1:])]
+    assert docs[-1]["stored_fields"] == well_row["result"]["stored_fields"]
     assert well_row["score"] == "AC-3" and well_row["tumour_cells"] == \
         docs[-1]["cell_counts"]["total"]
     validator().validate(well_row["result"])

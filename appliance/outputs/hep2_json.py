@@ -121,6 +121,8 @@ def well_to_dict(well: Hep2WellResult) -> dict[str, Any]:
         "cell_counts": {"total": well.cells_interphase + well.cells_mitotic,
                         "interphase": well.cells_interphase, "mitotic": well.cells_mitotic},
         "fields": list(well.fields), "fields_refused": list(well.fields_refused),
+        **({"stored_fields": [{"file": f, "row": row} for f, row in well.stored_fields]}
+           if well.stored_fields else {}),
         "reason": None if well.scored else well.reason,
         "reason_code": None if well.scored else well.reason_code,
         "warnings": list(well.warnings),

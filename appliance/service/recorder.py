@@ -58,12 +58,14 @@ class Recorder:
         self.counts = {"fields": 0, "scored": 0, "not_scorable": 0, "store_errors": 0}
         self._header_done = False
 
-    def record(self, result: AnyResult, image: np.ndarray | None) -> None:
-        """Store, draw and print one result."""
+    def record(self, result: AnyResult, image: np.ndarray | None) -> int | None:
+        """Store, draw and print one result; its store row id (None: no store, or not
+        written yet)."""
         self.counts["fields"] += 1
         self.counts["scored" if result.scored else "not_scorable"] += 1
+        row = None
         if self.store is not None:
-            self._store(result, result.file,
+            row = self._store(result, result.file,
                         outbox=self.message_for(result) if self.message_for else None,
                         # Cases are the HER2 workflow: HEp-2 fields are stored on their own.
                         companion=(self.companion_for(result, image)
@@ -72,6 +74,7 @@ class Recorder:
         if self.overlay_dir is not None and image is not None:
             self._write_overlay(result, image)
         self._print(result)
+        return row
 
     def record_well(self, well: Hep2WellResult) -> None:
         """Store a HEp-2 well's pooled call (its fields were recorded one by one)."""
@@ -79,18 +82,20 @@ class Recorder:
             self._store(well, well_file(well.fields, well.fields_refused))
 
     def _store(self, result: Storable, name: str, *, outbox: MessageBuilder | None = None,
-               companion: Companion | None = None) -> None:
-        """Add to the store; a failure (full disk) is counted and logged, and the store
-        keeps the result in its backlog."""
+               companion: Companion | None = None) -> int | None:
+        """Add to the store and return the row id; a failure (full disk) is counted and
+        logged, the store keeps the result in its backlog, and None is returned."""
         assert self.store is not None
         try:
-            self.store.add(result, config_sha256=self.config_sha256, outbox=outbox,
-                           companion=companion)
+            row = self.store.add(result, config_sha256=self.config_sha256, outbox=outbox,
+                                 companion=companion)
             for hook in self.after_store:
                 hook()
         except StoreError as exc:
             self.counts["store_errors"] += 1
             _log.error("result of %s kept in memory, not yet stored: %s", name, exc)
+            return None
+        return row
 
     def _write_overlay(self, result: AnyResult, image: np.ndarray) -> None:
         assert self.overlay_dir is not None

@@ -55,6 +55,8 @@ class Hep2WellResult:
     cells_mitotic: int = 0
     warnings: tuple[str, ...] = ()
     um_per_px: float | None = None  # the coarsest pooled field's
+    # (file, results-store row id) of each field given, in order, once they are stored.
+    stored_fields: tuple[tuple[str, int], ...] = ()
 
     @property
     def scored(self) -> bool:
