@@ -30,6 +30,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.types import Hep2Result
 from appliance.assays.hep2.well import call_well
 from appliance.config import Hep2IntensityConfig
 from tools.eval_hep2 import (
@@ -77,9 +78,10 @@ def field_specs(case: SpecimenCase, first: Hep2Field, count: int) -> list[Hep2Fi
             for k in range(1, count)]
 
 
-def score_well(assay: Hep2Assay, case: SpecimenCase, fields: int, seq: int,
-               levels: Hep2IntensityConfig) -> WellOutcome:
-    """Generate and score the well's fields one by one, then pool them."""
+def score_fields(assay: Hep2Assay, case: SpecimenCase, fields: int, seq: int
+                 ) -> tuple[list[Hep2Field], list[Hep2Result], list[float]]:
+    """Generate and score the well's fields one by one: their truths, results and
+    milliseconds of scoring."""
     first, _, result, ms = score_generated(assay, case.spec, seq)
     truths, results, times = [first], [result], [ms]
     for k, spec in enumerate(field_specs(case, first, fields), start=1):
@@ -87,6 +89,14 @@ def score_well(assay: Hep2Assay, case: SpecimenCase, fields: int, seq: int,
         truths.append(truth)
         results.append(result)
         times.append(ms)
+    return truths, results, times
+
+
+def score_well(assay: Hep2Assay, case: SpecimenCase, fields: int, seq: int,
+               levels: Hep2IntensityConfig) -> WellOutcome:
+    """Generate and score the well's fields one by one, then pool them."""
+    truths, results, times = score_fields(assay, case, fields, seq)
+    first = truths[0]
     t0 = time.perf_counter()
     well = call_well(results, assay.cfg.hep2)
     pool_ms = (time.perf_counter() - t0) * 1000.0

@@ -219,9 +219,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--looks", nargs="+", choices=list(LOOKS), default=list(LOOKS))
     ap.add_argument("--json", default="", help="write the rows and the summary here")
     ap.add_argument("--out-dir", default="build/probe", help="folder for the chart")
-    ap.add_argument("--config", default=None)
+    ap.add_argument("--config", type=Path, default=None, help="score with this config file")
     ap.add_argument("--precision", default="int8", choices=("int8", "fp32"))
-    ap.add_argument("--models-dir", default="models")
+    ap.add_argument("--models-dir", default="", help="default: the shipped models/")
     return ap.parse_args(argv)
 
 

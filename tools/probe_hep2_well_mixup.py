@@ -37,8 +37,8 @@ from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.hep2.types import Hep2Result
 from appliance.assays.hep2.well import ODD_INTENSITY_RATIO, call_well, odd_field_warnings
 from appliance.config import Hep2Config
-from tools.eval_hep2 import score_generated, tool_config
-from tools.eval_hep2_wells import field_specs, well_cases
+from tools.eval_hep2 import tool_config
+from tools.eval_hep2_wells import score_fields, well_cases
 from tools.numbers import save_chart, write_numbers
 
 FIRST_SEED = 840_000
@@ -145,9 +145,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=FIRST_SEED)
     ap.add_argument("--out-dir", default="build/probe")
     ap.add_argument("--json", default="")
-    ap.add_argument("--config", default=None)
+    ap.add_argument("--config", type=Path, default=None, help="score with this config file")
     ap.add_argument("--precision", default="int8", choices=("int8", "fp32"))
-    ap.add_argument("--models-dir", default="models")
+    ap.add_argument("--models-dir", default="", help="default: the shipped models/")
     args = ap.parse_args(argv)
     if args.fields < 2:
         ap.error("--fields: a well needs at least 2 fields to compare")
@@ -165,12 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     truths: list[str] = []
     with Hep2Assay.from_config(cfg) as assay:
         for i, case in enumerate(tqdm(cases, desc="wells")):
-            first, _, result, _ = score_generated(assay, case.spec, i * args.fields)
-            results = [result]
-            for k, spec in enumerate(field_specs(case, first, args.fields), start=1):
-                results.append(score_generated(assay, spec, i * args.fields + k)[2])
+            drawn, results, _ = score_fields(assay, case, args.fields, i)
             wells.append(results)
-            truths.append(f"{case.kind} {'+'.join(first.patterns)}")
+            truths.append(f"{case.kind} {'+'.join(drawn[0].patterns)}")
     checks = []
     for i, results in enumerate(wells):
         seed = cases[i].spec.seed
