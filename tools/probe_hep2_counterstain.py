@@ -44,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.specimen import looks_unstained
 from appliance.assays.hep2.types import Hep2Result
 from tools.eval_hep2 import STAINED, Look, score_generated, tool_config
 from tools.numbers import save_chart, write_numbers
@@ -103,7 +104,7 @@ class Scored:
     positive: bool | None
     intensity: float | None
     pattern: str | None  # first reported pattern
-    negative_look_share: float  # whole interphase cells whose most probable class is negative
+    negative_look_share: float  # whole interphase cells that look unstained (the rule's test)
 
 
 def cases(per_level: int, first_seed: int) -> list[tuple[str, Hep2FieldSpec]]:
@@ -121,7 +122,7 @@ def cases(per_level: int, first_seed: int) -> list[tuple[str, Hep2FieldSpec]]:
 def scored(level: str, look: str, truth: Hep2Field, result: Hep2Result) -> Scored:
     """What one result says, against its truth."""
     whole = [c for c in result.cells if not c.mitotic and not c.touches_edge]
-    neg = sum(c.pattern == "negative" for c in whole) / len(whole) if whole else 0.0
+    neg = sum(looks_unstained(c) for c in whole) / len(whole) if whole else 0.0
     return Scored(seed=truth.spec.seed, level=level, look=look,
                   truth_pattern=truth.patterns[0], code=result.reason_code,
                   positive=result.positive, intensity=result.intensity_units,

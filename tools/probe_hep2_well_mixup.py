@@ -34,8 +34,14 @@ import numpy as np
 from tqdm import tqdm
 
 from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.specimen import too_coarse_for_subtypes
 from appliance.assays.hep2.types import Hep2Result
-from appliance.assays.hep2.well import ODD_INTENSITY_RATIO, call_well, odd_field_warnings
+from appliance.assays.hep2.well import (
+    ODD_INTENSITY_RATIO,
+    call_well,
+    intensity_ratio,
+    unshared_pattern,
+)
 from appliance.config import Hep2Config
 from tools.eval_hep2 import tool_config
 from tools.eval_hep2_wells import score_fields, well_cases
@@ -60,17 +66,19 @@ class WellCheck:
 
 def check(results: Sequence[Hep2Result], cfg: Hep2Config, seed: int, truth: str,
           foreign: str = "") -> WellCheck:
-    """Pool ``results`` and measure how unlike the well its most different field is."""
+    """Pool ``results`` and measure how unlike the well its most different field is, with
+    the well's own measures (``well.intensity_ratio``, ``well.unshared_pattern``)."""
     well = call_well(results, cfg)
     scored = [r for r in results if r.scored and r.intensity_units is not None]
     units = well.intensity_units or 0.0
-    ratios = [max(r.intensity_units / units, units / r.intensity_units)
-              for r in scored if r.intensity_units and units > 0
-              and max(r.intensity_units, units) >= cfg.intensity.negative_below]
-    named = odd_field_warnings(scored, units, well.um_per_px, cfg)
+    ratios = [x for r in scored if (x := intensity_ratio(
+        r.intensity_units, units, cfg.intensity.negative_below)) is not None]
+    coarse = too_coarse_for_subtypes(well.um_per_px, cfg.specimen)
     return WellCheck(seed=seed, mixed_up=bool(foreign), truth=truth, foreign=foreign,
-                     ratio=round(max(ratios, default=1.0), 3),
-                     pattern_named=any("no other field" in w for w in named), status=well.status)
+                     ratio=round(max((max(x, 1.0 / x) for x in ratios), default=1.0), 3),
+                     pattern_named=any(unshared_pattern(r, scored, coarse=coarse) is not None
+                                       for r in scored),
+                     status=well.status)
 
 
 def rates(checks: Sequence[WellCheck]) -> list[dict[str, object]]:

@@ -94,29 +94,46 @@ def pooled_intensity(results: Sequence[Hep2Result]) -> float:
 ODD_INTENSITY_RATIO = 2.0
 
 
+def intensity_ratio(own: float | None, units: float, cut: float) -> float | None:
+    """A field's reading over its well's, when one of the two is above the cut-off ``cut``
+    (None otherwise: fields of a negative well differ a lot in proportion, and mean
+    nothing by it)."""
+    if own is None or not own > 0 or not units > 0 or max(own, units) < cut:
+        return None
+    return own / units
+
+
+def unshared_pattern(field: Hep2Result, scored: Sequence[Hep2Result], *, coarse: bool
+                     ) -> PatternCall | None:
+    """The field's own first pattern when no other scored field of the well reports it
+    or a look-alike of it (None when others do, or there is nothing to compare)."""
+    first = field.patterns[0] if field.positive and field.patterns else None
+    others = {p.name for o in scored if o is not field and o.positive for p in o.patterns}
+    if first is None or not others or any(
+            first.name == n or look_alikes(first.name, n, coarse=coarse) for n in others):
+        return None
+    return first
+
+
 def odd_field_warnings(scored: Sequence[Hep2Result], units: float,
                        um_per_px: float | None, cfg: Hep2Config) -> list[str]:
     """A warning for each scored field unlike its well: reading more than
-    ``ODD_INTENSITY_RATIO`` times the well's intensity or less than its inverse (either
-    above the cut-off), or calling on its own a first pattern that no other field reports,
-    nor a look-alike of one. Such a field may be another well's, given by mistake. (The
-    well's own call cannot tell: a foreign field's cells are a third of a well of three, so
-    its pattern is reported as a mixed one.)"""
-    cut = cfg.intensity.negative_below
+    ``ODD_INTENSITY_RATIO`` times the well's intensity or less than its inverse
+    (:func:`intensity_ratio`), or calling on its own a first pattern that no other field
+    reports, nor a look-alike of one (:func:`unshared_pattern`). Such a field may be
+    another well's, given by mistake. (The well's own call cannot tell: a foreign field's
+    cells are a third of a well of three, so its pattern is reported as a mixed one.)"""
     coarse = too_coarse_for_subtypes(um_per_px, cfg.specimen)
     out = []
     for r in scored:
-        own = r.intensity_units
-        if own is not None and max(own, units) >= cut and units > 0 and own > 0 and (
-                max(own / units, units / own) > ODD_INTENSITY_RATIO):
-            out.append(f"{r.file} reads {own:.0f} units, {own / units:.2g} times the well's "
-                       f"{units:.0f}: a field of another well? Check that every field is "
-                       "of this well")
-        first = r.patterns[0] if r.positive and r.patterns else None
-        others = {p.name for o in scored if o is not r and o.positive for p in o.patterns}
-        if first is not None and others and not any(
-                first.name == n or look_alikes(first.name, n, coarse=coarse) for n in others):
-            out.append(f"{r.file} reads {first.icap} {first.label}, which no other field of "
+        ratio = intensity_ratio(r.intensity_units, units, cfg.intensity.negative_below)
+        if ratio is not None and max(ratio, 1.0 / ratio) > ODD_INTENSITY_RATIO:
+            out.append(f"{r.file} reads {r.intensity_units:.0f} units, {ratio:.2g} times the "
+                       f"well's {units:.0f}: a field of another well? Check that every field "
+                       "is of this well")
+        alone = unshared_pattern(r, scored, coarse=coarse)
+        if alone is not None:
+            out.append(f"{r.file} reads {alone.icap} {alone.label}, which no other field of "
                        "the well shows: a field of another well? Check that every field is "
                        "of this well")
     return out
