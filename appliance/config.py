@@ -459,10 +459,22 @@ class Hep2IntensityConfig:
 
 
 @dataclass(frozen=True)
+class Hep2StainConfig:
+    red_counterstain: bool = _f(
+        False, "The kit's conjugate carries a red counterstain (Evans blue) and the emission "
+        "filter passes it (long-pass), so every cell shows red: the wrong-stain colour test "
+        "then weighs green against blue only. A colour camera only; the intensity is read "
+        "in green as always, with the counterstain's share in the green pixels "
+        "uncorrected (check the kit's negative control reads negative)",
+    )
+
+
+@dataclass(frozen=True)
 class Hep2Config:
     cells: Hep2CellsConfig = field(default_factory=Hep2CellsConfig)
     specimen: Hep2SpecimenConfig = field(default_factory=Hep2SpecimenConfig)
     intensity: Hep2IntensityConfig = field(default_factory=Hep2IntensityConfig)
+    stain: Hep2StainConfig = field(default_factory=Hep2StainConfig)
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,24 @@ def test_a_red_counterstain_through_a_long_pass_filter_is_never_a_positive_call(
     assert mono["status"] == "not_scorable" and mono["positive"] is None
     assert mono["reason_code"] == "unstained_light" and "band-pass" in mono["reason"]
     assert "unstained_light" in ATTENTION_CODES
+    # A lab that declares the counterstain (hep2.stain.red_counterstain) has its colour
+    # camera's fields scored in green: the negative well negative, a positive one positive.
+    positive = generate_hep2_field(Hep2FieldSpec(
+        seed=71_014, width=800, height=600, um_per_px=0.5, patterns=(("centromere", 1.0),),
+        intensity=60.0, photobleaching=0.0))
+    red_positive = camera_looks.red_counterstain(
+        camera_looks.long_pass(positive.image, 0.3), positive.cell_labels,
+        positive.nucleus_labels, 0.5, 40.0, 0.05, np.random.default_rng(2))
+    original = assay.cfg
+    try:
+        assay.cfg = with_overrides(original, {"hep2.stain.red_counterstain": True})
+        declared = score(assay, red, source="declared")
+        declared_positive = score(assay, red_positive, source="declared+")
+    finally:
+        assay.cfg = original
+    assert declared["status"] == "scored" and declared["positive"] is False
+    assert declared_positive["positive"] is True
+    assert declared_positive["patterns"][0]["icap"] == "AC-3"
 
 
 def test_a_her2_brightfield_field_is_refused_as_the_wrong_stain(assay: Hep2Assay) -> None:

@@ -120,6 +120,37 @@ def test_red_fluorescence_is_refused_green_is_not() -> None:
     assert blue[0].code == "wrong_stain" and "counterstain" not in blue[0].reason
 
 
+def test_a_declared_red_counterstain_is_not_the_wrong_stain_but_white_light_still_is() -> None:
+    from tools.synth import camera_looks
+
+    for intensity in (6.0, 30.0):  # a negative well, a weak positive
+        f = generate_hep2_field(Hep2FieldSpec(
+            seed=4_321, width=480, height=360, um_per_px=UM_PER_PX, intensity=intensity,
+            patterns=(("negative" if intensity < 20 else "homogeneous", 1.0),)))
+        red = camera_looks.red_counterstain(camera_looks.long_pass(f.image, 0.3),
+                                            f.cell_labels, f.nucleus_labels, UM_PER_PX, 40.0,
+                                            0.05, np.random.default_rng(0))
+        plain = quality_issues(measure_hep2_quality(red, UM_PER_PX, CELLS))
+        assert plain[0].code == "wrong_stain" and "hep2.stain.red_counterstain" in \
+            plain[0].reason
+        declared = measure_hep2_quality(red, UM_PER_PX, CELLS, red_counterstain=True)
+        assert declared.red_expected and not any(i.fatal for i in quality_issues(declared))
+    # Declaring it weighs green against blue: blue light, and lamp light, are still refused.
+    fitc = _fitc_field(2)
+    dapi = quality_issues(measure_hep2_quality(fitc[..., [0, 2, 1]], UM_PER_PX, CELLS,
+                                               red_counterstain=True))
+    assert dapi[0].code == "wrong_stain" and "times blue (red is the counterstain's)" in \
+        dapi[0].reason and "Red light" not in dapi[0].reason
+    her2 = generate_field(FieldSpec(seed=11)).image
+    dense = generate_field(FieldSpec(seed=1926383459, um_per_px=0.773, target_score="3+",
+                                     tissue="tumour")).image[:64, :96]
+    for brightfield in (her2, np.ascontiguousarray(dense)):
+        q = measure_hep2_quality(brightfield, UM_PER_PX, CELLS, red_counterstain=True)
+        assert quality_issues(q)[0].code == "wrong_stain"
+    # The dense crop (median R 74, G 59, B 36) escapes the median test: its white light.
+    assert "brightest light is white" in quality_issues(q)[0].reason
+
+
 def test_fitc_through_a_tone_curve_or_mjpg_is_still_fitc() -> None:
     from tools.eval_hep2 import specimen_cases
     from tools.synth import camera_looks
@@ -170,6 +201,9 @@ def test_a_monochrome_camera_field_is_not_the_wrong_stain_but_says_so() -> None:
     issues = quality_issues(q)
     assert [(i.code, i.fatal) for i in issues] == [("monochrome", False)]
     assert "filter cube" in issues[0].reason and "band-pass emission filter" in issues[0].reason
+    declared = measure_hep2_quality(_grey(_fitc_field(2)), UM_PER_PX, CELLS,
+                                    red_counterstain=True)
+    assert "cannot undo" in quality_issues(declared)[0].reason  # colour is needed for it
     # A colour camera's own sensor noise keeps its channels apart.
     assert not measure_hep2_quality(_fitc_field(2), UM_PER_PX, CELLS).monochrome
 

@@ -21,7 +21,10 @@ pattern, scales drawn (10x-40x). Looks:
   the green pixels recording 5 % of it (``leak 15%``: 15 %);
 - ``mono``: a monochrome camera behind the long-pass filter, no counterstain;
 - ``mono red 40``: the same camera with the counterstain at 40, recorded at 0.6 of its
-  green sensitivity.
+  green sensitivity;
+- ``mode: ...``: colour pictures as above, scored with ``hep2.stain.red_counterstain``
+  set (the colour test weighs green against blue only), from none to red at 100 with 15%
+  of it in the green pixels.
 
 For each look and level it prints how many fields are refused (and why), called positive,
 and the median intensity against the baseline's, and draws the outcomes
@@ -46,6 +49,7 @@ from tqdm import tqdm
 from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.hep2.specimen import looks_unstained
 from appliance.assays.hep2.types import Hep2Result
+from appliance.config import with_overrides
 from tools.eval_hep2 import STAINED, Look, score_generated, tool_config
 from tools.numbers import save_chart, write_numbers
 from tools.synth import camera_looks
@@ -82,6 +86,17 @@ LOOKS: dict[str, FieldLook] = {
     "mono red 40": lambda f: camera_looks.monochrome_sum(
         _counterstained(40.0, 0.0)(f), MONO_RED),
 }
+# The same pictures scored with hep2.stain.red_counterstain set (the colour test weighs
+# green against blue only).
+MODE = "mode: "
+LOOKS.update({
+    f"{MODE}no counterstain": LOOKS["long_pass"],
+    f"{MODE}red 15": LOOKS["red 15"],
+    f"{MODE}red 40": LOOKS["red 40"],
+    f"{MODE}red 100": LOOKS["red 100"],
+    f"{MODE}red 40, leak 15%": LOOKS["red 40, leak 15%"],
+    f"{MODE}red 100, leak 15%": _counterstained(100.0, 0.15),
+})
 BASELINE = {"mono": "mono", "mono red 40": "mono"}  # other looks compare with long_pass
 
 
@@ -192,7 +207,7 @@ def plot(rows: Sequence[Scored], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     looks = list(dict.fromkeys(r.look for r in rows))
-    fig, axes = plt.subplots(1, len(LEVELS), figsize=(14, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, len(LEVELS), figsize=(17, 5.0), sharey=True)
     for ax, (level, _) in zip(axes, LEVELS, strict=True):
         bottom = np.zeros(len(looks))
         for name, colour in OUTCOMES:
@@ -234,14 +249,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     rows: list[Scored] = []
     todo = cases(args.per_level, args.seed)
-    with Hep2Assay.from_config(cfg) as assay:
+    red_cfg = with_overrides(cfg, {"hep2.stain.red_counterstain": True})
+    with Hep2Assay.from_config(cfg) as plain, Hep2Assay.from_config(red_cfg) as red_mode:
         for seq, (level, spec) in enumerate(tqdm(todo, desc="specimens")):
             truth = generate_hep2_field(spec)
             fields = {spec.seed: truth}
             for name in args.looks:
-                picture = LOOKS[name](truth)
+                assay = red_mode if name.startswith(MODE) else plain
                 _, _, result, _ = score_generated(assay, spec, seq, fields=fields,
-                                                  look=_given(picture))
+                                                  look=_given(LOOKS[name](truth)))
                 rows.append(scored(level, name, truth, result))
     table = summary(rows)
     print(format_summary(table))

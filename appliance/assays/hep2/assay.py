@@ -164,8 +164,10 @@ class Hep2Assay(AssayShell[Hep2Result]):
         # The gates need a scale for their smoothing: without a declared one, a provisional
         # one, and the gates are measured again at the estimate. Focus is judged per µm, so
         # it waits for the estimate: a sharp 40x field judged as if at 20x looks soft.
+        red = self.cfg.hep2.stain.red_counterstain
         quality = measure_hep2_quality(
-            image, declared.um_per_px if declared else PROVISIONAL_UM_PER_PX, cfg)
+            image, declared.um_per_px if declared else PROVISIONAL_UM_PER_PX, cfg,
+            red_counterstain=red)
         issues = quality_issues(quality)
         base = Hep2Result(file=frame.source, seq=frame.seq, status="not_scorable",
                           model=self.model, image_width=frame.width,
@@ -204,7 +206,7 @@ class Hep2Assay(AssayShell[Hep2Result]):
         if found is None:
             found = self._estimated_scale(green)
             t2 = time.perf_counter()
-            quality = measure_hep2_quality(image, found.um_per_px, cfg)
+            quality = measure_hep2_quality(image, found.um_per_px, cfg, red_counterstain=red)
             issues = quality_issues(quality)
             ms["quality"] += (time.perf_counter() - t2) * 1000.0
             late = refused(found, issues)

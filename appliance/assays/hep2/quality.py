@@ -70,7 +70,8 @@ WHITE_BALANCE = 0.65
 # Measured (tools/probe_hep2_counterstain.py): at 15 grey of red over the cells every
 # generated negative field and half of the weak positives (30 units) are refused so.
 RED_LIGHT_HINT = (". Red light on every cell is a red counterstain (Evans blue) seen through "
-                  "a long-pass emission filter: use a FITC band-pass emission filter")
+                  "a long-pass emission filter: use a FITC band-pass emission filter, or, "
+                  "with a colour camera, set hep2.stain.red_counterstain")
 # Colour is judged only on light at least this bright above background (grey levels of the
 # brightest channel): a negative well's faint autofluorescence reads below it.
 _COLOUR_MIN_GREY = 15.0
@@ -110,21 +111,29 @@ class Hep2Quality:
     light: float = 0.0  # brightest 2 %: mean excess grey of the brightest channel
     monochrome: bool = False  # the three channels are one grey: the colour says nothing
     top_rgb: tuple[float, float, float] = (0.0, 0.0, 0.0)  # brightest 2 %: mean raw colour
+    red_expected: bool = False  # a red counterstain: the colour measures leave red out
 
 
-def measure_hep2_quality(rgb: np.ndarray, um_per_px: float,
-                         cfg: Hep2CellsConfig) -> Hep2Quality:
-    """Measure colour, exposure, signal and focus of an (H, W, 3) uint8 RGB field."""
+def measure_hep2_quality(rgb: np.ndarray, um_per_px: float, cfg: Hep2CellsConfig, *,
+                         red_counterstain: bool = False) -> Hep2Quality:
+    """Measure colour, exposure, signal and focus of an (H, W, 3) uint8 RGB field.
+
+    ``red_counterstain``: red light over the cells is expected (``hep2.stain``), so the
+    colour measures leave the red channel out: the brightest light is chosen by green and
+    blue, and green's lead is over blue alone (its raw colour, for the white-light test,
+    keeps all three)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
     green = rgb[..., 1].astype(np.float32)
     mask, bg = foreground_mask(green, um_per_px, cfg)
     signal, floor = signal_and_floor(green, bg, um_per_px)
     measurable = signal > floor
-    lead, light, top_rgb = _top_light(rgb)  # once: all come from the same brightest 2 %
+    # Once: all come from the same brightest 2 %.
+    lead, light, top_rgb = _top_light(rgb, with_red=not red_counterstain)
     return Hep2Quality(
         median_rgb=_channel_medians(rgb),
-        green_lead=lead if _any_light(rgb, um_per_px, cfg) else float("nan"),
+        green_lead=(lead if _any_light(rgb, um_per_px, cfg, with_red=not red_counterstain)
+                    else float("nan")),
         signal=signal,
         noise_floor=floor,
         background=float(np.median(bg)),
@@ -134,6 +143,7 @@ def measure_hep2_quality(rgb: np.ndarray, um_per_px: float,
         light=light,
         monochrome=is_monochrome(rgb),
         top_rgb=top_rgb,
+        red_expected=red_counterstain,
     )
 
 
@@ -158,17 +168,22 @@ def brightest_colour(rgb: np.ndarray) -> tuple[float, float, float]:
     return _top_light(rgb)[2]
 
 
-def _top_light(rgb: np.ndarray) -> tuple[float, float, tuple[float, float, float]]:
+def _top_light(rgb: np.ndarray, *, with_red: bool = True
+               ) -> tuple[float, float, tuple[float, float, float]]:
     """(green's lead, mean excess grey of the brightest channel, mean raw colour) over the
     brightest 2 %. The channels' medians shift every pixel's total alike, so the brightest
-    pixels above them are the brightest pixels as taken."""
+    pixels above them are the brightest pixels as taken. Without ``with_red`` the red
+    channel neither chooses the pixels nor counts in the lead and the light."""
     excess = rgb.reshape(-1, 3).astype(np.float32)
     median = np.median(excess[:: max(1, excess.shape[0] // 50_000)], axis=0)
     excess -= median
-    total = excess.sum(axis=1)
+    weighed = excess if with_red else excess[:, 1:]
+    total = weighed.sum(axis=1)
     k = max(1, int(_COLOUR_TOP_SHARE * total.size))
     top = np.argpartition(total, total.size - k)[total.size - k:]
     light = np.clip(excess[top], 0, None).sum(axis=0)
+    if not with_red:
+        light[0] = 0.0
     raw = excess[top].mean(axis=0) + median
     return (float(light[1] / max(float(light[0]), float(light[2]), 1e-6)),
             float(light.max() / k), (float(raw[0]), float(raw[1]), float(raw[2])))
@@ -224,7 +239,9 @@ def _stain_issues(q: Hep2Quality) -> list[QualityIssue]:
             "cannot be checked from the colour, so a field of another fluorochrome (TRITC, "
             "DAPI) would not be refused; make sure the FITC filter cube is in, with a "
             "band-pass emission filter (through a long-pass one the camera records a red "
-            "counterstain as FITC light)",
+            "counterstain as FITC light" + (
+                ", which hep2.stain.red_counterstain cannot undo" if q.red_expected else "")
+            + ")",
             fatal=False,
         )]
     if is_white_light(q.top_rgb):
@@ -242,11 +259,13 @@ def _stain_issues(q: Hep2Quality) -> list[QualityIssue]:
     # faint autofluorescence is grey-ish and must not read as "the wrong fluorochrome".
     if shows_signal(q) and np.isfinite(q.green_lead) \
             and q.green_lead < MIN_GREEN_LEAD:
-        red = q.top_rgb[0] > q.top_rgb[2]
+        red = q.top_rgb[0] > q.top_rgb[2] and not q.red_expected
+        than = "blue (red is the counterstain's)" if q.red_expected else \
+            "the brighter of red and blue"
         return [QualityIssue(
             "wrong_stain",
             f"wrong stain: the light above the background is not green enough for FITC: "
-            f"green is {q.green_lead:.2f} times the brighter of red and blue (at least "
+            f"green is {q.green_lead:.2f} times {than} (at least "
             f"{MIN_GREEN_LEAD:g} expected): another fluorochrome, a colour photograph, the "
             "wrong filter cube, or a camera's automatic white balance (turn it off)"
             + (RED_LIGHT_HINT if red else ""),
@@ -316,9 +335,12 @@ def _focus_issues(q: Hep2Quality, limit: float) -> list[QualityIssue]:
     return []
 
 
-def _any_light(rgb: np.ndarray, um_per_px: float, cfg: Hep2CellsConfig) -> bool:
-    """Light above the noise in any channel (red or blue fluorescence counts too)."""
-    brightest = np.asarray(cv2.max(cv2.max(rgb[..., 0], rgb[..., 1]), rgb[..., 2]), np.float32)
+def _any_light(rgb: np.ndarray, um_per_px: float, cfg: Hep2CellsConfig, *,
+               with_red: bool = True) -> bool:
+    """Light above the noise in any channel (red or blue fluorescence counts too; red
+    not, without ``with_red``)."""
+    brightest = np.asarray(cv2.max(cv2.max(rgb[..., 0], rgb[..., 1]) if with_red
+                                   else rgb[..., 1], rgb[..., 2]), np.float32)
     signal, floor = signal_and_floor(brightest, background_map(brightest, um_per_px, cfg),
                                      um_per_px)
     return signal > floor
