@@ -145,6 +145,19 @@ def test_a_folder_of_fields_is_measured_as_one_well(tmp_path: Path,
         ("patient1", ["centromere"]), ("patient2", ["negative"])]
     assert wells["outcomes"][0]["reported"][:1] == ["centromere"]
     assert wells["outcomes"][1]["positive"] is False
+    assert wells["odd_fields"] == {}
+    # A Golgi field filed and labelled with patient1's centromere fields: the well
+    # names it, so the lab can look at how it was filed.
+    write_field(tmp_path / "patient1" / "f2.png", 72_290, "golgi")
+    csv.write_text("\n".join([*rows, "patient1/f2.png,centromere"]) + "\n", encoding="utf-8")
+    assert validate_hep2.main(["--fields-csv", str(csv), "--wells", "--um-per-px", "0.35",
+                               "--out-dir", str(tmp_path / "png"),
+                               "--json", str(record_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 wells name a field unlike the others" in out
+    odd = json.loads(record_path.read_text(encoding="utf-8"))["fields"]["wells"]["odd_fields"]
+    assert list(odd) == [str(tmp_path / "patient1")]
+    assert str(tmp_path / "patient1" / "f2.png") in odd[str(tmp_path / "patient1")]
     # A folder is one well of one label: a field labelled otherwise is refused by name.
     csv.write_text("\n".join([*rows[:2], "patient1/f1.png,golgi", *rows[3:]]) + "\n",
                    encoding="utf-8")

@@ -168,14 +168,17 @@ def validate_fields(assay: Hep2Assay, csv_path: Path, *, progress: bool = False
 
 
 def validate_wells(fields: Sequence[tuple[FieldOutcome, Hep2Result]], cfg: Hep2Config
-                   ) -> list[FieldOutcome]:
+                   ) -> tuple[list[FieldOutcome], dict[str, list[str]]]:
     """The wells, one per folder of the fields (as `appliance score --assay hep2 --well`
-    calls them from their fields pooled), each judged by its fields' label. ValueError
-    naming the folder whose fields carry different labels."""
+    calls them from their fields pooled), each judged by its fields' label, and the
+    fields each well names as unlike the others (by folder; a field of another patient
+    filed in the wrong folder shows so). ValueError naming the folder whose fields carry
+    different labels."""
     folders: dict[Path, list[tuple[FieldOutcome, Hep2Result]]] = {}
     for outcome, result in fields:
         folders.setdefault(Path(outcome.file).parent, []).append((outcome, result))
     out = []
+    odd: dict[str, list[str]] = {}
     for folder, group in folders.items():
         labels = {o.truth for o, _ in group}
         if len(labels) > 1:
@@ -186,7 +189,9 @@ def validate_wells(fields: Sequence[tuple[FieldOutcome, Hep2Result]], cfg: Hep2C
         out.append(FieldOutcome(str(folder), group[0][0].truth, well.status,
                                 tuple(p.name for p in well.patterns), well.positive,
                                 well.intensity_units, well.reason))
-    return out
+        if well.odd_fields:
+            odd[str(folder)] = list(well.odd_fields)
+    return out, odd
 
 
 def data_digest(paths: Iterable[Path], root: Path) -> str:
@@ -389,11 +394,17 @@ def _fields_record(assay: Hep2Assay, csv_path: Path, names: Sequence[str],
     print(format_fields(summary, fields))
     well_record: dict[str, object] = {}
     if wells:
-        pooled = validate_wells(scored, assay.cfg.hep2)
+        pooled, odd = validate_wells(scored, assay.cfg.hep2)
         well_summary = field_summary(pooled)
         print(format_fields(well_summary, pooled).replace("fields:", "wells:", 1))
+        if odd:
+            print(f"{len(odd)} of {len(pooled)} wells name a field unlike the others (of "
+                  "another well? check how these files were filed and labelled):")
+            for folder, files in odd.items():
+                print(f"  {folder}: {', '.join(files)}")
         counted = {("wells" if k == "fields" else k): v for k, v in well_summary.items()}
-        well_record = {"wells": {**counted, "outcomes": [asdict(o) for o in pooled]}}
+        well_record = {"wells": {**counted, "outcomes": [asdict(o) for o in pooled],
+                                 "odd_fields": odd}}
     png = out_dir / "hep2_validate_fields.png"
     plot_confusion(field_confusion(fields), _labels(NAMES), _labels(SPECIMEN_LABELS),
                    f"{assay.model.name} on {csv_path.name}", png)

@@ -57,6 +57,9 @@ class Hep2WellResult:
     um_per_px: float | None = None  # the coarsest pooled field's
     # (file, results-store row id) of each field given, in order, once they are stored.
     stored_fields: tuple[tuple[str, int], ...] = ()
+    # The scored fields unlike the others (another well's, given by mistake?); the
+    # warnings say how.
+    odd_fields: tuple[str, ...] = ()
 
     @property
     def scored(self) -> bool:
@@ -116,8 +119,8 @@ def unshared_pattern(field: Hep2Result, scored: Sequence[Hep2Result], *, coarse:
 
 
 def odd_field_warnings(scored: Sequence[Hep2Result], units: float,
-                       um_per_px: float | None, cfg: Hep2Config) -> list[str]:
-    """A warning for each scored field unlike its well: reading more than
+                       um_per_px: float | None, cfg: Hep2Config) -> list[tuple[str, str]]:
+    """(file, warning) for each scored field unlike its well: reading more than
     ``ODD_INTENSITY_RATIO`` times the well's intensity or less than its inverse
     (:func:`intensity_ratio`), or calling on its own a first pattern that no other field
     reports, nor a look-alike of one (:func:`unshared_pattern`). Such a field may be
@@ -128,14 +131,14 @@ def odd_field_warnings(scored: Sequence[Hep2Result], units: float,
     for r in scored:
         ratio = intensity_ratio(r.intensity_units, units, cfg.intensity.negative_below)
         if ratio is not None and max(ratio, 1.0 / ratio) > ODD_INTENSITY_RATIO:
-            out.append(f"{r.file} reads {r.intensity_units:.0f} units, {ratio:.2g} times the "
-                       f"well's {units:.0f}: a field of another well? Check that every field "
-                       "is of this well")
+            out.append((r.file, f"{r.file} reads {r.intensity_units:.0f} units, {ratio:.2g} "
+                        f"times the well's {units:.0f}: a field of another well? Check that "
+                        "every field is of this well"))
         alone = unshared_pattern(r, scored, coarse=coarse)
         if alone is not None:
-            out.append(f"{r.file} reads {alone.icap} {alone.label}, which no other field of "
-                       "the well shows: a field of another well? Check that every field is "
-                       "of this well")
+            out.append((r.file, f"{r.file} reads {alone.icap} {alone.label}, which no other "
+                        "field of the well shows: a field of another well? Check that every "
+                        "field is of this well"))
     return out
 
 
@@ -165,8 +168,8 @@ def call_well(results: Sequence[Hep2Result], cfg: Hep2Config) -> Hep2WellResult:
     call = call_specimen(cells, units, specimen=cfg.specimen, intensity=cfg.intensity,
                          um_per_px=um_per_px)
     warnings = list(dict.fromkeys(w for r in scored for w in field_warnings(r, cfg)))
-    if len(scored) > 1:
-        warnings += odd_field_warnings(scored, units, um_per_px, cfg)
+    odd = odd_field_warnings(scored, units, um_per_px, cfg) if len(scored) > 1 else []
+    warnings += [w for _, w in odd]
     if refused:
         warnings.append(f"{len(refused)} of {len(results)} fields could not be scored and "
                         "are left out")
@@ -179,4 +182,4 @@ def call_well(results: Sequence[Hep2Result], cfg: Hep2Config) -> Hep2WellResult:
         intensity_calibrated=all(r.intensity_calibrated for r in scored),
         patterns=call.patterns, cells_interphase=interphase,
         cells_mitotic=len(cells) - interphase, warnings=(*warnings, *call.warnings),
-        um_per_px=um_per_px)
+        um_per_px=um_per_px, odd_fields=tuple(dict.fromkeys(f for f, _ in odd)))
