@@ -21,7 +21,8 @@ measures it on labelled images the model never saw:
   fields reporting both patterns (also at the competent level), one-pattern fields given
   a second pattern, fields not scorable. With ``--wells``, the fields of one folder are one
   well's (they must share their label): the same figures for the wells, each called from
-  its fields pooled, as `appliance score --assay hep2 --well` calls it.
+  its fields pooled, as `appliance score --assay hep2 --well` calls it, and the fields a
+  well names as unlike the others (a field filed in the wrong patient's folder?).
 
 ``--um-per-px`` is the scale the images were taken at; without it the config's (or the
 objective's) is used, and where none is set the box estimates it, as it would in use.
