@@ -189,8 +189,14 @@ def _score_hep2(args: argparse.Namespace, cfg: Config, overlay: Path | None,
     results = []
     rows: list[tuple[str, int | None]] = []  # each field's store row, for the well
     with Hep2Assay.from_config(cfg) as assay:
+        # Fields scored while a HEp-2 case is open join it, as the service's fields do.
+        cases = (None if store is None else CaseWorkflow(
+            cfg, store, case_message=mqtt_case_messages(cfg, socket.gethostname())))
         recorder = Recorder(store=store, config_sha256=cfg.sha256(), overlay_dir=overlay,
-                            out=sys.stdout, as_json=args.json, with_cells=args.cells)
+                            out=sys.stdout, as_json=args.json, with_cells=args.cells,
+                            companion_for=(None if cases is None else
+                                           lambda result, image: cases.companion(
+                                               result, image, source="score")))
         for seq, path in enumerate(args.images, start=1):
             try:
                 image = load_still(path, cfg.input, grey_ok=True)

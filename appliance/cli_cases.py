@@ -3,8 +3,10 @@
 They act on the results store directly, the same way the service does, so a case opened
 here is the case the running service files its fields under, and the other way round.
 
-    appliance case start [CASE_ID]          open a case (an id is made up when none is given)
-    appliance case control start [--expected 3+]   the next fields are the positive control
+    appliance case start [CASE_ID] [--assay hep2]   open a case (an id is made up when none
+                                            is given) of the configured assay, or --assay's
+    appliance case control start [--expected 3+]   the next fields are the control's (HEp-2:
+                                            --expected negative, homogeneous, AC-3, ...)
     appliance case control end               decide on the control (valid / failed)
     appliance case end [CASE_ID]             close the open case: its summary
     appliance case status [CASE_ID] [--json] appliance case list
@@ -22,14 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from appliance.assays.hep2.control import Hep2ControlCheck
 from appliance.config import CONTROL_LEVELS, Config
 from appliance.outputs import casebook
 from appliance.outputs import mqtt_contract as contract
 from appliance.outputs.audit import AuditLog
+from appliance.outputs.commands import ASSAYS
 from appliance.outputs.store import ResultStore
 from appliance.service.case_report import write_case_report
-from appliance.service.case_summary import CaseSummary
-from appliance.service.cases import CaseError, CaseWorkflow, mqtt_case_messages
+from appliance.service.cases import AnySummary, CaseError, CaseWorkflow, mqtt_case_messages
+from appliance.service.hep2_case_summary import Hep2CaseSummary
 
 SOURCE = "cli"
 
@@ -41,13 +45,18 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     start = actions.add_parser("start", help="open a case")
     start.add_argument("case_id", nargs="?", help="the lab's case id (hashed with the site "
                        "salt); omitted: the box makes one up")
+    start.add_argument("--assay", choices=ASSAYS, help="the case's assay (default: the "
+                       "config's); a case takes only its own assay's fields")
     end = actions.add_parser("end", help="close the open case and print its summary")
     end.add_argument("case_id", nargs="?", help="must be the open case, if given")
-    control = actions.add_parser("control", help="positive-control check of the open case")
+    control = actions.add_parser("control", help="control check of the open case (HER2: the "
+                                 "positive control tissue; HEp-2: a kit control well)")
     step = control.add_subparsers(dest="control_command", required=True)
     cstart = step.add_parser("start", help="the fields reported next are the control's")
-    cstart.add_argument("--expected", choices=CONTROL_LEVELS,
-                        help="level the control must show (her2.control.default_expected)")
+    cstart.add_argument("--expected", help="what the control must show: a HER2 level ("
+                        f"{', '.join(CONTROL_LEVELS)}; default her2.control.default_expected) "
+                        "or, in a HEp-2 case, 'negative' or a pattern's class name or ICAP "
+                        "code (default hep2.control.default_expected)")
     cend = step.add_parser("end", help="decide on the control shown since `control start`")
     status = actions.add_parser("status", help="a case's summary (default: the open case)")
     status.add_argument("case_id", nargs="?")
@@ -100,8 +109,8 @@ def cmd_case(args: argparse.Namespace, cfg: Config) -> int:
 def _case_action(args: argparse.Namespace, cases: CaseWorkflow) -> int:
     action = args.case_command
     if action == "start":
-        row = cases.start_case(args.case_id, source=SOURCE)
-        print(f"case {row.case_id} opened")
+        row = cases.start_case(args.case_id, source=SOURCE, assay=args.assay)
+        print(f"case {row.case_id} opened ({row.assay})")
         cases.record_command("case_start", "done", source=SOURCE, case_id=row.case_id)
         return 0
     elif action == "end":
@@ -118,6 +127,8 @@ def _case_action(args: argparse.Namespace, cases: CaseWorkflow) -> int:
             print(f"control {check.expected}: {'VALID' if check.valid else 'FAILED'}")
             for reason in check.reasons:
                 print(f"  {reason}")
+            if isinstance(check, Hep2ControlCheck):
+                return 0 if check.valid else 1
             print(f"  {check.calibration.describe()}")
             if check.measured_od is not None:
                 print(f"  measured membrane OD {check.measured_od:.3f} (reference_od "
@@ -130,13 +141,26 @@ def _case_action(args: argparse.Namespace, cases: CaseWorkflow) -> int:
         rows = cases.store.read_with(casebook.list_cases)
         for c in rows:
             state = "OPEN" if c.open else f"closed {c.closed_at}"
-            score = (c.summary or {}).get("score")
-            print(f"{c.case_id:40s} {c.opened_at}  {state}  score {score or '-'}")
+            print(f"{c.case_id:40s} {c.opened_at}  {c.assay:5s} {state}  "
+                  f"{_listed_call(c)}")
     cases.record_command(f"case_{action}", "done", source=SOURCE)
     return 0
 
 
-def _summary_text(summary: CaseSummary) -> str:
+def _listed_call(case: casebook.CaseRow) -> str:
+    """A closed case's call for ``case list`` (its stored summary's)."""
+    summary = case.summary or {}
+    if case.assay != "hep2":
+        return f"score {summary.get('score') or '-'}"
+    if summary.get("positive") is None:
+        return "call -"
+    return "call " + ("positive " + " + ".join(p["icap"] for p in summary["patterns"])
+                      if summary["positive"] else "negative")
+
+
+def _summary_text(summary: AnySummary) -> str:
+    if isinstance(summary, Hep2CaseSummary):
+        return _hep2_summary_text(summary)
     s = summary.score
     lines = [
         f"case {summary.case.case_id} ({'open' if summary.case.open else 'closed'})",
@@ -152,6 +176,26 @@ def _summary_text(summary: CaseSummary) -> str:
     return "\n".join(lines)
 
 
+def _hep2_summary_text(summary: Hep2CaseSummary) -> str:
+    w = summary.well
+    lines = [
+        f"case {summary.case.case_id} ({'open' if summary.case.open else 'closed'}, HEp-2)",
+        f"  well: {summary.call}"
+        + (f" ({w.intensity_units:.0f} units)" if w is not None and w.scored and w.positive
+           else ""),
+    ]
+    if w is not None:
+        lines += [f"    {p.icap} {p.label}: {p.share:.0%} of cells, {p.evidence}"
+                  for p in w.patterns if w.positive]
+        lines.append(f"  {len(summary.counted)} fields pooled, {w.cells_interphase} interphase "
+                     f"and {w.cells_mitotic} mitotic cells")
+    else:
+        lines.append(f"  {summary.reason}")
+    lines.append(f"  kit controls {summary.control_status}")
+    lines += [f"  warning: {x}" for x in summary.warnings]
+    return "\n".join(lines)
+
+
 def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
     """`appliance report CASE_ID`: the PDF and HTML report of a case."""
     with ResultStore(cfg.store.path) as store:
@@ -161,6 +205,10 @@ def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
             summary = cases.summary(case_id, thumbnails=True)
         except CaseError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(summary, Hep2CaseSummary):
+            print("error: the PDF report covers HER2 cases only; a HEp-2 case's summary: "
+                  "appliance case status CASE_ID [--json]", file=sys.stderr)
             return 2
         device = contract.device_id_for(cfg.mqtt, socket.gethostname())
         paths = write_case_report(summary, args.out, device_id=device,

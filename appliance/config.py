@@ -470,11 +470,21 @@ class Hep2StainConfig:
 
 
 @dataclass(frozen=True)
+class Hep2ControlConfig:
+    default_expected: str = _f(
+        "homogeneous", "What a kit control check started without saying (the case button's "
+        "long press, a bare command) must read: 'negative', or a pattern's class name or "
+        "ICAP code (most kits' positive control is homogeneous, AC-1)",
+    )
+
+
+@dataclass(frozen=True)
 class Hep2Config:
     cells: Hep2CellsConfig = field(default_factory=Hep2CellsConfig)
     specimen: Hep2SpecimenConfig = field(default_factory=Hep2SpecimenConfig)
     intensity: Hep2IntensityConfig = field(default_factory=Hep2IntensityConfig)
     stain: Hep2StainConfig = field(default_factory=Hep2StainConfig)
+    control: Hep2ControlConfig = field(default_factory=Hep2ControlConfig)
 
 
 @dataclass(frozen=True)
@@ -798,6 +808,14 @@ def _cross_checks(cfg: Config) -> None:
     if hi.flat_field_sha256 and not re.fullmatch(r"[0-9a-f]{64}", hi.flat_field_sha256):
         raise ConfigError("hep2.intensity.flat_field_sha256", "must be '' or 64 lower-case hex "
                           f"digits (a sha256), got {hi.flat_field_sha256!r}")
+    # The pattern table is plain data (no import back here): one source for the names.
+    from appliance.assays.hep2.patterns import canonical
+    try:
+        canonical(cfg.hep2.control.default_expected)
+    except ValueError:
+        raise ConfigError("hep2.control.default_expected",
+                          f"{cfg.hep2.control.default_expected!r} is neither 'negative' nor a "
+                          "pattern's class name or ICAP code (e.g. homogeneous, AC-1)") from None
     c = cfg.hep2.cells
     if c.max_area_um2 <= c.min_area_um2:
         raise ConfigError("hep2.cells.max_area_um2", f"{c.max_area_um2} is not above "

@@ -162,7 +162,8 @@ OTHERS: tuple[Any, ...] = (None, True, False, [], ["her2"], {}, {"a": 1})
 VALID: dict[str, list[dict[str, Any]]] = {
     "start_case": [{"case_id": "c1"}, {"case_id": "S 1", "assay": "her2"}],
     "end_case": [{"case_id": "c1"}],
-    "start_control": [{}, {"expected": "3+"}, {"expected": "1+"}],
+    "start_control": [{}, {"expected": "3+"}, {"expected": "1+"}, {"expected": "AC-1"},
+                      {"expected": "negative"}],
     "end_control": [{}],
     "set_assay": [{"assay": "her2"}],
     "set_objective": [{"objective": "20x"}, {"um_per_px": 0.5}],
@@ -175,7 +176,8 @@ VALID: dict[str, list[dict[str, Any]]] = {
 BOUNDARIES: dict[str, tuple[Any, ...]] = {  # values near each field's own rules
     "case_id": ("c", "y" * 128, "y" * 129, "", "a\x1fb", "a\x7f", "abc\n", "\u00e9 1", 7),
     "assay": ("her2", "hep2", "HER2", "her2 ", "hep-2", "", None),
-    "expected": ("0", "1+", "2+", "3+", "3", "4+", "+3", "", 3, None),
+    "expected": ("0", "1+", "2+", "3+", "3", "4+", "+3", "", 3, None, "AC-1", "negative",
+                 "fine speckled", "x" * 40, "x" * 41, "AC/1", "a\nb", "\u00e9"),
     "objective": ("10x", "20x", "40x", "auto", "Auto", "63x", "", 40),
     "um_per_px": NUMBERS,
     "request_id": ("r", "a" * 64, "a" * 65, "r 1", "r\n", "", "q:1.2_3-x", 5, None),

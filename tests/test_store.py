@@ -26,6 +26,7 @@ from appliance.assays.her2.types import (
     ModelRef,
     Score,
 )
+from appliance.outputs import casebook
 from appliance.outputs import store as store_module
 from appliance.outputs.outbox import Outbox
 from appliance.outputs.store import SCHEMA_VERSION, ResultStore, StoreError
@@ -195,9 +196,33 @@ def test_v1_database_migrates_in_place_to_the_outbox_schema(
     assert any(f"migrated from schema 1 to {SCHEMA_VERSION}" in r.getMessage()
                for r in caplog.records)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3 == SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4 == SCHEMA_VERSION
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     assert {"outbox", "outbox_seq", "outbox_dropped"} <= tables
+
+
+def test_v3_cases_migrate_as_her2_cases(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "r.sqlite"
+    with monkeypatch.context() as v3:  # the shipped v3 code: cases without an assay
+        v3.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:3])
+        v3.setattr(store_module, "SCHEMA_VERSION", 3)
+        with ResultStore(path) as store:
+            store.write_with(lambda conn: conn.execute(
+                "INSERT INTO cases (case_id, opened_at, opened_by, mode) "
+                "VALUES ('c-old', '2026-01-01T00:00:00.000+00:00', 'cli', 'tumour')"),
+                flush_backlog=False)
+    with ResultStore(path) as store:
+        old = store.read_with(lambda conn: casebook.get_case(conn, "c-old"))
+        assert old is not None and old.assay == "her2" and old.open
+        store.write_with(lambda conn: casebook.close_case(
+            conn, "c-old", at="2026-01-01T01:00:00.000+00:00", by="cli", summary={}),
+            flush_backlog=False)
+        store.write_with(lambda conn: casebook.insert_case(
+            conn, "c-new", at="2026-01-02T00:00:00.000+00:00", by="cli", assay="hep2"),
+            flush_backlog=False)
+        new = store.read_with(lambda conn: casebook.get_case(conn, "c-new"))
+        assert new is not None and new.assay == "hep2"
 
 
 def test_full_disk_keeps_results_and_writes_them_later(tmp_path: Path) -> None:

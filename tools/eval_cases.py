@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from appliance.assays.her2.assay import Her2Assay, PreparedField
+from appliance.assays.her2.control import ControlCheck
 from appliance.assays.her2.types import FieldResult
 from appliance.capture.frame import Frame
 from appliance.config import Config, with_overrides
@@ -212,7 +213,11 @@ def run_slide(assay: Her2Assay, fields: Sequence[SlideField], spec: SlideSpec,
         b.cases.start_case(CASE_ID, source="cli")
         b.cases.start_control(CONTROL_LEVEL, source="cli")
     show_fields(assay, controls, benches, first_seq=1)
-    checks = [b.cases.end_control(source="cli") for b in benches]
+    checks: list[ControlCheck] = []
+    for b in benches:
+        check = b.cases.end_control(source="cli")
+        assert isinstance(check, ControlCheck)  # a HER2 case's
+        checks.append(check)
     shown = show_fields(assay, tumours, benches, first_seq=len(controls) + 1)
     truth = slide_truth(fields)[0]
     outcomes = []

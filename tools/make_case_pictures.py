@@ -30,6 +30,7 @@ from appliance.outputs.display.live import LiveStatus, compose_live
 from appliance.outputs.report.html import write_report
 from appliance.outputs.store import ResultStore
 from appliance.service.case_report import report_data
+from appliance.service.case_summary import CaseSummary
 from appliance.service.cases import CaseWorkflow
 from appliance.service.recorder import Recorder
 from tools.synth.her2_slide import SlideSpec, generate_slide
@@ -89,6 +90,7 @@ def run(seed: int, dab_scale: float, with_control: bool, out: Path | None) -> No
             if with_control:
                 cases.end_case(None, source="cli")
                 summary = cases.summary("S25-example", thumbnails=True)
+                assert isinstance(summary, CaseSummary)  # a HER2 case
                 data = report_data(summary, device_id="scope-3", config_sha256=cfg.sha256())
                 for path in write_report(data, REPO / "docs" / "examples", "case-report"):
                     print(path.relative_to(REPO))

@@ -17,6 +17,10 @@ Schema (v3):
   with its role, the field fingerprint (to recognise a return to the same field) and a
   small JPEG of its overlay for the report.
 * ``control_checks``: each decision on a control, with the measurements and calibration.
+
+v4 adds ``cases.assay``: the assay a case was opened under (``her2`` for older cases). A
+case pools only its own assay's fields, and its controls are that assay's. The role
+``tumour`` is a HEp-2 case's patient well; its ``control`` rounds are the kit's controls.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ class CaseRow:
     control_expected: str | None
     control_round: int
     summary: dict[str, Any] | None
+    assay: str = "her2"
 
     @property
     def open(self) -> bool:
@@ -133,7 +138,7 @@ class CheckRow:
 
 
 _CASE_COLUMNS = ("case_id", "opened_at", "opened_by", "closed_at", "closed_by", "mode",
-                 "control_expected", "control_round", "summary_json")
+                 "control_expected", "control_round", "summary_json", "assay")
 
 
 def _case(row: Iterable[Any]) -> CaseRow:
@@ -163,15 +168,21 @@ def list_cases(conn: sqlite3.Connection, limit: int = 50) -> list[CaseRow]:
     return [_case(r) for r in rows]
 
 
-def insert_case(conn: sqlite3.Connection, case_id: str, *, at: str, by: str) -> None:
-    """Open a new case; ValueError when one is open or the id was used before."""
+def add_assay_column(conn: sqlite3.Connection) -> None:
+    """v4: the assay of each case (called by the store's migration, in its transaction)."""
+    conn.execute("ALTER TABLE cases ADD COLUMN assay TEXT NOT NULL DEFAULT 'her2'")
+
+
+def insert_case(conn: sqlite3.Connection, case_id: str, *, at: str, by: str,
+                assay: str = "her2") -> None:
+    """Open a new case of ``assay``; ValueError when one is open or the id was used before."""
     current = open_case(conn)
     if current is not None:
         raise ValueError(f"case {current.case_id} is still open: close it first")
     if get_case(conn, case_id) is not None:
         raise ValueError(f"case {case_id} exists already (closed): case ids are not reused")
-    conn.execute("INSERT INTO cases (case_id, opened_at, opened_by, mode) "
-                 "VALUES (?, ?, ?, 'tumour')", (case_id, at, by))
+    conn.execute("INSERT INTO cases (case_id, opened_at, opened_by, mode, assay) "
+                 "VALUES (?, ?, ?, 'tumour', ?)", (case_id, at, by, assay))
 
 
 def set_mode(conn: sqlite3.Connection, case_id: str, mode: str, *,

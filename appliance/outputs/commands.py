@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import Any
 
 from appliance import __version__
-from appliance.config import CONTROL_LEVELS
 from appliance.outputs.mqtt_contract import (
     REPLY_SCHEMA,
     Topics,
@@ -48,6 +47,8 @@ PAYLOAD = "(payload)"  # the field an error names when the payload as a whole is
 COMMAND = "(command)"  # ... when the command itself is unknown or not available
 
 _REQUEST_ID_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
+_EXPECTED_BAD = re.compile(r"[^A-Za-z0-9_+ -]")
+MAX_EXPECTED_CHARS = 40
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SHOWN_CHARS = 40
 
@@ -81,11 +82,14 @@ _REQUEST_ID = _Rule("string", max_length=MAX_REQUEST_ID_CHARS, forbidden=_REQUES
 _CASE_ID = _Rule("string", max_length=MAX_CASE_ID_CHARS, forbidden=_CONTROL,
                  forbidden_why="control characters are not allowed", echo=False)
 _ASSAY = _Rule("string", choices=ASSAYS)
+_EXPECTED = _Rule("string", max_length=MAX_EXPECTED_CHARS, forbidden=_EXPECTED_BAD,
+                  forbidden_why="only letters, digits, spaces and _ + - are allowed")
 
 SPECS: Mapping[str, _Spec] = {
     "start_case": _Spec({"case_id": _CASE_ID, "assay": _ASSAY}, required=("case_id",)),
     "end_case": _Spec({"case_id": _CASE_ID}, required=("case_id",)),
-    "start_control": _Spec({"expected": _Rule("string", choices=CONTROL_LEVELS)}),
+    # A HER2 level, or for a HEp-2 case "negative" or a pattern: the case checks it.
+    "start_control": _Spec({"expected": _EXPECTED}),
     "end_control": _Spec({}),
     "set_assay": _Spec({"assay": _ASSAY}, required=("assay",)),
     "set_objective": _Spec(

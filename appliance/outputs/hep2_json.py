@@ -9,7 +9,8 @@ Schema: ``docs/hep2-result.schema.json`` (JSON Schema 2020-12), documented in
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,53 @@ def cell_call_to_dict(call: CellCall) -> dict[str, Any]:
             "um_per_px_source": call.um_per_px_source, "mask": call.mask_source,
             "warnings": list(call.warnings),
             "model": _model(m), "research_use_only": is_research_use_only(m)}
+
+
+def result_from_dict(doc: Mapping[str, Any]) -> Hep2Result:
+    """A field result back from its stored JSON (``result_to_dict(..., include_cells=True)``),
+    as a case pools its fields after a restart. What the JSON does not keep stays empty:
+    the cells' outlines, and their mitosis confidence (NaN; no rule reads it).
+
+    Raises KeyError or ValueError for a document that is not a HEp-2 field result.
+    """
+    if doc.get("assay") != "hep2" or "cells" not in doc:
+        raise ValueError("not a stored HEp-2 field result with its cells")
+    intensity = doc.get("intensity") or {}
+    m = doc["model"]
+    counts = doc["cell_counts"]
+    image = doc.get("image") or {}
+    return Hep2Result(
+        file=str(doc["file"]), seq=int(doc["seq"]), status=str(doc["status"]),
+        model=ModelRef(str(m["name"]), str(m["sha256"]), str(m["precision"]),
+                       str(m["validated_on"])),
+        image_width=int(image.get("width", 0)), image_height=int(image.get("height", 0)),
+        reason=doc.get("reason"), reason_code=doc.get("reason_code"),
+        positive=doc.get("positive"), intensity_level=intensity.get("level"),
+        intensity_units=None if not intensity else float(intensity["value"]),
+        intensity_calibrated=bool(intensity.get("calibrated", False)),
+        patterns=tuple(PatternCall(str(p["name"]), str(p["icap"]), str(p["label"]),
+                                   float(p["share"]), float(p["confidence"]),
+                                   str(p["evidence"])) for p in doc["patterns"]),
+        cells=tuple(_cell_from_dict(c) for c in doc["cells"]),
+        cells_interphase=int(counts["interphase"]), cells_mitotic=int(counts["mitotic"]),
+        warnings=tuple(str(w) for w in doc.get("warnings", ())),
+        um_per_px=None if doc.get("um_per_px") is None else float(doc["um_per_px"]),
+        um_per_px_source=str(doc.get("um_per_px_source", "unknown")),
+        crop_um_per_px=(None if doc.get("crop_um_per_px") is None
+                        else float(doc["crop_um_per_px"])),
+        timings_ms={str(k): float(v) for k, v in (doc.get("timings_ms") or {}).items()},
+        created_at=str(doc.get("created_at", "")))
+
+
+def _cell_from_dict(c: Mapping[str, Any]) -> Hep2Cell:
+    return Hep2Cell(
+        cell_id=int(c["id"]), x=float(c["x"]), y=float(c["y"]), area_um2=float(c["area_um2"]),
+        brightness=float(c["brightness"]), pattern=str(c["pattern"]),
+        confidence=float(c["confidence"]),
+        probabilities={str(k): float(v) for k, v in c["probabilities"].items()},
+        mitosis=str(c["mitosis"]), mitosis_confidence=math.nan,
+        touches_edge=bool(c["touches_edge"]),
+        regions={str(k): float(v) for k, v in (c.get("regions") or {}).items()})
 
 
 def to_json(doc: dict[str, Any]) -> str:

@@ -35,6 +35,7 @@ SCHEMA_DIR: Path = Path(__file__).resolve().parents[2] / "docs" / "mqtt"
 STATUS_SCHEMA = "eyepiece.status/1"
 FIELD_SCHEMA = "eyepiece.field/1"
 CASE_SCHEMA = "eyepiece.case/1"
+HEP2_CASE_SCHEMA = "eyepiece.hep2-case/1"  # same topic: a HEp-2 case's summary
 HEALTH_SCHEMA = "eyepiece.health/1"
 METRICS_SCHEMA = "eyepiece.metrics/1"
 REPLY_SCHEMA = "eyepiece.reply/1"
@@ -376,14 +377,16 @@ def case_message(device_id: str, summary: Mapping[str, Any], *, msg_id: str, seq
     """One case summary under ``case`` (its keys belong to the clinical workflow).
 
     The summary must carry an opaque ``case_id``; like fields, case messages go through
-    the outbox and share the device's ``seq``.
+    the outbox and share the device's ``seq``. A HEp-2 case's (``"assay": "hep2"``) goes
+    out as ``eyepiece.hep2-case/1``, a HER2 case's as ``eyepiece.case/1``.
     """
     if not isinstance(summary, Mapping):
         raise ValueError(f"case: expected an object, got {type(summary).__name__}")
     if not is_opaque_id(summary.get("case_id")):
         raise ValueError("case.case_id: missing or not opaque (use opaque_case_id)")
     _check_seq(msg_id, seq)
-    out = _envelope(CASE_SCHEMA, device_id, now)
+    schema = HEP2_CASE_SCHEMA if summary.get("assay") == "hep2" else CASE_SCHEMA
+    out = _envelope(schema, device_id, now)
     out.update({"msg_id": msg_id, "seq": seq, "case": dict(summary)})
     return out
 

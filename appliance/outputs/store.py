@@ -41,7 +41,7 @@ from appliance.assays.hep2.well import Hep2WellResult
 from appliance.assays.results import AnyResult
 from appliance.outputs import hep2_json
 from appliance.outputs.audit import create_audit_table
-from appliance.outputs.casebook import create_case_tables
+from appliance.outputs.casebook import add_assay_column, create_case_tables
 from appliance.outputs.outbox import DEFAULT_MAX_MESSAGES, MessageBuilder, append_message, report
 from appliance.outputs.result_json import result_to_json
 
@@ -131,10 +131,15 @@ def _add_cases_and_audit_v3(conn: sqlite3.Connection) -> None:
     create_audit_table(conn)
 
 
+def _add_case_assay_v4(conn: sqlite3.Connection) -> None:
+    """Which assay each case is of (cases of older stores are HER2's)."""
+    add_assay_column(conn)
+
+
 # Migration hook: entry i upgrades a database from user_version i to i + 1. Append a
 # function to change the schema; never edit one that has shipped.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _create_v1, _add_outbox_v2, _add_cases_and_audit_v3)
+    _create_v1, _add_outbox_v2, _add_cases_and_audit_v3, _add_case_assay_v4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (

@@ -26,10 +26,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from appliance.assays.hep2 import control as hep2_control
+from appliance.assays.hep2.types import Hep2Result
 from appliance.assays.her2.control import ControlCheck, evaluate_control
 from appliance.assays.her2.types import CaseTag, FieldContext, FieldResult
+from appliance.assays.results import AnyResult
 from appliance.config import CONTROL_LEVELS, Config
-from appliance.outputs import audit, casebook
+from appliance.outputs import audit, casebook, hep2_overlay
 from appliance.outputs import mqtt_contract as contract
 from appliance.outputs.display.live import LiveCase
 from appliance.outputs.outbox import MessageBuilder, append_message, report
@@ -38,6 +41,11 @@ from appliance.outputs.store import Companion, ResultStore, StoreError
 from appliance.pipeline.field_memory import fingerprint
 from appliance.service.button import ButtonAction
 from appliance.service.case_summary import CaseSummary, control_state, readings, summarise
+from appliance.service.hep2_case_summary import (
+    Hep2CaseSummary,
+    distinct_results,
+    summarise_hep2,
+)
 
 _log = logging.getLogger(__name__)
 THUMBNAIL_WIDTH = 320
@@ -50,6 +58,8 @@ class CaseError(Exception):
 
 
 CaseMessage = Callable[[dict[str, Any]], MessageBuilder]
+AnySummary = CaseSummary | Hep2CaseSummary
+AnyCheck = ControlCheck | hep2_control.Hep2ControlCheck
 
 
 class CaseWorkflow:
@@ -86,23 +96,26 @@ class CaseWorkflow:
 
     # ------------------------------------------------------------ actions
 
-    def start_case(self, raw_id: str | None, *, source: str) -> casebook.CaseRow:
-        """Open a case (one at a time); CaseError when one is open or the id is used."""
+    def start_case(self, raw_id: str | None, *, source: str,
+                   assay: str | None = None) -> casebook.CaseRow:
+        """Open a case of ``assay`` (default: the configured one; one case at a time);
+        CaseError when one is open or the id is used."""
         case_id = self.case_id_for(raw_id)
+        assay = assay or self.cfg.assay
         now = _now()
 
         def work(conn: sqlite3.Connection) -> casebook.CaseRow:
             try:
-                casebook.insert_case(conn, case_id, at=now, by=source)
+                casebook.insert_case(conn, case_id, at=now, by=source, assay=assay)
             except ValueError as exc:
                 raise CaseError(str(exc)) from exc
             audit.append(conn, kind="case_opened", source=source, case_id=case_id,
-                         detail={}, at=now)
+                         detail={"assay": assay}, at=now)
             row = casebook.get_case(conn, case_id)
             assert row is not None
             return row
         row = self._write(work)
-        _log.info("case %s opened (%s)", case_id, source)
+        _log.info("case %s opened (%s, %s)", case_id, assay, source)
         self.refresh_live()
         return row
 
@@ -120,26 +133,25 @@ class CaseWorkflow:
             summary = self._summary(conn, closing).to_dict()
             casebook.close_case(conn, case.case_id, at=now, by=source, summary=summary)
             audit.append(conn, kind="case_closed", source=source, case_id=case.case_id, at=now,
-                         detail={"score": summary["score"], "category": summary["category"],
-                                 "control": summary["control"]["status"],
-                                 "fields_counted": summary["fields_counted"],
-                                 "tumour_cells": summary["tumour_cells"]})
+                         detail=_closing_detail(summary))
             self._queue(conn, summary)
             return summary
         summary = self._write(work)
         _log.info("case %s closed (%s): %s, control %s", summary["case_id"], source,
-                  summary["score"], summary["control"]["status"])
+                  _call_words(summary), summary["control"]["status"])
         self.refresh_live()
         return summary
 
     def start_control(self, expected: str | None, *, source: str) -> dict[str, Any]:
-        """Start a control check: the fields reported next are the control's."""
-        level = expected or self.cfg.her2.control.default_expected
-        if level not in CONTROL_LEVELS:
-            raise CaseError(f"control level {level!r} is not one of {', '.join(CONTROL_LEVELS)}")
+        """Start a control check: the fields reported next are the control's.
 
+        ``expected`` is what the control must show: a HER2 level, or for a HEp-2 case
+        "negative" or a pattern (class name or ICAP code); None takes the assay's
+        ``control.default_expected``.
+        """
         def work(conn: sqlite3.Connection) -> dict[str, Any]:
             case = self._open(conn, None)
+            level = self._control_expectation(case.assay, expected)
             if case.mode == "control":
                 raise CaseError(f"a {case.control_expected} control check is already in "
                                 "progress: end it first")
@@ -153,41 +165,73 @@ class CaseWorkflow:
         self.refresh_live()
         return out
 
-    def end_control(self, *, source: str) -> ControlCheck:
-        """Decide on the control from the fields shown since it started; back to tumour."""
-        h3 = self.cfg.her2
+    def _control_expectation(self, assay: str, expected: str | None) -> str:
+        """The control's expected reading for a case of ``assay``; CaseError if unknown."""
+        if assay == "hep2":
+            try:
+                return hep2_control.control_expectation(
+                    expected or self.cfg.hep2.control.default_expected)
+            except ValueError as exc:
+                raise CaseError(str(exc)) from exc
+        level = expected or self.cfg.her2.control.default_expected
+        if level not in CONTROL_LEVELS:
+            raise CaseError(f"control level {level!r} is not one of {', '.join(CONTROL_LEVELS)}")
+        return level
+
+    def end_control(self, *, source: str) -> AnyCheck:
+        """Decide on the control from the fields shown since it started; back to the
+        patient's fields."""
         now = _now()
 
-        def work(conn: sqlite3.Connection) -> ControlCheck:
+        def work(conn: sqlite3.Connection) -> AnyCheck:
             case = self._open(conn, None)
             if case.mode != "control" or case.control_expected is None:
                 raise CaseError("no control check in progress")
-            before = control_state(casebook.checks(conn, case.case_id), h3.measure, h3.control)
             rows = casebook.case_fields(conn, case.case_id, role="control",
                                         control_round=case.control_round)
-            distinct = [readings(f.result) for f in rows
-                        if f.duplicate_of is None and f.result.get("status") == "scored"]
-            check = evaluate_control(distinct, case.control_expected, measure=h3.measure,
-                                     rules=h3.rules, control=h3.control)
+            h3 = self.cfg.her2
+            # HER2: the thresholds before this decision, to audit a change it makes.
+            before = (None if case.assay == "hep2" else
+                      control_state(casebook.checks(conn, case.case_id), h3.measure,
+                                    h3.control)[1])
+            check: AnyCheck = (self._hep2_check(rows, case.control_expected)
+                               if case.assay == "hep2"
+                               else self._her2_check(rows, case.control_expected))
             casebook.insert_check(conn, case.case_id, control_round=case.control_round,
                                   expected=case.control_expected, at=now, valid=check.valid,
                                   check=check.to_dict())
             casebook.set_mode(conn, case.case_id, "tumour")
             audit.append(conn, kind="control_check", source=source, case_id=case.case_id,
                          at=now, detail=check.to_dict())
-            after = control_state(casebook.checks(conn, case.case_id), h3.measure, h3.control)
-            if after[1] != before[1]:
-                audit.append(conn, kind="thresholds_changed", source=source, at=now,
-                             case_id=case.case_id,
-                             detail={"from": list(before[1].thresholds),
-                                     "to": list(after[1].thresholds),
-                                     "factor": after[1].factor, "why": after[1].describe()})
+            if before is not None:
+                after = control_state(casebook.checks(conn, case.case_id), h3.measure,
+                                      h3.control)[1]
+                if after != before:
+                    audit.append(conn, kind="thresholds_changed", source=source, at=now,
+                                 case_id=case.case_id,
+                                 detail={"from": list(before.thresholds),
+                                         "to": list(after.thresholds),
+                                         "factor": after.factor, "why": after.describe()})
             return check
         check = self._write(work)
         _log.log(logging.INFO if check.valid else logging.WARNING, "control %s %s: %s",
                  check.expected, "valid" if check.valid else "FAILED", "; ".join(check.reasons))
         self.refresh_live()
         return check
+
+    def _hep2_check(self, rows: list[casebook.CaseFieldRow], expected: str
+                    ) -> hep2_control.Hep2ControlCheck:
+        results, unreadable = distinct_results(rows)
+        check = hep2_control.evaluate_control([r for _, r in results], expected,
+                                              self.cfg.hep2)
+        return replace(check, reasons=(*check.reasons, *unreadable))
+
+    def _her2_check(self, rows: list[casebook.CaseFieldRow], expected: str) -> ControlCheck:
+        h3 = self.cfg.her2
+        distinct = [readings(f.result) for f in rows
+                    if f.duplicate_of is None and f.result.get("status") == "scored"]
+        return evaluate_control(distinct, expected, measure=h3.measure, rules=h3.rules,
+                                control=h3.control)
 
     def record_command(self, name: str, outcome: str, *, source: str,
                        case_id: str | None = None, detail: dict[str, Any] | None = None) -> None:
@@ -216,8 +260,8 @@ class CaseWorkflow:
         try:
             def read(conn: sqlite3.Connection) -> FieldContext | None:
                 case = casebook.open_case(conn)
-                if case is None:
-                    return None
+                if case is None or case.assay != "her2":
+                    return None  # a HEp-2 case: the HER2 field is not one of its
                 status, calibration = control_state(casebook.checks(conn, case.case_id),
                                                     h3.measure, h3.control)
                 if case.mode == "control":
@@ -234,24 +278,29 @@ class CaseWorkflow:
             _log.error("open case not readable, field measured outside a case: %s", exc)
             return None
 
-    def companion(self, result: FieldResult, image: np.ndarray | None,
+    def companion(self, result: AnyResult, image: np.ndarray | None,
                   *, source: str) -> Companion:
         """The store hook that links a result to its case and audits it (one transaction).
 
+        A case takes only its own assay's fields: one of another assay (the case was
+        opened by another process under the other assay) is stored outside it, logged.
         The fingerprint and the thumbnail are made here, before the store's lock.
         """
         # Fingerprint and thumbnail cost tens of ms: only for a field that joins a case.
         # (A case opened by another process in between links without them.)
-        in_case = result.case is not None or self._case_open()
+        tag = result.case if isinstance(result, FieldResult) else None
+        in_case = tag is not None or self._case_open()
         fp = fingerprint(image) if image is not None and in_case else None
         thumb = self._thumbnail(result, image) if in_case else None
         same = self.cfg.her2.case.duplicate_similarity
 
         def link(conn: sqlite3.Connection, row_id: int) -> None:
             case = casebook.open_case(conn)
-            tag = result.case
             number = duplicate_of = None
-            if case is not None and (tag is None or tag.case_id == case.case_id):
+            if case is not None and case.assay != result.assay:
+                _log.warning("field %s (%s) kept outside case %s, a %s case", result.file,
+                             result.assay, case.case_id, case.assay)
+            elif case is not None and (tag is None or tag.case_id == case.case_id):
                 role = tag.role if tag is not None else case.mode
                 number, duplicate_of = casebook.link_field(
                     conn, case.case_id, row_id, role=role,
@@ -265,9 +314,7 @@ class CaseWorkflow:
                 case_id=case.case_id if number is not None and case else None,
                 model_sha256=result.model.sha256 or None,
                 detail={"file": result.file, "seq": result.seq, "status": result.status,
-                        "score": result.score.value if result.score else None,
-                        "reason_code": result.reason_code, "tumour_cells": result.tumour_cells,
-                        "thresholds": list(result.intensity_thresholds or ()),
+                        "reason_code": result.reason_code, **_audit_call(result),
                         "case_field": number, "duplicate_of": duplicate_of})
         return link
 
@@ -277,18 +324,22 @@ class CaseWorkflow:
 
     # ------------------------------------------------------------ reading
 
-    def summary(self, case_id: str | None = None, *, thumbnails: bool = False) -> CaseSummary:
+    def summary(self, case_id: str | None = None, *, thumbnails: bool = False) -> AnySummary:
         """A case's summary now (the open one when ``case_id`` is None).
 
         ``thumbnails`` loads the fields' overlay pictures too (for the report).
         """
-        def read(conn: sqlite3.Connection) -> CaseSummary:
+        def read(conn: sqlite3.Connection) -> AnySummary:
             case = (casebook.open_case(conn) if case_id is None
                     else casebook.get_case(conn, case_id))
             if case is None:
                 raise CaseError("no open case" if case_id is None else "no such case")
             return self._summary(conn, case, thumbnails=thumbnails)
         return self.store.read_with(read)
+
+    def open_case(self) -> casebook.CaseRow | None:
+        """The open case as stored now (None: none is open)."""
+        return self.store.read_with(casebook.open_case)
 
     def live(self) -> LiveCase | None:
         """The open case for the overlay (as of the last refresh)."""
@@ -305,25 +356,19 @@ class CaseWorkflow:
             _log.error("case summary not computed: %s", exc)
             return
         else:
-            s, case = summary.score, summary.case
-            live = LiveCase(
-                case_id=case.case_id, mode=case.mode,
-                control="checking" if case.mode == "control" else summary.control_status,
-                control_expected=case.control_expected,
-                calibration=summary.calibration.short(),
-                score=s.score.value if s.score else None,
-                category=s.category.value if s.category else None,
-                fields_counted=s.fields_counted, tumour_cells=s.tumour_cells,
-                flags=len(s.heterogeneity) + len(s.borderline))
+            live = _live_case(summary)
         with self._live_lock:
             self._live = live
 
     # ------------------------------------------------------------ helpers
 
     def _summary(self, conn: sqlite3.Connection, case: casebook.CaseRow, *,
-                 thumbnails: bool = False) -> CaseSummary:
-        return summarise(case, casebook.case_fields(conn, case.case_id, thumbnails=thumbnails),
-                         casebook.checks(conn, case.case_id), self.cfg.her2)
+                 thumbnails: bool = False) -> AnySummary:
+        fields = casebook.case_fields(conn, case.case_id, thumbnails=thumbnails)
+        checks = casebook.checks(conn, case.case_id)
+        if case.assay == "hep2":
+            return summarise_hep2(case, fields, checks, self.cfg.hep2)
+        return summarise(case, fields, checks, self.cfg.her2)
 
     def _case_open(self) -> bool:
         try:
@@ -353,11 +398,12 @@ class CaseWorkflow:
         except sqlite3.IntegrityError as exc:  # e.g. a second open case from another process
             raise CaseError(f"refused by the store: {exc}") from exc
 
-    def _thumbnail(self, result: FieldResult, image: np.ndarray | None) -> bytes | None:
+    def _thumbnail(self, result: AnyResult, image: np.ndarray | None) -> bytes | None:
         if image is None:
             return None
         try:
-            picture = render_overlay(image, result)
+            picture = (hep2_overlay.render_overlay(image, result)
+                       if isinstance(result, Hep2Result) else render_overlay(image, result))
             h, w = picture.shape[:2]
             scale = THUMBNAIL_WIDTH / w
             small = cv2.resize(picture, (THUMBNAIL_WIDTH, max(1, round(h * scale))),
@@ -384,6 +430,65 @@ def mqtt_case_messages(cfg: Config, hostname: str) -> CaseMessage | None:
         return lambda msg_id, seq: ("case", contract.encode(contract.case_message(
             device_id, summary, msg_id=msg_id, seq=seq)))
     return for_summary
+
+
+def _live_case(summary: AnySummary) -> LiveCase:
+    """The overlay's case line from a case's summary."""
+    case = summary.case
+    control = "checking" if case.mode == "control" else summary.control_status
+    if isinstance(summary, Hep2CaseSummary):
+        w = summary.well
+        return LiveCase(
+            case_id=case.case_id, mode=case.mode, control=control,
+            control_expected=(hep2_control.describe(case.control_expected)
+                              if case.control_expected else None),
+            calibration="", score=summary.call if w is not None else None, category=None,
+            fields_counted=len(summary.counted),
+            tumour_cells=w.cells_interphase if w is not None else 0,
+            flags=len(w.odd_fields) if w is not None else 0, assay="hep2")
+    s = summary.score
+    return LiveCase(
+        case_id=case.case_id, mode=case.mode, control=control,
+        control_expected=case.control_expected, calibration=summary.calibration.short(),
+        score=s.score.value if s.score else None,
+        category=s.category.value if s.category else None,
+        fields_counted=s.fields_counted, tumour_cells=s.tumour_cells,
+        flags=len(s.heterogeneity) + len(s.borderline))
+
+
+def _audit_call(result: AnyResult) -> dict[str, Any]:
+    """What the audit keeps of a field's call."""
+    if isinstance(result, Hep2Result):
+        return {"positive": result.positive,
+                "patterns": [p.icap for p in result.patterns],
+                "cells": result.cells_interphase}
+    return {"score": result.score.value if result.score else None,
+            "tumour_cells": result.tumour_cells,
+            "thresholds": list(result.intensity_thresholds or ())}
+
+
+def _closing_detail(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the audit keeps of a closed case's summary."""
+    if summary.get("assay") == "hep2":
+        return {"assay": "hep2", "status": summary["status"], "positive": summary["positive"],
+                "patterns": [p["icap"] for p in summary["patterns"]],
+                "control": summary["control"]["status"],
+                "fields_counted": summary["fields_counted"],
+                "cells": summary["cell_counts"]["interphase"]}
+    return {"score": summary["score"], "category": summary["category"],
+            "control": summary["control"]["status"],
+            "fields_counted": summary["fields_counted"],
+            "tumour_cells": summary["tumour_cells"]}
+
+
+def _call_words(summary: dict[str, Any]) -> str:
+    """A closed case's call for the log line."""
+    if summary.get("assay") == "hep2":
+        if summary["positive"] is None:
+            return "not scorable"
+        return ("positive " + " + ".join(p["icap"] for p in summary["patterns"])
+                if summary["positive"] else "negative")
+    return str(summary["score"])
 
 
 def case_needs_attention(live: LiveCase | None) -> bool:

@@ -11,7 +11,6 @@ import numpy as np
 
 from appliance.assays.hep2.types import Hep2Result
 from appliance.assays.hep2.well import Hep2WellResult
-from appliance.assays.her2.types import FieldResult
 from appliance.outputs import hep2_json, hep2_overlay
 from appliance.outputs.outbox import MessageBuilder
 from appliance.outputs.overlay import render_overlay, write_png
@@ -41,7 +40,7 @@ class Recorder:
                  overlay_dir: Path | None, out: TextIO, as_json: bool = False,
                  with_cells: bool = False,
                  message_for: Callable[[AnyResult], MessageBuilder] | None = None,
-                 companion_for: Callable[[FieldResult, np.ndarray | None], Companion]
+                 companion_for: Callable[[AnyResult, np.ndarray | None], Companion]
                  | None = None,
                  after_store: Sequence[Callable[[], None]] = ()) -> None:
         self.store = store
@@ -67,10 +66,8 @@ class Recorder:
         if self.store is not None:
             row = self._store(result, result.file,
                         outbox=self.message_for(result) if self.message_for else None,
-                        # Cases are the HER2 workflow: HEp-2 fields are stored on their own.
                         companion=(self.companion_for(result, image)
-                                   if self.companion_for and isinstance(result, FieldResult)
-                                   else None))
+                                   if self.companion_for else None))
         if self.overlay_dir is not None and image is not None:
             self._write_overlay(result, image)
         self._print(result)

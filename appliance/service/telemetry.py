@@ -29,7 +29,7 @@ from appliance.outputs.commands import Command, CommandDispatcher, CommandRefuse
 from appliance.outputs.mqtt_link import MqttLink
 from appliance.outputs.outbox import MessageBuilder, Outbox
 from appliance.outputs.result_json import result_to_dict
-from appliance.outputs.store import AnyResult, ResultStore
+from appliance.outputs.store import AnyResult, ResultStore, StoreError
 from appliance.pipeline.metrics import MetricsSnapshot
 from appliance.service.cases import CaseError, CaseWorkflow
 from appliance.service.health import Health, HealthReadings, assess
@@ -99,7 +99,8 @@ class Telemetry:
     def message_for(self, result: AnyResult) -> MessageBuilder:
         """The outbox message of one reported field (built inside the store's transaction)."""
         if isinstance(result, Hep2Result):
-            case_id, body = None, hep2_json.result_to_dict(result)
+            # HEp-2 fields carry no case tag: the case they join is the one open now.
+            case_id, body = self._open_hep2_case(), hep2_json.result_to_dict(result)
         else:
             case_id = result.case.case_id if result.case is not None else None
             body = result_to_dict(result)
@@ -157,6 +158,14 @@ class Telemetry:
             temperatures_c=extra.get("temperatures_c", {}),
         ))
 
+    def _open_hep2_case(self) -> str | None:
+        try:
+            case = self.cases.open_case()
+        except StoreError as exc:
+            _log.error("open case not readable, field sent without one: %s", exc)
+            return None
+        return case.case_id if case is not None and case.assay == "hep2" else None
+
     # ------------------------------------------------------------ commands
 
     def _on_command(self, topic: str, payload: bytes) -> None:
@@ -184,9 +193,15 @@ class Telemetry:
 
     def _start_case(self, command: Command) -> dict[str, Any]:
         raw = str(command.args["case_id"])
+        running = self.assay.cfg.assay
+        asked = command.args.get("assay")
+        if asked is not None and asked != running:
+            # A case takes only its own assay's fields: it would stay empty.
+            raise CommandRefused(f"this box runs {running} now: send set_assay {asked} "
+                                 "first", field="assay")
         return self._case_action("start_case", lambda: {
-            "case_id": self.cases.start_case(raw, source="mqtt").case_id,
-            "assay": self.cfg.assay}, field="case_id")
+            "case_id": self.cases.start_case(raw, source="mqtt", assay=running).case_id,
+            "assay": running}, field="case_id")
 
     def _end_case(self, command: Command) -> dict[str, Any]:
         raw = str(command.args["case_id"])
@@ -213,6 +228,14 @@ class Telemetry:
         assay = str(command.args["assay"])
         if assay == self.assay.cfg.assay:
             return {"assay": assay}
+        try:
+            case = self.cases.open_case()
+        except StoreError as exc:
+            raise CommandRefused(f"cannot tell whether a case is open: {exc}") from exc
+        if case is not None and case.assay != assay:
+            # Its fields would stop joining it half-way through the patient's slide.
+            raise CommandRefused(f"case {case.case_id} ({case.assay}) is open: end it before "
+                                 f"switching to {assay}", field="assay")
         if self._switch_assay is None:
             raise CommandRefused(f"this box runs {self.assay.cfg.assay} only", field="assay")
         try:

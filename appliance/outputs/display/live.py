@@ -99,8 +99,9 @@ class LiveCase:
     score: str | None  # the running pooled case score
     category: str | None
     fields_counted: int
-    tumour_cells: int
-    flags: int  # heterogeneity + borderline lines: "look again"
+    tumour_cells: int  # HEp-2: the interphase cells pooled
+    flags: int  # heterogeneity + borderline lines (HEp-2: fields unlike the well): "look again"
+    assay: str = "her2"  # a HEp-2 case: score is the well's call in words, no calibration
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,8 @@ def panel_rows(result: AnyResult | None, status: LiveStatus) -> list[Row]:
 
 def case_rows(case: LiveCase) -> list[Row]:
     """The running case score and its control, below the field's own result."""
+    if case.assay == "hep2":
+        return hep2_case_rows(case)
     if case.score is not None:
         score = f"Case score {case.score} {case.category or ''}".rstrip()
     else:
@@ -285,6 +288,27 @@ def case_rows(case: LiveCase) -> list[Row]:
         rows.append(Row((Item("CONTROL NOT CHECKED: scores not validated", ALERT_COLOUR),)))
     if case.flags:
         rows.append(Row((Item(f"{case.flags} flag(s): heterogeneous or borderline, look again",
+                              ALERT_COLOUR),)))
+    return rows
+
+
+def hep2_case_rows(case: LiveCase) -> list[Row]:
+    """A HEp-2 case: the well's running call from its fields so far, and the kit controls."""
+    call = case.score or "not yet (no field scored)"
+    rows = [Row((Item(f"Case {case.case_id}", DIM_COLOUR),)),
+            Row((Item(f"Well: {call} - {case.fields_counted} fields, {case.tumour_cells} cells",
+                      TEXT_COLOUR),))]
+    if case.mode == "control":
+        rows.append(Row((Item(f"KIT CONTROL ({case.control_expected}): show the control well",
+                              ALERT_COLOUR),)))
+    elif case.control == "valid":
+        rows.append(Row((Item("Kit controls valid", DIM_COLOUR),)))
+    elif case.control == "failed":
+        rows.append(Row((Item("KIT CONTROL FAILED: call not valid", ALERT_COLOUR),)))
+    else:
+        rows.append(Row((Item("KIT CONTROLS NOT CHECKED: call not validated", ALERT_COLOUR),)))
+    if case.flags:
+        rows.append(Row((Item(f"{case.flags} field(s) unlike the well: another well's?",
                               ALERT_COLOUR),)))
     return rows
 

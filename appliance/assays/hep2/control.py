@@ -1,0 +1,114 @@
+"""A HEp-2 kit control check: does the control well read as the kit says it should?
+
+Every IIF run carries the kit's controls on its slide: a negative control serum, and a
+positive one with a stated pattern (most kits: homogeneous, AC-1). The box reads a control
+well as it reads a patient's (its fields pooled, ``well.call_well``) and checks the call:
+
+- **negative** expected: the well must read negative (below the cut-off);
+- a **pattern** expected (class name or ICAP code): the well must read positive with that
+  pattern first. A look-alike subtype first (dense fine speckled for fine speckled) fails
+  too, with the reason saying so: the control is what shows that the box tells them apart
+  on this microscope. On a 10x field the reason asks for 20x or 40x.
+
+A well that cannot be scored (no field scored, wrong stain, ...) fails with its reason:
+a control that was not read validates nothing. Pure: it reads the fields' results only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.assays.hep2.patterns import NAMES, canonical, pattern
+from appliance.assays.hep2.specimen import look_alikes, too_coarse_for_subtypes
+from appliance.assays.hep2.types import Hep2Result
+from appliance.assays.hep2.well import Hep2WellResult, call_well
+from appliance.config import Hep2Config
+
+NEGATIVE = "negative"
+
+
+def control_expectation(text: str) -> str:
+    """The class a control must read as, from a class name, an alias or an ICAP code
+    ("negative", "AC-0", "homogeneous", "AC-1", ...); ValueError naming the known ones."""
+    try:
+        return canonical(text)
+    except ValueError:
+        raise ValueError(f"HEp-2 control {text!r} is neither 'negative' nor a pattern's class "
+                         f"name or ICAP code ({', '.join(NAMES)}; AC-0..AC-22)") from None
+
+
+def describe(name: str) -> str:
+    """``AC-1 homogeneous`` for a class name."""
+    p = pattern(name)
+    return f"{p.icap} {p.label}"
+
+
+@dataclass(frozen=True)
+class Hep2ControlCheck:
+    """The decision on one control well."""
+
+    expected: str  # class name ("negative" for the negative control)
+    valid: bool
+    reasons: tuple[str, ...]
+    well: Hep2WellResult | None  # None when no field was shown
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored / reported form (the well as its call in short)."""
+        w = self.well
+        return {
+            "expected": self.expected, "expected_icap": pattern(self.expected).icap,
+            "valid": self.valid, "reasons": list(self.reasons),
+            "fields": len(w.fields) if w else 0,
+            "fields_refused": len(w.fields_refused) if w else 0,
+            "status": w.status if w else "not_scorable",
+            "positive": w.positive if w else None,
+            "intensity": (None if w is None or w.intensity_level is None else
+                          {"level": w.intensity_level, "value": round(w.intensity_units or 0.0, 2),
+                           "calibrated": w.intensity_calibrated}),
+            "patterns": [p.icap for p in w.patterns] if w else [],
+            "cells_interphase": w.cells_interphase if w else 0,
+        }
+
+
+def evaluate_control(results: Sequence[Hep2Result], expected: str, cfg: Hep2Config
+                     ) -> Hep2ControlCheck:
+    """Pool the control's fields (returns to one field already left out by the caller) and
+    check the call against ``expected`` (a class name: see :func:`control_expectation`)."""
+    expected = control_expectation(expected)
+    if not results:
+        return Hep2ControlCheck(expected, False, ("no control field was shown",), None)
+    try:
+        well = call_well(results, cfg)
+    except ValueError as exc:  # fields of two models
+        return Hep2ControlCheck(expected, False, (f"the control's fields do not pool: {exc}",),
+                                None)
+    return Hep2ControlCheck(expected, *_verdict(well, expected, cfg), well)
+
+
+def _verdict(well: Hep2WellResult, expected: str, cfg: Hep2Config
+             ) -> tuple[bool, tuple[str, ...]]:
+    if not well.scored:
+        return False, (f"the control could not be read: {well.reason}",)
+    first = well.patterns[0].name if well.patterns else None
+    if expected == NEGATIVE:
+        if well.positive:
+            what = describe(first) if first else "no pattern"
+            return False, (f"the negative control reads positive ({what}, "
+                           f"{well.intensity_level}, {well.intensity_units:.0f} units): the "
+                           "run's background is too high or the box's cut-off does not fit "
+                           "this microscope",)
+        return True, (f"negative as expected ({well.intensity_units:.0f} units)",)
+    if not well.positive or first is None:
+        return False, (f"the positive control reads negative ({well.intensity_units:.0f} "
+                       f"units), {describe(expected)} expected: the run or the lamp is too "
+                       "weak",)
+    if first == expected:
+        return True, (f"{describe(expected)} as expected, {well.intensity_level}",)
+    coarse = too_coarse_for_subtypes(well.um_per_px, cfg.specimen)
+    why = f"reads {describe(first)} first, {describe(expected)} expected"
+    if look_alikes(first, expected, coarse=coarse):
+        why += (": a look-alike subtype" + (", read at a 10x scale: check it at 20x or 40x"
+                                            if coarse else ""))
+    return False, (why,)

@@ -1,0 +1,424 @@
+"""HEp-2 cases: a patient's well pooled from its fields, and the kit controls checked in it.
+
+The control rules and the case summary are pure and tested on made-up field results;
+the workflow runs on a real SQLite store, through the recorder's companion hook as in
+the service, with the fields' overlay fingerprints telling a return to a field.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+import referencing
+from paho.mqtt.enums import CallbackAPIVersion
+
+from appliance.assays.hep2.control import (
+    Hep2ControlCheck,
+    control_expectation,
+    evaluate_control,
+)
+from appliance.assays.hep2.types import Hep2Result
+from appliance.assays.her2.types import FieldResult
+from appliance.config import Config, ConfigError, with_overrides
+from appliance.outputs import hep2_json
+from appliance.outputs import mqtt_contract as contract
+from appliance.outputs.display.live import LiveCase, case_rows
+from appliance.outputs.store import ResultStore
+from appliance.service.cases import CaseError, CaseWorkflow
+from appliance.service.hep2_case_summary import Hep2CaseSummary
+from appliance.service.recorder import Recorder
+from tests.broker import Mosquitto
+from tests.imagefiles import write_rgb
+from tests.test_hep2_well import CFG, MODEL, cell, field, refused
+
+CASE_SCHEMA = contract.SCHEMA_DIR / "hep2-case.schema.json"
+
+
+def homogeneous(name: str, *, brightness: float = 80.0, n: int = 20) -> Hep2Result:
+    return field([cell("homogeneous", brightness=brightness)] * n, name)
+
+
+def negative(name: str) -> Hep2Result:
+    return field([cell("negative", brightness=8.0)] * 20, name)
+
+
+# ------------------------------------------------------------------- the control rules
+
+
+def test_control_expectations_are_names_codes_or_negative() -> None:
+    assert control_expectation("negative") == "negative"
+    assert control_expectation("AC-0") == "negative"
+    assert control_expectation("AC-1") == "homogeneous"
+    assert control_expectation("fine speckled") == "fine_speckled"
+    with pytest.raises(ValueError, match="neither 'negative' nor a pattern"):
+        control_expectation("3+")
+    with pytest.raises(ConfigError, match=r"hep2\.control\.default_expected"):
+        with_overrides(Config(), {"hep2.control.default_expected": "AC-99"})
+
+
+def test_a_positive_control_must_read_its_pattern_first() -> None:
+    ok = evaluate_control([homogeneous("c1.png"), homogeneous("c2.png")], "AC-1", CFG)
+    assert ok.valid and ok.expected == "homogeneous"
+    assert "AC-1 nuclear homogeneous as expected" in ok.reasons[0]
+    other = evaluate_control([field([cell("centromere")] * 20, "c.png")], "AC-1", CFG)
+    assert not other.valid
+    assert other.reasons == ("reads AC-3 centromere first, AC-1 nuclear homogeneous expected",)
+    # A look-alike subtype fails too, and the reason says which kind of miss it is.
+    alike = evaluate_control([field([cell("dense_fine_speckled")] * 20, "c.png")],
+                             "fine_speckled", CFG)
+    assert not alike.valid and "look-alike subtype" in alike.reasons[0]
+    dim = evaluate_control([field([cell("homogeneous", brightness=8.0)] * 20, "c.png")],
+                           "AC-1", CFG)
+    assert not dim.valid and "reads negative" in dim.reasons[0]
+
+
+def test_a_negative_control_must_read_negative() -> None:
+    assert evaluate_control([negative("n.png")], "negative", CFG).valid
+    high = evaluate_control([homogeneous("n.png")], "negative", CFG)
+    assert not high.valid and "negative control reads positive (AC-1" in high.reasons[0]
+
+
+def test_a_control_not_read_validates_nothing() -> None:
+    none = evaluate_control([], "AC-1", CFG)
+    assert not none.valid and none.reasons == ("no control field was shown",)
+    unread = evaluate_control([refused("c.png")], "negative", CFG)
+    assert not unread.valid and "could not be read" in unread.reasons[0]
+    other_model = replace(homogeneous("d.png"), model=replace(MODEL, sha256="cd" * 32))
+    mixed = evaluate_control([homogeneous("c.png"), other_model], "AC-1", CFG)
+    assert not mixed.valid and "do not pool" in mixed.reasons[0]
+    doc = unread.to_dict()
+    assert doc["expected_icap"] == "AC-0" and doc["status"] == "not_scorable"
+
+
+# ------------------------------------------------------------------- stored results
+
+
+def test_a_stored_field_reads_back_as_it_was_scored() -> None:
+    original = field([cell("homogeneous"), cell("golgi", edge=True),
+                      cell("homogeneous", mitosis="mitotic_plate_stained")], "f.png")
+    doc = json.loads(hep2_json.to_json(hep2_json.result_to_dict(original, include_cells=True)))
+    back = hep2_json.result_from_dict(doc)
+    assert back.patterns == original.patterns and back.positive == original.positive
+    assert back.intensity_units == pytest.approx(original.intensity_units, abs=0.01)
+    for a, b in zip(back.cells, original.cells, strict=True):
+        assert (a.pattern, a.mitosis, a.touches_edge) == (b.pattern, b.mitosis, b.touches_edge)
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-4)
+    with pytest.raises(ValueError, match="not a stored HEp-2 field result"):
+        hep2_json.result_from_dict(hep2_json.result_to_dict(original))  # no cells kept
+
+
+# ------------------------------------------------------------------- the workflow
+
+
+def picture(seed: int) -> np.ndarray:
+    """A distinct field image (its fingerprint tells it from the others)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    return np.kron(small, np.ones((40, 40, 1), np.uint8))
+
+
+class Bench:
+    """A store, the workflow and the recorder, as `appliance score` and the service wire
+    them; the running assay is ``assay``."""
+
+    def __init__(self, tmp_path: Path, assay: str = "hep2") -> None:
+        self.cfg = with_overrides(Config(), {"store.path": str(tmp_path / "r.sqlite"),
+                                             "assay": assay})
+        self.store = ResultStore(self.cfg.store.path)
+        self.messages: list[dict[str, object]] = []
+        self.cases = CaseWorkflow(self.cfg, self.store, case_message=self._message)
+        self.recorder = Recorder(
+            store=self.store, config_sha256=self.cfg.sha256(), overlay_dir=None,
+            out=io.StringIO(), companion_for=lambda r, img: self.cases.companion(
+                r, img, source="score"), after_store=[self.cases.after_field])
+
+    def _message(self, summary: dict[str, object]):  # type: ignore[no-untyped-def]
+        self.messages.append(summary)
+        return lambda msg_id, seq: ("case", contract.encode(contract.case_message(
+            "box-1", summary, msg_id=msg_id, seq=seq)))
+
+    def show(self, result: Hep2Result | FieldResult, seed: int) -> None:
+        self.recorder.record(result, picture(seed))
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    b = Bench(tmp_path)
+    yield b
+    b.store.close()
+
+
+def case_validator() -> jsonschema.Draft202012Validator:
+    result_schema = hep2_json.load_schema()
+    registry = referencing.Registry().with_resource(
+        result_schema["$id"], referencing.Resource.from_contents(result_schema))
+    return jsonschema.Draft202012Validator(json.loads(CASE_SCHEMA.read_text()),
+                                           registry=registry)
+
+
+def test_a_hep2_case_pools_its_fields_once_each_into_the_well_call(bench: Bench) -> None:
+    row = bench.cases.start_case("S26-1-W3", source="cli")
+    assert row.assay == "hep2"
+    bench.show(homogeneous("a.png"), seed=1)
+    bench.show(field([cell("homogeneous")] * 8 + [cell("cyto_fibrillar")] * 12, "b.png"), 2)
+    bench.show(homogeneous("a-again.png", brightness=200.0), seed=1)  # back to field 1
+    bench.show(refused("c.png"), seed=3)
+    live = bench.cases.live()
+    assert live is not None and live.assay == "hep2" and live.fields_counted == 2
+    summary = bench.cases.summary()
+    assert isinstance(summary, Hep2CaseSummary)
+    assert summary.counted == {1, 2}
+    doc = bench.cases.end_case(None, source="cli")
+    assert doc["assay"] == "hep2" and doc["status"] == "scored" and doc["positive"] is True
+    assert [p["icap"] for p in doc["patterns"]] == ["AC-1", "AC-15"]  # mixed, both named
+    assert doc["fields_counted"] == 2 and doc["fields_total"] == 4
+    assert doc["cell_counts"]["interphase"] == 40  # field 1's return is not counted again
+    assert doc["intensity"]["value"] == pytest.approx(80.0)  # nor its brighter cells
+    notes = {f["number"]: f["note"] for f in doc["fields"]}
+    assert notes[3] == "return to field 1: counted once"
+    assert notes[4].startswith("not counted: out of focus")
+    assert doc["control"]["status"] == "not_checked"
+    assert any("kit controls not checked" in w for w in doc["warnings"])
+    # The message the outbox sends follows its schema.
+    message = contract.case_message("box-1", doc, msg_id="m1", seq=1)
+    assert message["schema"] == "eyepiece.hep2-case/1"
+    case_validator().validate(json.loads(contract.encode(message)))
+    with pytest.raises(jsonschema.ValidationError):
+        case_validator().validate({**message, "case": {**doc, "positive": "yes"}})
+    assert bench.messages == [doc]
+
+
+def test_kit_controls_are_checked_in_their_own_rounds(bench: Bench) -> None:
+    bench.cases.start_case("S26-2", source="mqtt")
+    with pytest.raises(CaseError, match="neither 'negative' nor a pattern"):
+        bench.cases.start_control("3+", source="mqtt")
+    started = bench.cases.start_control(None, source="button")  # the default: AC-1
+    assert started["expected"] == "homogeneous" and started["round"] == 1
+    live = bench.cases.live()
+    assert live is not None and live.control == "checking"
+    assert live.control_expected == "AC-1 nuclear homogeneous"
+    bench.show(homogeneous("pos.png"), seed=10)
+    first = bench.cases.end_control(source="button")
+    assert isinstance(first, Hep2ControlCheck) and first.valid
+    bench.cases.start_control("negative", source="cli")
+    bench.show(homogeneous("neg.png", brightness=60.0), seed=11)  # a high negative control
+    assert not bench.cases.end_control(source="cli").valid
+    bench.show(negative("patient.png"), seed=12)
+    doc = bench.cases.end_case(None, source="cli")
+    assert doc["control"]["status"] == "failed"
+    assert doc["warnings"][0].startswith("kit control FAILED")
+    assert [c["valid"] for c in doc["control"]["checks"]] == [True, False]
+    # Control fields never join the patient's call.
+    assert doc["positive"] is False and doc["fields_counted"] == 1
+    assert [f["role"] for f in doc["fields"]] == ["control", "control", "patient"]
+    case_validator().validate(json.loads(contract.encode(
+        contract.case_message("box-1", doc, msg_id="m1", seq=1))))
+
+
+def test_a_repeated_control_replaces_the_failed_one(bench: Bench) -> None:
+    bench.cases.start_case("S26-3", source="cli")
+    for expected, result, seed in (("negative", homogeneous("n1.png"), 1),
+                                   ("negative", negative("n2.png"), 2),
+                                   ("AC-1", homogeneous("p.png"), 3)):
+        bench.cases.start_control(expected, source="cli")
+        bench.show(result, seed)
+        bench.cases.end_control(source="cli")
+    bench.show(homogeneous("patient.png"), seed=4)
+    summary = bench.cases.summary()
+    assert isinstance(summary, Hep2CaseSummary)
+    assert summary.control_status == "valid"
+    assert not any("control" in w for w in summary.warnings)
+
+
+def test_one_missing_kit_control_is_named(bench: Bench) -> None:
+    bench.cases.start_case("S26-4", source="cli")
+    bench.cases.start_control("AC-1", source="cli")
+    bench.show(homogeneous("p.png"), seed=1)
+    bench.cases.end_control(source="cli")
+    summary = bench.cases.summary()
+    assert summary.control_status == "valid"
+    assert "the kit's negative control was not checked" in summary.warnings
+
+
+def test_a_case_takes_only_its_own_assays_fields(tmp_path: Path) -> None:
+    her2 = Bench(tmp_path, assay="her2")
+    try:
+        her2.cases.start_case("S26-5", source="cli")  # a HER2 case, opened by the CLI
+        her2.show(homogeneous("iif.png"), seed=1)  # while a HEp-2 field is scored
+        with sqlite3.connect(her2.cfg.store.path) as conn:
+            assert conn.execute("SELECT count(*) FROM case_fields").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM results").fetchone()[0] == 1
+        her2.cases.end_case(None, source="cli")
+        # A HER2 field context is not given by a HEp-2 case.
+        her2.cases.start_case("S26-6", source="cli", assay="hep2")
+        assert her2.cases.context() is None
+    finally:
+        her2.store.close()
+
+
+def test_an_empty_hep2_case_closes_as_not_scorable(bench: Bench) -> None:
+    bench.cases.start_case(None, source="button")
+    assert bench.cases.live() is not None
+    doc = bench.cases.end_case(None, source="button")
+    assert doc["status"] == "not_scorable" and doc["reason_code"] == "no_field"
+    assert doc["positive"] is None and doc["fields"] == []
+    case_validator().validate(json.loads(contract.encode(
+        contract.case_message("box-1", doc, msg_id="m1", seq=1))))
+
+
+def test_the_panel_shows_the_wells_running_call() -> None:
+    live = LiveCase(case_id="h-1", mode="tumour", control="not_checked",
+                    control_expected=None, calibration="", score="positive AC-1, strong",
+                    category=None, fields_counted=3, tumour_cells=61, flags=1, assay="hep2")
+    texts = [item.text for row in case_rows(live) for item in row.items]
+    assert "Well: positive AC-1, strong - 3 fields, 61 cells" in texts
+    assert "KIT CONTROLS NOT CHECKED: call not validated" in texts
+    assert "1 field(s) unlike the well: another well's?" in texts
+    checking = case_rows(replace(live, mode="control", control="checking",
+                                 control_expected="AC-0 negative"))
+    assert any("KIT CONTROL (AC-0 negative)" in i.text for r in checking for i in r.items)
+
+
+def test_her2_cases_are_unchanged_by_the_assay_column(tmp_path: Path) -> None:
+    b = Bench(tmp_path, assay="her2")
+    try:
+        row = b.cases.start_case("S26-7", source="cli")
+        assert row.assay == "her2"
+        with pytest.raises(CaseError, match="is not one of 0, 1\\+, 2\\+, 3\\+"):
+            b.cases.start_control("AC-1", source="cli")
+        doc = b.cases.end_case(None, source="cli")
+        assert "score" in doc and "assay" not in doc
+        assert contract.case_message("box-1", doc, msg_id="m", seq=1)["schema"] == \
+            "eyepiece.case/1"
+    finally:
+        b.store.close()
+
+
+def test_unreadable_stored_fields_are_named_not_fatal(bench: Bench) -> None:
+    bench.cases.start_case("S26-8", source="cli")
+    bench.show(homogeneous("a.png"), seed=1)
+    bench.show(homogeneous("b.png"), seed=2)
+    with sqlite3.connect(bench.cfg.store.path) as conn:
+        conn.execute("UPDATE results SET result_json = '{\"assay\": \"hep2\"}' WHERE id = 2")
+    doc = bench.cases.end_case(None, source="cli")
+    assert doc["fields_counted"] == 1
+    assert any(w.startswith("field 2 is left out") for w in doc["warnings"])
+
+
+# ------------------------------------------------------------------- the running box
+
+
+def test_mqtt_drives_a_hep2_case_in_the_running_box(tmp_path: Path, broker: Mosquitto) -> None:
+    """`appliance run` on replayed HEp-2 fields, a real broker: the case takes the fields,
+    the box will not switch assay under it, and its close sends the well's call."""
+    from tests.test_case_service import appliance, config
+    from tests.test_hep2_assay import field as iif_field
+    from tests.test_mqtt_service import DEVICE, Subscriber, finish
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    for i in range(2):
+        write_rgb(folder / f"w{i}.png", iif_field("homogeneous", seed=71_040 + i))
+    cfg = config(tmp_path, folder, mqtt_port=broker.port)
+    cfg.write_text('assay = "hep2"\n' + cfg.read_text(encoding="utf-8"), encoding="utf-8")
+    status = Subscriber(broker.port, f"eyepiece/{DEVICE}/status", client_id="status-watch")
+    replies = Subscriber(broker.port, f"eyepiece/{DEVICE}/cmd/+/reply", client_id="replies")
+    cases = Subscriber(broker.port, f"eyepiece/{DEVICE}/case", client_id="cases")
+    fields = Subscriber(broker.port, f"eyepiece/{DEVICE}/field", client_id="fields")
+    log = tmp_path / "service.log"
+    proc = appliance("run", "--config", str(cfg), cwd=tmp_path, background=True, log=log)
+    assert isinstance(proc, subprocess.Popen)
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dashboard-cmd")
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    sent: list[str] = []
+
+    def command(name: str, body: dict[str, object]) -> dict[str, Any]:
+        sent.append(name)
+        rid = f"r-{len(sent)}"
+        sender.publish(f"eyepiece/{DEVICE}/cmd/{name}",
+                       json.dumps({**body, "request_id": rid}), qos=1)
+        got = replies.wait_for(f"reply to {name}", lambda ms: any(
+            json.loads(m.payload).get("request_id") == rid for m in ms))
+        return next(json.loads(m.payload) for m in got
+                    if json.loads(m.payload).get("request_id") == rid)
+
+    try:
+        status.wait_for("birth", lambda ms: any(json.loads(m.payload)["status"] == "online"
+                                                for m in ms))
+        wrong = command("start_case", {"case_id": "w-1", "assay": "her2"})
+        assert wrong["ok"] is False and "set_assay her2 first" in json.dumps(wrong)
+        started = command("start_case", {"case_id": "w-1"})
+        assert started["ok"] is True and started["result"]["assay"] == "hep2", started
+        fields.wait_for("fields of the case", lambda ms: sum(
+            json.loads(m.payload)["case_id"] == "w-1" for m in ms) >= 2)
+        switch = command("set_assay", {"assay": "her2"})
+        assert switch["ok"] is False and "end it before" in json.dumps(switch)
+        ended = command("end_case", {"case_id": "w-1"})
+        assert ended["ok"] is True, ended
+        body = json.loads(cases.wait_for("the case message", lambda ms: len(ms) >= 1)[0].payload)
+    finally:
+        sender.loop_stop()
+        proc.send_signal(signal.SIGTERM)
+        finish(proc, log)
+        for s in (status, replies, cases, fields):
+            s.close()
+    assert body["schema"] == "eyepiece.hep2-case/1"
+    case_validator().validate(body)
+    case = body["case"]
+    assert case["case_id"] == "w-1" and case["positive"] is True
+    assert case["patterns"][0]["icap"] == "AC-1"
+    # The replay loops over its two fields: each is counted once however often it is seen.
+    assert 1 <= case["fields_counted"] <= 2 <= case["fields_total"]
+    assert case["control"]["status"] == "not_checked"
+
+
+def test_the_case_cli_and_score_run_a_hep2_case(tmp_path: Path) -> None:
+    """`appliance case` and `appliance score --assay hep2` as separate processes on one
+    store, the real model: a kit control that fails, then the patient's fields."""
+    from tests.test_case_service import appliance, config
+    from tests.test_hep2_assay import field as iif_field
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    paths = []
+    for name, p, seed in (("ctrl", "homogeneous", 71_050), ("p1", "centromere", 71_051),
+                          ("p2", "centromere", 71_052)):
+        write_rgb(folder / f"{name}.png", iif_field(p, seed=seed))
+        paths.append(str(folder / f"{name}.png"))
+    cfg = str(config(tmp_path, folder))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        done = appliance(*args, "--config", cfg, cwd=tmp_path)
+        assert isinstance(done, subprocess.CompletedProcess)
+        return done
+
+    assert "opened (hep2)" in run("case", "start", "w-2", "--assay", "hep2").stdout
+    assert run("case", "control", "start", "--expected", "negative").returncode == 0
+    assert run("score", "--assay", "hep2", paths[0]).returncode == 0
+    failed = run("case", "control", "end")
+    assert failed.returncode == 1 and "FAILED" in failed.stdout
+    assert "negative control reads positive (AC-1" in failed.stdout
+    assert run("score", "--assay", "hep2", *paths[1:]).returncode == 0
+    closed = run("case", "end")
+    assert closed.returncode == 0, closed.stderr
+    assert "well: positive AC-3" in closed.stdout and "kit controls failed" in closed.stdout
+    summary = json.loads(run("case", "status", "w-2", "--json").stdout)
+    assert summary["fields_counted"] == 2 and summary["patterns"][0]["icap"] == "AC-3"
+    assert [f["role"] for f in summary["fields"]] == ["control", "patient", "patient"]
+    report = run("report", "w-2", "--out", str(tmp_path / "rep"))
+    assert report.returncode == 2 and "HER2 cases only" in report.stderr
+    listed = run("case", "list").stdout
+    assert "hep2" in listed and "call positive AC-3" in listed
