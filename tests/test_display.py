@@ -580,3 +580,18 @@ def test_the_panel_shows_the_running_case_score_beside_the_field(
                       processed_fps=2.0, latency_ms=300.0)
     assert not any("Case" in item.text for row in panel_rows(result, bare)
                    for item in row.items)
+
+
+def test_panel_rows_that_do_not_fit_are_left_out_whole() -> None:
+    from appliance.outputs.display.live import fitting_rows
+    from appliance.outputs.overlay import Item, Row
+
+    style = live_layout((640, 480), (1280, 720)).style
+    short = Row((Item("Case h-1 well: positive AC-1", TEXT_COLOUR),))
+    long = Row((Item("Warning: " + "a long warning that wraps " * 8, ALERT_COLOUR),))
+    one_line = fitting_rows([short], style, 320, 10_000)
+    height = max(g.baseline for g in one_line) + 40  # room for the short row and a bit
+    fitted = fitting_rows([short, long, short], style, 320, height)
+    assert [g.text for g in fitted] == [g.text for g in one_line]  # no half warning
+    everything = fitting_rows([short, long, short], style, 320, 10_000)
+    assert len(everything) > 3 and everything[0].text == one_line[0].text

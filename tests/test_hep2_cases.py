@@ -36,7 +36,7 @@ from appliance.outputs import hep2_json
 from appliance.outputs import mqtt_contract as contract
 from appliance.outputs.display.live import LiveCase, case_rows
 from appliance.outputs.store import ResultStore
-from appliance.service.cases import CaseError, CaseWorkflow
+from appliance.service.cases import CaseError, CaseWorkflow, case_needs_attention
 from appliance.service.hep2_case_summary import Hep2CaseSummary
 from appliance.service.recorder import Recorder
 from tests.broker import Mosquitto
@@ -242,14 +242,17 @@ def test_a_repeated_control_replaces_the_failed_one(bench: Bench) -> None:
     assert not any("control" in w for w in summary.warnings)
 
 
-def test_one_missing_kit_control_is_named(bench: Bench) -> None:
+def test_one_missing_kit_control_leaves_the_call_unvalidated(bench: Bench) -> None:
     bench.cases.start_case("S26-4", source="cli")
     bench.cases.start_control("AC-1", source="cli")
     bench.show(homogeneous("p.png"), seed=1)
     bench.cases.end_control(source="cli")
     summary = bench.cases.summary()
-    assert summary.control_status == "valid"
-    assert "the kit's negative control was not checked" in summary.warnings
+    assert summary.control_status == "incomplete"
+    assert summary.warnings[0].startswith("the kit's negative control was not checked")
+    live = bench.cases.live()
+    assert live is not None and live.control == "incomplete"
+    assert case_needs_attention(live)  # the status light asks for it
 
 
 def test_a_case_takes_only_its_own_assays_fields(tmp_path: Path) -> None:
@@ -283,7 +286,7 @@ def test_the_panel_shows_the_wells_running_call() -> None:
                     control_expected=None, calibration="", score="positive AC-1, strong",
                     category=None, fields_counted=3, tumour_cells=61, flags=1, assay="hep2")
     texts = [item.text for row in case_rows(live) for item in row.items]
-    assert "Well: positive AC-1, strong - 3 fields, 61 cells" in texts
+    assert "Case h-1 well: positive AC-1, strong (3 fields, 61 cells)" in texts
     assert "KIT CONTROLS NOT CHECKED: call not validated" in texts
     assert "1 field(s) unlike the well: another well's?" in texts
     checking = case_rows(replace(live, mode="control", control="checking",
@@ -422,3 +425,11 @@ def test_the_case_cli_and_score_run_a_hep2_case(tmp_path: Path) -> None:
     assert report.returncode == 2 and "HER2 cases only" in report.stderr
     listed = run("case", "list").stdout
     assert "hep2" in listed and "call positive AC-3" in listed
+
+
+def test_the_field_fingerprint_tells_hep2_fields_apart() -> None:
+    from tools.probe_hep2_fingerprint import pair_similarities
+
+    cut = Config().her2.case.duplicate_similarity
+    different, again = pair_similarities(3)  # one pair at each objective
+    assert max(different) < cut <= min(again)

@@ -32,7 +32,7 @@ STARTED = NOW - timedelta(hours=2)
 MODEL = ModelRef(name="her2-cells-unet", sha256="ab" * 32, precision="int8",
                  validated_on="generated data (synthetic H-DAB fields), v1")
 SALT = b"0123456789abcdef-site-salt"
-PAYLOAD_SCHEMAS = ("status", "field", "case", "health", "metrics", "reply")
+PAYLOAD_SCHEMAS = ("status", "field", "case", "hep2-case", "health", "metrics", "reply")
 
 
 # ------------------------------------------------------------------------ helpers

@@ -10,6 +10,9 @@
 * ``docs/img/hep2-overlay-counterstain-mono.png``: a negative well with a red counterstain
   that a monochrome camera records through a long-pass filter, refused as
   ``unstained_light`` instead of being called positive;
+* ``docs/img/hep2-live-case.png``: the live display in a HEp-2 case (one patient's well):
+  the field's own call, then the well's running call over the fields so far and the kit
+  controls' state (docs/cases.md, "HEp-2 cases");
 * ``docs/img/hep2-crops-by-objective.png``: the crops the classifier sees of the
   few-spots patterns (nuclear dots, nucleolar) at 40x, 20x and 10x, cut as the assay cuts
   them: why their subtypes are read well at 20x and 40x and not at 10x.
@@ -19,6 +22,8 @@
 
 from __future__ import annotations
 
+import io
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -30,6 +35,9 @@ from appliance.capture.frame import Frame
 from appliance.config import Config, with_overrides
 from appliance.outputs.display.live import LiveStatus, compose_live
 from appliance.outputs.hep2_overlay import render_overlay
+from appliance.outputs.store import ResultStore
+from appliance.service.cases import CaseWorkflow
+from appliance.service.recorder import Recorder
 from tools.hep2_dataset import field_cell_crops
 from tools.synth import camera_looks
 from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
@@ -110,8 +118,43 @@ def counterstained_negative() -> np.ndarray:
     return camera_looks.monochrome_sum(red, 0.6)
 
 
+def live_in_a_case(assay: Hep2Assay, cfg: Config) -> np.ndarray:
+    """The live display on the third field of a patient's well (centromere + Golgi-like)
+    in a case whose positive kit control was checked and whose negative one was not."""
+    with tempfile.TemporaryDirectory() as tmp:
+        case_cfg = with_overrides(cfg, {"store.path": str(Path(tmp) / "r.sqlite")})
+        with ResultStore(case_cfg.store.path) as store:
+            cases = CaseWorkflow(case_cfg, store)
+            recorder = Recorder(store=store, config_sha256=case_cfg.sha256(), overlay_dir=None,
+                                out=io.StringIO(), after_store=[cases.after_field],
+                                companion_for=lambda r, img: cases.companion(
+                                    r, img, source="pipeline"))
+            cases.start_case("S26-0412-W3", source="mqtt")
+            cases.start_control("AC-1", source="mqtt")
+            shown = []
+            for seq, (patterns, seed) in enumerate(
+                    [((("homogeneous", 1.0),), 61_010)]
+                    + [((("centromere", 0.5), ("golgi", 0.5)), 61_011 + k) for k in range(3)],
+                    start=1):
+                image = generate_hep2_field(Hep2FieldSpec(
+                    seed=seed, width=1024, height=768, um_per_px=0.5, patterns=patterns,
+                    intensity=120.0)).image
+                result = assay.score(Frame(image=image, seq=seq, timestamp=0.0,
+                                           source="camera", um_per_px=0.5))
+                recorder.record(result, image)
+                if seq == 1:
+                    cases.end_control(source="mqtt")
+                shown.append((image, result))
+            live = cases.live()
+    image, result = shown[-1]
+    status = LiveStatus(source_state="streaming", source_reason="", stage="stable",
+                        reported=True, result_in_view=True, capture_fps=30.0,
+                        processed_fps=3.9, latency_ms=320.0, case=live)
+    return compose_live(image, result, status, size=(1280, 720))
+
+
 def main() -> int:
-    """Write the six pictures."""
+    """Write the seven pictures."""
     cfg = with_overrides(Config(), {"assay": "hep2"})
     with Hep2Assay.from_config(cfg) as assay:
         ac1 = generate_hep2_field(Hep2FieldSpec(
@@ -146,6 +189,7 @@ def main() -> int:
         result = assay.score(Frame(image=mono, seq=5, timestamp=0.0,
                                    source="negative-red-mono.png", um_per_px=0.5))
         _write("hep2-overlay-counterstain-mono.png", render_overlay(mono, result))
+        _write("hep2-live-case.png", live_in_a_case(assay, cfg))
     _write("hep2-crops-by-objective.png", crop_sheet(cfg))
     return 0
 

@@ -40,36 +40,73 @@ MITOSIS_COLOUR: RGB = (255, 0, 255)
 
 def banner_rows(result: Hep2Result) -> list[Row]:
     """The banner under the picture, row by row."""
-    rows: list[Row] = []
+    rows = [*headline_rows(result), *measure_rows(result), *cell_rows(result),
+            *warning_rows(result)]
+    return [r for r in rows if r.items]
+
+
+def headline_rows(result: Hep2Result) -> list[Row]:
+    """The call in large letters: one row per pattern."""
     if not result.scored:
-        rows.append(Row((Item(f"NOT SCORABLE: {result.reason}", ALERT_COLOUR),), big=True))
-    elif not result.positive:
-        rows.append(Row((Item(f"ANA NEGATIVE (AC-0)   intensity {result.intensity_units:.0f}",
+        return [Row((Item(f"NOT SCORABLE: {result.reason}", ALERT_COLOUR),), big=True)]
+    if not result.positive:
+        return [Row((Item(f"ANA NEGATIVE (AC-0)   intensity {result.intensity_units:.0f}",
+                          TEXT_COLOUR),), big=True)]
+    if not result.patterns:
+        return [Row((Item("ANA POSITIVE - pattern not determinable here", TEXT_COLOUR),),
+                    big=True)]
+    first = result.patterns[0]
+    rows = [Row((Item(f"ANA POSITIVE {first.icap} {first.label}", TEXT_COLOUR),), big=True)]
+    for p in result.patterns[1:]:
+        rows.append(Row((Item(f"+ {p.icap} {p.label} ({100 * p.share:.0f}% of cells)",
                               TEXT_COLOUR),), big=True))
-    elif not result.patterns:
-        rows.append(Row((Item("ANA POSITIVE - pattern not determinable here", TEXT_COLOUR),),
-                        big=True))
-    else:
-        first = result.patterns[0]
-        rows.append(Row((Item(f"ANA POSITIVE {first.icap} {first.label}", TEXT_COLOUR),),
-                        big=True))
-        for p in result.patterns[1:]:
-            rows.append(Row((Item(f"+ {p.icap} {p.label} ({100 * p.share:.0f}% of cells)",
-                                  TEXT_COLOUR),), big=True))
-    if result.scored and result.positive:
-        units = "units" if result.intensity_calibrated else "relative units"
-        rows.append(Row((Item(f"Intensity {result.intensity_level}: {result.intensity_units:.0f}"
-                              f" {units}", TEXT_COLOUR),)))
-        rows.append(Row(tuple(Item(f"{p.icap}: {p.evidence}", TEXT_COLOUR)
-                              for p in result.patterns if p.evidence)))
-    rows.append(Row((Item(f"Cells: {len(result.cells)} ({result.cells_interphase} interphase, "
-                          f"{result.cells_mitotic} metaphase)", TEXT_COLOUR),)))
+    return rows
+
+
+def live_headline_rows(result: Hep2Result) -> list[Row]:
+    """The call for the live panel, which is narrow: the codes in large letters, then one
+    ordinary row per pattern with its name and evidence."""
+    if not (result.scored and result.positive and result.patterns):
+        return headline_rows(result)
+    codes = " + ".join(p.icap for p in result.patterns)
+    rows = [Row((Item(f"ANA POSITIVE {codes}", TEXT_COLOUR),), big=True)]
+    rows += [Row((Item(f"{p.icap} {p.label}" + (f": {p.evidence}" if p.evidence else ""),
+                       TEXT_COLOUR),)) for p in result.patterns]
+    return rows
+
+
+def intensity_rows(result: Hep2Result) -> list[Row]:
+    """The intensity of a positive field."""
+    return measure_rows(result)[:1]
+
+
+def measure_rows(result: Hep2Result) -> list[Row]:
+    """The intensity and each pattern's evidence (a positive field's)."""
+    if not (result.scored and result.positive):
+        return []
+    units = "units" if result.intensity_calibrated else "relative units"
+    rows = [Row((Item(f"Intensity {result.intensity_level}: {result.intensity_units:.0f}"
+                      f" {units}", TEXT_COLOUR),)),
+            Row(tuple(Item(f"{p.icap}: {p.evidence}", TEXT_COLOUR)
+                      for p in result.patterns if p.evidence))]
+    return [r for r in rows if r.items]
+
+
+def cell_rows(result: Hep2Result) -> list[Row]:
+    """The cell counts and the colour legend of the outlines."""
+    rows = [Row((Item(f"Cells: {len(result.cells)} ({result.cells_interphase} interphase, "
+                      f"{result.cells_mitotic} metaphase)", TEXT_COLOUR),))]
     if result.cells:
         rows.append(legend_row(result))
-    rows += [Row((Item(f"Warning: {w}", ALERT_COLOUR),)) for w in result.warnings]
+    return [r for r in rows if r.items]
+
+
+def warning_rows(result: Hep2Result) -> list[Row]:
+    """The field's warnings, then the model's research-use line when it is one."""
+    rows = [Row((Item(f"Warning: {w}", ALERT_COLOUR),)) for w in result.warnings]
     if is_research_use_only(result.model):
         rows.append(Row((Item(RESEARCH_USE_LINE, ALERT_COLOUR),)))
-    return [r for r in rows if r.items]
+    return rows
 
 
 def cell_outlines(result: Hep2Result, width: int, height: int) -> CellOutlines:

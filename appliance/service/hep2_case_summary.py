@@ -28,12 +28,17 @@ NO_FIELD = "no field of the patient's well has been shown"
 
 
 def hep2_control_state(checks: Sequence[CheckRow]) -> str:
-    """``valid``, ``failed`` or ``not_checked``: the latest decision on each expected
-    reading counts (a failed control may be repeated); any failed one fails the case."""
+    """The kit controls' state: the latest decision on each expected reading counts (a
+    failed control may be repeated). ``failed`` when any counted one failed, ``valid``
+    when a negative and a positive (pattern) control both passed, ``incomplete`` when
+    only one kind was checked, ``not_checked`` when none was."""
     if not checks:
         return "not_checked"
     latest = {c.expected: c for c in checks}
-    return "valid" if all(c.valid for c in latest.values()) else "failed"
+    if not all(c.valid for c in latest.values()):
+        return "failed"
+    kinds = {c.expected == NEGATIVE for c in latest.values()}
+    return "valid" if kinds == {True, False} else "incomplete"
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class Hep2CaseSummary:
 
     case: CaseRow
     well: Hep2WellResult | None  # None: no patient field yet, or they do not pool
-    control_status: str  # valid | failed | not_checked
+    control_status: str  # valid | incomplete | failed | not_checked
     checks: tuple[CheckRow, ...]
     fields: tuple[CaseFieldRow, ...]  # patient and control, in order
     counted: frozenset[int]  # numbers of the patient fields pooled into the well
@@ -158,6 +163,7 @@ def _control_warnings(status: str, checks: Sequence[CheckRow]) -> list[str]:
         return ["kit controls not checked: the call is not validated by a control"]
     if status == "failed":
         return ["kit control FAILED: the call is not valid for diagnosis; repeat the run"]
-    kinds = {c.expected == NEGATIVE for c in checks if c.valid}
+    kinds = {c.expected == NEGATIVE for c in checks}
     missing = [k for k, neg in (("negative", True), ("positive", False)) if neg not in kinds]
-    return [f"the kit's {k} control was not checked" for k in missing]
+    return [f"the kit's {k} control was not checked: the call is not validated by it"
+            for k in missing]

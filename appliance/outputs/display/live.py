@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Generic, TypeVar
@@ -93,7 +93,7 @@ class LiveCase:
 
     case_id: str
     mode: str  # tumour | control (a control check in progress)
-    control: str  # valid | failed | not_checked | checking
+    control: str  # valid | failed | not_checked | checking (HEp-2 also: incomplete)
     control_expected: str | None
     calibration: str  # in words
     score: str | None  # the running pooled case score
@@ -250,7 +250,17 @@ def panel_rows(result: AnyResult | None, status: LiveStatus) -> list[Row]:
     """The panel's text below the stage line, row by row, before layout."""
     rows: list[Row] = []
     if isinstance(result, Hep2Result) and _shows_result(result, status):
-        return hep2_overlay.banner_rows(result)
+        # The side panel is short and rows that do not fit are left out from the end:
+        # what the model was validated on and the open case (its kit controls) come
+        # before the field's details.
+        research = ([Row((Item(RESEARCH_USE_LINE, ALERT_COLOUR),))]
+                    if is_research_use_only(result.model) else [])
+        rows = [*hep2_overlay.live_headline_rows(result), *research,
+                *(case_rows(status.case) if status.case is not None else []),
+                *hep2_overlay.intensity_rows(result),
+                *[Row((Item(f"Warning: {w}", ALERT_COLOUR),)) for w in result.warnings],
+                *hep2_overlay.cell_rows(result)]
+        return [r for r in rows if r.items]
     if isinstance(result, FieldResult) and _shows_result(result, status):
         rows += headline_rows(result)
     elif status.streaming:
@@ -295,9 +305,8 @@ def case_rows(case: LiveCase) -> list[Row]:
 def hep2_case_rows(case: LiveCase) -> list[Row]:
     """A HEp-2 case: the well's running call from its fields so far, and the kit controls."""
     call = case.score or "not yet (no field scored)"
-    rows = [Row((Item(f"Case {case.case_id}", DIM_COLOUR),)),
-            Row((Item(f"Well: {call} - {case.fields_counted} fields, {case.tumour_cells} cells",
-                      TEXT_COLOUR),))]
+    rows = [Row((Item(f"Case {case.case_id} well: {call} ({case.fields_counted} fields, "
+                      f"{case.tumour_cells} cells)", TEXT_COLOUR),))]
     if case.mode == "control":
         rows.append(Row((Item(f"KIT CONTROL ({case.control_expected}): show the control well",
                               ALERT_COLOUR),)))
@@ -305,6 +314,9 @@ def hep2_case_rows(case: LiveCase) -> list[Row]:
         rows.append(Row((Item("Kit controls valid", DIM_COLOUR),)))
     elif case.control == "failed":
         rows.append(Row((Item("KIT CONTROL FAILED: call not valid", ALERT_COLOUR),)))
+    elif case.control == "incomplete":
+        rows.append(Row((Item("ONE KIT CONTROL NOT CHECKED: call not validated",
+                              ALERT_COLOUR),)))
     else:
         rows.append(Row((Item("KIT CONTROLS NOT CHECKED: call not validated", ALERT_COLOUR),)))
     if case.flags:
@@ -369,12 +381,25 @@ def render_panel(result: AnyResult | None, status: LiveStatus, layout: LiveLayou
     panel[:] = np.asarray(PANEL_BG, dtype=np.uint8)
     top = _draw_stage_line(panel, status, style)
     content_h = max(0, ph - top - _rates_height(style, 3 if layout.side else 1))
-    glyphs, _ = layout_rows(panel_rows(result, status), style, pw)
-    # Lines that do not fit whole are left out (not cut in half): the rates block
-    # keeps its place at the bottom.
-    fitting = [g for g in glyphs if _line_bottom(g) <= content_h]
+    fitting = fitting_rows(panel_rows(result, status), style, pw, content_h)
     draw_glyphs(panel[top:top + content_h], fitting, background=None)
     return panel
+
+
+def fitting_rows(rows: Sequence[Row], style: Style, width: int, height: int) -> list[Glyphs]:
+    """The laid-out text of the first rows that fit whole in ``width`` x ``height``.
+
+    Rows that do not fit are left out from the end, never cut (a warning cut after its
+    first words would say something else); the rates block keeps its place below. The
+    rows are few, so laying them out again for each one is cheap.
+    """
+    fitting: list[Glyphs] = []
+    for k in range(1, len(rows) + 1):
+        glyphs, _ = layout_rows(rows[:k], style, width)
+        if any(_line_bottom(g) > height for g in glyphs):
+            break
+        fitting = glyphs
+    return fitting
 
 
 def _line_bottom(g: Glyphs) -> int:
