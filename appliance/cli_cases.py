@@ -33,6 +33,7 @@ from appliance.outputs.commands import ASSAYS
 from appliance.outputs.store import ResultStore
 from appliance.service.case_report import write_case_report
 from appliance.service.cases import AnySummary, CaseError, CaseWorkflow, mqtt_case_messages
+from appliance.service.hep2_case_report import write_hep2_case_report
 from appliance.service.hep2_case_summary import Hep2CaseSummary
 
 SOURCE = "cli"
@@ -206,13 +207,13 @@ def cmd_report(args: argparse.Namespace, cfg: Config) -> int:
         except CaseError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        if isinstance(summary, Hep2CaseSummary):
-            print("error: the PDF report covers HER2 cases only; a HEp-2 case's summary: "
-                  "appliance case status CASE_ID [--json]", file=sys.stderr)
-            return 2
         device = contract.device_id_for(cfg.mqtt, socket.gethostname())
-        paths = write_case_report(summary, args.out, device_id=device,
-                                  config_sha256=cfg.sha256())
+        if isinstance(summary, Hep2CaseSummary):
+            paths = write_hep2_case_report(summary, args.out, device_id=device,
+                                           config_sha256=cfg.sha256())
+        else:
+            paths = write_case_report(summary, args.out, device_id=device,
+                                      config_sha256=cfg.sha256())
         cases.record_command("report", "written", source=SOURCE, case_id=case_id,
                              detail={"files": [p.name for p in paths]})
     for p in paths:

@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema
 import numpy as np
 import paho.mqtt.client as mqtt
+import pypdf
 import pytest
 import referencing
 from paho.mqtt.enums import CallbackAPIVersion
@@ -422,7 +423,14 @@ def test_the_case_cli_and_score_run_a_hep2_case(tmp_path: Path) -> None:
     assert summary["fields_counted"] == 2 and summary["patterns"][0]["icap"] == "AC-3"
     assert [f["role"] for f in summary["fields"]] == ["control", "patient", "patient"]
     report = run("report", "w-2", "--out", str(tmp_path / "rep"))
-    assert report.returncode == 2 and "HER2 cases only" in report.stderr
+    assert report.returncode == 0, report.stderr
+    pdf = pypdf.PdfReader(tmp_path / "rep" / "case-w-2.pdf", strict=True)
+    text = " ".join(" ".join(p.extract_text().split()) for p in pdf.pages)
+    assert "HEp-2 IIF (ANA) case report" in text and "ANA positive AC-3" in text
+    assert "KIT CONTROL FAILED" in text and "negative control reads positive" in text
+    assert "RESEARCH USE ONLY" in text
+    page = (tmp_path / "rep" / "case-w-2.html").read_text(encoding="utf-8")
+    assert "ANA positive AC-3" in page and "KIT CONTROL FAILED" in page
     listed = run("case", "list").stdout
     assert "hep2" in listed and "call positive AC-3" in listed
 

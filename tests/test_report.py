@@ -22,7 +22,15 @@ from appliance.outputs.report import (
     render_pdf,
     write_report,
 )
+from appliance.outputs.report.hep2_html import render_hep2_html
+from appliance.outputs.report.hep2_layout import render_hep2_pdf
 from appliance.outputs.report.layout import paginate, wrap_text
+from appliance.outputs.report.model import (
+    Hep2CaseReportData,
+    Hep2ReportCheck,
+    Hep2ReportField,
+    Hep2ReportPattern,
+)
 from appliance.outputs.report.pdf import (
     PdfError,
     PdfWriter,
@@ -288,3 +296,72 @@ def test_write_report_writes_both_files(tmp_path: Path) -> None:
     assert "C-2026-0042" in paths[1].read_text(encoding="utf-8")
     with pytest.raises(ValueError, match="plain file name"):
         write_report(_case(1), tmp_path, "../x")
+
+
+# --- the HEp-2 case report ----------------------------------------------------------------
+
+def _hep2_field(index: int) -> Hep2ReportField:
+    return Hep2ReportField(
+        index=index, role="control" if index == 1 else "patient",
+        created_at=f"2026-03-01T10:{index % 60:02d}:00Z", source=f"<camera {index}>",
+        status="not_scorable" if index == 3 else "scored",
+        call="not scorable" if index == 3 else "positive AC-3 + AC-22",
+        intensity="" if index == 3 else "intermediate 120", cells=80 + index,
+        counted=index not in (1, 3), note="control round 1" if index == 1 else "",
+        thumbnail_jpeg=_thumbnail(320, 240, index))
+
+
+def _hep2_case(n_fields: int = 4, **changes: object) -> Hep2CaseReportData:
+    data = Hep2CaseReportData(
+        case_id="W-2026-0007", opened_at="2026-03-01T10:00:00Z",
+        closed_at="2026-03-01T10:30:00Z", device_id="eyepiece-07", software_version="0.9.1",
+        config_sha256="c0ffee" * 10 + "abcd",
+        models=(ReportModel("hep2-cells-v9", "int8", MODEL_SHA, "generated data only"),),
+        positive=True,
+        patterns=(Hep2ReportPattern("AC-3", "centromere", 0.63, "138 of 218 cells"),
+                  Hep2ReportPattern("AC-22", "cytoplasmic polar (Golgi-like)", 0.54,
+                                    "118 of 218 cells (mixed pattern)")),
+        intensity="intermediate: 130 relative units", cells="251 interphase and 12 mitotic cells",
+        fields_counted=n_fields - 2, fields_total=n_fields - 1, reason=None,
+        control_status="incomplete",
+        checks=(Hep2ReportCheck(1, "AC-1 nuclear homogeneous", True,
+                                ("AC-1 nuclear homogeneous as expected, intermediate",),
+                                "2026-03-01T10:05:00Z"),),
+        warnings=("the kit's negative control was not checked: the call is not validated by it",),
+        fields=tuple(_hep2_field(i) for i in range(1, n_fields + 1)),
+        research_use="RESEARCH USE ONLY - not for diagnosis.",
+        generated_at="2026-03-01T11:00:00Z")
+    return replace(data, **changes)  # type: ignore[arg-type]
+
+
+def test_hep2_report_pdf_carries_the_call_controls_and_fields() -> None:
+    reader = _read(render_hep2_pdf(_hep2_case()))
+    assert len(reader.pages) == 1
+    text = _text(reader)[0]
+    for fact in ("HEp-2 IIF (ANA) case report", "Case W-2026-0007", "ANA positive AC-3 + AC-22",
+                 "AC-3 centromere: 63% of cells (138 of 218 cells)",
+                 "Intensity intermediate: 130 relative units", "KIT CONTROLS INCOMPLETE",
+                 "round 1: AC-1 nuclear homogeneous - valid", "negative control was not checked",
+                 "hep2-cells-v9", "RESEARCH USE ONLY", "page 1 of 1", "<camera 2>"):
+        assert fact in text, fact
+    negative = _text(_read(render_hep2_pdf(_hep2_case(positive=False, patterns=()))))[0]
+    assert "NEG" in negative and "ANA negative (AC-0)" in negative
+    unread = _text(_read(render_hep2_pdf(_hep2_case(
+        positive=None, patterns=(), reason="no field of the well could be scored",
+        fields=()))))[0]
+    assert "not scorable" in unread and "no field of the well could be scored" in unread
+    assert "No fields recorded in this case." in unread
+
+
+def test_hep2_report_continues_on_more_pages_and_the_html_escapes() -> None:
+    reader = _read(render_hep2_pdf(_hep2_case(30)))
+    pages = _text(reader)
+    assert len(pages) > 1 and f"page {len(pages)} of {len(pages)}" in pages[-1]
+    assert all("W-2026-0007" in p for p in pages)
+    page = render_hep2_html(_hep2_case())
+    assert "&lt;camera 2&gt;" in page and "<camera 2>" not in page
+    assert "KIT CONTROLS INCOMPLETE" in page and page.count("<img") == 4
+    with pytest.raises(ValueError, match="kit control status"):
+        _hep2_case(control_status="checked")
+    with pytest.raises(ValueError, match="role"):
+        replace(_hep2_field(2), role="tumour")

@@ -13,6 +13,8 @@
 * ``docs/img/hep2-live-case.png``: the live display in a HEp-2 case (one patient's well):
   the field's own call, then the well's running call over the fields so far and the kit
   controls' state (docs/cases.md, "HEp-2 cases");
+* ``docs/examples/hep2-case-report.pdf`` and ``.html``: that case's report once it is
+  closed (its negative kit control still unchecked);
 * ``docs/img/hep2-crops-by-objective.png``: the crops the classifier sees of the
   few-spots patterns (nuclear dots, nucleolar) at 40x, 20x and 10x, cut as the assay cuts
   them: why their subtypes are read well at 20x and 40x and not at 10x.
@@ -35,8 +37,11 @@ from appliance.capture.frame import Frame
 from appliance.config import Config, with_overrides
 from appliance.outputs.display.live import LiveStatus, compose_live
 from appliance.outputs.hep2_overlay import render_overlay
+from appliance.outputs.report.hep2_html import write_hep2_report
 from appliance.outputs.store import ResultStore
 from appliance.service.cases import CaseWorkflow
+from appliance.service.hep2_case_report import hep2_report_data
+from appliance.service.hep2_case_summary import Hep2CaseSummary
 from appliance.service.recorder import Recorder
 from tools.hep2_dataset import field_cell_crops
 from tools.synth import camera_looks
@@ -146,6 +151,14 @@ def live_in_a_case(assay: Hep2Assay, cfg: Config) -> np.ndarray:
                     cases.end_control(source="mqtt")
                 shown.append((image, result))
             live = cases.live()
+            cases.end_case(None, source="mqtt")
+            summary = cases.summary("S26-0412-W3", thumbnails=True)
+            assert isinstance(summary, Hep2CaseSummary)
+            data = hep2_report_data(summary, device_id="scope-3",
+                                    config_sha256=case_cfg.sha256())
+            for path in write_hep2_report(data, REPO / "docs" / "examples",
+                                          "hep2-case-report"):
+                print(path.relative_to(REPO))
     image, result = shown[-1]
     status = LiveStatus(source_state="streaming", source_reason="", stage="stable",
                         reported=True, result_in_view=True, capture_fps=30.0,

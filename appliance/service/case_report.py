@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -64,13 +64,14 @@ def _field(summary: CaseSummary, number: int, result: Mapping[str, Any], role: s
     )
 
 
-def report_data(summary: CaseSummary, *, device_id: str, config_sha256: str,
-                now: datetime | None = None) -> CaseReportData:
-    """The report's content for one case summary."""
-    s, case = summary.score, summary.case
+def models_and_research_line(results: Iterable[Mapping[str, Any]]
+                             ) -> tuple[tuple[ReportModel, ...], str]:
+    """The models that scored the stored ``results``, and the report's foot line: what
+    each was validated on, led by RESEARCH USE ONLY when one is validated on generated
+    data only."""
     models: dict[str, ReportModel] = {}
-    for f in summary.fields:
-        m = f.result.get("model")
+    for result in results:
+        m = result.get("model")
         if m:
             models[m["sha256"]] = ReportModel(m["name"], m["precision"], m["sha256"],
                                               m["validated_on"])
@@ -79,10 +80,18 @@ def report_data(summary: CaseSummary, *, device_id: str, config_sha256: str,
     if any(is_research_use_only(ModelRef(m.name, m.sha256, m.precision, m.validated_on))
            for m in models.values()):
         research.insert(0, "RESEARCH USE ONLY - not for diagnosis.")
+    return tuple(models.values()), " ".join(research) or "No field was scored."
+
+
+def report_data(summary: CaseSummary, *, device_id: str, config_sha256: str,
+                now: datetime | None = None) -> CaseReportData:
+    """The report's content for one case summary."""
+    s, case = summary.score, summary.case
+    models, research = models_and_research_line(f.result for f in summary.fields)
     return CaseReportData(
         case_id=case.case_id, opened_at=case.opened_at, closed_at=case.closed_at,
         device_id=device_id, software_version=__version__, config_sha256=config_sha256,
-        models=tuple(models.values()),
+        models=models,
         score=s.score.value if s.score else None,
         category=s.category.value if s.category else None, rule=s.rule,
         fields_counted=s.fields_counted, fields_total=s.fields_total,
@@ -91,7 +100,7 @@ def report_data(summary: CaseSummary, *, device_id: str, config_sha256: str,
         warnings=summary.warnings,
         fields=tuple(_field(summary, f.number, f.result, f.role, f.added_at, f.thumbnail)
                      for f in summary.fields),
-        research_use=" ".join(research) or "No field was scored.",
+        research_use=research,
         generated_at=(now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
     )
 

@@ -113,9 +113,7 @@ def _call(name: str, share: float, confidence: float, evidence: str) -> PatternC
 
 def _staining_vote(probabilities: dict[str, float]) -> tuple[str, float]:
     """The most probable pattern other than negative, and its probability."""
-    ranked = sorted(((p, n) for n, p in probabilities.items() if n != "negative"),
-                    reverse=True)
-    prob, name = ranked[0]
+    prob, name = max((p, n) for n, p in probabilities.items() if n != "negative")
     return name, prob
 
 
@@ -358,13 +356,23 @@ def region_patterns(cells: Sequence[Hep2Cell], reported: Sequence[str],
     return out
 
 
+# Looked up for every class of every cell of a well: computed once.
+_REGIONS: dict[str, str] = {name: pattern(name).region for name in NAMES}
+
+
+def _region(name: str) -> str:
+    """The region a class stains (ValueError for an unknown class, as ``pattern``)."""
+    region = _REGIONS.get(name)
+    return region if region is not None else pattern(name).region
+
+
 def votes_from_probabilities(probabilities: dict[str, float], second_vote: float) -> list[str]:
     """The pattern(s) one cell votes for: its best, and its best of another region when
     that reaches ``second_vote``."""
     first, _ = _staining_vote(probabilities)
-    region = pattern(first).region
+    region = _region(first)
     others = [(p, n) for n, p in probabilities.items()
-              if n != "negative" and pattern(n).region not in (region, "none")]
+              if n != "negative" and _region(n) not in (region, "none")]
     if others:
         prob, name = max(others)
         if prob >= second_vote:

@@ -157,11 +157,20 @@ def write_report(data: CaseReportData, out_dir: Path, stem: str) -> list[Path]:
     Both documents are rendered before either file is written, so a rendering error
     leaves no half-updated pair behind.
     """
+    check_stem(stem)
+    return write_documents(out_dir, stem, render_pdf(data), render_html(data))
+
+
+def check_stem(stem: str) -> None:
+    """ValueError unless ``stem`` is a plain file name."""
     if not stem or stem in (".", "..") or "/" in stem or "\\" in stem or "\x00" in stem:
         raise ValueError(f"report file stem {stem!r} is not a plain file name")
-    pdf = render_pdf(data)
-    page = render_html(data).encode("utf-8")
+
+
+def write_documents(out_dir: Path, stem: str, pdf: bytes, page: str) -> list[Path]:
+    """Write a rendered report pair atomically; returns the two paths."""
+    check_stem(stem)
     paths = [out_dir / f"{stem}.pdf", out_dir / f"{stem}.html"]
-    for path, payload in zip(paths, (pdf, page), strict=True):
+    for path, payload in zip(paths, (pdf, page.encode("utf-8")), strict=True):
         write_atomic(path, payload)
     return paths

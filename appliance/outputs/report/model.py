@@ -105,3 +105,80 @@ class CaseReportData:
         unknown = sorted(set(self.percent) - set(PERCENT_KEYS))
         if unknown:
             raise ValueError(f"case percent has unknown membrane classes: {', '.join(unknown)}")
+
+
+# ------------------------------------------------------------------ the HEp-2 case report
+
+HEP2_ROLES = ("patient", "control")
+HEP2_CONTROL_STATUSES = ("valid", "incomplete", "failed", "not_checked")
+
+
+@dataclass(frozen=True)
+class Hep2ReportPattern:
+    """One pattern of the well's call."""
+
+    icap: str  # "AC-3"
+    label: str  # "centromere"
+    share: float  # of the well's voting cells, 0..1
+    evidence: str  # "138 of 218 cells (mixed pattern)"
+
+
+@dataclass(frozen=True)
+class Hep2ReportCheck:
+    """One kit control decision."""
+
+    round: int
+    expected: str  # in words, e.g. "AC-1 nuclear homogeneous", "AC-0 negative"
+    valid: bool
+    reasons: tuple[str, ...]
+    decided_at: str
+
+
+@dataclass(frozen=True)
+class Hep2ReportField:
+    """One row of a HEp-2 case's field table."""
+
+    index: int
+    role: str  # "patient" | "control"
+    created_at: str
+    source: str
+    status: str  # "scored" | "not_scorable"
+    call: str  # the field's own call in words: "positive AC-1 + AC-22", "negative", ...
+    intensity: str  # "intermediate 130", "" when none
+    cells: int  # interphase cells
+    counted: bool  # pooled into the well's call
+    note: str
+    thumbnail_jpeg: bytes | None
+
+    def __post_init__(self) -> None:
+        _check_choice(f"field {self.index} role", self.role, HEP2_ROLES)
+        _check_choice(f"field {self.index} status", self.status, FIELD_STATUSES)
+
+
+@dataclass(frozen=True)
+class Hep2CaseReportData:
+    """Everything one HEp-2 case report shows: one patient's well and the kit controls."""
+
+    case_id: str  # opaque id (never a patient identifier)
+    opened_at: str
+    closed_at: str | None
+    device_id: str
+    software_version: str
+    config_sha256: str
+    models: tuple[ReportModel, ...]
+    positive: bool | None  # None: not scorable
+    patterns: tuple[Hep2ReportPattern, ...]  # strongest first (AC-0 for a negative well)
+    intensity: str  # "intermediate: 130 relative units", "" when not measured
+    cells: str  # "251 interphase and 12 mitotic cells"
+    fields_counted: int
+    fields_total: int
+    reason: str | None  # why not scorable
+    control_status: str
+    checks: tuple[Hep2ReportCheck, ...]
+    warnings: tuple[str, ...]
+    fields: tuple[Hep2ReportField, ...]
+    research_use: str
+    generated_at: str
+
+    def __post_init__(self) -> None:
+        _check_choice("kit control status", self.control_status, HEP2_CONTROL_STATUSES)
