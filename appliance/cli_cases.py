@@ -8,6 +8,8 @@ here is the case the running service files its fields under, and the other way r
     appliance case control start [--expected 3+]   the next fields are the control's (HEp-2:
                                             --expected negative, homogeneous, AC-3, ...)
     appliance case control end               decide on the control (valid / failed)
+    appliance case dilution 160              HEp-2: the next patient fields are the 1:160
+                                            well's (a titration, for the endpoint titre)
     appliance case end [CASE_ID]             close the open case: its summary
     appliance case status [CASE_ID] [--json] appliance case list
     appliance report CASE_ID [--out DIR]     PDF + HTML report
@@ -59,11 +61,15 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
                         "or, in a HEp-2 case, 'negative' or a pattern's class name or ICAP "
                         "code (default hep2.control.default_expected)")
     cend = step.add_parser("end", help="decide on the control shown since `control start`")
+    dilution = actions.add_parser("dilution", help="HEp-2: the serum dilution of the well "
+                                  "shown next (160 for 1:160): a titration's wells give "
+                                  "each pattern its endpoint titre")
+    dilution.add_argument("dilution", type=int, help="the dilution's denominator")
     status = actions.add_parser("status", help="a case's summary (default: the open case)")
     status.add_argument("case_id", nargs="?")
     status.add_argument("--json", action="store_true", help="the summary as JSON")
     listing = actions.add_parser("list", help="the newest cases")
-    for leaf in (start, end, cstart, cend, status, listing):
+    for leaf in (start, end, cstart, cend, dilution, status, listing):
         common(leaf)
 
     rp = sub.add_parser("report", help="write a case's report (PDF and HTML)")
@@ -135,6 +141,10 @@ def _case_action(args: argparse.Namespace, cases: CaseWorkflow) -> int:
                 print(f"  measured membrane OD {check.measured_od:.3f} (reference_od "
                       f"{check.reference_od})")
             return 0 if check.valid else 1
+    elif action == "dilution":
+        out = cases.set_dilution(args.dilution, source=SOURCE)
+        print(f"case {out['case_id']}: the next patient fields are the 1:{out['dilution']} "
+              "well's")
     elif action == "status":
         summary = cases.summary(_resolve(cases, args.case_id))
         print(json.dumps(summary.to_dict(), indent=2) if args.json else _summary_text(summary))
@@ -181,7 +191,7 @@ def _hep2_summary_text(summary: Hep2CaseSummary) -> str:
     w = summary.well
     lines = [
         f"case {summary.case.case_id} ({'open' if summary.case.open else 'closed'}, HEp-2)",
-        f"  well: {summary.call}"
+        f"  call: {summary.call}"
         + (f" ({w.intensity_units:.0f} units)" if w is not None and w.scored and w.positive
            else ""),
     ]
@@ -192,6 +202,13 @@ def _hep2_summary_text(summary: Hep2CaseSummary) -> str:
                      f"and {w.cells_mitotic} mitotic cells")
     else:
         lines.append(f"  {summary.reason}")
+    lines += [f"  titre {t.icap} {t.words()} ({t.why})" for t in summary.titres]
+    for dw in summary.wells:
+        call = dw.well
+        read = ("not scorable" if call is None or not call.scored else
+                "negative" if not call.positive else
+                "positive " + " + ".join(p.icap for p in call.patterns))
+        lines.append(f"    1:{dw.dilution} well: {read} ({len(dw.counted)} fields)")
     lines.append(f"  kit controls {summary.control_status}")
     lines += [f"  warning: {x}" for x in summary.warnings]
     return "\n".join(lines)

@@ -152,7 +152,8 @@ def test_untrusted_text_in_errors_is_short_and_ascii() -> None:
 
 # ------------------------------------------------------------------------ checker == schema
 
-KEYS = ("case_id", "assay", "objective", "um_per_px", "expected", "request_id", "extra",
+KEYS = ("case_id", "assay", "objective", "um_per_px", "expected", "dilution", "request_id",
+        "extra",
         "Case_id", "")
 STRINGS = ("her2", "HER2", "", "10x", "20x", "40x", "auto", "63x", "c1", "a b", "S25/04711",
            "r-1.2:3_x", "x" * 64, "x" * 65, "y" * 128, "y" * 129, "tab\there", "abc\n", "\x7f",
@@ -165,6 +166,7 @@ VALID: dict[str, list[dict[str, Any]]] = {
     "start_control": [{}, {"expected": "3+"}, {"expected": "1+"}, {"expected": "AC-1"},
                       {"expected": "negative"}],
     "end_control": [{}],
+    "set_dilution": [{"dilution": 160}, {"dilution": 80.0}],
     "set_assay": [{"assay": "her2"}],
     "set_objective": [{"objective": "20x"}, {"um_per_px": 0.5}],
     "snapshot": [{}],
@@ -180,6 +182,8 @@ BOUNDARIES: dict[str, tuple[Any, ...]] = {  # values near each field's own rules
                  "fine speckled", "x" * 40, "x" * 41, "AC/1", "a\nb", "\u00e9"),
     "objective": ("10x", "20x", "40x", "auto", "Auto", "63x", "", 40),
     "um_per_px": NUMBERS,
+    "dilution": (2, 1, 0, 80, 160, 160.0, 160.5, 100_000, 100_001, -80, "160", True, None,
+                 1e308),
     "request_id": ("r", "a" * 64, "a" * 65, "r 1", "r\n", "", "q:1.2_3-x", 5, None),
 }
 

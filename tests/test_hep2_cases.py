@@ -31,6 +31,7 @@ from appliance.assays.hep2.control import (
     evaluate_control,
 )
 from appliance.assays.hep2.types import Hep2Result
+from appliance.assays.hep2.well import Hep2WellResult
 from appliance.assays.her2.types import FieldResult
 from appliance.config import Config, ConfigError, with_overrides
 from appliance.outputs import hep2_json
@@ -287,7 +288,9 @@ def test_the_panel_shows_the_wells_running_call() -> None:
                     control_expected=None, calibration="", score="positive AC-1, strong",
                     category=None, fields_counted=3, tumour_cells=61, flags=1, assay="hep2")
     texts = [item.text for row in case_rows(live) for item in row.items]
-    assert "Case h-1 well: positive AC-1, strong (3 fields, 61 cells)" in texts
+    assert "Case h-1: positive AC-1, strong (3 fields, 61 cells)" in texts
+    titrating = [i.text for r in case_rows(replace(live, dilution=320)) for i in r.items]
+    assert titrating[0].startswith("Case h-1 (showing 1:320): ")
     assert "KIT CONTROLS NOT CHECKED: call not validated" in texts
     assert "1 field(s) unlike the well: another well's?" in texts
     checking = case_rows(replace(live, mode="control", control="checking",
@@ -415,12 +418,15 @@ def test_the_case_cli_and_score_run_a_hep2_case(tmp_path: Path) -> None:
     failed = run("case", "control", "end")
     assert failed.returncode == 1 and "FAILED" in failed.stdout
     assert "negative control reads positive (AC-1" in failed.stdout
+    assert "the next patient fields are the 1:80 well's" in run("case", "dilution", "80").stdout
     assert run("score", "--assay", "hep2", *paths[1:]).returncode == 0
     closed = run("case", "end")
     assert closed.returncode == 0, closed.stderr
-    assert "well: positive AC-3" in closed.stdout and "kit controls failed" in closed.stdout
+    assert "call: positive AC-3" in closed.stdout and "kit controls failed" in closed.stdout
+    assert "titre AC-3 1:80 or higher" in closed.stdout  # one dilution read: a lower bound
     summary = json.loads(run("case", "status", "w-2", "--json").stdout)
     assert summary["fields_counted"] == 2 and summary["patterns"][0]["icap"] == "AC-3"
+    assert summary["screening_dilution"] == 80 and summary["titres"][0]["endpoint"] is False
     assert [f["role"] for f in summary["fields"]] == ["control", "patient", "patient"]
     report = run("report", "w-2", "--out", str(tmp_path / "rep"))
     assert report.returncode == 0, report.stderr
@@ -441,3 +447,81 @@ def test_the_field_fingerprint_tells_hep2_fields_apart() -> None:
     cut = Config().her2.case.duplicate_similarity
     different, again = pair_similarities(3)  # one pair at each objective
     assert max(different) < cut <= min(again)
+
+
+# ------------------------------------------------------------------- titration and titres
+
+
+def test_endpoint_titres_follow_each_pattern_up_the_series() -> None:
+    from appliance.assays.hep2.titre import endpoint_titres
+    from appliance.assays.hep2.well import call_well
+
+    def well(*cells: tuple[str, int, float]) -> Hep2WellResult:
+        made = [cell(n, brightness=b) for n, k, b in cells for _ in range(k)]
+        return call_well([field(made, "w.png")], CFG)
+
+    mixed = well(("homogeneous", 14, 150.0), ("cyto_fibrillar", 8, 150.0))
+    series = [(80, mixed), (160, well(("homogeneous", 14, 90.0), ("cyto_fibrillar", 8, 90.0))),
+              (320, well(("homogeneous", 20, 50.0))), (640, well(("negative", 20, 8.0)))]
+    titres = {t.icap: t for t in endpoint_titres(series, CFG.specimen)}
+    assert titres["AC-1"].words() == "1:320" and titres["AC-1"].endpoint
+    assert titres["AC-15"].words() == "1:160" and "not shown at 1:320" in titres["AC-15"].why
+    # Still shown at the highest dilution read: a lower bound.
+    open_ended = endpoint_titres(series[:3], CFG.specimen)
+    assert [t.words() for t in open_ended] == ["1:320 or higher", "1:160"]
+    assert not open_ended[0].endpoint and "highest dilution read" in open_ended[0].why
+    # A well that cannot be scored ends the run without an endpoint.
+    gap = endpoint_titres([series[0], (160, call_well([refused("x.png")], CFG)), series[2]],
+                          CFG.specimen)
+    assert gap[0].words() == "1:80 or higher" and "could not be scored" in gap[0].why
+    # Order of the list given does not matter; a negative screening well has no titre.
+    assert endpoint_titres(list(reversed(series)), CFG.specimen) == tuple(titres.values())
+    assert endpoint_titres([(80, well(("negative", 20, 8.0)))], CFG.specimen) == ()
+
+
+def test_a_titration_case_reports_the_screening_call_and_the_titres(bench: Bench) -> None:
+    bench.cases.start_case("S26-9", source="cli")
+    bench.show(homogeneous("before.png", brightness=40.0), seed=1)  # before any dilution
+    for dilution, brightness, seeds in ((80, 160.0, (2, 3)), (160, 90.0, (4,)),
+                                        (320, 45.0, (5,)), (640, 12.0, (6,))):
+        bench.cases.set_dilution(dilution, source="mqtt")
+        for seed in seeds:
+            bench.show(homogeneous(f"{dilution}-{seed}.png", brightness=brightness), seed)
+    bench.cases.set_dilution(80, source="cli")
+    bench.show(homogeneous("80-again.png", brightness=160.0), seed=2)  # back to a field
+    live = bench.cases.live()
+    assert live is not None and live.dilution == 80
+    assert live.score is not None and live.score.startswith("positive AC-1 1:320, ")
+    doc = bench.cases.end_case(None, source="cli")
+    assert doc["screening_dilution"] == 80
+    assert doc["intensity"]["value"] == pytest.approx(160.0)  # the screening well's
+    assert doc["titres"] == [{"name": "homogeneous", "icap": "AC-1", "titre": "1:320",
+                              "dilution": 320, "endpoint": True,
+                              "why": "not shown at 1:640"}]
+    assert [(w["dilution"], w["positive"], w["fields_counted"]) for w in doc["wells"]] == [
+        (80, True, 2), (160, True, 1), (320, True, 1), (640, False, 1)]
+    assert any("1 patient field(s) were shown before a dilution" in w for w in doc["warnings"])
+    by_number = {f["number"]: f for f in doc["fields"]}
+    assert by_number[1]["dilution"] is None and not by_number[1]["counted"]
+    assert by_number[7]["duplicate_of"] == 2  # same field, same dilution: counted once
+    assert by_number[5]["duplicate_of"] is None  # seed 4 at 1:160: a well of its own
+    case_validator().validate(json.loads(contract.encode(
+        contract.case_message("box-1", doc, msg_id="m1", seq=1))))
+
+
+def test_dilutions_are_for_hep2_patient_wells_only(bench: Bench, tmp_path: Path) -> None:
+    with pytest.raises(CaseError, match="no case is open"):
+        bench.cases.set_dilution(80, source="cli")
+    bench.cases.start_case("S26-10", source="cli")
+    with pytest.raises(CaseError, match=r"outside 2\.\.100000"):
+        bench.cases.set_dilution(1, source="cli")
+    bench.cases.start_control("negative", source="cli")
+    with pytest.raises(CaseError, match="kit control check is in progress"):
+        bench.cases.set_dilution(80, source="cli")
+    her2 = Bench(tmp_path / "her2", assay="her2")
+    try:
+        her2.cases.start_case("S26-11", source="cli")
+        with pytest.raises(CaseError, match="dilutions are for HEp-2"):
+            her2.cases.set_dilution(80, source="cli")
+    finally:
+        her2.store.close()

@@ -344,6 +344,11 @@ def test_hep2_report_pdf_carries_the_call_controls_and_fields() -> None:
                  "round 1: AC-1 nuclear homogeneous - valid", "negative control was not checked",
                  "hep2-cells-v9", "RESEARCH USE ONLY", "page 1 of 1", "<camera 2>"):
         assert fact in text, fact
+    titrated = _text(_read(render_hep2_pdf(_hep2_case(
+        titres=("AC-3 centromere: 1:320 (not shown at 1:640)",),
+        wells=("1:80 well: positive AC-3 + AC-22, strong 153 (2 fields)",)))))[0]
+    assert "Titre AC-3 centromere: 1:320 (not shown at 1:640)" in titrated
+    assert "1:80 well: positive AC-3 + AC-22" in titrated
     negative = _text(_read(render_hep2_pdf(_hep2_case(positive=False, patterns=()))))[0]
     assert "NEG" in negative and "ANA negative (AC-0)" in negative
     unread = _text(_read(render_hep2_pdf(_hep2_case(

@@ -196,7 +196,7 @@ def test_v1_database_migrates_in_place_to_the_outbox_schema(
     assert any(f"migrated from schema 1 to {SCHEMA_VERSION}" in r.getMessage()
                for r in caplog.records)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4 == SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5 == SCHEMA_VERSION
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     assert {"outbox", "outbox_seq", "outbox_dropped"} <= tables
 

@@ -10,11 +10,12 @@
 * ``docs/img/hep2-overlay-counterstain-mono.png``: a negative well with a red counterstain
   that a monochrome camera records through a long-pass filter, refused as
   ``unstained_light`` instead of being called positive;
-* ``docs/img/hep2-live-case.png``: the live display in a HEp-2 case (one patient's well):
-  the field's own call, then the well's running call over the fields so far and the kit
-  controls' state (docs/cases.md, "HEp-2 cases");
-* ``docs/examples/hep2-case-report.pdf`` and ``.html``: that case's report once it is
-  closed (its negative kit control still unchecked);
+* ``docs/img/hep2-live-case.png``: the live display in a HEp-2 case during a titration:
+  the 1:320 field's own call, then the case's call so far (the 1:80 screening well's,
+  with the titres the wells read up to now) and the kit controls' state (docs/cases.md,
+  "HEp-2 cases");
+* ``docs/examples/hep2-case-report.pdf`` and ``.html``: that case's report once its
+  1:640 well is read and it is closed (its negative kit control still unchecked);
 * ``docs/img/hep2-crops-by-objective.png``: the crops the classifier sees of the
   few-spots patterns (nuclear dots, nucleolar) at 40x, 20x and 10x, cut as the assay cuts
   them: why their subtypes are read well at 20x and 40x and not at 10x.
@@ -123,9 +124,17 @@ def counterstained_negative() -> np.ndarray:
     return camera_looks.monochrome_sum(red, 0.6)
 
 
+# The titration of the live-case picture: (dilution, brightness the generator draws the
+# serum at: half for each doubling, a model of dilution, not a measured serum).
+TITRATION = ((80, 160.0), (80, 160.0), (160, 80.0), (320, 40.0), (640, 16.0))
+LIVE_AT = 3  # the picture shows the 1:320 field, the fourth patient field
+
+
 def live_in_a_case(assay: Hep2Assay, cfg: Config) -> np.ndarray:
-    """The live display on the third field of a patient's well (centromere + Golgi-like)
-    in a case whose positive kit control was checked and whose negative one was not."""
+    """The live display during the titration of a centromere + Golgi-like serum, in a case
+    whose positive kit control was checked and whose negative one was not; the case's
+    report once its last well (1:640) is read."""
+    shown = []
     with tempfile.TemporaryDirectory() as tmp:
         case_cfg = with_overrides(cfg, {"store.path": str(Path(tmp) / "r.sqlite")})
         with ResultStore(case_cfg.store.path) as store:
@@ -134,23 +143,24 @@ def live_in_a_case(assay: Hep2Assay, cfg: Config) -> np.ndarray:
                                 out=io.StringIO(), after_store=[cases.after_field],
                                 companion_for=lambda r, img: cases.companion(
                                     r, img, source="pipeline"))
-            cases.start_case("S26-0412-W3", source="mqtt")
-            cases.start_control("AC-1", source="mqtt")
-            shown = []
-            for seq, (patterns, seed) in enumerate(
-                    [((("homogeneous", 1.0),), 61_010)]
-                    + [((("centromere", 0.5), ("golgi", 0.5)), 61_011 + k) for k in range(3)],
-                    start=1):
+
+            def show(seq: int, patterns: tuple[tuple[str, float], ...], seed: int,
+                     intensity: float) -> None:
                 image = generate_hep2_field(Hep2FieldSpec(
                     seed=seed, width=1024, height=768, um_per_px=0.5, patterns=patterns,
-                    intensity=120.0)).image
+                    intensity=intensity)).image
                 result = assay.score(Frame(image=image, seq=seq, timestamp=0.0,
                                            source="camera", um_per_px=0.5))
                 recorder.record(result, image)
-                if seq == 1:
-                    cases.end_control(source="mqtt")
-                shown.append((image, result))
-            live = cases.live()
+                shown.append((image, result, cases.live()))
+
+            cases.start_case("S26-0412-W3", source="mqtt")
+            cases.start_control("AC-1", source="mqtt")
+            show(1, (("homogeneous", 1.0),), 61_010, 120.0)
+            cases.end_control(source="mqtt")
+            for k, (dilution, intensity) in enumerate(TITRATION):
+                cases.set_dilution(dilution, source="mqtt")
+                show(k + 2, (("centromere", 0.5), ("golgi", 0.5)), 61_011 + k, intensity)
             cases.end_case(None, source="mqtt")
             summary = cases.summary("S26-0412-W3", thumbnails=True)
             assert isinstance(summary, Hep2CaseSummary)
@@ -159,7 +169,7 @@ def live_in_a_case(assay: Hep2Assay, cfg: Config) -> np.ndarray:
             for path in write_hep2_report(data, REPO / "docs" / "examples",
                                           "hep2-case-report"):
                 print(path.relative_to(REPO))
-    image, result = shown[-1]
+    image, result, live = shown[1 + LIVE_AT]
     status = LiveStatus(source_state="streaming", source_reason="", stage="stable",
                         reported=True, result_in_view=True, capture_fps=30.0,
                         processed_fps=3.9, latency_ms=320.0, case=live)

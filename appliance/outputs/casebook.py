@@ -21,6 +21,10 @@ Schema (v3):
 v4 adds ``cases.assay``: the assay a case was opened under (``her2`` for older cases). A
 case pools only its own assay's fields, and its controls are that assay's. The role
 ``tumour`` is a HEp-2 case's patient well; its ``control`` rounds are the kit's controls.
+
+v5 adds the serum dilution of a HEp-2 case's titration: ``cases.dilution`` (the well shown
+now, 80 for 1:80; NULL when not given) and ``case_fields.dilution`` (the well each patient
+field was shown in).
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ class CaseRow:
     control_round: int
     summary: dict[str, Any] | None
     assay: str = "her2"
+    dilution: int | None = None  # HEp-2: the serum dilution of the well shown now
 
     @property
     def open(self) -> bool:
@@ -124,6 +129,7 @@ class CaseFieldRow:
     added_at: str
     result: dict[str, Any]
     thumbnail: bytes | None
+    dilution: int | None = None  # HEp-2: the serum dilution of the well it was shown in
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,7 @@ class CheckRow:
 
 
 _CASE_COLUMNS = ("case_id", "opened_at", "opened_by", "closed_at", "closed_by", "mode",
-                 "control_expected", "control_round", "summary_json", "assay")
+                 "control_expected", "control_round", "summary_json", "assay", "dilution")
 
 
 def _case(row: Iterable[Any]) -> CaseRow:
@@ -171,6 +177,17 @@ def list_cases(conn: sqlite3.Connection, limit: int = 50) -> list[CaseRow]:
 def add_assay_column(conn: sqlite3.Connection) -> None:
     """v4: the assay of each case (called by the store's migration, in its transaction)."""
     conn.execute("ALTER TABLE cases ADD COLUMN assay TEXT NOT NULL DEFAULT 'her2'")
+
+
+def add_dilution_columns(conn: sqlite3.Connection) -> None:
+    """v5: the serum dilution of a case's well now and of each field (store migration)."""
+    conn.execute("ALTER TABLE cases ADD COLUMN dilution INTEGER")
+    conn.execute("ALTER TABLE case_fields ADD COLUMN dilution INTEGER")
+
+
+def set_dilution(conn: sqlite3.Connection, case_id: str, dilution: int) -> None:
+    """The serum dilution of the well the case's next patient fields are shown in."""
+    conn.execute("UPDATE cases SET dilution = ? WHERE case_id = ?", (dilution, case_id))
 
 
 def insert_case(conn: sqlite3.Connection, case_id: str, *, at: str, by: str,
@@ -222,12 +239,14 @@ def decode_fingerprint(blob: bytes) -> Fingerprint:
 
 def link_field(conn: sqlite3.Connection, case_id: str, result_id: int, *, role: str,
                control_round: int | None, at: str, fingerprint: Fingerprint | None,
-               thumbnail: bytes | None, same_field: float) -> tuple[int, int | None]:
+               thumbnail: bytes | None, same_field: float,
+               dilution: int | None = None) -> tuple[int, int | None]:
     """Add a stored result to a case; (its number in the case, the field it repeats or None).
 
     A field whose fingerprint matches an earlier field of the same role (and, for a
-    control, the same check) at ``same_field`` or better is a return to that field:
-    it is kept, pointing at the first view.
+    control, the same check; for a HEp-2 patient field, the same dilution) at
+    ``same_field`` or better is a return to that field: it is kept, pointing at the first
+    view.
     """
     if role not in ROLES:
         raise ValueError(f"role {role!r} is not one of {ROLES}")
@@ -237,17 +256,18 @@ def link_field(conn: sqlite3.Connection, case_id: str, result_id: int, *, role: 
     if fingerprint is not None and not fingerprint.blank:
         rows = conn.execute(
             "SELECT number, duplicate_of, fingerprint FROM case_fields WHERE case_id = ? AND "
-            "role = ? AND control_round IS ? AND fingerprint IS NOT NULL ORDER BY number",
-            (case_id, role, control_round)).fetchall()
+            "role = ? AND control_round IS ? AND dilution IS ? AND fingerprint IS NOT NULL "
+            "ORDER BY number", (case_id, role, control_round, dilution)).fetchall()
         for other, other_dup, blob in rows:
             if similarity(fingerprint, decode_fingerprint(blob)) >= same_field:
                 duplicate_of = other_dup or other
                 break
     conn.execute(
         "INSERT INTO case_fields (case_id, number, result_id, role, control_round, duplicate_of, "
-        "fingerprint, thumbnail, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "fingerprint, thumbnail, added_at, dilution) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (case_id, number, result_id, role, control_round, duplicate_of,
-         None if fingerprint is None else encode_fingerprint(fingerprint), thumbnail, at))
+         None if fingerprint is None else encode_fingerprint(fingerprint), thumbnail, at,
+         dilution))
     return int(number), duplicate_of
 
 
@@ -256,7 +276,8 @@ def case_fields(conn: sqlite3.Connection, case_id: str, *, role: str | None = No
                 thumbnails: bool = False) -> list[CaseFieldRow]:
     """The fields of a case in order, with their decoded results."""
     sql = ("SELECT f.number, f.result_id, f.role, f.control_round, f.duplicate_of, f.added_at, "
-           f"r.result_json, {'f.thumbnail' if thumbnails else 'NULL'} FROM case_fields f "
+           f"r.result_json, {'f.thumbnail' if thumbnails else 'NULL'}, f.dilution "
+           "FROM case_fields f "
            "JOIN results r ON r.id = f.result_id WHERE f.case_id = ?")
     args: list[Any] = [case_id]
     if role is not None:
@@ -268,7 +289,7 @@ def case_fields(conn: sqlite3.Connection, case_id: str, *, role: str | None = No
     rows = conn.execute(sql + " ORDER BY f.number", args).fetchall()
     return [CaseFieldRow(number=r[0], result_id=r[1], role=r[2], control_round=r[3],
                          duplicate_of=r[4], added_at=r[5], result=json.loads(r[6]),
-                         thumbnail=r[7]) for r in rows]
+                         thumbnail=r[7], dilution=r[8]) for r in rows]
 
 
 def insert_check(conn: sqlite3.Connection, case_id: str, *, control_round: int,

@@ -35,8 +35,8 @@ _log = logging.getLogger(__name__)
 _REFUSALS_LOGGED = 20
 _REFUSAL_WINDOW_S = 60.0
 
-COMMANDS = ("start_case", "end_case", "start_control", "end_control", "set_assay",
-            "set_objective", "snapshot", "reload_config", "ping")
+COMMANDS = ("start_case", "end_case", "start_control", "end_control", "set_dilution",
+            "set_assay", "set_objective", "snapshot", "reload_config", "ping")
 ASSAYS = ("her2", "hep2")
 OBJECTIVES = ("10x", "20x", "40x", "auto")
 MAX_REQUEST_ID_CHARS = 64
@@ -57,13 +57,14 @@ _SHOWN_CHARS = 40
 class _Rule:
     """What one payload field must be (mirrors its JSON Schema property)."""
 
-    kind: str  # "string" | "number"
+    kind: str  # "string" | "number" | "integer" (a whole number, 160 or 160.0, as JSON)
     choices: tuple[str, ...] = ()
     min_length: int = 1
     max_length: int | None = None
     forbidden: re.Pattern[str] | None = None  # any match is refused
     forbidden_why: str = ""
     exclusive_minimum: float | None = None
+    minimum: float | None = None
     maximum: float | None = None
     echo: bool = True  # whether a bad value may be shown in the error
 
@@ -91,6 +92,9 @@ SPECS: Mapping[str, _Spec] = {
     # A HER2 level, or for a HEp-2 case "negative" or a pattern: the case checks it.
     "start_control": _Spec({"expected": _EXPECTED}),
     "end_control": _Spec({}),
+    # The serum dilution of the HEp-2 well shown next: 160 for 1:160 (the case checks it).
+    "set_dilution": _Spec({"dilution": _Rule("integer", minimum=2, maximum=100_000)},
+                          required=("dilution",)),
     "set_assay": _Spec({"assay": _ASSAY}, required=("assay",)),
     "set_objective": _Spec(
         {"objective": _Rule("string", choices=OBJECTIVES),
@@ -167,11 +171,16 @@ def _json_type(value: object) -> str:
 
 def _rule_problem(rule: _Rule, value: object) -> str | None:
     """Why ``value`` breaks ``rule``, or None. Mirrors the JSON Schema keywords one by one."""
-    if rule.kind == "number":
+    if rule.kind in ("number", "integer"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"expected a number, got {_json_type(value)}"
+            return f"expected a{'n integer' if rule.kind == 'integer' else ' number'}, got " \
+                   f"{_json_type(value)}"
         if not math.isfinite(value):
             return "expected a finite number"
+        if rule.kind == "integer" and value != int(value):
+            return f"{value} is not a whole number"
+        if rule.minimum is not None and value < rule.minimum:
+            return f"{value} is below the minimum {rule.minimum:g}"
         if rule.exclusive_minimum is not None and value <= rule.exclusive_minimum:
             return f"{value} is not above {rule.exclusive_minimum}"
         if rule.maximum is not None and value > rule.maximum:
@@ -295,6 +304,8 @@ def parse_command(name: str, payload: bytes, *, max_bytes: int) -> Command | Com
     args = {k: v for k, v in obj.items() if k != "request_id"}
     if isinstance(args.get("um_per_px"), int):
         args["um_per_px"] = float(args["um_per_px"])
+    if isinstance(args.get("dilution"), float):  # 160.0 is the integer 160 in JSON
+        args["dilution"] = int(args["dilution"])
     return Command(name, args, request_id)
 
 

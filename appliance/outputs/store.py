@@ -41,7 +41,11 @@ from appliance.assays.hep2.well import Hep2WellResult
 from appliance.assays.results import AnyResult
 from appliance.outputs import hep2_json
 from appliance.outputs.audit import create_audit_table
-from appliance.outputs.casebook import add_assay_column, create_case_tables
+from appliance.outputs.casebook import (
+    add_assay_column,
+    add_dilution_columns,
+    create_case_tables,
+)
 from appliance.outputs.outbox import DEFAULT_MAX_MESSAGES, MessageBuilder, append_message, report
 from appliance.outputs.result_json import result_to_json
 
@@ -136,10 +140,16 @@ def _add_case_assay_v4(conn: sqlite3.Connection) -> None:
     add_assay_column(conn)
 
 
+def _add_dilutions_v5(conn: sqlite3.Connection) -> None:
+    """The serum dilution of a HEp-2 case's well now and of each of its fields."""
+    add_dilution_columns(conn)
+
+
 # Migration hook: entry i upgrades a database from user_version i to i + 1. Append a
 # function to change the schema; never edit one that has shipped.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _create_v1, _add_outbox_v2, _add_cases_and_audit_v3, _add_case_assay_v4)
+    _create_v1, _add_outbox_v2, _add_cases_and_audit_v3, _add_case_assay_v4,
+    _add_dilutions_v5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (

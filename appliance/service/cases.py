@@ -49,6 +49,9 @@ from appliance.service.hep2_case_summary import (
 
 _log = logging.getLogger(__name__)
 THUMBNAIL_WIDTH = 320
+# Serum dilutions a HEp-2 titration's wells may be given: 1:2 .. 1:100000 (labs screen at
+# 1:40..1:160 and titrate in doubling steps to about 1:10240).
+MIN_DILUTION, MAX_DILUTION = 2, 100_000
 _THUMBNAIL_QUALITY = 80
 SOURCES = ("mqtt", "cli", "button", "score", "service")
 
@@ -162,6 +165,31 @@ class CaseWorkflow:
                          detail={"expected": level, "round": round_})
             return {"case_id": case.case_id, "expected": level, "round": round_}
         out = self._write(work)
+        self.refresh_live()
+        return out
+
+    def set_dilution(self, dilution: int, *, source: str) -> dict[str, Any]:
+        """The serum dilution (80 for 1:80) of the well the open HEp-2 case's next patient
+        fields are shown in: a titration's wells, for the endpoint titre."""
+        if not MIN_DILUTION <= dilution <= MAX_DILUTION:
+            raise CaseError(f"dilution {dilution} is outside {MIN_DILUTION}..{MAX_DILUTION} "
+                            "(80 for 1:80)")
+
+        def work(conn: sqlite3.Connection) -> dict[str, Any]:
+            case = self._open(conn, None)
+            if case.assay != "hep2":
+                raise CaseError(f"case {case.case_id} is a {case.assay} case: dilutions are "
+                                "for HEp-2 titrations")
+            if case.mode == "control":
+                raise CaseError("a kit control check is in progress: end it first (the kit's "
+                                "controls come ready to use, undiluted by the lab)")
+            casebook.set_dilution(conn, case.case_id, dilution)
+            audit.append(conn, kind="dilution_set", source=source, case_id=case.case_id,
+                         detail={"dilution": dilution})
+            return {"case_id": case.case_id, "dilution": dilution}
+        out = self._write(work)
+        _log.info("case %s: patient fields now of the 1:%d well (%s)", out["case_id"],
+                  dilution, source)
         self.refresh_live()
         return out
 
@@ -305,7 +333,8 @@ class CaseWorkflow:
                 number, duplicate_of = casebook.link_field(
                     conn, case.case_id, row_id, role=role,
                     control_round=case.control_round if role == "control" else None,
-                    at=_now(), fingerprint=fp, thumbnail=thumb, same_field=same)
+                    at=_now(), fingerprint=fp, thumbnail=thumb, same_field=same,
+                    dilution=case.dilution if role == "tumour" else None)
             elif tag is not None:
                 _log.warning("field %s was measured for case %s, which closed before it was "
                              "stored: kept outside the case", result.file, tag.case_id)
@@ -445,7 +474,8 @@ def _live_case(summary: AnySummary) -> LiveCase:
             calibration="", score=summary.call if w is not None else None, category=None,
             fields_counted=len(summary.counted),
             tumour_cells=w.cells_interphase if w is not None else 0,
-            flags=len(w.odd_fields) if w is not None else 0, assay="hep2")
+            flags=len(w.odd_fields) if w is not None else 0, assay="hep2",
+            dilution=case.dilution)
     s = summary.score
     return LiveCase(
         case_id=case.case_id, mode=case.mode, control=control,

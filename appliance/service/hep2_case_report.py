@@ -32,9 +32,11 @@ def _field_call(result: Mapping[str, Any]) -> str:
 def _field(summary: Hep2CaseSummary, f: CaseFieldRow, note: str) -> Hep2ReportField:
     r = f.result
     intensity = r.get("intensity") or {}
+    source = str(r.get("file", ""))
     return Hep2ReportField(
         index=f.number, role="patient" if f.role == "tumour" else "control",
-        created_at=str(r.get("created_at") or f.added_at), source=str(r.get("file", "")),
+        created_at=str(r.get("created_at") or f.added_at),
+        source=f"1:{f.dilution} well, {source}" if f.dilution is not None else source,
         status="scored" if r.get("status") == "scored" else "not_scorable",
         call=_field_call(r),
         intensity=(f"{intensity['level']} {float(intensity['value']):.0f}" if intensity
@@ -70,7 +72,22 @@ def hep2_report_data(summary: Hep2CaseSummary, *, device_id: str, config_sha256:
         warnings=summary.warnings,
         fields=tuple(_field(summary, f, notes[f.number]) for f in summary.fields),
         research_use=research,
-        generated_at=(now or datetime.now(timezone.utc)).isoformat(timespec="seconds"))
+        generated_at=(now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        titres=tuple(f"{describe(t.name)}: {t.words()} ({t.why})" for t in summary.titres),
+        wells=tuple(f"1:{w['dilution']} well: " + _well_words(w) for w in doc["wells"]))
+
+
+def _well_words(well: Mapping[str, Any]) -> str:
+    """One dilution's well in words (its summary row)."""
+    if well["positive"] is None:
+        read = "not scorable"
+    elif not well["positive"]:
+        read = "negative"
+    else:
+        read = "positive " + " + ".join(well["patterns"])
+    intensity = well["intensity"]
+    level = f", {intensity['level']} {intensity['value']:.0f}" if intensity else ""
+    return f"{read}{level} ({well['fields_counted']} fields)"
 
 
 def write_hep2_case_report(summary: Hep2CaseSummary, out_dir: Path, *, device_id: str,

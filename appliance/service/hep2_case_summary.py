@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.assays.hep2.control import NEGATIVE
+from appliance.assays.hep2.titre import Titre, endpoint_titres
 from appliance.assays.hep2.types import Hep2Result
 from appliance.assays.hep2.well import Hep2WellResult, call_well
 from appliance.config import Hep2Config
@@ -53,6 +54,10 @@ class Hep2CaseSummary:
     counted: frozenset[int]  # numbers of the patient fields pooled into the well
     warnings: tuple[str, ...]  # the case's, then the well's
     reason: str = NO_FIELD  # why there is no well (when ``well`` is None)
+    # A titration (dilutions given): each dilution's well, lowest (the screening well,
+    # ``well``) first, and each screening pattern's endpoint titre.
+    wells: tuple[DilutionWell, ...] = ()
+    titres: tuple[Titre, ...] = ()
 
     @property
     def call(self) -> str:
@@ -60,10 +65,12 @@ class Hep2CaseSummary:
         w = self.well
         if w is None or not w.scored:
             return "not scorable"
+        at = f" at 1:{self.wells[0].dilution}" if self.wells else ""
         if not w.positive:
-            return f"negative ({w.intensity_units:.0f} units)"
-        names = " + ".join(p.icap for p in w.patterns)
-        return f"positive {names}, {w.intensity_level}"
+            return f"negative{at} ({w.intensity_units:.0f} units)"
+        titre = {t.name: f" {t.words()}" for t in self.titres}
+        names = " + ".join(p.icap + titre.get(p.name, "") for p in w.patterns)
+        return f"positive {names}, {w.intensity_level}{at if not self.titres else ''}"
 
     def to_dict(self) -> dict[str, Any]:
         """The ``case`` message / stored summary (docs/cases.md, "HEp-2 cases")."""
@@ -82,6 +89,11 @@ class Hep2CaseSummary:
             "reason": (w["reason"] if w else self.reason),
             "reason_code": (w["reason_code"] if w else "no_field"),
             "um_per_px": w["um_per_px"] if w else None,
+            "screening_dilution": self.wells[0].dilution if self.wells else None,
+            "titres": [{"name": t.name, "icap": t.icap, "titre": t.words(),
+                        "dilution": t.dilution, "endpoint": t.endpoint, "why": t.why}
+                       for t in self.titres],
+            "wells": [_well_row(w) for w in self.wells],
             "fields_counted": len(self.counted), "fields_total": len(patient),
             "control": {"status": self.control_status,
                         "checks": [dict(ch.check, decided_at=ch.decided_at, round=ch.round)
@@ -109,7 +121,21 @@ class Hep2CaseSummary:
                 "positive": r.get("positive"), "intensity_level": intensity.get("level"),
                 "patterns": [p.get("icap") for p in r.get("patterns") or ()],
                 "counted": f.number in self.counted, "duplicate_of": f.duplicate_of,
-                "note": note}
+                "dilution": f.dilution, "note": note}
+
+
+def _well_row(w: DilutionWell) -> dict[str, Any]:
+    """One dilution's well in the summary."""
+    call = w.well
+    return {"dilution": w.dilution,
+            "status": call.status if call is not None else "not_scorable",
+            "positive": call.positive if call is not None and call.scored else None,
+            "patterns": [p.icap for p in call.patterns] if call is not None else [],
+            "intensity": (None if call is None or call.intensity_level is None else
+                          {"level": call.intensity_level,
+                           "value": round(call.intensity_units or 0.0, 2),
+                           "calibrated": call.intensity_calibrated}),
+            "fields_counted": len(w.counted)}
 
 
 def distinct_results(fields: Sequence[CaseFieldRow]) -> tuple[list[tuple[int, Hep2Result]],
@@ -128,22 +154,63 @@ def distinct_results(fields: Sequence[CaseFieldRow]) -> tuple[list[tuple[int, He
     return out, warnings
 
 
-def summarise_hep2(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequence[CheckRow],
-                   cfg: Hep2Config) -> Hep2CaseSummary:
-    """Pool the case's patient fields into the well's call and collect the flags."""
-    patient = [f for f in fields if f.role == "tumour"]
-    results, warnings = distinct_results(patient)
-    well, reason = None, NO_FIELD
-    if results:
-        try:
-            well = call_well([r for _, r in results], cfg)
-        except ValueError as exc:  # fields of two models
-            reason = f"the well's fields do not pool: {exc}"
-            warnings.append(reason)
+@dataclass(frozen=True)
+class DilutionWell:
+    """One dilution's well of a titration: its pooled call (None: its fields do not
+    pool) and the fields pooled into it."""
+
+    dilution: int
+    well: Hep2WellResult | None
+    counted: frozenset[int]
+
+
+def _pool(results: Sequence[tuple[int, Hep2Result]], cfg: Hep2Config
+          ) -> tuple[Hep2WellResult | None, frozenset[int], str | None]:
+    """(the call, the numbers of the fields pooled, why there is no call)."""
+    if not results:
+        return None, frozenset(), NO_FIELD
+    try:
+        well = call_well([r for _, r in results], cfg)
+    except ValueError as exc:  # fields of two models
+        return None, frozenset(), f"the well's fields do not pool: {exc}"
     # The fields call_well pools: the scored ones (by number: a camera's fields may share
     # a source name).
-    counted = frozenset(n for n, r in results
-                        if well is not None and r.scored and r.intensity_units is not None)
+    return well, frozenset(n for n, r in results
+                           if r.scored and r.intensity_units is not None), None
+
+
+def summarise_hep2(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequence[CheckRow],
+                   cfg: Hep2Config) -> Hep2CaseSummary:
+    """Pool the case's patient fields into the well's call (the screening well's, in a
+    titration, with each pattern's endpoint titre) and collect the flags."""
+    patient = [f for f in fields if f.role == "tumour"]
+    results, warnings = distinct_results(patient)
+    dilution_of = {f.number: f.dilution for f in patient}
+    dilutions = sorted({d for n, _ in results if (d := dilution_of[n]) is not None})
+    wells: list[DilutionWell] = []
+    if dilutions:
+        undiluted = [n for n, _ in results if dilution_of[n] is None]
+        if undiluted:
+            warnings.append(f"{len(undiluted)} patient field(s) were shown before a dilution "
+                            "was given: left out of the call and the titre")
+        for d in dilutions:
+            well_d, counted_d, why = _pool([(n, r) for n, r in results if dilution_of[n] == d],
+                                           cfg)
+            if why is not None:
+                warnings.append(f"1:{d} well: {why}")
+            wells.append(DilutionWell(d, well_d, counted_d))
+        well, reason = wells[0].well, NO_FIELD if wells[0].well is not None else (
+            f"the screening well (1:{dilutions[0]}) does not pool")
+        counted = frozenset().union(*(w.counted for w in wells))
+        titres = endpoint_titres([(w.dilution, w.well) for w in wells if w.well is not None],
+                                 cfg.specimen)
+        warnings += [f"{t.icap} titre {t.words()}: {t.why}" for t in titres if not t.endpoint]
+    else:
+        well, counted, why = _pool(results, cfg)
+        reason = why or NO_FIELD
+        if why is not None and results:
+            warnings.append(why)
+        titres = ()
     status = hep2_control_state(checks)
     warnings = _control_warnings(status, checks) + warnings
     if case.mode == "control":
@@ -155,7 +222,7 @@ def summarise_hep2(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequen
     if well is not None:
         warnings += well.warnings
     return Hep2CaseSummary(case, well, status, tuple(checks), tuple(fields), counted,
-                           tuple(dict.fromkeys(warnings)), reason)
+                           tuple(dict.fromkeys(warnings)), reason, tuple(wells), titres)
 
 
 def _control_warnings(status: str, checks: Sequence[CheckRow]) -> list[str]:

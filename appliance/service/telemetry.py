@@ -177,6 +177,7 @@ class Telemetry:
     def _handlers(self) -> dict[str, Callable[[Command], dict[str, Any] | None]]:
         return {"start_case": self._start_case, "end_case": self._end_case,
                 "start_control": self._start_control, "end_control": self._end_control,
+                "set_dilution": self._set_dilution,
                 "set_assay": self._set_assay, "set_objective": self._set_objective,
                 "snapshot": self._snapshot_command, "reload_config": self._reload_config}
 
@@ -223,6 +224,11 @@ class Telemetry:
             case = self.cases.live()
             return {"case_id": case.case_id if case else None, **check.to_dict()}
         return self._case_action("end_control", end)
+
+    def _set_dilution(self, command: Command) -> dict[str, Any]:
+        dilution = int(command.args["dilution"])
+        return self._case_action("set_dilution", lambda: self.cases.set_dilution(
+            dilution, source="mqtt"), field="dilution")
 
     def _set_assay(self, command: Command) -> dict[str, Any]:
         assay = str(command.args["assay"])

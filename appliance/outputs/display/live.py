@@ -102,6 +102,7 @@ class LiveCase:
     tumour_cells: int  # HEp-2: the interphase cells pooled
     flags: int  # heterogeneity + borderline lines (HEp-2: fields unlike the well): "look again"
     assay: str = "her2"  # a HEp-2 case: score is the well's call in words, no calibration
+    dilution: int | None = None  # HEp-2 titration: the dilution of the well shown now
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,8 @@ def case_rows(case: LiveCase) -> list[Row]:
 def hep2_case_rows(case: LiveCase) -> list[Row]:
     """A HEp-2 case: the well's running call from its fields so far, and the kit controls."""
     call = case.score or "not yet (no field scored)"
-    rows = [Row((Item(f"Case {case.case_id} well: {call} ({case.fields_counted} fields, "
+    now = f" (showing 1:{case.dilution})" if case.dilution is not None else ""
+    rows = [Row((Item(f"Case {case.case_id}{now}: {call} ({case.fields_counted} fields, "
                       f"{case.tumour_cells} cells)", TEXT_COLOUR),))]
     if case.mode == "control":
         rows.append(Row((Item(f"KIT CONTROL ({case.control_expected}): show the control well",

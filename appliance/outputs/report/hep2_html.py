@@ -56,6 +56,8 @@ def _call_box(data: Hep2CaseReportData) -> str:
     reason = (f'<p class="bad">{_e(data.reason)}</p>' if data.reason and data.positive is None
               else "")
     intensity = f"<p>Intensity {_e(data.intensity)}</p>" if data.intensity else ""
+    intensity += "".join(f"<p><b>Titre {_e(t)}</b></p>" for t in data.titres)
+    intensity += _items(data.wells) if data.wells else ""
     return (f'<div class="box"><div class="muted">Well call (its fields pooled, each counted '
             f'once)</div><span class="{css}">{_e(word)}</span> <b>{_e(headline)}</b>'
             f"<ul>{patterns}</ul>{reason}{intensity}<p>{data.fields_counted} of "

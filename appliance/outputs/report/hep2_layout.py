@@ -77,6 +77,10 @@ def _call_lines(data: Hep2CaseReportData, width: float) -> list[Line]:
         lines += wrapped(data.reason, width, 9, colour=RED, limit=3)
     if data.intensity:
         lines += wrapped(f"Intensity {data.intensity}", width, 9)
+    for titre in data.titres:
+        lines += wrapped(f"Titre {titre}", width, 9, bold=True, limit=2)
+    for well in data.wells:
+        lines += wrapped(well, width, 8, colour=GREY, limit=2)
     lines += wrapped(f"{data.fields_counted} of {data.fields_total} patient fields counted, "
                      f"{data.cells}", width, 8.5, colour=GREY)
     return lines

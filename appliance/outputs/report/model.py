@@ -179,6 +179,10 @@ class Hep2CaseReportData:
     fields: tuple[Hep2ReportField, ...]
     research_use: str
     generated_at: str
+    # A titration: each screening pattern's titre, and each dilution's well, in words
+    # ("AC-1 nuclear homogeneous: 1:320 (not shown at 1:640)", "1:80: positive AC-1 ...").
+    titres: tuple[str, ...] = ()
+    wells: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_choice("kit control status", self.control_status, HEP2_CONTROL_STATUSES)
