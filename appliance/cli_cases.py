@@ -208,7 +208,8 @@ def _hep2_summary_text(summary: Hep2CaseSummary) -> str:
         read = ("not scorable" if call is None or not call.scored else
                 "negative" if not call.positive else
                 "positive " + " + ".join(p.icap for p in call.patterns))
-        lines.append(f"    1:{dw.dilution} well: {read} ({len(dw.counted)} fields)")
+        n = len(dw.counted)
+        lines.append(f"    1:{dw.dilution} well: {read} ({n} field{'' if n == 1 else 's'})")
     lines.append(f"  kit controls {summary.control_status}")
     lines += [f"  warning: {x}" for x in summary.warnings]
     return "\n".join(lines)

@@ -87,7 +87,8 @@ def _well_words(well: Mapping[str, Any]) -> str:
         read = "positive " + " + ".join(well["patterns"])
     intensity = well["intensity"]
     level = f", {intensity['level']} {intensity['value']:.0f}" if intensity else ""
-    return f"{read}{level} ({well['fields_counted']} fields)"
+    n = well["fields_counted"]
+    return f"{read}{level} ({n} field{'' if n == 1 else 's'})"
 
 
 def write_hep2_case_report(summary: Hep2CaseSummary, out_dir: Path, *, device_id: str,

@@ -199,11 +199,16 @@ def summarise_hep2(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequen
             if why is not None:
                 warnings.append(f"1:{d} well: {why}")
             wells.append(DilutionWell(d, well_d, counted_d))
-        well, reason = wells[0].well, NO_FIELD if wells[0].well is not None else (
-            f"the screening well (1:{dilutions[0]}) does not pool")
+        well = wells[0].well
+        reason = (NO_FIELD if well is not None else
+                  f"the screening well (1:{dilutions[0]}) does not pool")
         counted = frozenset().union(*(w.counted for w in wells))
-        titres = endpoint_titres([(w.dilution, w.well) for w in wells if w.well is not None],
-                                 cfg.specimen)
+        series: list[tuple[int, Hep2WellResult]] = []
+        for w in wells:
+            if w.well is None:
+                break  # its fields do not pool: the series read ends here (warned above)
+            series.append((w.dilution, w.well))
+        titres = endpoint_titres(series, cfg.specimen)
         warnings += [f"{t.icap} titre {t.words()}: {t.why}" for t in titres if not t.endpoint]
     else:
         well, counted, why = _pool(results, cfg)
