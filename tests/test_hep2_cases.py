@@ -322,6 +322,7 @@ def test_unreadable_stored_fields_are_named_not_fatal(bench: Bench) -> None:
     doc = bench.cases.end_case(None, source="cli")
     assert doc["fields_counted"] == 1
     assert any(w.startswith("field 2 is left out") for w in doc["warnings"])
+    assert doc["fields"][1]["note"] == "not counted: its stored result is unreadable"
 
 
 # ------------------------------------------------------------------- the running box
@@ -503,6 +504,7 @@ def test_a_titration_case_reports_the_screening_call_and_the_titres(bench: Bench
     assert any("1 patient field(s) were shown before a dilution" in w for w in doc["warnings"])
     by_number = {f["number"]: f for f in doc["fields"]}
     assert by_number[1]["dilution"] is None and not by_number[1]["counted"]
+    assert by_number[1]["note"] == "not counted: shown before a dilution was given"
     assert by_number[7]["duplicate_of"] == 2  # same field, same dilution: counted once
     assert by_number[5]["duplicate_of"] is None  # seed 4 at 1:160: a well of its own
     case_validator().validate(json.loads(contract.encode(

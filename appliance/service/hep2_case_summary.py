@@ -113,7 +113,15 @@ class Hep2CaseSummary:
         elif f.duplicate_of is not None:
             note = f"return to field {f.duplicate_of}: counted once"
         elif f.number not in self.counted:
-            note = "not counted: " + (r.get("reason") or "not a HEp-2 field result")
+            if self.wells and f.dilution is None:
+                why = "shown before a dilution was given"
+            elif r.get("status") == "not_scorable":
+                why = str(r.get("reason") or "not scorable")
+            elif r.get("status") == "scored":
+                why = "its well's fields do not pool, or its stored result is unreadable"
+            else:
+                why = "its stored result is unreadable"
+            note = f"not counted: {why}"
         else:
             note = ""
         return {"number": f.number, "role": "patient" if f.role == "tumour" else "control",
