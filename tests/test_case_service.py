@@ -14,7 +14,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import paho.mqtt.client as mqtt
@@ -85,6 +87,27 @@ def case_fields(db: Path, case_id: str) -> int:
             return 0
 
 
+def dashboard(port: int, replies: Subscriber
+              ) -> tuple[mqtt.Client, Callable[[str, dict[str, object]], dict[str, Any]]]:
+    """The dashboard's command sender (started; stop its loop when done), and a function
+    that sends one command and waits for the box's reply to it."""
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dashboard-cmd")
+    sender.connect("127.0.0.1", port)
+    sender.loop_start()
+    sent: list[str] = []
+
+    def command(name: str, body: dict[str, object]) -> dict[str, Any]:
+        sent.append(name)
+        rid = f"r-{len(sent)}"
+        sender.publish(f"eyepiece/{DEVICE}/cmd/{name}", json.dumps(
+            {**body, "request_id": rid}), qos=1)
+        got = replies.wait_for(f"reply to {name}", lambda ms: any(
+            json.loads(m.payload).get("request_id") == rid for m in ms))
+        return next(json.loads(m.payload) for m in got
+                    if json.loads(m.payload).get("request_id") == rid)
+    return sender, command
+
+
 def wait_until(what: str, test: object) -> None:
     deadline = time.monotonic() + WAIT_S
     while not test():  # type: ignore[operator]
@@ -145,22 +168,7 @@ def test_mqtt_commands_drive_the_case_and_the_case_message_carries_the_score(
     log = tmp_path / "service.log"
     proc = appliance("run", "--config", str(cfg), cwd=tmp_path, background=True, log=log)
     assert isinstance(proc, subprocess.Popen)
-    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dashboard-cmd")
-    sender.connect("127.0.0.1", broker.port)
-    sender.loop_start()
-
-    sent: list[str] = []
-
-    def command(name: str, body: dict[str, object]) -> dict[str, object]:
-        sent.append(name)
-        rid = f"r-{len(sent)}"
-        sender.publish(f"eyepiece/{DEVICE}/cmd/{name}", json.dumps(
-            {**body, "request_id": rid}), qos=1)
-        got = replies.wait_for(f"reply to {name}", lambda ms: any(
-            json.loads(m.payload).get("request_id") == rid for m in ms))
-        return next(json.loads(m.payload) for m in got
-                    if json.loads(m.payload).get("request_id") == rid)
-
+    sender, command = dashboard(broker.port, replies)
     try:
         # Commands are not queued for a box that has not subscribed yet: wait for its birth.
         status.wait_for("birth", lambda ms: any(json.loads(m.payload)["status"] == "online"

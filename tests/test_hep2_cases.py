@@ -15,15 +15,12 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import numpy as np
-import paho.mqtt.client as mqtt
 import pypdf
 import pytest
 import referencing
-from paho.mqtt.enums import CallbackAPIVersion
 
 from appliance.assays.hep2.control import (
     Hep2ControlCheck,
@@ -331,7 +328,7 @@ def test_unreadable_stored_fields_are_named_not_fatal(bench: Bench) -> None:
 def test_mqtt_drives_a_hep2_case_in_the_running_box(tmp_path: Path, broker: Mosquitto) -> None:
     """`appliance run` on replayed HEp-2 fields, a real broker: the case takes the fields,
     the box will not switch assay under it, and its close sends the well's call."""
-    from tests.test_case_service import appliance, config
+    from tests.test_case_service import appliance, config, dashboard
     from tests.test_hep2_assay import field as iif_field
     from tests.test_mqtt_service import DEVICE, Subscriber, finish
 
@@ -348,21 +345,7 @@ def test_mqtt_drives_a_hep2_case_in_the_running_box(tmp_path: Path, broker: Mosq
     log = tmp_path / "service.log"
     proc = appliance("run", "--config", str(cfg), cwd=tmp_path, background=True, log=log)
     assert isinstance(proc, subprocess.Popen)
-    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dashboard-cmd")
-    sender.connect("127.0.0.1", broker.port)
-    sender.loop_start()
-    sent: list[str] = []
-
-    def command(name: str, body: dict[str, object]) -> dict[str, Any]:
-        sent.append(name)
-        rid = f"r-{len(sent)}"
-        sender.publish(f"eyepiece/{DEVICE}/cmd/{name}",
-                       json.dumps({**body, "request_id": rid}), qos=1)
-        got = replies.wait_for(f"reply to {name}", lambda ms: any(
-            json.loads(m.payload).get("request_id") == rid for m in ms))
-        return next(json.loads(m.payload) for m in got
-                    if json.loads(m.payload).get("request_id") == rid)
-
+    sender, command = dashboard(broker.port, replies)
     try:
         status.wait_for("birth", lambda ms: any(json.loads(m.payload)["status"] == "online"
                                                 for m in ms))

@@ -7,7 +7,7 @@ distances from the page top (the PDF's origin is at the bottom).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -15,6 +15,7 @@ import numpy as np
 
 from appliance.outputs.report.model import ReportModel
 from appliance.outputs.report.pdf import (
+    A4_HEIGHT,
     A4_WIDTH,
     BLACK,
     Colour,
@@ -254,6 +255,57 @@ def draw_footer(page: PdfPage, *, research_use: str, generated_at: str, case_id:
 def footer_height(research_use: str) -> float:
     """Space the footer takes from the page bottom, with a gap above its rule."""
     return MARGIN + height(footer_lines(research_use)) + 12 + 8
+
+
+def table_header_lines(columns: Sequence[Column]) -> list[list[Line]]:
+    return [wrapped(c.title, c.width - 2 * CELL_PAD, 7, bold=True) for c in columns]
+
+
+def table_header_height(columns: Sequence[Column]) -> float:
+    """How tall the shaded band of column titles is."""
+    return max(height(lines) for lines in table_header_lines(columns)) + 2 * CELL_PAD
+
+
+def draw_table_header(page: PdfPage, columns: Sequence[Column], top: float) -> float:
+    """Column titles over a shaded band; returns the top of the first row."""
+    heads = table_header_lines(columns)
+    h = max(height(lines) for lines in heads) + 2 * CELL_PAD
+    box(page, MARGIN, top, CONTENT_W, h, fill=SHADE)
+    x = MARGIN
+    for column, lines in zip(columns, heads, strict=True):
+        draw_lines(page, x + CELL_PAD, top + CELL_PAD - 1, lines)
+        x += column.width
+    hline(page, MARGIN, MARGIN + CONTENT_W, top + h, colour=BLACK)
+    return top + h
+
+
+def draw_field_table(writer: PdfWriter, first: PdfPage, top: float, *,
+                     columns: Sequence[Column], heights: Sequence[float],
+                     draw_row: Callable[[PdfPage, int, float], float],
+                     continuation: Callable[[PdfPage], float], research_use: str,
+                     generated_at: str, case_id: str) -> None:
+    """The field table from ``top`` of page 1 on, continued on further pages (each under
+    ``continuation``'s short header), then every page's footer. ``draw_row(page, i, top)``
+    draws row ``i`` and returns its bottom; ``heights`` are the rows' heights."""
+    header_h = table_header_height(columns)
+    bottom = A4_HEIGHT - footer_height(research_use)
+    later_top = continuation(PdfWriter().add_page())  # measure only
+    plan = paginate(heights, bottom - top - header_h, bottom - later_top - header_h)
+    for number, indices in enumerate(plan):
+        page = first if number == 0 else writer.add_page()
+        if number:
+            top = continuation(page)
+        if not indices:
+            continue
+        top = draw_table_header(page, columns, top)
+        for i in indices:
+            top = draw_row(page, i, top)
+    if not heights:
+        first.text(MARGIN, first.height - top - 10, "No fields recorded in this case.", size=9,
+                   colour=RED)
+    for number, page in enumerate(writer.pages, start=1):
+        draw_footer(page, research_use=research_use, generated_at=generated_at,
+                    case_id=case_id, number=number, total=len(writer.pages))
 
 
 def paginate(heights: Sequence[float], first: float, later: float) -> list[list[int]]:

@@ -6,8 +6,6 @@ from the store escaped (source names come from outside).
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 
 from appliance.outputs.report.hep2_layout import (
@@ -17,8 +15,16 @@ from appliance.outputs.report.hep2_layout import (
     call_words,
     render_hep2_pdf,
 )
-from appliance.outputs.report.html import check_stem, write_documents
+from appliance.outputs.report.html import (
+    check_stem,
+    escape,
+    item_list,
+    picture,
+    write_documents,
+)
 from appliance.outputs.report.model import Hep2CaseReportData, Hep2ReportField
+
+_e = escape
 
 _CSS = """
 body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#111;max-width:1100px}
@@ -38,16 +44,6 @@ tr.uncounted{background:#eef0f2} .bad{color:#c62121} img{height:60px}
 """
 
 
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _items(items: tuple[str, ...]) -> str:
-    if not items:
-        return '<p class="muted">none</p>'
-    return "<ul>" + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul>"
-
-
 def _call_box(data: Hep2CaseReportData) -> str:
     word, headline = call_words(data)
     css = "badge pos" if data.positive else "badge"
@@ -57,7 +53,7 @@ def _call_box(data: Hep2CaseReportData) -> str:
               else "")
     intensity = f"<p>Intensity {_e(data.intensity)}</p>" if data.intensity else ""
     intensity += "".join(f"<p><b>Titre {_e(t)}</b></p>" for t in data.titres)
-    intensity += _items(data.wells) if data.wells else ""
+    intensity += item_list(data.wells) if data.wells else ""
     return (f'<div class="box"><div class="muted">Well call (its fields pooled, each counted '
             f'once)</div><span class="{css}">{_e(word)}</span> <b>{_e(headline)}</b>'
             f"<ul>{patterns}</ul>{reason}{intensity}<p>{data.fields_counted} of "
@@ -69,21 +65,14 @@ def _control_box(data: Hep2CaseReportData) -> str:
     checks = "".join(
         f"<li><b{'' if c.valid else ' class=bad'}>round {c.round}: {_e(c.expected)} - "
         f"{'valid' if c.valid else 'FAILED'}</b> <span class=muted>{_e(c.decided_at)}</span>"
-        f"{_items(c.reasons)}</li>" for c in data.checks)
+        f"{item_list(c.reasons)}</li>" for c in data.checks)
     body = f"<ul>{checks}</ul>" if checks else "<p><b>no kit control was checked</b></p>"
     return f'<div class="box {_e(data.control_status)}"><h2>{_e(title)}</h2>{body}</div>'
 
 
-def _picture(row: Hep2ReportField) -> str:
-    if row.thumbnail_jpeg is None:
-        return '<span class="muted">no picture</span>'
-    data = base64.b64encode(row.thumbnail_jpeg).decode("ascii")
-    return f'<img alt="field {row.index}" src="data:image/jpeg;base64,{data}">'
-
-
 def _row(row: Hep2ReportField) -> str:
     css = "" if row.counted else ' class="uncounted"'
-    cells = (f"<b>{row.index}</b>", _picture(row),
+    cells = (f"<b>{row.index}</b>", picture(row.index, row.thumbnail_jpeg),
              f"<b>{_e(row.role)}</b><br>{_e(row.created_at)}<br>{_e(row.source)}",
              f"<b>{_e(row.call)}</b>", _e(row.intensity or "-"), str(row.cells),
              "yes" if row.counted else "<b>no</b>", _e(row.note))
@@ -107,7 +96,7 @@ def render_hep2_html(data: Hep2CaseReportData) -> str:
         f'<p class="muted">Opened {_e(data.opened_at)} &middot; Closed {closed} &middot; '
         f"Device {_e(data.device_id)} &middot; Software {_e(data.software_version)}</p>"
         f'<div class="boxes">{_call_box(data)}{_control_box(data)}</div>'
-        f'<div class="box"><b>Warnings</b>{_items(data.warnings)}</div>'
+        f'<div class="box"><b>Warnings</b>{item_list(data.warnings)}</div>'
         f"<h3>Models and configuration</h3><ul>{models or '<li>no model recorded</li>'}</ul>"
         f"<p>config sha256 <code>{_e(data.config_sha256)}</code></p>"
         f"<h3>Fields</h3><table><tr>{head}</tr>{body}</table>"

@@ -28,20 +28,18 @@ from appliance.outputs.report.blocks import (
     badge,
     box,
     clip_drawn,
-    draw_footer,
+    draw_field_table,
     draw_header,
     draw_lines,
     draw_models,
     flag_lines,
-    footer_height,
     height,
     hline,
-    paginate,
     prepare_thumbnail,
     wrapped,
 )
 from appliance.outputs.report.model import Hep2CaseReportData, Hep2ReportField
-from appliance.outputs.report.pdf import A4_HEIGHT, BLACK, Colour, PdfPage, PdfWriter, to_winansi
+from appliance.outputs.report.pdf import BLACK, Colour, PdfPage, PdfWriter, to_winansi
 
 TITLE = "HEp-2 IIF (ANA) case report"
 POSITIVE_COLOUR: Colour = (0.18, 0.42, 0.72)
@@ -168,22 +166,6 @@ def _make_row(writer: PdfWriter, row: Hep2ReportField) -> _Row:
     return _Row(row, cells, thumb, max(text_h, pic_h) + 2 * CELL_PAD + 1)
 
 
-def _header_lines() -> list[list[Line]]:
-    return [wrapped(c.title, c.width - 2 * CELL_PAD, 7, bold=True) for c in COLUMNS]
-
-
-def _draw_table_header(page: PdfPage, top: float) -> float:
-    heads = _header_lines()
-    h = max(height(lines) for lines in heads) + 2 * CELL_PAD
-    box(page, MARGIN, top, CONTENT_W, h, fill=SHADE)
-    x = MARGIN
-    for column, lines in zip(COLUMNS, heads, strict=True):
-        draw_lines(page, x + CELL_PAD, top + CELL_PAD - 1, lines)
-        x += column.width
-    hline(page, MARGIN, MARGIN + CONTENT_W, top + h, colour=BLACK)
-    return top + h
-
-
 def _draw_row(page: PdfPage, row: _Row, top: float) -> float:
     if not row.field.counted:
         box(page, MARGIN, top, CONTENT_W, row.height, fill=SHADE)
@@ -219,24 +201,9 @@ def render_hep2_pdf(data: Hep2CaseReportData) -> bytes:
     top = _draw_warnings(first, data, top)
     top = draw_models(first, data.models, data.config_sha256, top)
     rows = [_make_row(writer, field) for field in data.fields]
-    header_h = max(height(lines) for lines in _header_lines()) + 2 * CELL_PAD
-    bottom = A4_HEIGHT - footer_height(data.research_use)
-    later_top = _draw_continuation_header(PdfWriter().add_page(), data)  # measure only
-    plan = paginate([r.height for r in rows], bottom - top - header_h,
-                    bottom - later_top - header_h)
-    for number, indices in enumerate(plan):
-        page = first if number == 0 else writer.add_page()
-        if number:
-            top = _draw_continuation_header(page, data)
-        if not indices:
-            continue
-        top = _draw_table_header(page, top)
-        for i in indices:
-            top = _draw_row(page, rows[i], top)
-    if not data.fields:
-        first.text(MARGIN, first.height - top - 10, "No fields recorded in this case.", size=9,
-                   colour=RED)
-    for number, page in enumerate(writer.pages, start=1):
-        draw_footer(page, research_use=data.research_use, generated_at=data.generated_at,
-                    case_id=data.case_id, number=number, total=len(writer.pages))
+    draw_field_table(writer, first, top, columns=COLUMNS, heights=[r.height for r in rows],
+                     draw_row=lambda page, i, row_top: _draw_row(page, rows[i], row_top),
+                     continuation=lambda page: _draw_continuation_header(page, data),
+                     research_use=data.research_use, generated_at=data.generated_at,
+                     case_id=data.case_id)
     return writer.to_bytes()

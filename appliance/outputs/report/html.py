@@ -42,9 +42,12 @@ tr.uncounted{background:#eef0f2} .differs{color:#c62121} img{height:60px}
 _SCORE_CLASS = {"0": "s0", "1+": "s1", "2+": "s2", "3+": "s3"}
 
 
-def _e(value: object) -> str:
+def escape(value: object) -> str:
     """HTML-escaped text of any value (quotes too, as some land in attributes)."""
     return html.escape(str(value), quote=True)
+
+
+_e = escape  # short, as it is on every line
 
 
 def _badge(score: str | None, *, small: bool = False) -> str:
@@ -53,7 +56,8 @@ def _badge(score: str | None, *, small: bool = False) -> str:
     return f'<span class="badge {css}{size}">{_e(score or "not scorable")}</span>'
 
 
-def _items(items: tuple[str, ...]) -> str:
+def item_list(items: tuple[str, ...]) -> str:
+    """A bulleted list, or a grey "none"."""
     if not items:
         return '<p class="muted">none</p>'
     return "<ul>" + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul>"
@@ -90,22 +94,23 @@ def _control_box(control: ReportControl) -> str:
             f"<p>membrane OD {_num(control.measured_od, '.3f')} (reference "
             f"{_num(control.reference_od, '.3f')}, ratio {ratio})</p>"
             f"<p>{control.cells} cells in {control.fields} fields</p>"
-            f"<p>calibration: {_e(control.calibration)}</p>{_items(control.reasons)}</div>")
+            f"<p>calibration: {_e(control.calibration)}</p>{item_list(control.reasons)}</div>")
 
 
 def _flags(data: CaseReportData) -> str:
     groups = (("Heterogeneity", data.heterogeneity), ("Borderline", data.borderline),
               ("Warnings", data.warnings))
     return '<div class="boxes">' + "".join(
-        f'<div class="box"><b>{title}</b>{_items(items)}</div>' for title, items in groups
+        f'<div class="box"><b>{title}</b>{item_list(items)}</div>' for title, items in groups
     ) + "</div>"
 
 
-def _picture(row: ReportField) -> str:
-    if row.thumbnail_jpeg is None:
+def picture(index: int, jpeg: bytes | None) -> str:
+    """A field's overlay picture inlined as a data: URI."""
+    if jpeg is None:
         return '<span class="muted">no picture</span>'
-    data = base64.b64encode(row.thumbnail_jpeg).decode("ascii")
-    return f'<img alt="field {row.index}" src="data:image/jpeg;base64,{data}">'
+    data = base64.b64encode(jpeg).decode("ascii")
+    return f'<img alt="field {index}" src="data:image/jpeg;base64,{data}">'
 
 
 def _row(row: ReportField) -> str:
@@ -113,7 +118,7 @@ def _row(row: ReportField) -> str:
     note_css = ' class="differs"' if "differs" in row.note else ""
     score = _badge(row.score, small=True) if row.status == "scored" else "not scorable"
     cells = (
-        f"<b>{row.index}</b>", _picture(row),
+        f"<b>{row.index}</b>", picture(row.index, row.thumbnail_jpeg),
         f"<b>{_e(row.role)}</b><br>{_e(row.created_at)}<br>{_e(row.source)}",
         f"{score}<br>{_e(row.category or '')}", str(row.tumour_cells),
         f"{row.percent_complete_intense:.1f}", f"{row.percent_complete:.1f}",

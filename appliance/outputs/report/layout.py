@@ -27,11 +27,10 @@ from appliance.outputs.report.blocks import (
     SHADE,
     TABLE_SIZE,
     WHITE,
-    draw_footer,
+    draw_field_table,
     draw_header,
     draw_models,
     flag_lines,
-    footer_height,
     paginate,
     prepare_thumbnail,
     wrap_text,
@@ -47,7 +46,7 @@ from appliance.outputs.report.blocks import height as _height
 from appliance.outputs.report.blocks import hline as _hline
 from appliance.outputs.report.blocks import wrapped as _wrapped
 from appliance.outputs.report.model import CaseReportData, ReportControl, ReportField
-from appliance.outputs.report.pdf import A4_HEIGHT, BLACK, Colour, PdfPage, PdfWriter, to_winansi
+from appliance.outputs.report.pdf import BLACK, Colour, PdfPage, PdfWriter, to_winansi
 
 # paginate and wrap_text are the blocks' own, used here and named here for the tests.
 __all__ = ["COLUMNS", "CONTROL_STYLES", "PERCENT_LABELS", "TITLE", "paginate", "render_pdf",
@@ -224,24 +223,6 @@ def _make_row(writer: PdfWriter, row: ReportField) -> _Row:
     return _Row(row, cells, thumb, max(text_h, pic_h) + 2 * CELL_PAD + 1)
 
 
-def _draw_table_header(page: PdfPage, top: float) -> float:
-    """Column titles over a shaded band; returns the top of the first row."""
-    heads = [_wrapped(c.title, c.width - 2 * CELL_PAD, 7, bold=True) for c in COLUMNS]
-    h = max(_height(lines) for lines in heads) + 2 * CELL_PAD
-    _box(page, MARGIN, top, CONTENT_W, h, fill=SHADE)
-    x = MARGIN
-    for column, lines in zip(COLUMNS, heads, strict=True):
-        _draw_lines(page, x + CELL_PAD, top + CELL_PAD - 1, lines)
-        x += column.width
-    _hline(page, MARGIN, MARGIN + CONTENT_W, top + h, colour=BLACK)
-    return top + h
-
-
-def _table_header_height() -> float:
-    heads = [_wrapped(c.title, c.width - 2 * CELL_PAD, 7, bold=True) for c in COLUMNS]
-    return max(_height(lines) for lines in heads) + 2 * CELL_PAD
-
-
 def _draw_row(page: PdfPage, row: _Row, top: float) -> float:
     """One field row with its picture, score badge and grid lines; returns its bottom."""
     if not row.field.counted:
@@ -265,16 +246,6 @@ def _draw_row(page: PdfPage, row: _Row, top: float) -> float:
     return top + row.height
 
 
-def _draw_footer(page: PdfPage, data: CaseReportData, number: int, total: int) -> None:
-    """Research-use line, generation time and "page i of n" at the foot of a page."""
-    draw_footer(page, research_use=data.research_use, generated_at=data.generated_at,
-                case_id=data.case_id, number=number, total=total)
-
-
-def _footer_height(data: CaseReportData) -> float:
-    return footer_height(data.research_use)
-
-
 def _draw_continuation_header(page: PdfPage, data: CaseReportData) -> float:
     """The short header of pages 2..n; returns the top below it."""
     text = (f"{TITLE} (continued)   case {data.case_id}   case score "
@@ -294,23 +265,9 @@ def render_pdf(data: CaseReportData) -> bytes:
     top = _draw_flags(first, data, top)
     top = _draw_models(first, data, top)
     rows = [_make_row(writer, field) for field in data.fields]
-    header_h = _table_header_height()
-    bottom = A4_HEIGHT - _footer_height(data)
-    later_top = _draw_continuation_header(PdfWriter().add_page(), data)  # measure only
-    plan = paginate([r.height for r in rows], bottom - top - header_h,
-                    bottom - later_top - header_h)
-    for number, indices in enumerate(plan):
-        page = first if number == 0 else writer.add_page()
-        if number:
-            top = _draw_continuation_header(page, data)
-        if not indices:
-            continue
-        top = _draw_table_header(page, top)
-        for i in indices:
-            top = _draw_row(page, rows[i], top)
-    if not data.fields:
-        first.text(MARGIN, first.height - top - 10, "No fields recorded in this case.", size=9,
-                   colour=RED)
-    for number, page in enumerate(writer.pages, start=1):
-        _draw_footer(page, data, number, len(writer.pages))
+    draw_field_table(writer, first, top, columns=COLUMNS, heights=[r.height for r in rows],
+                     draw_row=lambda page, i, row_top: _draw_row(page, rows[i], row_top),
+                     continuation=lambda page: _draw_continuation_header(page, data),
+                     research_use=data.research_use, generated_at=data.generated_at,
+                     case_id=data.case_id)
     return writer.to_bytes()
