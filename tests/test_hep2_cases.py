@@ -510,3 +510,50 @@ def test_dilutions_are_for_hep2_patient_wells_only(bench: Bench, tmp_path: Path)
             her2.cases.set_dilution(80, source="cli")
     finally:
         her2.store.close()
+
+
+def test_a_hep2_case_survives_a_sigkill_and_counts_each_field_once(tmp_path: Path) -> None:
+    """The service killed mid-well and started again (as systemd does): the case goes on
+    from the store, and the fields the replay shows again are counted once."""
+    from tests.test_case_service import appliance, case_fields, config, wait_until
+    from tests.test_hep2_assay import field as iif_field
+    from tests.test_mqtt_service import finish
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    for i in range(3):
+        write_rgb(folder / f"w{i}.png", iif_field("centromere", seed=71_060 + i))
+    cfg = config(tmp_path, folder)
+    cfg.write_text('assay = "hep2"\n' + cfg.read_text(encoding="utf-8"), encoding="utf-8")
+    db = tmp_path / "results.sqlite"
+    opened = appliance("case", "start", "w-kill", "--config", str(cfg), cwd=tmp_path)
+    assert isinstance(opened, subprocess.CompletedProcess) and opened.returncode == 0
+    assert "opened (hep2)" in opened.stdout
+    log = tmp_path / "service.log"
+    first = appliance("run", "--config", str(cfg), cwd=tmp_path, background=True, log=log)
+    assert isinstance(first, subprocess.Popen)
+    try:
+        wait_until("two fields in the case", lambda: case_fields(db, "w-kill") >= 2)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        first.kill()
+    before = case_fields(db, "w-kill")
+    second = appliance("run", "--config", str(cfg), cwd=tmp_path, background=True, log=log)
+    assert isinstance(second, subprocess.Popen)
+    try:
+        wait_until("more fields after the restart",
+                   lambda: case_fields(db, "w-kill") >= before + 3)
+        second.send_signal(signal.SIGTERM)
+        finish(second, log)
+    finally:
+        second.kill()
+    closed = appliance("case", "end", "--config", str(cfg), cwd=tmp_path)
+    assert isinstance(closed, subprocess.CompletedProcess) and closed.returncode == 0
+    status = appliance("case", "status", "w-kill", "--json", "--config", str(cfg), cwd=tmp_path)
+    assert isinstance(status, subprocess.CompletedProcess)
+    summary = json.loads(status.stdout)
+    assert summary["assay"] == "hep2" and summary["closed_at"] is not None
+    assert summary["fields_total"] >= before + 3
+    assert summary["fields_counted"] == 3  # three distinct fields, however often seen
+    assert summary["positive"] is True and summary["patterns"][0]["icap"] == "AC-3"
