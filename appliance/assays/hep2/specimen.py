@@ -254,8 +254,12 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
     mitotic = [c for c in cells if c.mitotic]
     # A compound cell (AC-3 in the nucleus, AC-22 in the cytoplasm) splits its probability
     # between its two patterns: its confidence is what its votes hold together.
-    voters = [c for c in interphase if vote_confidence(c, specimen.second_vote)
-              >= specimen.min_confidence]
+    # Each cell's votes once (a well pools thousands of cells, and its fields are called
+    # again for their own warnings).
+    cast = [(c, votes_from_probabilities(c.probabilities, specimen.second_vote))
+            for c in interphase]
+    voting = [(c, v) for c, v in cast if _held(c, v) >= specimen.min_confidence]
+    voters = [c for c, _ in voting]
     if len(voters) < specimen.min_cells:
         # The intensity says positive; the pattern needs more cells (a 40x field may hold
         # a dozen). Positive without a pattern is what a lab would say of this field.
@@ -267,8 +271,8 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
             f"pattern not determinable in this field: {why}; look at more fields",
             *([near] if near else [])))
     votes: Counter[str] = Counter()
-    for c in voters:
-        votes.update(votes_from_probabilities(c.probabilities, specimen.second_vote))
+    for _, cell_votes in voting:
+        votes.update(cell_votes)
     n = len(voters)
     ranked = votes.most_common()
     coarse = too_coarse_for_subtypes(um_per_px, specimen)
@@ -382,5 +386,9 @@ def votes_from_probabilities(probabilities: dict[str, float], second_vote: float
 
 def vote_confidence(cell: Hep2Cell, second_vote: float) -> float:
     """The probability the cell's votes hold together (one vote: its top probability)."""
-    return sum(cell.probabilities.get(n, 0.0)
-               for n in votes_from_probabilities(cell.probabilities, second_vote))
+    return _held(cell, votes_from_probabilities(cell.probabilities, second_vote))
+
+
+def _held(cell: Hep2Cell, votes: Sequence[str]) -> float:
+    """The probability ``cell`` gives the classes it votes for."""
+    return sum(cell.probabilities.get(n, 0.0) for n in votes)
