@@ -165,8 +165,11 @@ def _listed_call(case: casebook.CaseRow) -> str:
         return f"score {summary.get('score') or '-'}"
     if summary.get("positive") is None:
         return "call -"
-    return "call " + ("positive " + " + ".join(p["icap"] for p in summary["patterns"])
-                      if summary["positive"] else "negative")
+    if not summary["positive"]:
+        return "call negative"
+    titres = {t["icap"]: f" {t['titre']}" for t in summary.get("titres", ())}
+    return "call positive " + " + ".join(p["icap"] + titres.get(p["icap"], "")
+                                         for p in summary["patterns"])
 
 
 def _summary_text(summary: AnySummary) -> str:

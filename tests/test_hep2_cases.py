@@ -422,7 +422,7 @@ def test_the_case_cli_and_score_run_a_hep2_case(tmp_path: Path) -> None:
     page = (tmp_path / "rep" / "case-w-2.html").read_text(encoding="utf-8")
     assert "ANA positive AC-3" in page and "KIT CONTROL FAILED" in page
     listed = run("case", "list").stdout
-    assert "hep2" in listed and "call positive AC-3" in listed
+    assert "hep2" in listed and "call positive AC-3 1:80 or higher" in listed
 
 
 def test_the_field_fingerprint_tells_hep2_fields_apart() -> None:
