@@ -36,7 +36,7 @@ from appliance.outputs.store import ResultStore
 from appliance.service.case_report import write_case_report
 from appliance.service.cases import AnySummary, CaseError, CaseWorkflow, mqtt_case_messages
 from appliance.service.hep2_case_report import write_hep2_case_report
-from appliance.service.hep2_case_summary import Hep2CaseSummary
+from appliance.service.hep2_case_summary import Hep2CaseSummary, call_in_words
 
 SOURCE = "cli"
 
@@ -165,11 +165,9 @@ def _listed_call(case: casebook.CaseRow) -> str:
         return f"score {summary.get('score') or '-'}"
     if summary.get("positive") is None:
         return "call -"
-    if not summary["positive"]:
-        return "call negative"
     titres = {t["icap"]: f" {t['titre']}" for t in summary.get("titres", ())}
-    return "call positive " + " + ".join(p["icap"] + titres.get(p["icap"], "")
-                                         for p in summary["patterns"])
+    return "call " + call_in_words(summary["positive"], [
+        p["icap"] + titres.get(p["icap"], "") for p in summary["patterns"]])
 
 
 def _summary_text(summary: AnySummary) -> str:
@@ -208,9 +206,8 @@ def _hep2_summary_text(summary: Hep2CaseSummary) -> str:
     lines += [f"  titre {t.icap} {t.words()} ({t.why})" for t in summary.titres]
     for dw in summary.wells:
         call = dw.well
-        read = ("not scorable" if call is None or not call.scored else
-                "negative" if not call.positive else
-                "positive " + " + ".join(p.icap for p in call.patterns))
+        read = call_in_words(call.positive if call is not None and call.scored else None,
+                             [p.icap for p in call.patterns] if call is not None else [])
         n = len(dw.counted)
         lines.append(f"    1:{dw.dilution} well: {read} ({n} field{'' if n == 1 else 's'})")
     lines.append(f"  kit controls {summary.control_status}")

@@ -41,7 +41,7 @@ MITOSIS_COLOUR: RGB = (255, 0, 255)
 def banner_rows(result: Hep2Result) -> list[Row]:
     """The banner under the picture, row by row."""
     rows = [*headline_rows(result), *measure_rows(result), *cell_rows(result),
-            *warning_rows(result)]
+            *warning_rows(result), *research_rows(result)]
     return [r for r in rows if r.items]
 
 
@@ -77,19 +77,20 @@ def live_headline_rows(result: Hep2Result) -> list[Row]:
 
 def intensity_rows(result: Hep2Result) -> list[Row]:
     """The intensity of a positive field."""
-    return measure_rows(result)[:1]
+    if not (result.scored and result.positive):
+        return []
+    units = "units" if result.intensity_calibrated else "relative units"
+    return [Row((Item(f"Intensity {result.intensity_level}: {result.intensity_units:.0f}"
+                      f" {units}", TEXT_COLOUR),))]
 
 
 def measure_rows(result: Hep2Result) -> list[Row]:
     """The intensity and each pattern's evidence (a positive field's)."""
     if not (result.scored and result.positive):
         return []
-    units = "units" if result.intensity_calibrated else "relative units"
-    rows = [Row((Item(f"Intensity {result.intensity_level}: {result.intensity_units:.0f}"
-                      f" {units}", TEXT_COLOUR),)),
-            Row(tuple(Item(f"{p.icap}: {p.evidence}", TEXT_COLOUR)
-                      for p in result.patterns if p.evidence))]
-    return [r for r in rows if r.items]
+    evidence = Row(tuple(Item(f"{p.icap}: {p.evidence}", TEXT_COLOUR)
+                         for p in result.patterns if p.evidence))
+    return [*intensity_rows(result), *([evidence] if evidence.items else [])]
 
 
 def cell_rows(result: Hep2Result) -> list[Row]:
@@ -102,11 +103,14 @@ def cell_rows(result: Hep2Result) -> list[Row]:
 
 
 def warning_rows(result: Hep2Result) -> list[Row]:
-    """The field's warnings, then the model's research-use line when it is one."""
-    rows = [Row((Item(f"Warning: {w}", ALERT_COLOUR),)) for w in result.warnings]
-    if is_research_use_only(result.model):
-        rows.append(Row((Item(RESEARCH_USE_LINE, ALERT_COLOUR),)))
-    return rows
+    """The field's warnings."""
+    return [Row((Item(f"Warning: {w}", ALERT_COLOUR),)) for w in result.warnings]
+
+
+def research_rows(result: Hep2Result) -> list[Row]:
+    """The research-use line, when the model is validated on generated data only."""
+    return ([Row((Item(RESEARCH_USE_LINE, ALERT_COLOUR),))]
+            if is_research_use_only(result.model) else [])
 
 
 def cell_outlines(result: Hep2Result, width: int, height: int) -> CellOutlines:

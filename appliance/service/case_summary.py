@@ -100,11 +100,16 @@ class CaseSummary:
             "heterogeneity": list(s.heterogeneity), "borderline": list(s.borderline),
             "warnings": list(self.warnings),
             "scores": dict(Counter(f.result.get("score") or "not_scorable" for f in tumour)),
-            "models": [{"name": n, "sha256": h} for n, h in sorted(
-                {(f.result["model"]["name"], f.result["model"]["sha256"])
-                 for f in self.fields if "model" in f.result})],
+            "models": case_models(self.fields),
             "fields": fields,
         }
+
+
+def case_models(fields: Sequence[CaseFieldRow]) -> list[dict[str, str]]:
+    """Name and sha256 of every model that scored one of the case's fields, sorted."""
+    return [{"name": n, "sha256": h} for n, h in sorted(
+        {(f.result["model"]["name"], f.result["model"]["sha256"])
+         for f in fields if "model" in f.result})]
 
 
 def summarise(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequence[CheckRow],

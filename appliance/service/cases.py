@@ -43,6 +43,7 @@ from appliance.service.button import ButtonAction
 from appliance.service.case_summary import CaseSummary, control_state, readings, summarise
 from appliance.service.hep2_case_summary import (
     Hep2CaseSummary,
+    call_in_words,
     distinct_results,
     summarise_hep2,
 )
@@ -401,7 +402,7 @@ class CaseWorkflow:
 
     def _case_open(self) -> bool:
         try:
-            return self.store.read_with(lambda conn: casebook.open_case(conn) is not None)
+            return self.open_case() is not None
         except StoreError:
             return False
 
@@ -514,10 +515,7 @@ def _closing_detail(summary: dict[str, Any]) -> dict[str, Any]:
 def _call_words(summary: dict[str, Any]) -> str:
     """A closed case's call for the log line."""
     if summary.get("assay") == "hep2":
-        if summary["positive"] is None:
-            return "not scorable"
-        return ("positive " + " + ".join(p["icap"] for p in summary["patterns"])
-                if summary["positive"] else "negative")
+        return call_in_words(summary["positive"], [p["icap"] for p in summary["patterns"]])
     return str(summary["score"])
 
 

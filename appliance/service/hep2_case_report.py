@@ -18,15 +18,12 @@ from appliance.outputs.report.model import (
     Hep2ReportPattern,
 )
 from appliance.service.case_report import models_and_research_line
-from appliance.service.hep2_case_summary import Hep2CaseSummary
+from appliance.service.hep2_case_summary import Hep2CaseSummary, call_in_words
 
 
 def _field_call(result: Mapping[str, Any]) -> str:
-    if result.get("status") != "scored":
-        return "not scorable"
-    if not result.get("positive"):
-        return "negative"
-    return "positive " + " + ".join(str(p.get("icap")) for p in result.get("patterns") or ())
+    return call_in_words(bool(result.get("positive")) if result.get("status") == "scored"
+                         else None, [str(p.get("icap")) for p in result.get("patterns") or ()])
 
 
 def _field(summary: Hep2CaseSummary, f: CaseFieldRow, note: str) -> Hep2ReportField:
@@ -79,12 +76,7 @@ def hep2_report_data(summary: Hep2CaseSummary, *, device_id: str, config_sha256:
 
 def _well_words(well: Mapping[str, Any]) -> str:
     """One dilution's well in words (its summary row)."""
-    if well["positive"] is None:
-        read = "not scorable"
-    elif not well["positive"]:
-        read = "negative"
-    else:
-        read = "positive " + " + ".join(well["patterns"])
+    read = call_in_words(well["positive"], well["patterns"])
     intensity = well["intensity"]
     level = f", {intensity['level']} {intensity['value']:.0f}" if intensity else ""
     n = well["fields_counted"]

@@ -24,8 +24,17 @@ from appliance.assays.hep2.well import Hep2WellResult, call_well
 from appliance.config import Hep2Config
 from appliance.outputs import hep2_json
 from appliance.outputs.casebook import CaseFieldRow, CaseRow, CheckRow
+from appliance.service.case_summary import case_models
 
 NO_FIELD = "no field of the patient's well has been shown"
+
+
+def call_in_words(positive: bool | None, icaps: Sequence[str]) -> str:
+    """A call in words: "not scorable" (None), "negative", or "positive AC-1 + AC-15"
+    (``icaps`` may carry their titres)."""
+    if positive is None:
+        return "not scorable"
+    return "positive " + " + ".join(icaps) if positive else "negative"
 
 
 def hep2_control_state(checks: Sequence[CheckRow]) -> str:
@@ -69,8 +78,8 @@ class Hep2CaseSummary:
         if not w.positive:
             return f"negative{at} ({w.intensity_units:.0f} units)"
         titre = {t.name: f" {t.words()}" for t in self.titres}
-        names = " + ".join(p.icap + titre.get(p.name, "") for p in w.patterns)
-        return f"positive {names}, {w.intensity_level}{at if not self.titres else ''}"
+        called = call_in_words(True, [p.icap + titre.get(p.name, "") for p in w.patterns])
+        return f"{called}, {w.intensity_level}{at if not self.titres else ''}"
 
     def to_dict(self) -> dict[str, Any]:
         """The ``case`` message / stored summary (docs/cases.md, "HEp-2 cases")."""
@@ -99,9 +108,7 @@ class Hep2CaseSummary:
                         "checks": [dict(ch.check, decided_at=ch.decided_at, round=ch.round)
                                    for ch in self.checks]},
             "warnings": list(self.warnings),
-            "models": [{"name": n, "sha256": h} for n, h in sorted(
-                {(f.result["model"]["name"], f.result["model"]["sha256"])
-                 for f in self.fields if "model" in f.result})],
+            "models": case_models(self.fields),
             "fields": [self._field(f) for f in self.fields],
         }
 

@@ -254,12 +254,9 @@ def panel_rows(result: AnyResult | None, status: LiveStatus) -> list[Row]:
         # The side panel is short and rows that do not fit are left out from the end:
         # what the model was validated on and the open case (its kit controls) come
         # before the field's details.
-        research = ([Row((Item(RESEARCH_USE_LINE, ALERT_COLOUR),))]
-                    if is_research_use_only(result.model) else [])
-        rows = [*hep2_overlay.live_headline_rows(result), *research,
+        rows = [*hep2_overlay.live_headline_rows(result), *hep2_overlay.research_rows(result),
                 *(case_rows(status.case) if status.case is not None else []),
-                *hep2_overlay.intensity_rows(result),
-                *[Row((Item(f"Warning: {w}", ALERT_COLOUR),)) for w in result.warnings],
+                *hep2_overlay.intensity_rows(result), *hep2_overlay.warning_rows(result),
                 *hep2_overlay.cell_rows(result)]
         return [r for r in rows if r.items]
     if isinstance(result, FieldResult) and _shows_result(result, status):

@@ -257,6 +257,66 @@ def footer_height(research_use: str) -> float:
     return MARGIN + height(footer_lines(research_use)) + 12 + 8
 
 
+BADGE_H = 13.0  # a table cell's badge and the gap under it
+
+
+@dataclass(frozen=True)
+class Badge:
+    """A small coloured label at the top of one table cell (a field's score)."""
+
+    column: int
+    text: str
+    fill: Colour
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One measured field row: each column's lines, the picture (column 1), the height."""
+
+    cells: list[list[Line]]
+    thumb: Thumb | str
+    height: float
+    shaded: bool  # not counted: drawn on a grey band
+    badge: Badge | None = None
+
+
+def table_row(writer: PdfWriter, columns: Sequence[Column], cells: list[list[Line]],
+              jpeg: bytes | None, *, shaded: bool, badge: Badge | None = None) -> TableRow:
+    """Measure one row: the taller of its picture (column 1; or why there is none, in
+    words) and its longest cell."""
+    thumb = prepare_thumbnail(writer, jpeg, columns[1].width - 2 * CELL_PAD)
+    if isinstance(thumb, str):
+        cells[1] = wrapped(thumb, columns[1].width - 2 * CELL_PAD, TABLE_SIZE, colour=GREY)
+    text_h = max(height(c) + (BADGE_H if badge is not None and i == badge.column else 0)
+                 for i, c in enumerate(cells))
+    pic_h = thumb.height if isinstance(thumb, Thumb) else 0.0
+    return TableRow(cells, thumb, max(text_h, pic_h) + 2 * CELL_PAD + 1, shaded, badge)
+
+
+def draw_table_row(page: PdfPage, columns: Sequence[Column], row: TableRow,
+                   top: float) -> float:
+    """One row with its picture, badge and grid lines; returns its bottom."""
+    if row.shaded:
+        box(page, MARGIN, top, CONTENT_W, row.height, fill=SHADE)
+    x = MARGIN
+    for i, (column, lines) in enumerate(zip(columns, row.cells, strict=True)):
+        cell_top = top + CELL_PAD - 1
+        if i == 1 and isinstance(row.thumb, Thumb):
+            page.image(row.thumb.name, x + CELL_PAD, page.height - top - CELL_PAD
+                       - row.thumb.height, row.thumb.width, row.thumb.height)
+        if row.badge is not None and i == row.badge.column:
+            badge(page, x + CELL_PAD, top + CELL_PAD, 24, 11, row.badge.text, 8,
+                  row.badge.fill)
+            cell_top += BADGE_H
+        draw_lines(page, x + CELL_PAD, cell_top, lines)
+        if i:
+            page.line(x, page.height - top, x, page.height - top - row.height,
+                      colour=RULE_GREY, width=0.4)
+        x += column.width
+    hline(page, MARGIN, MARGIN + CONTENT_W, top + row.height)
+    return top + row.height
+
+
 def table_header_lines(columns: Sequence[Column]) -> list[list[Line]]:
     return [wrapped(c.title, c.width - 2 * CELL_PAD, 7, bold=True) for c in columns]
 

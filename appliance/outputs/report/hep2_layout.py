@@ -7,8 +7,6 @@ short header. The drawing blocks are the HER2 report's (``blocks.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from appliance.outputs.report.blocks import (
     AMBER,
     CELL_PAD,
@@ -16,15 +14,14 @@ from appliance.outputs.report.blocks import (
     GREEN,
     GREY,
     MARGIN,
+    MAX_CELL_LINES,
     MAX_FLAG_ITEMS,
     MAX_ITEM_LINES,
     RED,
     RULE_GREY,
-    SHADE,
     TABLE_SIZE,
     Column,
     Line,
-    Thumb,
     badge,
     box,
     clip_drawn,
@@ -32,10 +29,11 @@ from appliance.outputs.report.blocks import (
     draw_header,
     draw_lines,
     draw_models,
+    draw_table_row,
     flag_lines,
     height,
     hline,
-    prepare_thumbnail,
+    table_row,
     wrapped,
 )
 from appliance.outputs.report.model import Hep2CaseReportData, Hep2ReportField
@@ -131,18 +129,10 @@ def _draw_warnings(page: PdfPage, data: Hep2CaseReportData, top: float) -> float
     return draw_lines(page, MARGIN, top, lines) + 6
 
 
-@dataclass(frozen=True)
-class _Row:
-    field: Hep2ReportField
-    cells: list[list[Line]]
-    thumb: Thumb | str
-    height: float
-
-
 def _cell_lines(row: Hep2ReportField) -> list[list[Line]]:
     def cell(text: str, col: int, *, bold: bool = False, colour: Colour = BLACK) -> list[Line]:
         return wrapped(text, COLUMNS[col].width - 2 * CELL_PAD, TABLE_SIZE, bold=bold,
-                       colour=colour, limit=7)
+                       colour=colour, limit=MAX_CELL_LINES)
 
     return [
         cell(str(row.index), 0, bold=True),
@@ -154,33 +144,6 @@ def _cell_lines(row: Hep2ReportField) -> list[list[Line]]:
         cell("yes" if row.counted else "no", 6, bold=not row.counted),
         cell(row.note, 7),
     ]
-
-
-def _make_row(writer: PdfWriter, row: Hep2ReportField) -> _Row:
-    cells = _cell_lines(row)
-    thumb = prepare_thumbnail(writer, row.thumbnail_jpeg, COLUMNS[1].width - 2 * CELL_PAD)
-    if isinstance(thumb, str):
-        cells[1] = wrapped(thumb, COLUMNS[1].width - 2 * CELL_PAD, TABLE_SIZE, colour=GREY)
-    text_h = max(height(c) for c in cells)
-    pic_h = thumb.height if isinstance(thumb, Thumb) else 0.0
-    return _Row(row, cells, thumb, max(text_h, pic_h) + 2 * CELL_PAD + 1)
-
-
-def _draw_row(page: PdfPage, row: _Row, top: float) -> float:
-    if not row.field.counted:
-        box(page, MARGIN, top, CONTENT_W, row.height, fill=SHADE)
-    x = MARGIN
-    for i, (column, lines) in enumerate(zip(COLUMNS, row.cells, strict=True)):
-        if i == 1 and isinstance(row.thumb, Thumb):
-            page.image(row.thumb.name, x + CELL_PAD, page.height - top - CELL_PAD
-                       - row.thumb.height, row.thumb.width, row.thumb.height)
-        draw_lines(page, x + CELL_PAD, top + CELL_PAD - 1, lines)
-        if i:
-            page.line(x, page.height - top, x, page.height - top - row.height,
-                      colour=RULE_GREY, width=0.4)
-        x += column.width
-    hline(page, MARGIN, MARGIN + CONTENT_W, top + row.height)
-    return top + row.height
 
 
 def _draw_continuation_header(page: PdfPage, data: Hep2CaseReportData) -> float:
@@ -200,9 +163,11 @@ def render_hep2_pdf(data: Hep2CaseReportData) -> bytes:
     top = _draw_summary(first, data, top)
     top = _draw_warnings(first, data, top)
     top = draw_models(first, data.models, data.config_sha256, top)
-    rows = [_make_row(writer, field) for field in data.fields]
+    rows = [table_row(writer, COLUMNS, _cell_lines(f), f.thumbnail_jpeg, shaded=not f.counted)
+            for f in data.fields]
     draw_field_table(writer, first, top, columns=COLUMNS, heights=[r.height for r in rows],
-                     draw_row=lambda page, i, row_top: _draw_row(page, rows[i], row_top),
+                     draw_row=lambda page, i, row_top: draw_table_row(page, COLUMNS, rows[i],
+                                                                     row_top),
                      continuation=lambda page: _draw_continuation_header(page, data),
                      research_use=data.research_use, generated_at=data.generated_at,
                      case_id=data.case_id)

@@ -10,8 +10,6 @@ case report shares (header, footer, models, pictures, pagination) are in ``block
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from appliance.outputs.report.blocks import (
     AMBER,
     CELL_PAD,
@@ -24,20 +22,21 @@ from appliance.outputs.report.blocks import (
     MAX_ITEM_LINES,
     RED,
     RULE_GREY,
-    SHADE,
     TABLE_SIZE,
     WHITE,
+    Badge,
+    TableRow,
     draw_field_table,
     draw_header,
     draw_models,
+    draw_table_row,
     flag_lines,
     paginate,
-    prepare_thumbnail,
+    table_row,
     wrap_text,
 )
 from appliance.outputs.report.blocks import Column as _Column
 from appliance.outputs.report.blocks import Line as _Line
-from appliance.outputs.report.blocks import Thumb as _Thumb
 from appliance.outputs.report.blocks import badge as _badge
 from appliance.outputs.report.blocks import box as _box
 from appliance.outputs.report.blocks import clip_drawn as _clip_lines_of
@@ -174,11 +173,6 @@ def _draw_models(page: PdfPage, data: CaseReportData, top: float) -> float:
     return draw_models(page, data.models, data.config_sha256, top)
 
 
-def _prepare_thumbnail(writer: PdfWriter, jpeg: bytes | None) -> _Thumb | str:
-    """Embed a field picture in the picture column, or say in words why there is none."""
-    return prepare_thumbnail(writer, jpeg, COLUMNS[1].width - 2 * CELL_PAD)
-
-
 def _cell_lines(row: ReportField) -> list[list[_Line]]:
     """Text of each table column for one field (the picture column has none)."""
     def cell(text: str, col: int, *, bold: bool = False, colour: Colour = BLACK) -> list[_Line]:
@@ -203,47 +197,12 @@ def _cell_lines(row: ReportField) -> list[list[_Line]]:
     ]
 
 
-@dataclass(frozen=True)
-class _Row:
-    field: ReportField
-    cells: list[list[_Line]]
-    thumb: _Thumb | str
-    height: float
-
-
-def _make_row(writer: PdfWriter, row: ReportField) -> _Row:
-    """Measure one table row: the taller of its picture and its longest cell."""
-    cells = _cell_lines(row)
-    thumb = _prepare_thumbnail(writer, row.thumbnail_jpeg)
-    if isinstance(thumb, str):
-        cells[1] = _wrapped(thumb, COLUMNS[1].width - 2 * CELL_PAD, TABLE_SIZE, colour=GREY)
-    badge_h = 13.0 if row.status == "scored" and row.score else 0.0
-    text_h = max(_height(c) + (badge_h if i == 3 else 0) for i, c in enumerate(cells))
-    pic_h = thumb.height if isinstance(thumb, _Thumb) else 0.0
-    return _Row(row, cells, thumb, max(text_h, pic_h) + 2 * CELL_PAD + 1)
-
-
-def _draw_row(page: PdfPage, row: _Row, top: float) -> float:
-    """One field row with its picture, score badge and grid lines; returns its bottom."""
-    if not row.field.counted:
-        _box(page, MARGIN, top, CONTENT_W, row.height, fill=SHADE)
-    x = MARGIN
-    for i, (column, lines) in enumerate(zip(COLUMNS, row.cells, strict=True)):
-        cell_top = top + CELL_PAD - 1
-        if i == 1 and isinstance(row.thumb, _Thumb):
-            page.image(row.thumb.name, x + CELL_PAD, page.height - top - CELL_PAD
-                       - row.thumb.height, row.thumb.width, row.thumb.height)
-        if i == 3 and row.field.status == "scored" and row.field.score:
-            fill = SCORE_COLOURS.get(row.field.score, GREY)
-            _badge(page, x + CELL_PAD, top + CELL_PAD, 24, 11, row.field.score, 8, fill)
-            cell_top += 13
-        _draw_lines(page, x + CELL_PAD, cell_top, lines)
-        if i:
-            page.line(x, page.height - top, x, page.height - top - row.height,
-                      colour=RULE_GREY, width=0.4)
-        x += column.width
-    _hline(page, MARGIN, MARGIN + CONTENT_W, top + row.height)
-    return top + row.height
+def _make_row(writer: PdfWriter, row: ReportField) -> TableRow:
+    """Measure one table row; a scored field's score is a badge over its Score cell."""
+    badge = (Badge(3, row.score, SCORE_COLOURS.get(row.score, GREY))
+             if row.status == "scored" and row.score else None)
+    return table_row(writer, COLUMNS, _cell_lines(row), row.thumbnail_jpeg,
+                     shaded=not row.counted, badge=badge)
 
 
 def _draw_continuation_header(page: PdfPage, data: CaseReportData) -> float:
@@ -266,7 +225,8 @@ def render_pdf(data: CaseReportData) -> bytes:
     top = _draw_models(first, data, top)
     rows = [_make_row(writer, field) for field in data.fields]
     draw_field_table(writer, first, top, columns=COLUMNS, heights=[r.height for r in rows],
-                     draw_row=lambda page, i, row_top: _draw_row(page, rows[i], row_top),
+                     draw_row=lambda page, i, row_top: draw_table_row(page, COLUMNS, rows[i],
+                                                                     row_top),
                      continuation=lambda page: _draw_continuation_header(page, data),
                      research_use=data.research_use, generated_at=data.generated_at,
                      case_id=data.case_id)
