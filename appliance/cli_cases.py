@@ -50,6 +50,9 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
                        "salt); omitted: the box makes one up")
     start.add_argument("--assay", choices=ASSAYS, help="the case's assay (default: the "
                        "config's); a case takes only its own assay's fields")
+    start.add_argument("--slide", help="HEp-2: the slide the well is on (hashed as case ids "
+                       "are); the case counts the kit controls checked in the slide's other "
+                       "cases")
     end = actions.add_parser("end", help="close the open case and print its summary")
     end.add_argument("case_id", nargs="?", help="must be the open case, if given")
     control = actions.add_parser("control", help="control check of the open case (HER2: the "
@@ -116,8 +119,10 @@ def cmd_case(args: argparse.Namespace, cfg: Config) -> int:
 def _case_action(args: argparse.Namespace, cases: CaseWorkflow) -> int:
     action = args.case_command
     if action == "start":
-        row = cases.start_case(args.case_id, source=SOURCE, assay=args.assay)
-        print(f"case {row.case_id} opened ({row.assay})")
+        row = cases.start_case(args.case_id, source=SOURCE, assay=args.assay,
+                               slide=args.slide)
+        print(f"case {row.case_id} opened ({row.assay}"
+              + (f", slide {row.slide})" if row.slide else ")"))
         cases.record_command("case_start", "done", source=SOURCE, case_id=row.case_id)
         return 0
     elif action == "end":
@@ -191,7 +196,8 @@ def _summary_text(summary: AnySummary) -> str:
 def _hep2_summary_text(summary: Hep2CaseSummary) -> str:
     w = summary.well
     lines = [
-        f"case {summary.case.case_id} ({'open' if summary.case.open else 'closed'}, HEp-2)",
+        f"case {summary.case.case_id} ({'open' if summary.case.open else 'closed'}, HEp-2"
+        + (f", slide {summary.case.slide})" if summary.case.slide else ")"),
         f"  call: {summary.call}"
         + (f" ({w.intensity_units:.0f} units)" if w is not None and w.scored and w.positive
            else ""),
@@ -211,6 +217,9 @@ def _hep2_summary_text(summary: Hep2CaseSummary) -> str:
         n = len(dw.counted)
         lines.append(f"    1:{dw.dilution} well: {read} ({n} field{'' if n == 1 else 's'})")
     lines.append(f"  kit controls {summary.control_status}")
+    lines += [f"    {c.expected}: {'valid' if c.valid else 'FAILED'} at {c.decided_at}"
+              + ("" if c.case_id in ("", summary.case.case_id) else f" in case {c.case_id}")
+              for c in summary.checks]
     lines += [f"  warning: {x}" for x in summary.warnings]
     return "\n".join(lines)
 

@@ -476,6 +476,17 @@ class Hep2ControlConfig:
         "long press, a bare command) must read: 'negative', or a pattern's class name or "
         "ICAP code (most kits' positive control is homogeneous, AC-1)",
     )
+    positive_units: list[float] = _f(
+        [], "The lab's accepted range [low, high] of the kit's positive control (the pattern "
+        "of default_expected) in calibrated intensity units, from its own validated runs "
+        "(e.g. mean +/- 2 SD of 20 runs): outside it the control fails, as does one measured "
+        "without calibration. Empty: that control is checked for its pattern only", lo=0,
+    )
+    slide_max_age_h: float = _f(
+        12.0, "A HEp-2 case on a slide (start_case's slide) counts the kit control checks "
+        "made in the slide's other cases up to this many hours before it opened: the "
+        "controls of one run, not of a slide id reused on another day", lo=0.1, hi=72,
+    )
 
 
 @dataclass(frozen=True)
@@ -816,6 +827,10 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError("hep2.control.default_expected",
                           f"{cfg.hep2.control.default_expected!r} is neither 'negative' nor a "
                           "pattern's class name or ICAP code (e.g. homogeneous, AC-1)") from None
+    pu = cfg.hep2.control.positive_units
+    if pu and (len(pu) != 2 or not 0 < pu[0] < pu[1]):
+        raise ConfigError("hep2.control.positive_units", "need [] or two increasing positive "
+                          f"values [low, high] in calibrated units, got {pu}")
     c = cfg.hep2.cells
     if c.max_area_um2 <= c.min_area_um2:
         raise ConfigError("hep2.cells.max_area_um2", f"{c.max_area_um2} is not above "

@@ -89,6 +89,28 @@ def test_a_negative_control_must_read_negative() -> None:
     assert not high.valid and "negative control reads positive (AC-1" in high.reasons[0]
 
 
+def test_the_kits_positive_control_must_read_in_the_labs_range() -> None:
+    lab = replace(CFG, control=replace(CFG.control, positive_units=[60.0, 120.0]))
+    ok = evaluate_control([homogeneous("c.png", brightness=80.0)], "AC-1", lab)
+    assert ok.valid and ok.reasons[0].endswith("80 units within the lab's range 60-120")
+    faded = evaluate_control([homogeneous("c.png", brightness=40.0)], "AC-1", lab)
+    assert not faded.valid and "40 units is outside the lab's range 60-120" in faded.reasons[0]
+    assert "drifted" in faded.reasons[0]
+    hot = evaluate_control([homogeneous("c.png", brightness=150.0)], "homogeneous", lab)
+    assert not hot.valid and "150 units is outside" in hot.reasons[0]
+    raw = evaluate_control([field([cell("homogeneous")] * 20, "c.png", calibrated=False)],
+                           "AC-1", lab)
+    assert not raw.valid and "are not calibrated" in raw.reasons[0]
+    # Another pattern's control (not the kit's, default_expected) is checked for its
+    # pattern only, and without a range the kit's is too.
+    assert evaluate_control([field([cell("centromere", brightness=30.0)] * 20, "c.png")],
+                            "AC-3", lab).valid
+    assert evaluate_control([homogeneous("c.png", brightness=40.0)], "AC-1", CFG).valid
+    for bad in ([120.0, 60.0], [80.0], [0.0, 10.0]):
+        with pytest.raises(ConfigError, match=r"hep2\.control\.positive_units"):
+            with_overrides(Config(), {"hep2.control.positive_units": bad})
+
+
 def test_a_control_not_read_validates_nothing() -> None:
     none = evaluate_control([], "AC-1", CFG)
     assert not none.valid and none.reasons == ("no control field was shown",)
@@ -322,6 +344,108 @@ def test_unreadable_stored_fields_are_named_not_fatal(bench: Bench) -> None:
     assert doc["fields"][1]["note"] == "not counted: its stored result is unreadable"
 
 
+# ------------------------------------------------------------------- one slide's controls
+
+
+def check_controls(bench: Bench, *, negative_ok: bool = True, seed: int = 50) -> None:
+    """Read the kit's positive (AC-1) and negative controls in the open case."""
+    for expected, result in (("AC-1", homogeneous("pos.png")),
+                             ("negative", negative("neg.png") if negative_ok
+                              else homogeneous("neg.png", brightness=60.0))):
+        bench.cases.start_control(expected, source="cli")
+        bench.show(result, seed)
+        bench.cases.end_control(source="cli")
+        seed += 1
+
+
+def test_the_cases_of_one_slide_share_its_kit_controls(bench: Bench) -> None:
+    first = bench.cases.start_case("S26-10-W1", source="cli", slide="SL-0412")
+    assert first.slide == "SL-0412"
+    check_controls(bench)
+    bench.show(homogeneous("w1.png"), seed=1)
+    bench.cases.end_case(None, source="cli")
+
+    second = bench.cases.start_case("S26-10-W2", source="cli", slide="SL-0412")
+    bench.show(negative("w2.png"), seed=2)
+    summary = bench.cases.summary()
+    assert isinstance(summary, Hep2CaseSummary) and summary.control_status == "valid"
+    assert {c.case_id for c in summary.checks} == {first.case_id}
+    live = bench.cases.live()
+    assert live is not None and live.on_slide and not case_needs_attention(live)
+    texts = [i.text for r in case_rows(live) for i in r.items]
+    assert "Kit controls valid on this slide" in texts
+    doc = bench.cases.end_case(None, source="cli")
+    assert doc["slide"] == "SL-0412" and doc["control"]["status"] == "valid"
+    assert [c["case_id"] for c in doc["control"]["checks"]] == [first.case_id] * 2
+    assert not any("control" in w for w in doc["warnings"])
+    assert doc["positive"] is False  # the control fields stay the first case's
+    case_validator().validate(json.loads(contract.encode(
+        contract.case_message("box-1", doc, msg_id="m2", seq=2))))
+    assert second.case_id != first.case_id
+
+    # Another slide, or no slide, does not borrow them.
+    bench.cases.start_case("S26-11-W1", source="cli", slide="SL-0413")
+    other = bench.cases.summary()
+    assert other.control_status == "not_checked" and not other.checks
+    assert other.warnings[0].startswith("kit controls not checked on this slide")
+    bench.cases.end_case(None, source="cli")
+    bench.cases.start_case("S26-12", source="cli")
+    assert bench.cases.summary().control_status == "not_checked"
+
+
+def test_a_control_failed_on_the_slide_fails_its_later_cases_until_repeated(
+        bench: Bench) -> None:
+    first = bench.cases.start_case("S26-13-W1", source="cli", slide="SL-9")
+    check_controls(bench, negative_ok=False)
+    bench.cases.end_case(None, source="cli")
+    bench.cases.start_case("S26-13-W2", source="cli", slide="SL-9")
+    summary = bench.cases.summary()
+    assert summary.control_status == "failed"
+    assert summary.warnings[0].startswith(f"kit control FAILED (in case {first.case_id} on "
+                                          "this slide)")
+    # The negative control read again, in this case: the latest decision counts.
+    bench.cases.start_control("negative", source="cli")
+    bench.show(negative("neg-again.png"), seed=60)
+    bench.cases.end_control(source="cli")
+    again = bench.cases.summary()
+    assert again.control_status == "valid"
+    assert [c.case_id for c in again.checks][-1] == again.case.case_id
+
+
+def test_slide_checks_count_within_one_run(bench: Bench) -> None:
+    early = bench.cases.start_case("S26-14-W1", source="cli", slide="SL-7")
+    bench.show(homogeneous("w1.png"), seed=1)
+    closed_early = bench.cases.end_case(None, source="cli")
+    bench.cases.start_case("S26-14-W2", source="cli", slide="SL-7")
+    check_controls(bench)
+    bench.cases.end_case(None, source="cli")
+    # Checks decided after a case closed do not change it, read again later.
+    assert bench.cases.summary(early.case_id).control_status == "not_checked"
+    assert closed_early["control"]["status"] == "not_checked"
+    # Checks older than hep2.control.slide_max_age_h before a case opened do not count:
+    # a slide id reused on another day.
+    with sqlite3.connect(bench.cfg.store.path) as conn:
+        conn.execute("UPDATE control_checks SET decided_at = '2026-01-01T00:00:00.000+00:00'")
+    bench.cases.start_case("S26-14-W3", source="cli", slide="SL-7")
+    assert bench.cases.summary().control_status == "not_checked"
+
+
+def test_a_slide_is_named_for_hep2_cases_only_and_kept_opaque(tmp_path: Path) -> None:
+    her2 = Bench(tmp_path, assay="her2")
+    try:
+        with pytest.raises(CaseError, match="a slide is named for a HEp-2 case only"):
+            her2.cases.start_case("S26-15", source="cli", slide="SL-1")
+        with pytest.raises(CaseError, match=r"slide id: without mqtt\.case_salt_file"):
+            her2.cases.start_case("S26-15", source="cli", assay="hep2", slide="SL 0412 / 3")
+        assert her2.cases.open_case() is None  # nothing was opened by a refusal
+        salted = CaseWorkflow(her2.cfg, her2.store, salt=b"s" * 32)
+        row = salted.start_case("S26-15", source="cli", assay="hep2", slide="SL 0412 / 3")
+        assert row.slide is not None and row.slide.startswith(contract.CASE_ID_PREFIX)
+        assert row.slide == salted.slide_id_for("SL 0412 / 3", "hep2")  # same slide, same id
+    finally:
+        her2.store.close()
+
+
 # ------------------------------------------------------------------- the running box
 
 
@@ -351,8 +475,12 @@ def test_mqtt_drives_a_hep2_case_in_the_running_box(tmp_path: Path, broker: Mosq
                                                 for m in ms))
         wrong = command("start_case", {"case_id": "w-1", "assay": "her2"})
         assert wrong["ok"] is False and "set_assay her2 first" in json.dumps(wrong)
-        started = command("start_case", {"case_id": "w-1"})
+        unsalted = command("start_case", {"case_id": "w-1", "slide": "SL 04/12"})
+        assert unsalted["ok"] is False and unsalted["error"]["field"] == "slide", unsalted
+        assert "slide id: without mqtt.case_salt_file" in unsalted["error"]["reason"]
+        started = command("start_case", {"case_id": "w-1", "slide": "SL-0412"})
         assert started["ok"] is True and started["result"]["assay"] == "hep2", started
+        assert started["result"]["slide"] == "SL-0412"
         fields.wait_for("fields of the case", lambda ms: sum(
             json.loads(m.payload)["case_id"] == "w-1" for m in ms) >= 2)
         switch = command("set_assay", {"assay": "her2"})
@@ -369,7 +497,7 @@ def test_mqtt_drives_a_hep2_case_in_the_running_box(tmp_path: Path, broker: Mosq
     assert body["schema"] == "eyepiece.hep2-case/1"
     case_validator().validate(body)
     case = body["case"]
-    assert case["case_id"] == "w-1" and case["positive"] is True
+    assert case["case_id"] == "w-1" and case["positive"] is True and case["slide"] == "SL-0412"
     assert case["patterns"][0]["icap"] == "AC-1"
     # The replay loops over its two fields: each is counted once however often it is seen.
     assert 1 <= case["fields_counted"] <= 2 <= case["fields_total"]
@@ -396,7 +524,8 @@ def test_the_case_cli_and_score_run_a_hep2_case(tmp_path: Path) -> None:
         assert isinstance(done, subprocess.CompletedProcess)
         return done
 
-    assert "opened (hep2)" in run("case", "start", "w-2", "--assay", "hep2").stdout
+    assert "opened (hep2, slide SL-2)" in run("case", "start", "w-2", "--assay", "hep2",
+                                              "--slide", "SL-2").stdout
     assert run("case", "control", "start", "--expected", "negative").returncode == 0
     assert run("score", "--assay", "hep2", paths[0]).returncode == 0
     failed = run("case", "control", "end")
@@ -423,6 +552,11 @@ def test_the_case_cli_and_score_run_a_hep2_case(tmp_path: Path) -> None:
     assert "ANA positive AC-3" in page and "KIT CONTROL FAILED" in page
     listed = run("case", "list").stdout
     assert "hep2" in listed and "call positive AC-3 1:80 or higher" in listed
+    # The slide's next well: its kit control check is w-2's.
+    assert run("case", "start", "w-3", "--assay", "hep2", "--slide", "SL-2").returncode == 0
+    status = run("case", "status").stdout
+    assert "(open, HEp-2, slide SL-2)" in status and "kit controls failed" in status
+    assert "negative: FAILED at" in status and "in case w-2" in status
 
 
 def test_the_field_fingerprint_tells_hep2_fields_apart() -> None:

@@ -358,6 +358,20 @@ def test_hep2_report_pdf_carries_the_call_controls_and_fields() -> None:
     assert "No fields recorded in this case." in unread
 
 
+def test_hep2_report_names_the_slides_other_case_that_checked_a_control() -> None:
+    shared = Hep2ReportCheck(1, "AC-0 negative", True, ("reads negative as expected",),
+                             "2026-03-01T09:40:00Z", case_id="W-2026-0006")
+    data = _hep2_case(slide="SL-0412", checks=(shared,), control_status="incomplete")
+    text = _text(_read(render_hep2_pdf(data)))[0]
+    assert "slide SL-0412: its wells share the kit controls" in text
+    assert "round 1: AC-0 negative - valid (in case W-2026-0006, same slide)" in text
+    page = render_hep2_html(data)
+    assert "(in case W-2026-0006, same slide)" in page and "slide SL-0412" in page
+    none = _hep2_case(slide="SL-0412", checks=(), control_status="not_checked")
+    assert "no kit control was checked on this slide" in _text(_read(render_hep2_pdf(none)))[0]
+    assert "no kit control was checked on this slide" in render_hep2_html(none)
+
+
 def test_hep2_report_continues_on_more_pages_and_the_html_escapes() -> None:
     reader = _read(render_hep2_pdf(_hep2_case(30)))
     pages = _text(reader)

@@ -196,7 +196,7 @@ def test_v1_database_migrates_in_place_to_the_outbox_schema(
     assert any(f"migrated from schema 1 to {SCHEMA_VERSION}" in r.getMessage()
                for r in caplog.records)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5 == SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 6 == SCHEMA_VERSION
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
     assert {"outbox", "outbox_seq", "outbox_dropped"} <= tables
 
@@ -223,6 +223,34 @@ def test_v3_cases_migrate_as_her2_cases(tmp_path: Path,
             flush_backlog=False)
         new = store.read_with(lambda conn: casebook.get_case(conn, "c-new"))
         assert new is not None and new.assay == "hep2"
+
+
+def test_v5_cases_migrate_without_a_slide(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "r.sqlite"
+    with monkeypatch.context() as v5:  # the shipped v5 code: cases without a slide
+        v5.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:5])
+        v5.setattr(store_module, "SCHEMA_VERSION", 5)
+        with ResultStore(path) as store:
+            store.write_with(lambda conn: conn.execute(
+                "INSERT INTO cases (case_id, opened_at, opened_by, mode, assay) "
+                "VALUES ('c-old', '2026-01-01T00:00:00.000+00:00', 'cli', 'tumour', 'hep2')"),
+                flush_backlog=False)
+    with ResultStore(path) as store:
+        old = store.read_with(lambda conn: casebook.get_case(conn, "c-old"))
+        assert old is not None and old.slide is None and old.assay == "hep2"
+        store.write_with(lambda conn: casebook.close_case(
+            conn, "c-old", at="2026-01-01T01:00:00.000+00:00", by="cli", summary={}),
+            flush_backlog=False)
+        store.write_with(lambda conn: casebook.insert_case(
+            conn, "c-new", at="2026-01-02T00:00:00.000+00:00", by="cli", assay="hep2",
+            slide="s-1"), flush_backlog=False)
+        new = store.read_with(lambda conn: casebook.get_case(conn, "c-new"))
+        assert new is not None and new.slide == "s-1"
+    with sqlite3.connect(path) as conn:
+        plan = " ".join(str(r) for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT case_id FROM cases WHERE slide = 's-1'"))
+    assert "cases_slide" in plan  # the slide's cases are found by the index
 
 
 def test_full_disk_keeps_results_and_writes_them_later(tmp_path: Path) -> None:

@@ -25,6 +25,10 @@ case pools only its own assay's fields, and its controls are that assay's. The r
 v5 adds the serum dilution of a HEp-2 case's titration: ``cases.dilution`` (the well shown
 now, 80 for 1:80; NULL when not given) and ``case_fields.dilution`` (the well each patient
 field was shown in).
+
+v6 adds ``cases.slide``: the (opaque) id of the slide a HEp-2 case's well is on. The kit's
+controls are read once per slide; a case on the same slide counts the control checks made
+in the slide's other cases (``slide_checks``).
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ class CaseRow:
     summary: dict[str, Any] | None
     assay: str = "her2"
     dilution: int | None = None  # HEp-2: the serum dilution of the well shown now
+    slide: str | None = None  # HEp-2: the opaque id of the slide the well is on
 
     @property
     def open(self) -> bool:
@@ -141,10 +146,12 @@ class CheckRow:
     decided_at: str
     valid: bool
     check: dict[str, Any]
+    case_id: str = ""  # the case it was decided in (another case's on the same slide)
 
 
 _CASE_COLUMNS = ("case_id", "opened_at", "opened_by", "closed_at", "closed_by", "mode",
-                 "control_expected", "control_round", "summary_json", "assay", "dilution")
+                 "control_expected", "control_round", "summary_json", "assay", "dilution",
+                 "slide")
 
 
 def _case(row: Iterable[Any]) -> CaseRow:
@@ -185,21 +192,29 @@ def add_dilution_columns(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE case_fields ADD COLUMN dilution INTEGER")
 
 
+def add_slide_column(conn: sqlite3.Connection) -> None:
+    """v6: the slide a HEp-2 case's well is on (store migration), indexed for the slide's
+    control checks."""
+    conn.execute("ALTER TABLE cases ADD COLUMN slide TEXT")
+    conn.execute("CREATE INDEX cases_slide ON cases (slide) WHERE slide IS NOT NULL")
+
+
 def set_dilution(conn: sqlite3.Connection, case_id: str, dilution: int) -> None:
     """The serum dilution of the well the case's next patient fields are shown in."""
     conn.execute("UPDATE cases SET dilution = ? WHERE case_id = ?", (dilution, case_id))
 
 
 def insert_case(conn: sqlite3.Connection, case_id: str, *, at: str, by: str,
-                assay: str = "her2") -> None:
-    """Open a new case of ``assay``; ValueError when one is open or the id was used before."""
+                assay: str = "her2", slide: str | None = None) -> None:
+    """Open a new case of ``assay`` (on ``slide``, an opaque id); ValueError when one is
+    open or the id was used before."""
     current = open_case(conn)
     if current is not None:
         raise ValueError(f"case {current.case_id} is still open: close it first")
     if get_case(conn, case_id) is not None:
         raise ValueError(f"case {case_id} exists already (closed): case ids are not reused")
-    conn.execute("INSERT INTO cases (case_id, opened_at, opened_by, mode, assay) "
-                 "VALUES (?, ?, ?, 'tumour', ?)", (case_id, at, by, assay))
+    conn.execute("INSERT INTO cases (case_id, opened_at, opened_by, mode, assay, slide) "
+                 "VALUES (?, ?, ?, 'tumour', ?, ?)", (case_id, at, by, assay, slide))
 
 
 def set_mode(conn: sqlite3.Connection, case_id: str, mode: str, *,
@@ -303,6 +318,25 @@ def insert_check(conn: sqlite3.Connection, case_id: str, *, control_round: int,
 
 def checks(conn: sqlite3.Connection, case_id: str) -> list[CheckRow]:
     """A case's control decisions, oldest first."""
-    rows = conn.execute("SELECT round, expected, decided_at, valid, check_json FROM "
+    rows = conn.execute("SELECT round, expected, decided_at, valid, check_json, case_id FROM "
                         "control_checks WHERE case_id = ? ORDER BY id", (case_id,)).fetchall()
-    return [CheckRow(r[0], r[1], r[2], bool(r[3]), json.loads(r[4])) for r in rows]
+    return [_check(r) for r in rows]
+
+
+def slide_checks(conn: sqlite3.Connection, slide: str, *, assay: str, since: str,
+                 until: str | None, exclude: str) -> list[CheckRow]:
+    """The control decisions made in the other ``assay`` cases on ``slide`` (not case
+    ``exclude``), decided in [``since``, ``until``] (``until`` None: up to now), oldest
+    first. Times are the store's UTC ISO strings, which sort as text."""
+    rows = conn.execute(
+        "SELECT k.round, k.expected, k.decided_at, k.valid, k.check_json, k.case_id "
+        "FROM control_checks k JOIN cases c ON c.case_id = k.case_id "
+        "WHERE c.slide = ? AND c.assay = ? AND c.case_id != ? AND k.decided_at >= ? "
+        "AND (? IS NULL OR k.decided_at <= ?) ORDER BY k.decided_at, k.id",
+        (slide, assay, exclude, since, until, until)).fetchall()
+    return [_check(r) for r in rows]
+
+
+def _check(row: Iterable[Any]) -> CheckRow:
+    round_, expected, decided_at, valid, check_json, case_id = row
+    return CheckRow(round_, expected, decided_at, bool(valid), json.loads(check_json), case_id)

@@ -87,7 +87,9 @@ _EXPECTED = _Rule("string", max_length=MAX_EXPECTED_CHARS, forbidden=_EXPECTED_B
                   forbidden_why="only letters, digits, spaces and _ + - are allowed")
 
 SPECS: Mapping[str, _Spec] = {
-    "start_case": _Spec({"case_id": _CASE_ID, "assay": _ASSAY}, required=("case_id",)),
+    # slide: a HEp-2 case's slide, as the lab knows it (the case checks the assay).
+    "start_case": _Spec({"case_id": _CASE_ID, "assay": _ASSAY, "slide": _CASE_ID},
+                        required=("case_id",)),
     "end_case": _Spec({"case_id": _CASE_ID}, required=("case_id",)),
     # A HER2 level, or for a HEp-2 case "negative" or a pattern: the case checks it.
     "start_control": _Spec({"expected": _EXPECTED}),

@@ -225,7 +225,7 @@ class Topics:
 # ---------------------------------------------------------------- case ids
 
 
-def opaque_case_id(raw: str, salt: bytes | None) -> str:
+def opaque_case_id(raw: str, salt: bytes | None, what: str = "case id") -> str:
     """The case id that may appear in a payload: never a name or a medical record number.
 
     With the site's ``salt``: ``h-`` and 128 bits of HMAC-SHA256(salt, raw id) in hex, so
@@ -233,15 +233,17 @@ def opaque_case_id(raw: str, salt: bytes | None) -> str:
     recovered or guessed without the salt. Without a salt the raw id is used only if it
     already looks opaque (1-64 of ``[A-Za-z0-9_-]``, not all digits: those are usually
     record numbers); anything else is refused with ValueError naming the reason (the raw
-    id itself is never repeated in the message: it may identify a patient).
+    id itself is never repeated in the message: it may identify a patient). ``what``
+    names the id in those messages: a HEp-2 slide's id (an accession label) is made
+    opaque the same way.
     """
     if not isinstance(raw, str):
-        raise ValueError(f"case id: expected a string, got {type(raw).__name__}")
+        raise ValueError(f"{what}: expected a string, got {type(raw).__name__}")
     text = raw.strip()
     if not text:
-        raise ValueError("case id: empty")
+        raise ValueError(f"{what}: empty")
     if len(text) > MAX_RAW_CASE_ID_CHARS:
-        raise ValueError(f"case id: longer than {MAX_RAW_CASE_ID_CHARS} characters")
+        raise ValueError(f"{what}: longer than {MAX_RAW_CASE_ID_CHARS} characters")
     if salt is not None:
         if len(salt) < MIN_SALT_BYTES:
             raise ValueError(f"case id salt: {len(salt)} bytes, need at least {MIN_SALT_BYTES} "
@@ -249,11 +251,11 @@ def opaque_case_id(raw: str, salt: bytes | None) -> str:
         digest = hmac.new(salt, text.encode("utf-8", "surrogatepass"), hashlib.sha256)
         return CASE_ID_PREFIX + digest.hexdigest()[:_HASH_HEX_CHARS]
     if not is_opaque_id(text):
-        raise ValueError("case id: without mqtt.case_salt_file it must already be opaque "
+        raise ValueError(f"{what}: without mqtt.case_salt_file it must already be opaque "
                          "(1-64 letters, digits, '_' or '-', no spaces); set a per-site salt "
                          "to hash real case numbers")
     if text.isdigit():
-        raise ValueError("case id: all digits looks like a medical record number; set "
+        raise ValueError(f"{what}: all digits looks like a medical record number; set "
                          "mqtt.case_salt_file to hash it, or use an opaque id")
     return text
 

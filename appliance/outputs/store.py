@@ -44,6 +44,7 @@ from appliance.outputs.audit import create_audit_table
 from appliance.outputs.casebook import (
     add_assay_column,
     add_dilution_columns,
+    add_slide_column,
     create_case_tables,
 )
 from appliance.outputs.outbox import DEFAULT_MAX_MESSAGES, MessageBuilder, append_message, report
@@ -145,11 +146,16 @@ def _add_dilutions_v5(conn: sqlite3.Connection) -> None:
     add_dilution_columns(conn)
 
 
+def _add_slides_v6(conn: sqlite3.Connection) -> None:
+    """The slide a HEp-2 case's well is on, whose kit controls its cases share."""
+    add_slide_column(conn)
+
+
 # Migration hook: entry i upgrades a database from user_version i to i + 1. Append a
 # function to change the schema; never edit one that has shipped.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _create_v1, _add_outbox_v2, _add_cases_and_audit_v3, _add_case_assay_v4,
-    _add_dilutions_v5)
+    _add_dilutions_v5, _add_slides_v6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (

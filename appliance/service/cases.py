@@ -20,7 +20,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import cv2
@@ -31,7 +31,7 @@ from appliance.assays.hep2.types import Hep2Result
 from appliance.assays.her2.control import ControlCheck, evaluate_control
 from appliance.assays.her2.types import CaseTag, FieldContext, FieldResult
 from appliance.assays.results import AnyResult
-from appliance.config import CONTROL_LEVELS, Config
+from appliance.config import CONTROL_LEVELS, Config, Hep2ControlConfig
 from appliance.outputs import audit, casebook, hep2_overlay
 from appliance.outputs import mqtt_contract as contract
 from appliance.outputs.display.live import LiveCase
@@ -98,28 +98,51 @@ class CaseWorkflow:
         except ValueError as exc:
             raise CaseError(str(exc)) from exc
 
+    def slide_id_for(self, raw: str, assay: str) -> str:
+        """The opaque id of a slide as the lab knows it; CaseError for a HER2 case (its
+        control is on the patient's own slide) or an id that cannot be made opaque."""
+        if assay != "hep2":
+            raise CaseError("a slide is named for a HEp-2 case only: its kit controls are "
+                            "shared by the slide's wells (a HER2 case checks its own control)")
+        try:
+            return contract.opaque_case_id(raw, self._salt, what="slide id")
+        except ValueError as exc:
+            raise CaseError(str(exc)) from exc
+
     # ------------------------------------------------------------ actions
 
-    def start_case(self, raw_id: str | None, *, source: str,
-                   assay: str | None = None) -> casebook.CaseRow:
+    def start_case(self, raw_id: str | None, *, source: str, assay: str | None = None,
+                   slide: str | None = None) -> casebook.CaseRow:
         """Open a case of ``assay`` (default: the configured one; one case at a time);
-        CaseError when one is open or the id is used."""
+        CaseError when one is open or the id is used.
+
+        ``slide`` (HEp-2 only) names the slide the patient's well is on, as the lab knows
+        it: it is made opaque as case ids are, and the case counts the kit control checks
+        made in the slide's other cases (docs/cases.md, "One slide, one set of kit
+        controls").
+        """
         case_id = self.case_id_for(raw_id)
         assay = assay or self.cfg.assay
+        slide_id = None if slide is None else self.slide_id_for(slide, assay)
         now = _now()
 
         def work(conn: sqlite3.Connection) -> casebook.CaseRow:
             try:
-                casebook.insert_case(conn, case_id, at=now, by=source, assay=assay)
+                casebook.insert_case(conn, case_id, at=now, by=source, assay=assay,
+                                     slide=slide_id)
             except ValueError as exc:
                 raise CaseError(str(exc)) from exc
+            detail: dict[str, Any] = {"assay": assay}
+            if slide_id is not None:
+                detail["slide"] = slide_id
             audit.append(conn, kind="case_opened", source=source, case_id=case_id,
-                         detail={"assay": assay}, at=now)
+                         detail=detail, at=now)
             row = casebook.get_case(conn, case_id)
             assert row is not None
             return row
         row = self._write(work)
-        _log.info("case %s opened (%s, %s)", case_id, assay, source)
+        _log.info("case %s opened (%s%s, %s)", case_id, assay,
+                  f", slide {slide_id}" if slide_id else "", source)
         self.refresh_live()
         return row
 
@@ -397,6 +420,8 @@ class CaseWorkflow:
         fields = casebook.case_fields(conn, case.case_id, thumbnails=thumbnails)
         checks = casebook.checks(conn, case.case_id)
         if case.assay == "hep2":
+            if case.slide is not None:
+                checks = with_slide_checks(conn, case, checks, self.cfg.hep2.control)
             return summarise_hep2(case, fields, checks, self.cfg.hep2)
         return summarise(case, fields, checks, self.cfg.her2)
 
@@ -446,6 +471,24 @@ class CaseWorkflow:
         return jpeg.tobytes() if ok else None
 
 
+def with_slide_checks(conn: sqlite3.Connection, case: casebook.CaseRow,
+                      own: list[casebook.CheckRow], control: Hep2ControlConfig
+                      ) -> list[casebook.CheckRow]:
+    """A HEp-2 case's own control checks and those of its slide's other cases, by time.
+
+    A slide check counts when it was decided no more than ``control.slide_max_age_h``
+    before the case opened (one run's controls, not a reused slide id's) and, for a
+    closed case, before it closed, so a closed case's call does not change afterwards.
+    """
+    assert case.slide is not None
+    opened = datetime.fromisoformat(case.opened_at)
+    since = (opened - timedelta(hours=control.slide_max_age_h)).isoformat(
+        timespec="milliseconds")
+    shared = casebook.slide_checks(conn, case.slide, assay=case.assay, since=since,
+                                   until=case.closed_at, exclude=case.case_id)
+    return sorted([*shared, *own], key=lambda c: c.decided_at)
+
+
 def mqtt_case_messages(cfg: Config, hostname: str) -> CaseMessage | None:
     """The builder of the MQTT ``case`` message, when MQTT is configured (else None).
 
@@ -476,7 +519,7 @@ def _live_case(summary: AnySummary) -> LiveCase:
             fields_counted=len(summary.counted),
             tumour_cells=w.cells_interphase if w is not None else 0,
             flags=len(w.odd_fields) if w is not None else 0, assay="hep2",
-            dilution=case.dilution)
+            dilution=case.dilution, on_slide=case.slide is not None)
     s = summary.score
     return LiveCase(
         case_id=case.case_id, mode=case.mode, control=control,

@@ -65,7 +65,10 @@ def hep2_report_data(summary: Hep2CaseSummary, *, device_id: str, config_sha256:
         checks=tuple(Hep2ReportCheck(
             round=c.round, expected=describe(c.expected), valid=c.valid,
             reasons=tuple(str(x) for x in c.check.get("reasons", ())),
-            decided_at=c.decided_at) for c in summary.checks),
+            decided_at=c.decided_at,
+            case_id="" if c.case_id in ("", summary.case.case_id) else c.case_id)
+            for c in summary.checks),
+        slide=summary.case.slide,
         warnings=summary.warnings,
         fields=tuple(_field(summary, f, notes[f.number]) for f in summary.fields),
         research_use=research,

@@ -4,7 +4,8 @@ A HEp-2 case is one patient's well, read in several fields. Its fields (role ``t
 in the store, the patient's) are pooled as ``appliance score --assay hep2 --well`` pools
 them (``well.call_well``), once each: a return to a field already shown (the case's
 fingerprint match) is kept but not counted again, or its cells would vote twice. The
-kit's controls are checked in control rounds (``assays.hep2.control``).
+kit's controls are checked in control rounds (``assays.hep2.control``), in the case or, for
+a case on a named slide, in any case on that slide (the caller passes those checks too).
 
 Pure over what :mod:`appliance.outputs.casebook` reads, so the service, the CLI and the
 MQTT ``case`` message say the same thing about a case, after a restart too: the fields
@@ -87,7 +88,7 @@ class Hep2CaseSummary:
         w = hep2_json.well_to_dict(self.well) if self.well is not None else None
         patient = [f for f in self.fields if f.role == "tumour"]
         return {
-            "case_id": c.case_id, "assay": "hep2", "opened_at": c.opened_at,
+            "case_id": c.case_id, "assay": "hep2", "slide": c.slide, "opened_at": c.opened_at,
             "closed_at": c.closed_at, "opened_by": c.opened_by, "closed_by": c.closed_by,
             "status": w["status"] if w else "not_scorable",
             "positive": w["positive"] if w else None,
@@ -105,7 +106,8 @@ class Hep2CaseSummary:
             "wells": [_well_row(w) for w in self.wells],
             "fields_counted": len(self.counted), "fields_total": len(patient),
             "control": {"status": self.control_status,
-                        "checks": [dict(ch.check, decided_at=ch.decided_at, round=ch.round)
+                        "checks": [dict(ch.check, decided_at=ch.decided_at, round=ch.round,
+                                        case_id=ch.case_id or c.case_id)
                                    for ch in self.checks]},
             "warnings": list(self.warnings),
             "models": case_models(self.fields),
@@ -232,7 +234,7 @@ def summarise_hep2(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequen
             warnings.append(why)
         titres = ()
     status = hep2_control_state(checks)
-    warnings = _control_warnings(status, checks) + warnings
+    warnings = _control_warnings(status, checks, case) + warnings
     if case.mode == "control":
         warnings.append(f"a kit control check ({case.control_expected}) is still in progress")
     repeats = sum(f.duplicate_of is not None for f in patient)
@@ -245,12 +247,18 @@ def summarise_hep2(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequen
                            tuple(dict.fromkeys(warnings)), reason, tuple(wells), titres)
 
 
-def _control_warnings(status: str, checks: Sequence[CheckRow]) -> list[str]:
+def _control_warnings(status: str, checks: Sequence[CheckRow], case: CaseRow) -> list[str]:
+    where = " on this slide" if case.slide is not None else ""
     if status == "not_checked":
-        return ["kit controls not checked: the call is not validated by a control"]
+        return [f"kit controls not checked{where}: the call is not validated by a control"]
     if status == "failed":
-        return ["kit control FAILED: the call is not valid for diagnosis; repeat the run"]
+        latest = {c.expected: c for c in checks}
+        elsewhere = sorted({c.case_id for c in latest.values()
+                            if not c.valid and c.case_id and c.case_id != case.case_id})
+        seen = f" (in case {', '.join(elsewhere)} on this slide)" if elsewhere else ""
+        return [f"kit control FAILED{seen}: the call is not valid for diagnosis; repeat the "
+                "run"]
     kinds = {c.expected == NEGATIVE for c in checks}
     missing = [k for k, neg in (("negative", True), ("positive", False)) if neg not in kinds]
-    return [f"the kit's {k} control was not checked: the call is not validated by it"
+    return [f"the kit's {k} control was not checked{where}: the call is not validated by it"
             for k in missing]

@@ -200,9 +200,19 @@ class Telemetry:
             # A case takes only its own assay's fields: it would stay empty.
             raise CommandRefused(f"this box runs {running} now: send set_assay {asked} "
                                  "first", field="assay")
-        return self._case_action("start_case", lambda: {
-            "case_id": self.cases.start_case(raw, source="mqtt", assay=running).case_id,
-            "assay": running}, field="case_id")
+        slide = command.args.get("slide")
+        if slide is not None:
+            try:  # checked first, so that a refusal names the slide, not the case id
+                self.cases.slide_id_for(str(slide), running)
+            except CaseError as exc:
+                self.cases.record_command("start_case", f"refused: {exc}", source="mqtt")
+                raise CommandRefused(str(exc), field="slide") from exc
+
+        def start() -> dict[str, Any]:
+            row = self.cases.start_case(raw, source="mqtt", assay=running,
+                                        slide=None if slide is None else str(slide))
+            return {"case_id": row.case_id, "assay": running, "slide": row.slide}
+        return self._case_action("start_case", start, field="case_id")
 
     def _end_case(self, command: Command) -> dict[str, Any]:
         raw = str(command.args["case_id"])

@@ -9,6 +9,11 @@ well as it reads a patient's (its fields pooled, ``well.call_well``) and checks 
   pattern first. A look-alike subtype first (dense fine speckled for fine speckled) fails
   too, with the reason saying so: the control is what shows that the box tells them apart
   on this microscope. On a 10x field the reason asks for 20x or 40x.
+- the kit's positive control (the pattern of ``hep2.control.default_expected``), when the
+  lab has set ``hep2.control.positive_units``: its intensity must also lie in that range of
+  calibrated units, the lab's own quality-control limits. A drifting lamp or a weakening
+  kit shows there before the patients' calls change. Measured without calibration, the
+  units cannot be compared, and the control fails saying so.
 
 A well that cannot be scored (no field scored, wrong stain, ...) fails with its reason:
 a control that was not read validates nothing. Pure: it reads the fields' results only.
@@ -105,10 +110,30 @@ def _verdict(well: Hep2WellResult, expected: str, cfg: Hep2Config
                        f"units), {describe(expected)} expected: the run or the lamp is too "
                        "weak",)
     if first == expected:
-        return True, (f"{describe(expected)} as expected, {well.intensity_level}",)
+        return _intensity_verdict(well, expected, cfg)
     coarse = too_coarse_for_subtypes(well.um_per_px, cfg.specimen)
     why = f"reads {describe(first)} first, {describe(expected)} expected"
     if look_alikes(first, expected, coarse=coarse):
         why += (": a look-alike subtype" + (", read at a 10x scale: check it at 20x or 40x"
                                             if coarse else ""))
     return False, (why,)
+
+
+def _intensity_verdict(well: Hep2WellResult, expected: str, cfg: Hep2Config
+                       ) -> tuple[bool, tuple[str, ...]]:
+    """The pattern is right; the kit's positive control must also read in the lab's range."""
+    said = f"{describe(expected)} as expected, {well.intensity_level}"
+    limits = cfg.control.positive_units
+    if not limits or expected != control_expectation(cfg.control.default_expected):
+        return True, (said,)
+    low, high = limits
+    units = well.intensity_units or 0.0
+    if not well.intensity_calibrated:
+        return False, (f"{said}, but its {units:.0f} units are not calibrated: the lab's "
+                       f"range {low:g}-{high:g} (hep2.control.positive_units) is in calibrated "
+                       "units (calibrate the microscope: appliance calibrate-iif)",)
+    if not low <= units <= high:
+        return False, (f"{said}, but {units:.0f} units is outside the lab's range "
+                       f"{low:g}-{high:g} (hep2.control.positive_units): the lamp, the "
+                       "exposure or the kit has drifted",)
+    return True, (f"{said}, {units:.0f} units within the lab's range {low:g}-{high:g}",)

@@ -103,6 +103,7 @@ class LiveCase:
     flags: int  # heterogeneity + borderline lines (HEp-2: fields unlike the well): "look again"
     assay: str = "her2"  # a HEp-2 case: score is the well's call in words, no calibration
     dilution: int | None = None  # HEp-2 titration: the dilution of the well shown now
+    on_slide: bool = False  # HEp-2: the case shares its slide's kit controls
 
 
 @dataclass(frozen=True)
@@ -310,14 +311,15 @@ def hep2_case_rows(case: LiveCase) -> list[Row]:
         rows.append(Row((Item(f"KIT CONTROL ({case.control_expected}): show the control well",
                               ALERT_COLOUR),)))
     elif case.control == "valid":
-        rows.append(Row((Item("Kit controls valid", DIM_COLOUR),)))
+        slide = " on this slide" if case.on_slide else ""
+        rows.append(Row((Item(f"Kit controls valid{slide}", DIM_COLOUR),)))
     elif case.control == "failed":
         rows.append(Row((Item("KIT CONTROL FAILED: call not valid", ALERT_COLOUR),)))
-    elif case.control == "incomplete":
-        rows.append(Row((Item("ONE KIT CONTROL NOT CHECKED: call not validated",
-                              ALERT_COLOUR),)))
     else:
-        rows.append(Row((Item("KIT CONTROLS NOT CHECKED: call not validated", ALERT_COLOUR),)))
+        slide = " ON THIS SLIDE" if case.on_slide else ""
+        what = ("ONE KIT CONTROL" if case.control == "incomplete" else "KIT CONTROLS")
+        rows.append(Row((Item(f"{what} NOT CHECKED{slide}: call not validated",
+                              ALERT_COLOUR),)))
     if case.flags:
         rows.append(Row((Item(f"{case.flags} field(s) unlike the well: another well's?",
                               ALERT_COLOUR),)))

@@ -63,10 +63,13 @@ def _call_box(data: Hep2CaseReportData) -> str:
 def _control_box(data: Hep2CaseReportData) -> str:
     title = CONTROL_STYLES[data.control_status][1]
     checks = "".join(
-        f"<li><b{'' if c.valid else ' class=bad'}>round {c.round}: {_e(c.expected)} - "
-        f"{'valid' if c.valid else 'FAILED'}</b> <span class=muted>{_e(c.decided_at)}</span>"
+        f"<li><b{'' if c.valid else ' class=bad'}>{_e(c.title())}</b> "
+        f"<span class=muted>{_e(c.decided_at)}</span>"
         f"{item_list(c.reasons)}</li>" for c in data.checks)
-    body = f"<ul>{checks}</ul>" if checks else "<p><b>no kit control was checked</b></p>"
+    slide = (f"<p class=muted>slide {_e(data.slide)}: its wells share the kit controls</p>"
+             if data.slide else "")
+    body = (slide + f"<ul>{checks}</ul>" if checks
+            else f"<p><b>{_e(data.no_check_words())}</b></p>")
     return f'<div class="box {_e(data.control_status)}"><h2>{_e(title)}</h2>{body}</div>'
 
 

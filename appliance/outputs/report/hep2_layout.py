@@ -85,11 +85,13 @@ def _call_lines(data: Hep2CaseReportData, width: float) -> list[Line]:
 def _control_lines(data: Hep2CaseReportData, width: float) -> list[Line]:
     """Each kit control decision, latest last (a repeated control shows both)."""
     if not data.checks:
-        return wrapped("no kit control was checked in this case", width, 8.5, bold=True)
+        return wrapped(data.no_check_words(), width, 8.5, bold=True)
     lines: list[Line] = []
+    if data.slide:
+        lines += wrapped(f"slide {data.slide}: its wells share the kit controls", width, 7.5,
+                         colour=GREY)
     for check in data.checks[-MAX_FLAG_ITEMS:]:
-        lines += wrapped(f"round {check.round}: {check.expected} - "
-                         f"{'valid' if check.valid else 'FAILED'}", width, 8.5, bold=True,
+        lines += wrapped(check.title(), width, 8.5, bold=True,
                          colour=BLACK if check.valid else RED)
         for reason in check.reasons:
             lines += wrapped(f"- {reason}", width, 7.5, limit=MAX_ITEM_LINES)

@@ -132,6 +132,13 @@ class Hep2ReportCheck:
     valid: bool
     reasons: tuple[str, ...]
     decided_at: str
+    case_id: str = ""  # another case on the same slide that decided it ("": this case)
+
+    def title(self) -> str:
+        """``round 1: AC-1 nuclear homogeneous - valid``, naming another case's check."""
+        where = f" (in case {self.case_id}, same slide)" if self.case_id else ""
+        return (f"round {self.round}: {self.expected} - "
+                f"{'valid' if self.valid else 'FAILED'}{where}")
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,12 @@ class Hep2CaseReportData:
     # ("AC-1 nuclear homogeneous: 1:320 (not shown at 1:640)", "1:80: positive AC-1 ...").
     titres: tuple[str, ...] = ()
     wells: tuple[str, ...] = ()
+    slide: str | None = None  # opaque id: the checks may be the slide's other cases'
 
     def __post_init__(self) -> None:
         _check_choice("kit control status", self.control_status, HEP2_CONTROL_STATUSES)
+
+    def no_check_words(self) -> str:
+        """What the control box says when no kit control counts."""
+        return ("no kit control was checked on this slide" if self.slide
+                else "no kit control was checked in this case")
