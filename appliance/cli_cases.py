@@ -26,12 +26,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from appliance.assays.hep2.control import Hep2ControlCheck
+from appliance.assays.hep2.control import Hep2ControlCheck, control_expectation, describe
+from appliance.assays.hep2.control_trend import (
+    MIN_BASELINE,
+    REJECT_RULES,
+    ControlReading,
+    ControlTrend,
+    control_trend,
+)
 from appliance.config import CONTROL_LEVELS, Config
 from appliance.outputs import casebook
 from appliance.outputs import mqtt_contract as contract
 from appliance.outputs.audit import AuditLog
 from appliance.outputs.commands import ASSAYS
+from appliance.outputs.overlay import write_png
+from appliance.outputs.qc_chart import render_chart
 from appliance.outputs.store import ResultStore
 from appliance.service.case_report import write_case_report
 from appliance.service.cases import AnySummary, CaseError, CaseWorkflow, mqtt_case_messages
@@ -72,7 +81,19 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     status.add_argument("case_id", nargs="?")
     status.add_argument("--json", action="store_true", help="the summary as JSON")
     listing = actions.add_parser("list", help="the newest cases")
-    for leaf in (start, end, cstart, cend, dilution, status, listing):
+    chart = actions.add_parser("controls", help="HEp-2: a kit control's readings over runs "
+                               "(Levey-Jennings, Westgard rules); exit 1 when the latest "
+                               "breaks a rejection rule")
+    chart.add_argument("--expected", help="the control: 'negative' or a pattern (default "
+                       "hep2.control.default_expected, the kit's positive control)")
+    chart.add_argument("--baseline", type=int, default=MIN_BASELINE, help="the first so many "
+                       "calibrated readings of passed checks, of those shown, set the mean "
+                       "and SD (default %(default)s, as CLSI C24)")
+    chart.add_argument("--last", type=int, default=200, help="readings to show, newest "
+                       "(default %(default)s)")
+    chart.add_argument("--chart", type=Path, help="also write the chart as a PNG")
+    chart.add_argument("--json", action="store_true", help="the readings as JSON")
+    for leaf in (start, end, cstart, cend, dilution, status, listing, chart):
         common(leaf)
 
     rp = sub.add_parser("report", help="write a case's report (PDF and HTML)")
@@ -150,6 +171,8 @@ def _case_action(args: argparse.Namespace, cases: CaseWorkflow) -> int:
         out = cases.set_dilution(args.dilution, source=SOURCE)
         print(f"case {out['case_id']}: the next patient fields are the 1:{out['dilution']} "
               "well's")
+    elif action == "controls":
+        return _controls(args, cases)
     elif action == "status":
         summary = cases.summary(_resolve(cases, args.case_id))
         print(json.dumps(summary.to_dict(), indent=2) if args.json else _summary_text(summary))
@@ -161,6 +184,66 @@ def _case_action(args: argparse.Namespace, cases: CaseWorkflow) -> int:
                   f"{_listed_call(c)}")
     cases.record_command(f"case_{action}", "done", source=SOURCE)
     return 0
+
+
+def _controls(args: argparse.Namespace, cases: CaseWorkflow) -> int:
+    """`appliance case controls`: a kit control's chart over runs."""
+    try:
+        expected = control_expectation(args.expected or cases.cfg.hep2.control.default_expected)
+        if args.last < 1:
+            raise ValueError(f"--last {args.last}: need at least 1 reading")
+        rows = cases.store.read_with(lambda conn: casebook.control_history(
+            conn, assay="hep2", expected=expected, limit=args.last))
+        trend = control_trend([ControlReading.from_check(r.case_id, r.decided_at, r.check)
+                               for r in rows], expected, baseline=args.baseline)
+    except ValueError as exc:
+        raise CaseError(str(exc)) from exc
+    title = f"Kit control {describe(expected)}: {len(trend.points)} readings"
+    if args.json:
+        print(json.dumps(_trend_dict(trend), indent=2))
+    else:
+        print(_trend_text(trend, title))
+    if args.chart is not None:
+        write_png(args.chart, render_chart(trend, title))
+        print(f"chart: {args.chart}", file=sys.stderr)
+    cases.record_command("case_controls", "done", source=SOURCE,
+                         detail={"expected": expected, "readings": len(trend.points)})
+    latest = trend.points[-1] if trend.points else None
+    return 1 if latest is not None and latest in trend.rejected else 0
+
+
+def _trend_dict(trend: ControlTrend) -> dict[str, Any]:
+    r = trend.suggested_range
+    return {"expected": trend.expected, "baseline_n": trend.baseline_n, "mean": trend.mean,
+            "sd": trend.sd, "suggested_positive_units": list(r) if r else None,
+            "readings": [{"decided_at": p.reading.decided_at, "case_id": p.reading.case_id,
+                          "valid": p.reading.valid, "units": p.reading.units,
+                          "calibrated": p.reading.calibrated,
+                          "z": None if p.z is None else round(p.z, 3), "rules": list(p.rules)}
+                         for p in trend.points]}
+
+
+def _trend_text(trend: ControlTrend, title: str) -> str:
+    lines = [title]
+    if trend.mean is None or trend.sd is None:
+        lines.append(f"  no baseline yet: {trend.baseline_n} calibrated readings (the rules "
+                     "and a suggested range need the baseline's count)")
+    else:
+        low, high = trend.suggested_range or (0.0, 0.0)
+        lines += [f"  baseline: mean {trend.mean:.1f}, SD {trend.sd:.1f} units over the first "
+                  f"{trend.baseline_n} calibrated readings of passed checks",
+                  f"  suggested hep2.control.positive_units = [{low:g}, {high:g}] (mean +/- "
+                  "2 SD)"]
+    for p in trend.points:
+        r = p.reading
+        units = "not read" if r.units is None else f"{r.units:.0f} units"
+        flags = " ".join(p.rules)
+        if set(p.rules) & set(REJECT_RULES):
+            flags += " REJECT"
+        lines.append(f"  {r.decided_at}  {r.case_id:36s} {units:>10s}"
+                     f"{'' if r.calibrated else ' (not calibrated)'}  "
+                     f"{'valid' if r.valid else 'FAILED'}  {flags}".rstrip())
+    return "\n".join(lines)
 
 
 def _listed_call(case: casebook.CaseRow) -> str:

@@ -18,13 +18,17 @@
   1:640 well is read and it is closed (its negative kit control still unchecked);
 * ``docs/img/hep2-crops-by-objective.png``: the crops the classifier sees of the
   few-spots patterns (nuclear dots, nucleolar) at 40x, 20x and 10x, cut as the assay cuts
-  them: why their subtypes are read well at 20x and 40x and not at 10x.
+  them: why their subtypes are read well at 20x and 40x and not at 10x;
+* ``docs/img/hep2-control-chart.png``: a kit control's Levey-Jennings chart as
+  ``appliance case controls --chart`` draws it, from seeded readings made up for the
+  picture (the only picture here not scored by the assay).
 
-    python -m tools.make_hep2_pictures
+    python -m tools.make_hep2_pictures [--only control-chart]
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import tempfile
 from pathlib import Path
@@ -33,11 +37,13 @@ import cv2
 import numpy as np
 
 from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.control_trend import ControlReading, control_trend
 from appliance.assays.hep2.patterns import BY_NAME, NAMES
 from appliance.capture.frame import Frame
 from appliance.config import Config, with_overrides
 from appliance.outputs.display.live import LiveStatus, compose_live
 from appliance.outputs.hep2_overlay import render_overlay
+from appliance.outputs.qc_chart import render_chart
 from appliance.outputs.report.hep2_html import write_hep2_report
 from appliance.outputs.store import ResultStore
 from appliance.service.cases import CaseWorkflow
@@ -176,8 +182,28 @@ def live_in_a_case(assay: Hep2Assay, cfg: Config) -> np.ndarray:
     return compose_live(image, result, status, size=(1280, 720))
 
 
+def control_chart() -> np.ndarray:
+    """A kit control's chart: 20 baseline runs, then a lamp drifting brighter over 7."""
+    rng = np.random.default_rng(991_500)
+    units = [*(130.0 + 9.0 * rng.standard_normal(20)), 128.0, 137.0, 141.0, 147.0, 150.0,
+             153.0, 159.0]
+    readings = [ControlReading(decided_at=f"2026-11-{1 + i:02d}T08:00:00.000+00:00",
+                               case_id=f"run-{i + 1}", expected="homogeneous", valid=True,
+                               units=round(u, 1), calibrated=True)
+                for i, u in enumerate(units)]
+    trend = control_trend(readings, "homogeneous")
+    return render_chart(trend, f"Kit control AC-1 nuclear homogeneous: {len(units)} readings")
+
+
 def main() -> int:
-    """Write the seven pictures."""
+    """Write the pictures (``--only control-chart``: that one alone)."""
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--only", choices=("control-chart",), help="write this picture only")
+    args = ap.parse_args()
+    _write("hep2-control-chart.png", control_chart())
+    if args.only:
+        return 0
     cfg = with_overrides(Config(), {"assay": "hep2"})
     with Hep2Assay.from_config(cfg) as assay:
         ac1 = generate_hep2_field(Hep2FieldSpec(

@@ -337,6 +337,18 @@ def slide_checks(conn: sqlite3.Connection, slide: str, *, assay: str, since: str
     return [_check(r) for r in rows]
 
 
+def control_history(conn: sqlite3.Connection, *, assay: str, expected: str,
+                    limit: int) -> list[CheckRow]:
+    """The newest ``limit`` decisions on ``expected`` controls in ``assay`` cases, oldest
+    first (a lab's control chart)."""
+    rows = conn.execute(
+        "SELECT k.round, k.expected, k.decided_at, k.valid, k.check_json, k.case_id "
+        "FROM control_checks k JOIN cases c ON c.case_id = k.case_id "
+        "WHERE c.assay = ? AND k.expected = ? ORDER BY k.decided_at DESC, k.id DESC LIMIT ?",
+        (assay, expected, limit)).fetchall()
+    return [_check(r) for r in reversed(rows)]
+
+
 def _check(row: Iterable[Any]) -> CheckRow:
     round_, expected, decided_at, valid, check_json, case_id = row
     return CheckRow(round_, expected, decided_at, bool(valid), json.loads(check_json), case_id)

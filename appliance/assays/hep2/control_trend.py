@@ -1,0 +1,132 @@
+"""A kit control's intensity over runs: the lab's quality-control chart, in numbers.
+
+Each run's positive kit control is read in calibrated units (``control.py``). Over runs
+those readings scatter around the control's own mean; a lab tracks them on a
+Levey-Jennings chart and applies the Westgard multirules (Westgard, Barry, Hunt and
+Groth, Clin Chem 1981;27:493-501) to see a drift before it changes a patient's call:
+
+- ``1-2s``: one reading beyond 2 SD of the mean: a warning, look at the others;
+- ``1-3s``: one reading beyond 3 SD: reject the run (random error);
+- ``2-2s``: two readings in a row beyond 2 SD on the same side: reject (systematic);
+- ``R-4s``: two readings in a row more than 4 SD apart: reject (random error);
+- ``4-1s``: four in a row beyond 1 SD on the same side: reject (systematic);
+- ``10x``: ten in a row on the same side of the mean: reject (systematic).
+
+The mean and SD are the lab's, from its first ``baseline`` calibrated readings of
+checks that passed (CLSI C24 asks for at least 20; a failed run does not set what is
+normal); with fewer, nothing is flagged and no range is suggested.
+The suggested ``hep2.control.positive_units`` is that mean +/- 2 SD. Pure: it reads the
+stored decisions only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MIN_BASELINE = 20
+REJECT_RULES = ("1-3s", "2-2s", "R-4s", "4-1s", "10x")
+
+
+@dataclass(frozen=True)
+class ControlReading:
+    """One decision on a control well, as stored."""
+
+    decided_at: str
+    case_id: str
+    expected: str
+    valid: bool
+    units: float | None  # None: the well was not read (no intensity)
+    calibrated: bool
+
+    @staticmethod
+    def from_check(case_id: str, decided_at: str, check: dict[str, Any]) -> ControlReading:
+        """From a stored HEp-2 control check (``Hep2ControlCheck.to_dict``)."""
+        intensity = check.get("intensity") or {}
+        value = intensity.get("value")
+        return ControlReading(decided_at=decided_at, case_id=case_id,
+                              expected=str(check["expected"]), valid=bool(check["valid"]),
+                              units=None if value is None else float(value),
+                              calibrated=bool(intensity.get("calibrated", False)))
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    """A reading on the chart: its distance from the mean in SD, and the rules it breaks."""
+
+    reading: ControlReading
+    z: float | None  # None: not calibrated, or no baseline yet
+    rules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ControlTrend:
+    """One kit control's readings over runs, oldest first, judged on the lab's baseline."""
+
+    expected: str
+    points: tuple[TrendPoint, ...]
+    baseline_n: int  # calibrated readings of passed checks the mean and SD are from
+    mean: float | None
+    sd: float | None
+
+    @property
+    def suggested_range(self) -> tuple[float, float] | None:
+        """Mean +/- 2 SD, rounded, once the baseline is complete (else None)."""
+        if self.mean is None or self.sd is None:
+            return None
+        return (round(max(0.0, self.mean - 2 * self.sd), 1), round(self.mean + 2 * self.sd, 1))
+
+    @property
+    def rejected(self) -> tuple[TrendPoint, ...]:
+        """The readings that break a rejection rule."""
+        return tuple(p for p in self.points if set(p.rules) & set(REJECT_RULES))
+
+
+def control_trend(readings: Sequence[ControlReading], expected: str, *,
+                  baseline: int = MIN_BASELINE) -> ControlTrend:
+    """The chart of ``expected``'s readings (class name), oldest first: the first
+    ``baseline`` calibrated readings of passed checks set the mean and SD, and every
+    calibrated reading is judged on them (ValueError when ``baseline`` is below 2)."""
+    if baseline < 2:
+        raise ValueError(f"baseline {baseline}: a standard deviation needs at least 2 readings")
+    mine = sorted((r for r in readings if r.expected == expected),
+                  key=lambda r: r.decided_at)
+    usable = [r.units for r in mine if r.calibrated and r.units is not None and r.valid]
+    if len(usable) < baseline:
+        return ControlTrend(expected, tuple(TrendPoint(r, None, ()) for r in mine),
+                            len(usable), None, None)
+    base = usable[:baseline]
+    mean = sum(base) / baseline
+    sd = math.sqrt(sum((u - mean) ** 2 for u in base) / (baseline - 1))
+    zs = [None if not r.calibrated or r.units is None or sd == 0 else (r.units - mean) / sd
+          for r in mine]
+    return ControlTrend(expected, tuple(TrendPoint(r, z, _rules(zs, i))
+                                        for i, (r, z) in enumerate(zip(mine, zs, strict=True))),
+                        baseline, mean, sd)
+
+
+def _rules(zs: Sequence[float | None], i: int) -> tuple[str, ...]:
+    """The Westgard rules reading ``i`` breaks, judged with the calibrated readings before
+    it (uncalibrated ones are skipped, not counted as in control)."""
+    z = zs[i]
+    if z is None:
+        return ()
+    run = [v for v in zs[:i + 1] if v is not None]  # this reading last
+    out = []
+    if abs(z) > 2:
+        out.append("1-2s")
+    if abs(z) > 3:
+        out.append("1-3s")
+    if len(run) >= 2:
+        a, b = run[-2], run[-1]
+        if (a > 2 and b > 2) or (a < -2 and b < -2):
+            out.append("2-2s")
+        if abs(a - b) > 4:
+            out.append("R-4s")
+    if len(run) >= 4 and (all(v > 1 for v in run[-4:]) or all(v < -1 for v in run[-4:])):
+        out.append("4-1s")
+    if len(run) >= 10 and (all(v > 0 for v in run[-10:]) or all(v < 0 for v in run[-10:])):
+        out.append("10x")
+    return tuple(out)

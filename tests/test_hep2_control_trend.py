@@ -1,0 +1,149 @@
+"""A kit control's readings over runs: the Westgard rules on the lab's baseline, the
+chart, and `appliance case controls` on a real store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from appliance.assays.hep2.control_trend import (
+    ControlReading,
+    control_trend,
+)
+from appliance.outputs import casebook
+from appliance.outputs.qc_chart import HEIGHT, WIDTH, render_chart
+from appliance.outputs.store import ResultStore
+
+# A baseline of 20 readings with mean 100 and SD 10 exactly (10 at 90, 10 at 110 give
+# SD 10 * sqrt(20/19); scaled so that the sample SD is 10).
+_HALF = 10 * (19 / 20) ** 0.5
+BASELINE = [100 + (_HALF if i % 2 else -_HALF) for i in range(20)]
+
+
+def reading(i: int, units: float | None, *, calibrated: bool = True, valid: bool = True,
+            expected: str = "homogeneous") -> ControlReading:
+    return ControlReading(decided_at=f"2026-11-{1 + i // 24:02d}T{i % 24:02d}:00:00.000+00:00",
+                          case_id=f"c-{i}", expected=expected, valid=valid, units=units,
+                          calibrated=calibrated)
+
+
+def trend_after(*units: float):  # type: ignore[no-untyped-def]
+    readings = [reading(i, u) for i, u in enumerate([*BASELINE, *units])]
+    return control_trend(readings, "homogeneous")
+
+
+def test_the_baseline_sets_the_mean_the_sd_and_the_suggested_range() -> None:
+    t = trend_after()
+    assert t.mean == pytest.approx(100.0) and t.sd == pytest.approx(10.0)
+    assert t.suggested_range == (80.0, 120.0)
+    assert not t.rejected and all(p.rules == () for p in t.points)
+
+
+@pytest.mark.parametrize(("units", "rules"), [
+    ((100.0, 125.0), ("1-2s",)),  # a warning only
+    ((100.0, 135.0), ("1-2s", "1-3s")),
+    ((122.0, 123.0), ("1-2s", "2-2s")),
+    ((75.0, 125.0), ("1-2s", "R-4s")),
+    ((112.0, 112.0, 112.0, 112.0), ("4-1s",)),
+    ((95.0,) * 10, ("10x",)),
+])
+def test_each_westgard_rule_flags_the_reading_that_breaks_it(
+        units: tuple[float, ...], rules: tuple[str, ...]) -> None:
+    t = trend_after(*units)
+    assert t.points[-1].rules == rules
+    assert (t.points[-1] in t.rejected) == (rules != ("1-2s",))
+
+
+def test_too_few_calibrated_readings_flag_nothing() -> None:
+    readings = [reading(i, 100.0 + i) for i in range(19)]
+    readings += [reading(19, 500.0, calibrated=False), reading(20, None, valid=False)]
+    t = control_trend(readings, "homogeneous")
+    assert t.baseline_n == 19 and t.mean is None and t.suggested_range is None
+    assert all(p.z is None and p.rules == () for p in t.points)
+    with pytest.raises(ValueError, match="at least 2"):
+        control_trend(readings, "homogeneous", baseline=1)
+
+
+def test_a_failed_check_is_judged_but_does_not_set_the_baseline() -> None:
+    readings = [reading(0, 300.0, valid=False)]  # a failed run first
+    readings += [reading(i + 1, u) for i, u in enumerate(BASELINE)]
+    t = control_trend(readings, "homogeneous")
+    assert t.mean == pytest.approx(100.0) and t.baseline_n == 20
+    assert "1-3s" in t.points[0].rules  # still on the chart, and judged
+
+
+def test_uncalibrated_and_other_controls_stay_off_the_chart() -> None:
+    readings = [reading(i, u) for i, u in enumerate(BASELINE)]
+    readings.append(reading(20, 300.0, calibrated=False))  # units of another scale
+    readings.append(reading(21, 5.0, expected="negative"))
+    t = control_trend(readings, "homogeneous")
+    assert len(t.points) == 21 and t.points[-1].z is None and t.points[-1].rules == ()
+    picture = render_chart(t, "Kit control AC-1")
+    assert picture.shape == (HEIGHT, WIDTH, 3)
+
+
+def test_the_chart_marks_a_rejected_reading_in_red() -> None:
+    calm = render_chart(trend_after(100.0), "calm")
+    alarm = render_chart(trend_after(135.0), "alarm")
+    red = np.array([210, 30, 30])
+
+    def reds(img: np.ndarray) -> int:
+        return int((np.abs(img.astype(int) - red).sum(axis=2) < 30).sum())
+    # The 3 SD lines are red in both; the rejected reading adds its red dot.
+    assert reds(alarm) > reds(calm) + 50
+
+
+def store_controls(path: Path, units: list[float]) -> None:
+    """Stored HEp-2 cases, each with one positive kit control decision (as the workflow
+    stores them), a day apart."""
+    with ResultStore(path) as store:
+        for i, u in enumerate(units):
+            case_id = f"run-{i:02d}"
+            at = f"2026-11-{1 + i:02d}T08:00:00.000+00:00"
+
+            def work(conn, case_id=case_id, at=at, u=u):  # type: ignore[no-untyped-def]
+                casebook.insert_case(conn, case_id, at=at, by="cli", assay="hep2")
+                casebook.insert_check(conn, case_id, control_round=1, expected="homogeneous",
+                                      at=at, valid=True, check={
+                                          "expected": "homogeneous", "valid": True,
+                                          "reasons": [], "intensity": {
+                                              "level": "strong", "value": u,
+                                              "calibrated": True}})
+                casebook.close_case(conn, case_id, at=at, by="cli", summary={})
+            store.write_with(work, flush_backlog=False)
+
+
+def test_case_controls_prints_the_chart_and_fails_on_a_rejected_run(tmp_path: Path) -> None:
+    from tests.test_case_service import appliance
+
+    db = tmp_path / "r.sqlite"
+    store_controls(db, [*BASELINE, 101.0, 140.0])
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'assay = "hep2"\n[store]\npath = "{db}"\n', encoding="utf-8")
+    done = appliance("case", "controls", "--chart", str(tmp_path / "lj.png"), "--config",
+                     str(cfg), cwd=tmp_path)
+    assert isinstance(done, subprocess.CompletedProcess)
+    assert done.returncode == 1, done.stderr  # the latest run breaks 1-3s
+    out = done.stdout
+    assert "Kit control AC-1 nuclear homogeneous: 22 readings" in out
+    assert ("baseline: mean 100.0, SD 10.0 units over the first 20 calibrated readings of "
+            "passed checks") in out
+    assert "suggested hep2.control.positive_units = [80, 120]" in out
+    assert out.rstrip().endswith("valid  1-2s 1-3s REJECT")
+    chart = cv2.imread(str(tmp_path / "lj.png"))
+    assert chart is not None and chart.shape == (HEIGHT, WIDTH, 3)
+    listed = appliance("case", "controls", "--json", "--last", "2", "--config", str(cfg),
+                       cwd=tmp_path)
+    assert isinstance(listed, subprocess.CompletedProcess) and listed.returncode == 0
+    doc = json.loads(listed.stdout)
+    assert [r["case_id"] for r in doc["readings"]] == ["run-20", "run-21"]
+    assert doc["baseline_n"] == 2 and doc["mean"] is None  # the last two only: no baseline
+    bad = appliance("case", "controls", "--expected", "AC-99", "--config", str(cfg),
+                    cwd=tmp_path)
+    assert isinstance(bad, subprocess.CompletedProcess)
+    assert bad.returncode == 2 and "neither 'negative' nor a pattern" in bad.stderr
