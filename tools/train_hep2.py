@@ -626,7 +626,8 @@ def build_manifest(directory: Path, recipe: dict[str, object],
         },
         "quantisation": {
             "format": "QDQ", "tool": "onnxruntime.quantization.quantize_static",
-            "weights": "int8 per-channel", "activations": "uint8 per-tensor",
+            "weights": "uint8 per-channel (U8U8: cannot saturate on x86 without VNNI)",
+            "activations": "uint8 per-tensor",
             "calibration": f"MinMax on {recipe.get('calibration_crops')} generated crops "
                            "(seeds 730000+)",
             "int8_trt": "signed, symmetric activations and weights (TensorRT explicit "
