@@ -57,8 +57,7 @@ def build_manifest(directory: Path, recipe: dict[str, object],
         },
         "quantisation": {
             "format": "QDQ", "tool": "onnxruntime.quantization.quantize_static",
-            "weights": "uint8 per-channel (U8U8: cannot saturate on x86 without VNNI)",
-            "activations": "uint8 per-tensor",
+            "weights": "int8 per-channel", "activations": "uint8 per-tensor",
             "calibration": "MinMax on 48 generated fields (seeds 500000+)",
             "int8_trt": {
                 "what": "the TensorRT variant: Q/DQ with signed, symmetric (zero point 0) 8-bit "

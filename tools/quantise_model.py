@@ -2,21 +2,12 @@
 
     python -m tools.quantise_model --fp32 build/her2/her2_fp32.onnx --out build/her2/her2_int8.onnx
 
-`quant_pre_process` first, then static QDQ quantisation with per-channel unsigned
-8-bit weights and unsigned 8-bit activations (U8U8).
-
-Why unsigned weights. With signed 8-bit weights (U8S8, ONNX Runtime's fastest x86
-path) an x86 CPU without VNNI (AVX2 only, as on many small boxes and on some of our CI
-machines) multiplies activations by weights with an instruction that adds each pair of
-products into a signed 16-bit sum and saturates it: a pair of bright pixels and large
-weights (255 x 127 x 2 = 64,770) overflows it. The HER2 model lost 12 points of cell
-recall that way on an AVX2 machine while it scored as FP32 on a VNNI one (README.md,
-"INT8 on CPUs without VNNI"). ONNX Runtime runs U8U8 in a widening kernel that cannot
-saturate, on every CPU (its own optimisation ``session.x64quantprecision`` switches
-U8S8 to U8U8 for this reason, ONNX Runtime PR 12088). The other cure, 7-bit signed
-weights (``reduce_range``), was measured too and lost resolution: the HEp-2 model then
-called a monochrome red-counterstained negative field positive, where FP32 and U8U8
-refuse it. U8U8 is slower than U8S8 on a VNNI CPU; the box's speeds are in the benchmarks.
+`quant_pre_process` first, then static QDQ quantisation with per-channel signed
+8-bit weights and unsigned 8-bit activations (what pays on this CPU, see
+shared/reference/performance-notes.md).
+On an x86 CPU without VNNI these U8S8 products saturate in ONNX Runtime's fast
+kernel; the box's backend asks for exact ones there (``session.x64quantprecision``,
+appliance/inference/onnxruntime_backend.py), so the files need no change for it.
 
 ``--symmetric`` writes the TensorRT variant instead: signed 8-bit activations and
 weights, both symmetric (zero point 0). TensorRT's explicit quantisation accepts
@@ -76,9 +67,8 @@ def quantise_qdq(fp32: Path, out: Path, inputs: list[np.ndarray], input_name: st
                  symmetric: bool = False) -> None:
     """Write the INT8 Q/DQ copy of ``fp32`` to ``out``, calibrated (MinMax) on ``inputs``.
 
-    The one set of quantisation settings of every model: per-channel unsigned weights and
-    unsigned activations for the CPU; ``symmetric``: the TensorRT variant (signed, zero
-    point 0).
+    The one set of quantisation settings of every model: per-channel signed weights and
+    unsigned activations for the CPU; ``symmetric``: the TensorRT variant (zero point 0).
     """
     fp32, out = fp32.resolve(), out.resolve()
     # Both ONNX Runtime steps leave scratch files in the working directory: keep them in tmp.
@@ -90,10 +80,7 @@ def quantise_qdq(fp32: Path, out: Path, inputs: list[np.ndarray], input_name: st
             str(prepared), str(out), FieldReader(inputs, input_name),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-            # Unsigned weights for the CPU (see above); TensorRT wants signed symmetric
-            # ones and sums in 32 bits.
-            weight_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}
             if symmetric else {},
         )

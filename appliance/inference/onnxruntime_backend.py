@@ -14,6 +14,10 @@ from appliance.inference.manifest import ModelError
 _log = logging.getLogger(__name__)
 
 
+# ONNX Runtime's session option (PR 12088) for exact U8S8 products on x86 without VNNI.
+X64_QUANT_PRECISION = "session.x64quantprecision"
+
+
 class OnnxRuntimeBackend:
     """A model file run by ONNX Runtime's CPU execution provider."""
 
@@ -27,6 +31,14 @@ class OnnxRuntimeBackend:
         # Idle pool threads must not spin: in the real-time pipeline the other stages need
         # those cores while the model waits for its next input.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Exact 8-bit arithmetic on every x86 CPU. The INT8 files multiply unsigned
+        # activations by signed weights (U8S8). Without VNNI (AVX2 only) ONNX Runtime's
+        # fast kernel sums pairs of those products in a saturating 16-bit integer, which
+        # full 8-bit weights overflow: the HER2 file then read 0.855 of its held-out fields
+        # right instead of 0.955 (README, "INT8 on CPUs without VNNI"). This option has
+        # ONNX Runtime run such layers as U8U8 on those CPUs only (exact, slower); with
+        # VNNI, and on ARM, nothing changes.
+        opts.add_session_config_entry(X64_QUANT_PRECISION, "1")
         try:
             self._session: ort.InferenceSession | None = ort.InferenceSession(
                 str(path), opts, providers=["CPUExecutionProvider"]
