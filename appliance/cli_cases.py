@@ -29,7 +29,6 @@ from typing import Any
 from appliance.assays.hep2.control import Hep2ControlCheck, control_expectation, describe
 from appliance.assays.hep2.control_trend import (
     MIN_BASELINE,
-    REJECT_RULES,
     ControlReading,
     ControlTrend,
     control_trend,
@@ -208,8 +207,7 @@ def _controls(args: argparse.Namespace, cases: CaseWorkflow) -> int:
         print(f"chart: {args.chart}", file=sys.stderr)
     cases.record_command("case_controls", "done", source=SOURCE,
                          detail={"expected": expected, "readings": len(trend.points)})
-    latest = trend.points[-1] if trend.points else None
-    return 1 if latest is not None and latest in trend.rejected else 0
+    return 1 if trend.points and trend.points[-1].rejected else 0
 
 
 def _trend_dict(trend: ControlTrend) -> dict[str, Any]:
@@ -238,7 +236,7 @@ def _trend_text(trend: ControlTrend, title: str) -> str:
         r = p.reading
         units = "not read" if r.units is None else f"{r.units:.0f} units"
         flags = " ".join(p.rules)
-        if set(p.rules) & set(REJECT_RULES):
+        if p.rejected:
             flags += " REJECT"
         lines.append(f"  {r.decided_at}  {r.case_id:36s} {units:>10s}"
                      f"{'' if r.calibrated else ' (not calibrated)'}  "

@@ -15,7 +15,7 @@ import itertools
 import cv2
 import numpy as np
 
-from appliance.assays.hep2.control_trend import REJECT_RULES, ControlTrend
+from appliance.assays.hep2.control_trend import ControlTrend
 
 WIDTH, HEIGHT = 960, 540
 _LEFT, _RIGHT, _TOP, _BOTTOM = 110, 30, 70, 80
@@ -63,8 +63,7 @@ def render_chart(trend: ControlTrend, title: str) -> np.ndarray:
     for (i0, u0, _), (i1, u1, _) in itertools.pairwise(points):
         cv2.line(img, xy(i0, u0), xy(i1, u1), _DIM, 1, cv2.LINE_AA)
     for i, u, p in points:
-        colour = (_REJECT if set(p.rules) & set(REJECT_RULES)
-                  else _WARN if "1-2s" in p.rules else _OK)
+        colour = _REJECT if p.rejected else _WARN if "1-2s" in p.rules else _OK
         cv2.circle(img, xy(i, u), 6, colour, -1, cv2.LINE_AA)
         if not p.reading.valid:
             cv2.circle(img, xy(i, u), 10, _REJECT, 2, cv2.LINE_AA)  # the check itself failed

@@ -60,6 +60,11 @@ class TrendPoint:
     z: float | None  # None: not calibrated, or no baseline yet
     rules: tuple[str, ...]
 
+    @property
+    def rejected(self) -> bool:
+        """The reading breaks a rejection rule (not only the 1-2s warning)."""
+        return any(rule in REJECT_RULES for rule in self.rules)
+
 
 @dataclass(frozen=True)
 class ControlTrend:
@@ -81,7 +86,7 @@ class ControlTrend:
     @property
     def rejected(self) -> tuple[TrendPoint, ...]:
         """The readings that break a rejection rule."""
-        return tuple(p for p in self.points if set(p.rules) & set(REJECT_RULES))
+        return tuple(p for p in self.points if p.rejected)
 
 
 def control_trend(readings: Sequence[ControlReading], expected: str, *,
