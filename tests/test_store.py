@@ -201,17 +201,21 @@ def test_v1_database_migrates_in_place_to_the_outbox_schema(
     assert {"outbox", "outbox_seq", "outbox_dropped"} <= tables
 
 
+def old_store(path: Path, monkeypatch: pytest.MonkeyPatch, version: int, sql: str) -> None:
+    """A store made by the code that shipped schema ``version``, with one statement run."""
+    with monkeypatch.context() as shipped:
+        shipped.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:version])
+        shipped.setattr(store_module, "SCHEMA_VERSION", version)
+        with ResultStore(path) as store:
+            store.write_with(lambda conn: conn.execute(sql), flush_backlog=False)
+
+
 def test_v3_cases_migrate_as_her2_cases(tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "r.sqlite"
-    with monkeypatch.context() as v3:  # the shipped v3 code: cases without an assay
-        v3.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:3])
-        v3.setattr(store_module, "SCHEMA_VERSION", 3)
-        with ResultStore(path) as store:
-            store.write_with(lambda conn: conn.execute(
-                "INSERT INTO cases (case_id, opened_at, opened_by, mode) "
-                "VALUES ('c-old', '2026-01-01T00:00:00.000+00:00', 'cli', 'tumour')"),
-                flush_backlog=False)
+    # The shipped v3 code: cases without an assay.
+    old_store(path, monkeypatch, 3, "INSERT INTO cases (case_id, opened_at, opened_by, mode) "
+              "VALUES ('c-old', '2026-01-01T00:00:00.000+00:00', 'cli', 'tumour')")
     with ResultStore(path) as store:
         old = store.read_with(lambda conn: casebook.get_case(conn, "c-old"))
         assert old is not None and old.assay == "her2" and old.open
@@ -228,14 +232,10 @@ def test_v3_cases_migrate_as_her2_cases(tmp_path: Path,
 def test_v5_cases_migrate_without_a_slide(tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "r.sqlite"
-    with monkeypatch.context() as v5:  # the shipped v5 code: cases without a slide
-        v5.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:5])
-        v5.setattr(store_module, "SCHEMA_VERSION", 5)
-        with ResultStore(path) as store:
-            store.write_with(lambda conn: conn.execute(
-                "INSERT INTO cases (case_id, opened_at, opened_by, mode, assay) "
-                "VALUES ('c-old', '2026-01-01T00:00:00.000+00:00', 'cli', 'tumour', 'hep2')"),
-                flush_backlog=False)
+    # The shipped v5 code: cases without a slide.
+    old_store(path, monkeypatch, 5, "INSERT INTO cases (case_id, opened_at, opened_by, mode, "
+              "assay) VALUES ('c-old', '2026-01-01T00:00:00.000+00:00', 'cli', 'tumour', "
+              "'hep2')")
     with ResultStore(path) as store:
         old = store.read_with(lambda conn: casebook.get_case(conn, "c-old"))
         assert old is not None and old.slide is None and old.assay == "hep2"

@@ -316,10 +316,14 @@ def insert_check(conn: sqlite3.Connection, case_id: str, *, control_round: int,
                   json.dumps(check, sort_keys=True, allow_nan=False)))
 
 
+# What each control-check query reads (``k`` is control_checks), in _check's order.
+_CHECK_COLUMNS = "k.round, k.expected, k.decided_at, k.valid, k.check_json, k.case_id"
+
+
 def checks(conn: sqlite3.Connection, case_id: str) -> list[CheckRow]:
     """A case's control decisions, oldest first."""
-    rows = conn.execute("SELECT round, expected, decided_at, valid, check_json, case_id FROM "
-                        "control_checks WHERE case_id = ? ORDER BY id", (case_id,)).fetchall()
+    rows = conn.execute(f"SELECT {_CHECK_COLUMNS} FROM control_checks k WHERE k.case_id = ? "
+                        "ORDER BY k.id", (case_id,)).fetchall()
     return [_check(r) for r in rows]
 
 
@@ -329,7 +333,7 @@ def slide_checks(conn: sqlite3.Connection, slide: str, *, assay: str, since: str
     ``exclude``), decided in [``since``, ``until``] (``until`` None: up to now), oldest
     first. Times are the store's UTC ISO strings, which sort as text."""
     rows = conn.execute(
-        "SELECT k.round, k.expected, k.decided_at, k.valid, k.check_json, k.case_id "
+        f"SELECT {_CHECK_COLUMNS} "
         "FROM control_checks k JOIN cases c ON c.case_id = k.case_id "
         "WHERE c.slide = ? AND c.assay = ? AND c.case_id != ? AND k.decided_at >= ? "
         "AND (? IS NULL OR k.decided_at <= ?) ORDER BY k.decided_at, k.id",
@@ -342,7 +346,7 @@ def control_history(conn: sqlite3.Connection, *, assay: str, expected: str,
     """The newest ``limit`` decisions on ``expected`` controls in ``assay`` cases, oldest
     first (a lab's control chart)."""
     rows = conn.execute(
-        "SELECT k.round, k.expected, k.decided_at, k.valid, k.check_json, k.case_id "
+        f"SELECT {_CHECK_COLUMNS} "
         "FROM control_checks k JOIN cases c ON c.case_id = k.case_id "
         "WHERE c.assay = ? AND k.expected = ? ORDER BY k.decided_at DESC, k.id DESC LIMIT ?",
         (assay, expected, limit)).fetchall()
@@ -350,5 +354,6 @@ def control_history(conn: sqlite3.Connection, *, assay: str, expected: str,
 
 
 def _check(row: Iterable[Any]) -> CheckRow:
+    """A CheckRow from a row of ``_CHECK_COLUMNS``."""
     round_, expected, decided_at, valid, check_json, case_id = row
     return CheckRow(round_, expected, decided_at, bool(valid), json.loads(check_json), case_id)
