@@ -23,6 +23,7 @@ import json
 import socket
 import sys
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +86,18 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
                                "breaks a rejection rule")
     chart.add_argument("--expected", help="the control: 'negative' or a pattern (default "
                        "hep2.control.default_expected, the kit's positive control)")
-    chart.add_argument("--baseline", type=int, default=MIN_BASELINE, help="the first so many "
-                       "calibrated readings of passed checks, of those shown, set the mean "
-                       "and SD (default %(default)s, as CLSI C24)")
-    chart.add_argument("--last", type=int, default=200, help="readings to show, newest "
-                       "(default %(default)s)")
+    chart.add_argument("--since", help="the first day (or time) of the kit lot: readings "
+                       "before it are neither shown nor part of the baseline (an ISO date or "
+                       "time; without an offset, the box's local time)")
+    chart.add_argument("--baseline", type=int, default=MIN_BASELINE, help="without an "
+                       "established mean and SD, the first so many calibrated readings of "
+                       "passed checks since --since set them (default %(default)s, as CLSI "
+                       "C24)")
+    chart.add_argument("--target", type=float, nargs=2, metavar=("MEAN", "SD"),
+                       help="the lab's established mean and SD in calibrated units (default "
+                       "hep2.control.positive_target for the kit's positive control)")
+    chart.add_argument("--last", type=int, default=200, help="readings to show, newest; each "
+                       "is judged with all readings before it (default %(default)s)")
     chart.add_argument("--chart", type=Path, help="also write the chart as a PNG")
     chart.add_argument("--json", action="store_true", help="the readings as JSON")
     for leaf in (start, end, cstart, cend, dilution, status, listing, chart):
@@ -188,15 +196,24 @@ def _case_action(args: argparse.Namespace, cases: CaseWorkflow) -> int:
 def _controls(args: argparse.Namespace, cases: CaseWorkflow) -> int:
     """`appliance case controls`: a kit control's chart over runs."""
     try:
-        expected = control_expectation(args.expected or cases.cfg.hep2.control.default_expected)
+        ctl = cases.cfg.hep2.control
+        expected = control_expectation(args.expected or ctl.default_expected)
         if args.last < 1:
             raise ValueError(f"--last {args.last}: need at least 1 reading")
+        since = "" if args.since is None else _since(args.since)
+        target = args.target
+        if target is None and ctl.positive_target and expected == control_expectation(
+                ctl.default_expected):
+            target = ctl.positive_target
         rows = cases.store.read_with(lambda conn: casebook.control_history(
-            conn, assay="hep2", expected=expected, limit=args.last))
+            conn, assay="hep2", expected=expected, since=since))
         trend = control_trend([ControlReading.from_check(r.case_id, r.decided_at, r.check)
-                               for r in rows], expected, baseline=args.baseline)
+                               for r in rows], expected, baseline=args.baseline,
+                              established=None if target is None else (target[0], target[1]))
     except ValueError as exc:
         raise CaseError(str(exc)) from exc
+    # Judged on the whole history (since the lot began), shown by its newest readings.
+    trend = trend.last(args.last)
     title = f"Kit control {describe(expected)}: {len(trend.points)} readings"
     if args.json:
         print(json.dumps(_trend_dict(trend), indent=2))
@@ -210,10 +227,22 @@ def _controls(args: argparse.Namespace, cases: CaseWorkflow) -> int:
     return 1 if trend.points and trend.points[-1].rejected else 0
 
 
+def _since(text: str) -> str:
+    """``--since`` as the store's UTC time text; a time without an offset (or a date) is
+    the box's local time, as the lab's calendar is."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--since {text!r}: not an ISO date or time (e.g. 2026-11-15 or "
+                         "2026-11-15T08:00)") from None
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def _trend_dict(trend: ControlTrend) -> dict[str, Any]:
     r = trend.suggested_range
     return {"expected": trend.expected, "baseline_n": trend.baseline_n, "mean": trend.mean,
-            "sd": trend.sd, "suggested_positive_units": list(r) if r else None,
+            "sd": trend.sd, "established": trend.established,
+            "suggested_positive_units": list(r) if r else None,
             "readings": [{"decided_at": p.reading.decided_at, "case_id": p.reading.case_id,
                           "valid": p.reading.valid, "units": p.reading.units,
                           "calibrated": p.reading.calibrated,
@@ -224,12 +253,10 @@ def _trend_dict(trend: ControlTrend) -> dict[str, Any]:
 def _trend_text(trend: ControlTrend, title: str) -> str:
     lines = [title]
     if trend.mean is None or trend.sd is None:
-        lines.append(f"  no baseline yet: {trend.baseline_n} calibrated readings (the rules "
-                     "and a suggested range need the baseline's count)")
+        lines.append(f"  {trend.basis} (and for a suggested range)")
     else:
         low, high = trend.suggested_range or (0.0, 0.0)
-        lines += [f"  baseline: mean {trend.mean:.1f}, SD {trend.sd:.1f} units over the first "
-                  f"{trend.baseline_n} calibrated readings of passed checks",
+        lines += [f"  target: mean {trend.mean:.1f}, SD {trend.sd:.1f} units {trend.basis}",
                   f"  suggested hep2.control.positive_units = [{low:g}, {high:g}] (mean +/- "
                   "2 SD)"]
     for p in trend.points:

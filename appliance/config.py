@@ -482,6 +482,13 @@ class Hep2ControlConfig:
         "(e.g. mean +/- 2 SD of 20 runs): outside it the control fails, as does one measured "
         "without calibration. Empty: that control is checked for its pattern only", lo=0,
     )
+    positive_target: list[float] = _f(
+        [], "The lab's established [mean, SD] of the kit's positive control in calibrated "
+        "units, fixed once per kit lot (from that lot's first 20 runs, or carried over from "
+        "the previous lot): the Levey-Jennings target `appliance case controls` judges every "
+        "reading on. Empty: the chart's target is its first 20 calibrated readings of passed "
+        "checks", lo=0,
+    )
     slide_max_age_h: float = _f(
         12.0, "A HEp-2 case on a slide (start_case's slide) counts the kit control checks "
         "made in the slide's other cases up to this many hours before it opened: the "
@@ -831,6 +838,10 @@ def _cross_checks(cfg: Config) -> None:
     if pu and (len(pu) != 2 or not 0 < pu[0] < pu[1]):
         raise ConfigError("hep2.control.positive_units", "need [] or two increasing positive "
                           f"values [low, high] in calibrated units, got {pu}")
+    pt = cfg.hep2.control.positive_target
+    if pt and (len(pt) != 2 or not (pt[0] > 0 and pt[1] > 0)):
+        raise ConfigError("hep2.control.positive_target", "need [] or [mean, SD], both above "
+                          f"0, in calibrated units, got {pt}")
     c = cfg.hep2.cells
     if c.max_area_um2 <= c.min_area_um2:
         raise ConfigError("hep2.cells.max_area_um2", f"{c.max_area_um2} is not above "

@@ -15,6 +15,7 @@ from appliance.assays.hep2.control_trend import (
     ControlReading,
     control_trend,
 )
+from appliance.config import Config, ConfigError, with_overrides
 from appliance.outputs import casebook
 from appliance.outputs.qc_chart import HEIGHT, WIDTH, render_chart
 from appliance.outputs.store import ResultStore
@@ -131,7 +132,7 @@ def test_case_controls_prints_the_chart_and_fails_on_a_rejected_run(tmp_path: Pa
     assert done.returncode == 1, done.stderr  # the latest run breaks 1-3s
     out = done.stdout
     assert "Kit control AC-1 nuclear homogeneous: 22 readings" in out
-    assert ("baseline: mean 100.0, SD 10.0 units over the first 20 calibrated readings of "
+    assert ("target: mean 100.0, SD 10.0 units from the first 20 calibrated readings of "
             "passed checks") in out
     assert "suggested hep2.control.positive_units = [80, 120]" in out
     assert out.rstrip().endswith("valid  1-2s 1-3s REJECT")
@@ -139,11 +140,70 @@ def test_case_controls_prints_the_chart_and_fails_on_a_rejected_run(tmp_path: Pa
     assert chart is not None and chart.shape == (HEIGHT, WIDTH, 3)
     listed = appliance("case", "controls", "--json", "--last", "2", "--config", str(cfg),
                        cwd=tmp_path)
-    assert isinstance(listed, subprocess.CompletedProcess) and listed.returncode == 0
+    assert isinstance(listed, subprocess.CompletedProcess) and listed.returncode == 1
     doc = json.loads(listed.stdout)
     assert [r["case_id"] for r in doc["readings"]] == ["run-20", "run-21"]
-    assert doc["baseline_n"] == 2 and doc["mean"] is None  # the last two only: no baseline
+    # Two shown, judged on the baseline of the whole history, not on the two alone.
+    assert doc["baseline_n"] == 20 and doc["mean"] == pytest.approx(100.0)
+    assert doc["established"] is False and doc["readings"][-1]["rules"] == ["1-2s", "1-3s"]
     bad = appliance("case", "controls", "--expected", "AC-99", "--config", str(cfg),
                     cwd=tmp_path)
     assert isinstance(bad, subprocess.CompletedProcess)
     assert bad.returncode == 2 and "neither 'negative' nor a pattern" in bad.stderr
+
+
+def test_the_target_stays_fixed_however_many_readings_are_shown() -> None:
+    # A lamp that reads 30 units (3 SD) brighter from run 21 on: judged on the first 20
+    # runs, every run since is rejected, the newest 20 shown too.
+    t = trend_after(*(130.0 + (1 if k % 2 else -1) for k in range(40)))
+    shown = t.last(20)
+    assert len(shown.points) == 20 and shown.mean == t.mean and shown.baseline_n == 20
+    assert all(p.rejected for p in shown.points) and "10x" in shown.points[-1].rules
+    # The same 20 readings as their own baseline would take the shift in as normal.
+    alone = control_trend([p.reading for p in shown.points], "homogeneous")
+    assert alone.mean == pytest.approx(130.0) and not alone.rejected
+
+
+def test_the_labs_established_target_judges_from_the_first_reading() -> None:
+    readings = [reading(i, u) for i, u in enumerate([100.0, 104.0, 131.0])]
+    t = control_trend(readings, "homogeneous", established=(100.0, 10.0))
+    assert t.established and t.baseline_n == 0 and t.suggested_range == (80.0, 120.0)
+    assert [p.rules for p in t.points] == [(), (), ("1-2s", "1-3s")]
+    assert t.basis == "as the lab established them"
+    with pytest.raises(ValueError, match="SD must be above 0"):
+        control_trend(readings, "homogeneous", established=(100.0, 0.0))
+
+
+def test_case_controls_takes_the_labs_target_and_the_lots_first_day(tmp_path: Path) -> None:
+    from tests.test_case_service import appliance
+
+    db = tmp_path / "r.sqlite"
+    # An old lot read about 60 units (1-10 Nov), the new one about 100 (11 Nov on).
+    store_controls(db, [60.0] * 10 + [98.0, 103.0, 99.0, 101.0])
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'assay = "hep2"\n[store]\npath = "{db}"\n'
+                   "[hep2.control]\npositive_target = [100.0, 4.0]\n", encoding="utf-8")
+    run = appliance("case", "controls", "--json", "--config", str(cfg), cwd=tmp_path)
+    assert isinstance(run, subprocess.CompletedProcess) and run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["established"] is True and doc["mean"] == 100.0 and doc["sd"] == 4.0
+    assert len(doc["readings"]) == 14 and "1-3s" in doc["readings"][0]["rules"]
+    lot = appliance("case", "controls", "--since", "2026-11-11T00:00+00:00", "--config",
+                    str(cfg), cwd=tmp_path)
+    assert isinstance(lot, subprocess.CompletedProcess) and lot.returncode == 0, lot.stderr
+    assert "4 readings" in lot.stdout and "REJECT" not in lot.stdout
+    assert "target: mean 100.0, SD 4.0 units as the lab established them" in lot.stdout
+    # --target overrides the config; a bad --since is named.
+    strict = appliance("case", "controls", "--since", "2026-11-11T00:00+00:00", "--target",
+                       "90", "2", "--config", str(cfg), cwd=tmp_path)
+    assert isinstance(strict, subprocess.CompletedProcess) and strict.returncode == 1
+    bad = appliance("case", "controls", "--since", "last tuesday", "--config", str(cfg),
+                    cwd=tmp_path)
+    assert isinstance(bad, subprocess.CompletedProcess)
+    assert bad.returncode == 2 and "--since 'last tuesday'" in bad.stderr
+
+
+@pytest.mark.parametrize("bad", [[100.0], [100.0, 0.0], [0.0, 5.0], [100.0, 5.0, 1.0]])
+def test_a_malformed_positive_target_is_named(bad: list[float]) -> None:
+    with pytest.raises(ConfigError, match=r"hep2\.control\.positive_target"):
+        with_overrides(Config(), {"hep2.control.positive_target": bad})

@@ -342,15 +342,17 @@ def slide_checks(conn: sqlite3.Connection, slide: str, *, assay: str, since: str
 
 
 def control_history(conn: sqlite3.Connection, *, assay: str, expected: str,
-                    limit: int) -> list[CheckRow]:
-    """The newest ``limit`` decisions on ``expected`` controls in ``assay`` cases, oldest
-    first (a lab's control chart)."""
+                    since: str = "") -> list[CheckRow]:
+    """Every decision on ``expected`` controls in ``assay`` cases decided at or after
+    ``since`` (a UTC ISO time; "" for all), oldest first (a lab's control chart: a lab
+    runs one or two a day, so a year is a few hundred rows)."""
     rows = conn.execute(
         f"SELECT {_CHECK_COLUMNS} "
         "FROM control_checks k JOIN cases c ON c.case_id = k.case_id "
-        "WHERE c.assay = ? AND k.expected = ? ORDER BY k.decided_at DESC, k.id DESC LIMIT ?",
-        (assay, expected, limit)).fetchall()
-    return [_check(r) for r in reversed(rows)]
+        "WHERE c.assay = ? AND k.expected = ? AND k.decided_at >= ? "
+        "ORDER BY k.decided_at, k.id",
+        (assay, expected, since)).fetchall()
+    return [_check(r) for r in rows]
 
 
 def _check(row: Iterable[Any]) -> CheckRow:

@@ -35,14 +35,12 @@ def render_chart(trend: ControlTrend, title: str) -> np.ndarray:
         mean, sd = trend.mean, trend.sd
         worst = max([3.5] + [abs(p.z) + 0.5 for p in trend.points if p.z is not None])
         lo, hi = mean - worst * sd, mean + worst * sd
-        caption = (f"mean {mean:.1f}, SD {sd:.1f} units from the first {trend.baseline_n} "
-                   "calibrated readings of passed checks")
+        caption = f"mean {mean:.1f}, SD {sd:.1f} units {trend.basis}"
     else:
         values = [u for _, u in placed] or [0.0, 1.0]
         pad = max(1.0, 0.1 * (max(values) - min(values)))
         lo, hi = min(values) - pad, max(values) + pad
-        caption = (f"no baseline yet: {trend.baseline_n} calibrated readings, the rules need "
-                   "20")
+        caption = trend.basis
     n = max(1, len(trend.points))
 
     def xy(i: int, units: float) -> tuple[int, int]:

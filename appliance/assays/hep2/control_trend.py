@@ -12,18 +12,21 @@ Groth, Clin Chem 1981;27:493-501) to see a drift before it changes a patient's c
 - ``4-1s``: four in a row beyond 1 SD on the same side: reject (systematic);
 - ``10x``: ten in a row on the same side of the mean: reject (systematic).
 
-The mean and SD are the lab's, from its first ``baseline`` calibrated readings of
-checks that passed (CLSI C24 asks for at least 20; a failed run does not set what is
-normal); with fewer, nothing is flagged and no range is suggested.
-The suggested ``hep2.control.positive_units`` is that mean +/- 2 SD. Pure: it reads the
-stored decisions only.
+The mean and SD are the lab's established ones where it gives them
+(``hep2.control.positive_mean`` / ``positive_sd``: a lab fixes them once, from a kit lot's
+first runs, and keeps them while the lot lasts). Otherwise they are taken from the first
+``baseline`` calibrated readings of checks that passed (CLSI C24 asks for at least 20; a
+failed run does not set what is normal); with fewer, nothing is flagged and no range is
+suggested. Either way the target is fixed: a baseline that moved with the readings shown
+would take a slow drift in as normal. The suggested ``hep2.control.positive_units`` is
+mean +/- 2 SD. Pure: it reads the stored decisions only.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 MIN_BASELINE = 20
@@ -75,6 +78,23 @@ class ControlTrend:
     baseline_n: int  # calibrated readings of passed checks the mean and SD are from
     mean: float | None
     sd: float | None
+    established: bool = False  # the mean and SD are the lab's own, not from the readings
+    baseline_needed: int = MIN_BASELINE
+
+    @property
+    def basis(self) -> str:
+        """Where the mean and SD come from, in words (the chart's caption, the CLI)."""
+        if self.established:
+            return "as the lab established them"
+        if self.mean is None:
+            return (f"no baseline yet: {self.baseline_n} calibrated readings of passed checks, "
+                    f"the rules need {self.baseline_needed}")
+        return f"from the first {self.baseline_n} calibrated readings of passed checks"
+
+    def last(self, n: int) -> ControlTrend:
+        """The same chart showing its newest ``n`` points only (each still judged with
+        the readings before it, and on the same mean and SD)."""
+        return replace(self, points=self.points[-n:])
 
     @property
     def suggested_range(self) -> tuple[float, float] | None:
@@ -90,26 +110,36 @@ class ControlTrend:
 
 
 def control_trend(readings: Sequence[ControlReading], expected: str, *,
-                  baseline: int = MIN_BASELINE) -> ControlTrend:
-    """The chart of ``expected``'s readings (class name), oldest first: the first
-    ``baseline`` calibrated readings of passed checks set the mean and SD, and every
-    calibrated reading is judged on them (ValueError when ``baseline`` is below 2)."""
+                  baseline: int = MIN_BASELINE,
+                  established: tuple[float, float] | None = None) -> ControlTrend:
+    """The chart of ``expected``'s readings (class name), oldest first, every calibrated
+    reading judged on one mean and SD: ``established`` (the lab's own mean and SD) when
+    given, else those of the first ``baseline`` calibrated readings of passed checks
+    (ValueError when ``baseline`` is below 2 or the established SD is not positive)."""
     if baseline < 2:
         raise ValueError(f"baseline {baseline}: a standard deviation needs at least 2 readings")
     mine = sorted((r for r in readings if r.expected == expected),
                   key=lambda r: r.decided_at)
     usable = [r.units for r in mine if r.calibrated and r.units is not None and r.valid]
-    if len(usable) < baseline:
+    if established is not None:
+        mean, sd = established
+        if not (math.isfinite(mean) and math.isfinite(sd) and sd > 0):
+            raise ValueError(f"established mean {mean}, SD {sd}: the SD must be above 0")
+        base_n = 0
+    elif len(usable) < baseline:
         return ControlTrend(expected, tuple(TrendPoint(r, None, ()) for r in mine),
-                            len(usable), None, None)
-    base = usable[:baseline]
-    mean = sum(base) / baseline
-    sd = math.sqrt(sum((u - mean) ** 2 for u in base) / (baseline - 1))
+                            len(usable), None, None, baseline_needed=baseline)
+    else:
+        base = usable[:baseline]
+        mean = sum(base) / baseline
+        sd = math.sqrt(sum((u - mean) ** 2 for u in base) / (baseline - 1))
+        base_n = baseline
     zs = [None if not r.calibrated or r.units is None or sd == 0 else (r.units - mean) / sd
           for r in mine]
     return ControlTrend(expected, tuple(TrendPoint(r, z, _rules(zs, i))
                                         for i, (r, z) in enumerate(zip(mine, zs, strict=True))),
-                        baseline, mean, sd)
+                        base_n, mean, sd, established=established is not None,
+                        baseline_needed=baseline)
 
 
 def _rules(zs: Sequence[float | None], i: int) -> tuple[str, ...]:
