@@ -267,11 +267,12 @@ def test_add_cells_on_a_generated_field_with_its_own_labels() -> None:
         return "mitotic_plate_stained" if t.plate_stained else "mitotic_plate_unstained"
 
     right = CellTally()
-    add_cells(right, field, seg, fake_result(
+    counted = add_cells(right, field, seg, fake_result(
         [call(k, by_id[k].pattern, truth_mitosis(k)) for k in present]))
     interphase = sum(not by_id[k].mitotic for k in present)
     mitotic = sum(by_id[k].mitotic for k in present)
     assert mitotic > 0 and interphase > 0
+    assert counted == (interphase, interphase)
     summary = eval_hep2.cell_summary(right)
     assert summary["mean_class_accuracy"] == 1.0
     assert summary["interphase_cells"] == interphase
@@ -288,8 +289,9 @@ def test_add_cells_on_a_generated_field_with_its_own_labels() -> None:
     assert {r for r in by_band["20x"].values() if r is not None} == {1.0}
     # Every call wrong: the golgi row goes to another class, metaphases are missed.
     wrong = CellTally()
-    add_cells(wrong, field, seg, fake_result([call(k, "homogeneous", "interphase")
-                                              for k in present]))
+    counted = add_cells(wrong, field, seg, fake_result([call(k, "homogeneous", "interphase")
+                                                        for k in present]))
+    assert counted == (interphase, 0)
     summary = eval_hep2.cell_summary(wrong)
     assert summary["mean_class_accuracy"] == 0.0
     assert wrong.confusion[NAMES.index("golgi")][NAMES.index("homogeneous")] == interphase
@@ -392,3 +394,24 @@ def test_a_bad_config_file_stops_the_eval_with_its_reason(
     assert eval_hep2.main(["--quick", "--config", str(bad), "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "hep2.cells.scale_search_steps" in err
+
+
+def test_lost_cells_names_the_specimens_that_lose_the_most() -> None:
+    def outcome(seed: int, judged: int, right: int, kind: str = "single") -> SpecimenOutcome:
+        return SpecimenOutcome(seed=seed, kind=kind, um_per_px=0.5,
+                               truth_patterns=("fine_speckled",), truth_positive=True,
+                               truth_intensity=80.0, truth_level="strong", status="scored",
+                               reported=("fine_speckled",), positive=True, intensity=80.0,
+                               level="strong", reason=None, cells=judged, ms=1.0,
+                               cells_judged=judged, cells_right=right)
+    outcomes = [outcome(1, 100, 99), outcome(2, 400, 200), outcome(3, 50, 40),
+                outcome(4, 0, 0, kind="mixed")]
+    lost = eval_hep2.lost_cells(outcomes, top=2)
+    assert lost["specimens"] == 3 and lost["cells"] == 550 and lost["lost"] == 211
+    worst = lost["worst"]
+    assert isinstance(worst, list) and [w["seed"] for w in worst] == [2, 3]
+    assert lost["top_share_of_lost"] == pytest.approx(210 / 211)
+    text = eval_hep2.format_lost_cells(lost)
+    assert text[0] == ("cells lost: 211 of 550 in 3 specimens; the 2 specimens below lose "
+                       "99.5 % of them")
+    assert "seed 2 fine_speckled" in text[1] and "200 of  400 right" in text[1]

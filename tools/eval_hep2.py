@@ -45,7 +45,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +147,10 @@ class SpecimenOutcome:
     truth_shares: tuple[float, ...] = ()
     scale_used: float | None = None  # µm/px the box worked at (estimated with --estimate-scale)
     reason_code: str | None = None  # a refused specimen's code (wrong_stain, ...)
+    # Its interphase cells in the cell-level figures (single-pattern and negative
+    # specimens), and of those the ones classified right: where the lost cells come from.
+    cells_judged: int = 0
+    cells_right: int = 0
 
     @property
     def first(self) -> str:
@@ -226,8 +230,10 @@ def scale_band(um_per_px: float) -> str:
 # ------------------------------------------------------------------------------ cell matching
 
 
-def add_cells(tally: CellTally, truth: Hep2Field, seg: Hep2Cells, result: Hep2Result) -> None:
-    """Compare one field's classified cells with its truth cells."""
+def add_cells(tally: CellTally, truth: Hep2Field, seg: Hep2Cells,
+              result: Hep2Result) -> tuple[int, int]:
+    """Compare one field's classified cells with its truth cells; its interphase cells
+    counted in the confusion, and how many of them are right."""
     by_id = {c.cell_id: c for c in truth.cells}
     matches = match_cells(seg.labels, seg.centroids, truth.cell_labels)
     whole = [c.cell_id for c in truth.cells if not c.touches_edge]
@@ -236,6 +242,7 @@ def add_cells(tally: CellTally, truth: Hep2Field, seg: Hep2Cells, result: Hep2Re
                                     [[0] * len(NAMES) for _ in NAMES])
     tally.truth_cells += len(whole)
     tally.truth_found += sum(cid in found for cid in whole)
+    judged = right = 0
     for cell in result.cells:
         tally.segmented += 1
         tid = matches.get(cell.cell_id)
@@ -251,6 +258,9 @@ def add_cells(tally: CellTally, truth: Hep2Field, seg: Hep2Cells, result: Hep2Re
         if not t.mitotic:
             tally.confusion[NAMES.index(t.pattern)][NAMES.index(cell.pattern)] += 1
             band[NAMES.index(t.pattern)][NAMES.index(cell.pattern)] += 1
+            judged += 1
+            right += cell.pattern == t.pattern
+    return judged, right
 
 
 # ------------------------------------------------------------------------------ figures
@@ -472,9 +482,11 @@ def score_specimen(assay: Hep2Assay, case: SpecimenCase, seq: int, tally: CellTa
     truth, cells, result, ms = score_generated(assay, case.spec, seq,
                                                estimate_scale=estimate_scale, look=look,
                                                declared_factor=declared_factor, fields=fields)
+    outcome = outcome_of(case.kind, truth, result, ms, levels)
     if case.kind != "mixed" and cells is not None:
-        add_cells(tally, truth, cells, result)
-    return outcome_of(case.kind, truth, result, ms, levels)
+        judged, right = add_cells(tally, truth, cells, result)
+        outcome = replace(outcome, cells_judged=judged, cells_right=right)
+    return outcome
 
 
 def outcome_of(kind: str, truth: Hep2Field, result: Hep2Result | Hep2WellResult, ms: float,
@@ -615,6 +627,38 @@ def format_report(cells: dict[str, object], specimens: dict[str, object],
         lines.append(f"  {name:<34}{shown:>7} >= {threshold:.2f}  "
                      f"{'PASS' if passed else 'FAIL'}")
     return "\n".join(lines)
+
+
+def lost_cells(outcomes: Sequence[SpecimenOutcome], top: int = 8) -> dict[str, object]:
+    """Where the cell-level figures lose their cells: the ``top`` specimens that lose the
+    most interphase cells, and their share of all cells lost. Cell accuracy is counted
+    over cells, so a specimen with many cells (a 10x field holds about 16 times a 40x
+    one's) weighs as much as many small ones."""
+    judged = [o for o in outcomes if o.cells_judged]
+    lost_total = sum(o.cells_judged - o.cells_right for o in judged)
+    worst = sorted(judged, key=lambda o: (o.cells_right - o.cells_judged, o.seed))[:top]
+    lost_top = sum(o.cells_judged - o.cells_right for o in worst)
+    return {"specimens": len(judged), "cells": sum(o.cells_judged for o in judged),
+            "lost": lost_total, "top": len(worst),
+            "top_share_of_lost": _rate(lost_top, lost_total),
+            "worst": [{"seed": o.seed, "pattern": o.truth_patterns[0],
+                       "um_per_px": o.um_per_px, "units": o.truth_intensity,
+                       "cells": o.cells_judged, "right": o.cells_right,
+                       "reported": list(o.called)} for o in worst]}
+
+
+def format_lost_cells(lost: Mapping[str, object]) -> list[str]:
+    """The text lines of :func:`lost_cells`."""
+    share = _number(lost["top_share_of_lost"])
+    lines = [f"cells lost: {lost['lost']} of {lost['cells']} in {lost['specimens']} specimens; "
+             f"the {lost['top']} specimens below lose {_pct(share).strip()} % of them"]
+    worst = lost["worst"]
+    assert isinstance(worst, list)
+    for w in worst:
+        lines.append(f"  seed {w['seed']} {w['pattern']:<22} {w['um_per_px']:.2f} um/px "
+                     f"{w['units']:5.0f} u  {w['right']:>4} of {w['cells']:>4} right, "
+                     f"called {'+'.join(w['reported']) or '-'}")
+    return lines
 
 
 def _no_pattern(o: SpecimenOutcome) -> str:
@@ -787,6 +831,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_report(cells, specimens, outcomes))
     if args.estimate_scale:
         print(f"\nscale estimated by the box (used / true): {scale}")
+    lost = lost_cells(outcomes)
+    print("\n" + "\n".join(format_lost_cells(lost)))
     wrong = wrong_specimens(outcomes)
     print(f"\nspecimens with a wrong pattern or sign: {len(wrong)}")
     for line in wrong:
@@ -809,7 +855,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "config": None if args.config is None else str(args.config),
                        "config_sha256": cfg.sha256()},
                "scale": scale,
-               "cells": cells, "cell_confusion": tally.confusion, "cell_labels": NAMES,
+               "cells": cells, "cells_lost_by_specimen": lost,
+               "cell_confusion": tally.confusion, "cell_labels": NAMES,
                "specimens": specimens, "specimen_confusion": specimen_confusion(outcomes),
                "specimen_labels": SPECIMEN_LABELS, "intensity_levels": INTENSITY_LEVELS,
                "targets": [{"target": n, "value": v, "threshold": t, "passed": p}
