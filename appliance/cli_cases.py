@@ -23,7 +23,6 @@ import json
 import socket
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from appliance.assays.hep2.control_trend import (
     ControlReading,
     ControlTrend,
     control_trend,
+    since_utc,
 )
 from appliance.config import CONTROL_LEVELS, Config
 from appliance.outputs import casebook
@@ -88,7 +88,8 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
                        "hep2.control.default_expected, the kit's positive control)")
     chart.add_argument("--since", help="the first day (or time) of the kit lot: readings "
                        "before it are neither shown nor part of the baseline (an ISO date or "
-                       "time; without an offset, the box's local time)")
+                       "time; without an offset, the box's local time; default "
+                       "hep2.control.target_since)")
     chart.add_argument("--baseline", type=int, default=MIN_BASELINE, help="without an "
                        "established mean and SD, the first so many calibrated readings of "
                        "passed checks since --since set them (default %(default)s, as CLSI "
@@ -200,7 +201,9 @@ def _controls(args: argparse.Namespace, cases: CaseWorkflow) -> int:
         expected = control_expectation(args.expected or ctl.default_expected)
         if args.last < 1:
             raise ValueError(f"--last {args.last}: need at least 1 reading")
-        since = "" if args.since is None else _since(args.since)
+        since_text = args.since if args.since is not None else ctl.target_since
+        since = since_utc(since_text, "--since" if args.since is not None
+                          else "hep2.control.target_since") if since_text else ""
         target = args.target
         if target is None and ctl.positive_target and expected == control_expectation(
                 ctl.default_expected):
@@ -225,17 +228,6 @@ def _controls(args: argparse.Namespace, cases: CaseWorkflow) -> int:
     cases.record_command("case_controls", "done", source=SOURCE,
                          detail={"expected": expected, "readings": len(trend.points)})
     return 1 if trend.points and trend.points[-1].rejected else 0
-
-
-def _since(text: str) -> str:
-    """``--since`` as the store's UTC time text; a time without an offset (or a date) is
-    the box's local time, as the lab's calendar is."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"--since {text!r}: not an ISO date or time (e.g. 2026-11-15 or "
-                         "2026-11-15T08:00)") from None
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _trend_dict(trend: ControlTrend) -> dict[str, Any]:

@@ -485,9 +485,15 @@ class Hep2ControlConfig:
     positive_target: list[float] = _f(
         [], "The lab's established [mean, SD] of the kit's positive control in calibrated "
         "units, fixed once per kit lot (from that lot's first 20 runs, or carried over from "
-        "the previous lot): the Levey-Jennings target `appliance case controls` judges every "
-        "reading on. Empty: the chart's target is its first 20 calibrated readings of passed "
-        "checks", lo=0,
+        "the previous lot): each run's positive control is judged on it with the Westgard "
+        "rules (a rejection fails the control) and so is `appliance case controls`' chart. "
+        "Empty: no rules live, and the chart's target is its first 20 calibrated readings of "
+        "passed checks", lo=0,
+    )
+    target_since: str = _f(
+        "", "The first day of the kit lot that positive_target belongs to (an ISO date or "
+        "time; without an offset, the box's local time): readings before it are not judged "
+        "on the target, live or in `appliance case controls`. Empty: every stored reading",
     )
     slide_max_age_h: float = _f(
         12.0, "A HEp-2 case on a slide (start_case's slide) counts the kit control checks "
@@ -838,6 +844,12 @@ def _cross_checks(cfg: Config) -> None:
     if pu and (len(pu) != 2 or not 0 < pu[0] < pu[1]):
         raise ConfigError("hep2.control.positive_units", "need [] or two increasing positive "
                           f"values [low, high] in calibrated units, got {pu}")
+    if cfg.hep2.control.target_since:
+        from appliance.assays.hep2.control_trend import since_utc
+        try:
+            since_utc(cfg.hep2.control.target_since, "value")
+        except ValueError as exc:
+            raise ConfigError("hep2.control.target_since", str(exc)) from None
     pt = cfg.hep2.control.positive_target
     if pt and (len(pt) != 2 or not (pt[0] > 0 and pt[1] > 0)):
         raise ConfigError("hep2.control.positive_target", "need [] or [mean, SD], both above "

@@ -26,12 +26,14 @@ from appliance.assays.hep2.control import (
     Hep2ControlCheck,
     control_expectation,
     evaluate_control,
+    westgard_check,
 )
+from appliance.assays.hep2.control_trend import ControlReading
 from appliance.assays.hep2.types import Hep2Result
 from appliance.assays.hep2.well import Hep2WellResult
 from appliance.assays.her2.types import FieldResult
 from appliance.config import Config, ConfigError, with_overrides
-from appliance.outputs import hep2_json
+from appliance.outputs import casebook, hep2_json
 from appliance.outputs import mqtt_contract as contract
 from appliance.outputs.display.live import LiveCase, case_rows
 from appliance.outputs.store import ResultStore
@@ -111,6 +113,41 @@ def test_the_kits_positive_control_must_read_in_the_labs_range() -> None:
             with_overrides(Config(), {"hep2.control.positive_units": bad})
 
 
+def test_the_kits_positive_control_is_judged_on_the_labs_target() -> None:
+    lab = replace(CFG, control=replace(CFG.control, positive_target=[80.0, 5.0]))
+
+    def run(brightness: float, history: list[ControlReading], *, calibrated: bool = True,
+            expected: str = "AC-1") -> Hep2ControlCheck:
+        check = evaluate_control([field([cell("homogeneous", brightness=brightness)] * 20,
+                                         "c.png", calibrated=calibrated)], expected, lab)
+        return westgard_check(check, history, case_id="c", at="2026-11-30T08:00:00.000+00:00",
+                              cfg=lab)
+
+    def past(*units: float) -> list[ControlReading]:
+        return [ControlReading(f"2026-11-{1 + i:02d}T08:00:00.000+00:00", f"r{i}",
+                               "homogeneous", True, u, True) for i, u in enumerate(units)]
+    ok = run(82.0, past(79.0, 81.0))
+    assert ok.valid and ok.reasons[-1].startswith("82 units, +0.4 SD from the lab's target 80")
+    warned = run(91.0, past(79.0, 81.0))
+    assert warned.valid and "a Westgard warning (1-2s)" in warned.reasons[-1]
+    far = run(96.0, [])
+    assert not far.valid and "rejected by the Westgard rule 1-3s;" in far.reasons[-1]
+    # Four runs in a row beyond 1 SD, none beyond 2: a systematic drift.
+    drift = run(86.0, past(86.0, 87.0, 86.0))
+    assert not drift.valid and "rule 4-1s" in drift.reasons[-1]
+    # A failed run (1-3s) before it does not reject the repeat that came back (R-4s).
+    failed = replace(past(99.0)[0], valid=False)
+    assert run(79.0, [failed]).valid
+    # Uncalibrated units cannot be judged; another control and a failed check are left.
+    raw = run(80.0, [], calibrated=False)
+    assert not raw.valid and "not calibrated" in raw.reasons[-1]
+    assert run(300.0, [], expected="AC-3").reasons == (
+        "reads AC-1 nuclear homogeneous first, AC-3 centromere expected",)
+    neg = evaluate_control([negative("n.png")], "negative", lab)
+    assert neg.valid and westgard_check(neg, past(200.0), case_id="c", at="2026-11-30",
+                                        cfg=lab) == neg
+
+
 def test_a_control_not_read_validates_nothing() -> None:
     none = evaluate_control([], "AC-1", CFG)
     assert not none.valid and none.reasons == ("no control field was shown",)
@@ -154,9 +191,10 @@ class Bench:
     """A store, the workflow and the recorder, as `appliance score` and the service wire
     them; the running assay is ``assay``."""
 
-    def __init__(self, tmp_path: Path, assay: str = "hep2") -> None:
+    def __init__(self, tmp_path: Path, assay: str = "hep2",
+                 settings: dict[str, object] | None = None) -> None:
         self.cfg = with_overrides(Config(), {"store.path": str(tmp_path / "r.sqlite"),
-                                             "assay": assay})
+                                             "assay": assay, **(settings or {})})
         self.store = ResultStore(self.cfg.store.path)
         self.messages: list[dict[str, object]] = []
         self.cases = CaseWorkflow(self.cfg, self.store, case_message=self._message)
@@ -356,6 +394,39 @@ def check_controls(bench: Bench, *, negative_ok: bool = True, seed: int = 50) ->
         bench.show(result, seed)
         bench.cases.end_control(source="cli")
         seed += 1
+
+
+def test_a_drifting_kit_control_fails_its_run_on_the_labs_target(tmp_path: Path) -> None:
+    lab = Bench(tmp_path, settings={"hep2.control.positive_target": [80.0, 5.0],
+                                    "hep2.control.target_since": "2026-01-01"})
+    try:
+        # An earlier lot's run, before target_since: not judged with this lot's.
+        def old_lot(conn: sqlite3.Connection) -> None:
+            at = "2025-12-20T08:00:00.000+00:00"
+            casebook.insert_case(conn, "old-lot", at=at, by="cli", assay="hep2")
+            casebook.insert_check(conn, "old-lot", control_round=1, expected="homogeneous",
+                                  at=at, valid=True, check={
+                                      "expected": "homogeneous", "valid": True, "intensity": {
+                                          "level": "strong", "value": 88.0,
+                                          "calibrated": True}})
+            casebook.close_case(conn, "old-lot", at=at, by="cli", summary={})
+        lab.store.write_with(old_lot, flush_backlog=False)
+        checks = []
+        for run, brightness in enumerate((86.0, 87.0, 86.0, 87.0)):
+            lab.cases.start_case(f"S26-20-W{run}", source="cli")
+            lab.cases.start_control("AC-1", source="cli")
+            lab.show(homogeneous("pos.png", brightness=brightness), 70 + run)
+            checks.append(lab.cases.end_control(source="cli"))
+            if run < 3:
+                lab.cases.end_case(None, source="cli")
+        # Each run alone is within 2 SD; the fourth in a row beyond 1 SD is rejected (with
+        # the old lot's 88 counted, the third run would have been).
+        assert [c.valid for c in checks] == [True, True, True, False]
+        assert "rule 4-1s" in checks[-1].reasons[-1]
+        summary = lab.cases.summary()
+        assert isinstance(summary, Hep2CaseSummary) and summary.control_status != "valid"
+    finally:
+        lab.store.close()
 
 
 def test_the_cases_of_one_slide_share_its_kit_controls(bench: Bench) -> None:

@@ -207,3 +207,17 @@ def test_case_controls_takes_the_labs_target_and_the_lots_first_day(tmp_path: Pa
 def test_a_malformed_positive_target_is_named(bad: list[float]) -> None:
     with pytest.raises(ConfigError, match=r"hep2\.control\.positive_target"):
         with_overrides(Config(), {"hep2.control.positive_target": bad})
+
+
+def test_a_malformed_target_since_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"hep2\.control\.target_since.*not an ISO date"):
+        with_overrides(Config(), {"hep2.control.target_since": "15/11/2026"})
+    assert with_overrides(Config(), {"hep2.control.target_since": "2026-11-15"})
+
+
+def test_a_failed_run_is_judged_but_not_carried_into_the_next_rules() -> None:
+    readings = [reading(i, u) for i, u in enumerate(BASELINE)]
+    readings.append(reading(20, 135.0, valid=False))  # 1-3s: the run failed
+    readings.append(reading(21, 94.0))  # the repeat, 4.1 SD below the failed reading
+    t = control_trend(readings, "homogeneous")
+    assert t.points[-2].rejected and t.points[-1].rules == ()

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from appliance.assays.hep2 import control as hep2_control
+from appliance.assays.hep2.control_trend import ControlReading, since_utc
 from appliance.assays.hep2.types import Hep2Result
 from appliance.assays.her2.control import ControlCheck, evaluate_control
 from appliance.assays.her2.types import CaseTag, FieldContext, FieldResult
@@ -246,7 +247,8 @@ class CaseWorkflow:
             before = (None if case.assay == "hep2" else
                       control_state(casebook.checks(conn, case.case_id), h3.measure,
                                     h3.control)[1])
-            check: AnyCheck = (self._hep2_check(rows, case.control_expected)
+            check: AnyCheck = (self._hep2_check(conn, case.case_id, rows,
+                                                case.control_expected, now)
                                if case.assay == "hep2"
                                else self._her2_check(rows, case.control_expected))
             casebook.insert_check(conn, case.case_id, control_round=case.control_round,
@@ -271,11 +273,21 @@ class CaseWorkflow:
         self.refresh_live()
         return check
 
-    def _hep2_check(self, rows: list[casebook.CaseFieldRow], expected: str
+    def _hep2_check(self, conn: sqlite3.Connection, case_id: str,
+                    rows: list[casebook.CaseFieldRow], expected: str, now: str
                     ) -> hep2_control.Hep2ControlCheck:
         results, unreadable = distinct_results(rows)
+        ctl = self.cfg.hep2.control
         check = hep2_control.evaluate_control([r for _, r in results], expected,
                                               self.cfg.hep2)
+        if ctl.positive_target:  # the lot's earlier runs, for the Westgard rules
+            since = since_utc(ctl.target_since, "hep2.control.target_since") \
+                if ctl.target_since else ""
+            history = [ControlReading.from_check(r.case_id, r.decided_at, r.check)
+                       for r in casebook.control_history(conn, assay="hep2",
+                                                         expected=check.expected, since=since)]
+            check = hep2_control.westgard_check(check, history, case_id=case_id, at=now,
+                                                cfg=self.cfg.hep2)
         return replace(check, reasons=(*check.reasons, *unreadable))
 
     def _her2_check(self, rows: list[casebook.CaseFieldRow], expected: str) -> ControlCheck:

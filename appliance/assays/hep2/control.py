@@ -15,16 +15,24 @@ well as it reads a patient's (its fields pooled, ``well.call_well``) and checks 
   kit shows there before the patients' calls change. Measured without calibration, the
   units cannot be compared, and the control fails saying so.
 
+- the kit's positive control, when the lab has set its established mean and SD
+  (``hep2.control.positive_target``): the Westgard rules on this run's reading with the
+  lot's runs before it (``westgard_check``, ``control_trend.py``). A rejection (1-3s, 2-2s,
+  R-4s, 4-1s, 10x) fails the control; a reading beyond 2 SD alone (1-2s) passes with a
+  warning in its reasons.
+
 A well that cannot be scored (no field scored, wrong stain, ...) fails with its reason:
-a control that was not read validates nothing. Pure: it reads the fields' results only.
+a control that was not read validates nothing. Pure: it reads the fields' results (and,
+for the rules, the stored readings the caller gives) only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from appliance.assays.hep2.control_trend import REJECT_RULES, ControlReading, judge_reading
 from appliance.assays.hep2.patterns import NAMES, canonical, pattern
 from appliance.assays.hep2.specimen import look_alikes, too_coarse_for_subtypes
 from appliance.assays.hep2.types import Hep2Result
@@ -137,3 +145,41 @@ def _intensity_verdict(well: Hep2WellResult, expected: str, cfg: Hep2Config
                        f"{low:g}-{high:g} (hep2.control.positive_units): the lamp, the "
                        "exposure or the kit has drifted",)
     return True, (f"{said}, {units:.0f} units within the lab's range {low:g}-{high:g}",)
+
+
+def westgard_check(check: Hep2ControlCheck, history: Sequence[ControlReading], *,
+                   case_id: str, at: str, cfg: Hep2Config) -> Hep2ControlCheck:
+    """``check`` judged also on the lab's target (``hep2.control.positive_target``) with
+    the Westgard rules, ``history`` being the lot's stored readings of that control. Only
+    a passed check of the kit's positive control is judged; others come back as they are.
+    """
+    target = cfg.control.positive_target
+    w = check.well
+    if (not target or not check.valid or w is None
+            or check.expected != control_expectation(cfg.control.default_expected)):
+        return check
+    mean, sd = target
+    if not w.intensity_calibrated or w.intensity_units is None:
+        return replace(check, valid=False, reasons=(
+            *check.reasons, "its units are not calibrated: the lab's target "
+            f"{mean:g} +/- {sd:g} (hep2.control.positive_target) is in calibrated units "
+            "(calibrate the microscope: appliance calibrate-iif)"))
+    units = w.intensity_units
+    point = judge_reading(history, ControlReading(
+        decided_at=at, case_id=case_id, expected=check.expected, valid=True, units=units,
+        calibrated=True), (mean, sd))
+    z = point.z if point.z is not None else 0.0
+    said = (f"{units:.0f} units, {z:+.1f} SD from the lab's target {mean:g} (SD {sd:g}, "
+            "hep2.control.positive_target)")
+    broken = [r for r in point.rules if r in REJECT_RULES]
+    if broken:
+        rules = f"rule{'s' if len(broken) > 1 else ''} {', '.join(broken)}"
+        return replace(check, valid=False, reasons=(
+            *check.reasons, f"{said}: rejected by the Westgard {rules}; correct the run "
+            "(lamp, exposure, kit) and repeat the control (appliance case controls shows the "
+            "chart)"))
+    if point.rules:  # 1-2s: a warning
+        return replace(check, reasons=(
+            *check.reasons, f"{said}: beyond 2 SD, a Westgard warning (1-2s): look at the "
+                            "runs before it (appliance case controls)"))
+    return replace(check, reasons=(*check.reasons, said))

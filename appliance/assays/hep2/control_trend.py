@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Any
 
 MIN_BASELINE = 20
@@ -136,19 +137,23 @@ def control_trend(readings: Sequence[ControlReading], expected: str, *,
         base_n = baseline
     zs = [None if not r.calibrated or r.units is None or sd == 0 else (r.units - mean) / sd
           for r in mine]
-    return ControlTrend(expected, tuple(TrendPoint(r, z, _rules(zs, i))
+    # A failed run's reading is judged itself but not carried into the later ones' rules:
+    # the lab corrects the run and repeats it, and a repeat must not be rejected for
+    # being far from the reading that failed (R-4s).
+    carried = [None if not r.valid else z for r, z in zip(mine, zs, strict=True)]
+    return ControlTrend(expected, tuple(TrendPoint(r, z, _rules([*carried[:i], z]))
                                         for i, (r, z) in enumerate(zip(mine, zs, strict=True))),
                         base_n, mean, sd, established=established is not None,
                         baseline_needed=baseline)
 
 
-def _rules(zs: Sequence[float | None], i: int) -> tuple[str, ...]:
-    """The Westgard rules reading ``i`` breaks, judged with the calibrated readings before
-    it (uncalibrated ones are skipped, not counted as in control)."""
-    z = zs[i]
+def _rules(zs: Sequence[float | None]) -> tuple[str, ...]:
+    """The Westgard rules the last reading of ``zs`` breaks, judged with the readings
+    before it (None: uncalibrated, or a failed run's; skipped, not counted as in control)."""
+    z = zs[-1]
     if z is None:
         return ()
-    run = [v for v in zs[:i + 1] if v is not None]  # this reading last
+    run = [v for v in zs if v is not None]  # this reading last
     out = []
     if abs(z) > 2:
         out.append("1-2s")
@@ -165,3 +170,23 @@ def _rules(zs: Sequence[float | None], i: int) -> tuple[str, ...]:
     if len(run) >= 10 and (all(v > 0 for v in run[-10:]) or all(v < 0 for v in run[-10:])):
         out.append("10x")
     return tuple(out)
+
+
+def since_utc(text: str, what: str) -> str:
+    """A lot's first day or time (ISO; without an offset the box's local time, as the
+    lab's calendar is) as the store's UTC time text; ValueError naming ``what``."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{what} {text!r}: not an ISO date or time (e.g. 2026-11-15 or "
+                         "2026-11-15T08:00)") from None
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def judge_reading(history: Sequence[ControlReading], new: ControlReading,
+                  target: tuple[float, float]) -> TrendPoint:
+    """A new reading of a kit control judged on the lab's target with the stored readings
+    before it (``history``: the lot's, any order): the live check of a run's control."""
+    earlier = [r for r in history if r.expected == new.expected and r.decided_at <= new.decided_at]
+    trend = control_trend([*earlier, new], new.expected, established=target)
+    return trend.points[-1]  # sorted by time, stable: the new reading is last
