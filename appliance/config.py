@@ -493,7 +493,7 @@ class Hep2ControlConfig:
     target_since: str = _f(
         "", "The first day of the kit lot that positive_target belongs to (an ISO date or "
         "time; without an offset, the box's local time): readings before it are not judged "
-        "on the target, live or in `appliance case controls`. Empty: every stored reading",
+        "on the target, live or in `appliance case controls`. Needed with positive_target",
     )
     slide_max_age_h: float = _f(
         12.0, "A HEp-2 case on a slide (start_case's slide) counts the kit control checks "
@@ -854,6 +854,10 @@ def _cross_checks(cfg: Config) -> None:
     if pt and (len(pt) != 2 or not (pt[0] > 0 and pt[1] > 0)):
         raise ConfigError("hep2.control.positive_target", "need [] or [mean, SD], both above "
                           f"0, in calibrated units, got {pt}")
+    if pt and not cfg.hep2.control.target_since:
+        # Without it a new lot's target would judge the old lot's runs: false rejections.
+        raise ConfigError("hep2.control.target_since", "positive_target is set: give the "
+                          "first day of the kit lot it belongs to (e.g. 2026-11-15)")
     c = cfg.hep2.cells
     if c.max_area_um2 <= c.min_area_um2:
         raise ConfigError("hep2.cells.max_area_um2", f"{c.max_area_um2} is not above "

@@ -182,7 +182,8 @@ def test_case_controls_takes_the_labs_target_and_the_lots_first_day(tmp_path: Pa
     store_controls(db, [60.0] * 10 + [98.0, 103.0, 99.0, 101.0])
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'assay = "hep2"\n[store]\npath = "{db}"\n'
-                   "[hep2.control]\npositive_target = [100.0, 4.0]\n", encoding="utf-8")
+                   "[hep2.control]\npositive_target = [100.0, 4.0]\n"
+                   'target_since = "2026-10-01"\n', encoding="utf-8")
     run = appliance("case", "controls", "--json", "--config", str(cfg), cwd=tmp_path)
     assert isinstance(run, subprocess.CompletedProcess) and run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
@@ -213,6 +214,8 @@ def test_a_malformed_target_since_is_named() -> None:
     with pytest.raises(ConfigError, match=r"hep2\.control\.target_since.*not an ISO date"):
         with_overrides(Config(), {"hep2.control.target_since": "15/11/2026"})
     assert with_overrides(Config(), {"hep2.control.target_since": "2026-11-15"})
+    with pytest.raises(ConfigError, match=r"hep2\.control\.target_since.*first day"):
+        with_overrides(Config(), {"hep2.control.positive_target": [100.0, 4.0]})
 
 
 def test_a_failed_run_is_judged_but_not_carried_into_the_next_rules() -> None:
