@@ -130,6 +130,8 @@ def test_the_kits_positive_control_is_judged_on_the_labs_target() -> None:
     assert ok.valid and ok.reasons[-1].startswith("82 units, +0.4 SD from the lab's target 80")
     warned = run(91.0, past(79.0, 81.0))
     assert warned.valid and "a Westgard warning (1-2s)" in warned.reasons[-1]
+    assert warned.to_dict()["westgard"] == {"target": [80.0, 5.0], "z": 2.2,
+                                            "rules": ["1-2s"]}
     far = run(96.0, [])
     assert not far.valid and "rejected by the Westgard rule 1-3s;" in far.reasons[-1]
     # Four runs in a row beyond 1 SD, none beyond 2: a systematic drift.
@@ -425,6 +427,29 @@ def test_a_drifting_kit_control_fails_its_run_on_the_labs_target(tmp_path: Path)
         assert "rule 4-1s" in checks[-1].reasons[-1]
         summary = lab.cases.summary()
         assert isinstance(summary, Hep2CaseSummary) and summary.control_status != "valid"
+    finally:
+        lab.store.close()
+
+
+def test_a_westgard_warning_reaches_the_case_and_its_message(tmp_path: Path) -> None:
+    lab = Bench(tmp_path, settings={"hep2.control.positive_target": [80.0, 5.0],
+                                    "hep2.control.target_since": "2026-01-01"})
+    try:
+        lab.cases.start_case("S26-21-W1", source="cli")
+        for expected, result, seed in (("AC-1", homogeneous("pos.png", brightness=91.0), 80),
+                                       ("negative", negative("neg.png"), 81)):
+            lab.cases.start_control(expected, source="cli")
+            lab.show(result, seed)
+            lab.cases.end_control(source="cli")
+        lab.show(homogeneous("p1.png"), 82)
+        doc = lab.cases.end_case(None, source="cli")
+        assert doc["control"]["status"] == "valid"
+        assert any("read +2.2 SD from the lab's target: a Westgard warning (1-2s)" in w
+                   for w in doc["warnings"])
+        positive = next(c for c in doc["control"]["checks"] if c["expected"] != "negative")
+        assert positive["westgard"] == {"target": [80.0, 5.0], "z": 2.2, "rules": ["1-2s"]}
+        case_validator().validate(json.loads(contract.encode(
+            contract.case_message("box-1", doc, msg_id="m1", seq=1))))
     finally:
         lab.store.close()
 

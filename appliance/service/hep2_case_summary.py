@@ -260,5 +260,10 @@ def _control_warnings(status: str, checks: Sequence[CheckRow], case: CaseRow) ->
                 "run"]
     kinds = {c.expected == NEGATIVE for c in checks}
     missing = [k for k, neg in (("negative", True), ("positive", False)) if neg not in kinds]
+    latest = {c.expected: c for c in checks}
+    warned = [(c.check.get("westgard") or {}) for c in latest.values() if c.valid]
     return [f"the kit's {k} control was not checked{where}: the call is not validated by it"
-            for k in missing]
+            for k in missing] + [
+        f"the kit's positive control read {w['z']:+.1f} SD from the lab's target: a "
+        "Westgard warning (1-2s), look at the runs before it (appliance case controls)"
+        for w in warned if "1-2s" in w.get("rules", ())]

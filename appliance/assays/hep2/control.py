@@ -66,6 +66,9 @@ class Hep2ControlCheck:
     valid: bool
     reasons: tuple[str, ...]
     well: Hep2WellResult | None  # None when no field was shown
+    # The Westgard judgement on the lab's target ({"target": [mean, SD], "z", "rules"});
+    # None where it was not made (no target set, another control, a failed check).
+    westgard: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The stored / reported form (the well as its call in short)."""
@@ -82,6 +85,7 @@ class Hep2ControlCheck:
                            "calibrated": w.intensity_calibrated}),
             "patterns": [p.icap for p in w.patterns] if w else [],
             "cells_interphase": w.cells_interphase if w else 0,
+            **({} if self.westgard is None else {"westgard": self.westgard}),
         }
 
 
@@ -169,6 +173,8 @@ def westgard_check(check: Hep2ControlCheck, history: Sequence[ControlReading], *
         decided_at=at, case_id=case_id, expected=check.expected, valid=True, units=units,
         calibrated=True), (mean, sd))
     z = point.z if point.z is not None else 0.0
+    check = replace(check, westgard={"target": [mean, sd], "z": round(z, 2),
+                                     "rules": list(point.rules)})
     said = (f"{units:.0f} units, {z:+.1f} SD from the lab's target {mean:g} (SD {sd:g}, "
             "hep2.control.positive_target)")
     broken = [r for r in point.rules if r in REJECT_RULES]
