@@ -13,13 +13,16 @@ Groth, Clin Chem 1981;27:493-501) to see a drift before it changes a patient's c
 - ``10x``: ten in a row on the same side of the mean: reject (systematic).
 
 The mean and SD are the lab's established ones where it gives them
-(``hep2.control.positive_mean`` / ``positive_sd``: a lab fixes them once, from a kit lot's
-first runs, and keeps them while the lot lasts). Otherwise they are taken from the first
-``baseline`` calibrated readings of checks that passed (CLSI C24 asks for at least 20; a
-failed run does not set what is normal); with fewer, nothing is flagged and no range is
-suggested. Either way the target is fixed: a baseline that moved with the readings shown
-would take a slow drift in as normal. The suggested ``hep2.control.positive_units`` is
-mean +/- 2 SD. Pure: it reads the stored decisions only.
+(``hep2.control.positive_target``: a lab fixes them once, from a kit lot's first runs, and
+keeps them while the lot lasts, from ``hep2.control.target_since``; the service then
+judges each run's control live, ``control.westgard_check``). Otherwise they are taken
+from the first ``baseline`` calibrated readings of checks that passed (CLSI C24 asks for
+at least 20; a failed run does not set what is normal); with fewer, nothing is flagged
+and no range is suggested. Either way the target is fixed: a baseline that moved with
+the readings shown would take a slow drift in as normal. A failed run's reading is
+judged but not carried into later readings' rules. The suggested
+``hep2.control.positive_units`` is mean +/- 2 SD. Pure: it reads the stored decisions
+only.
 """
 
 from __future__ import annotations
