@@ -224,3 +224,5 @@ def test_a_failed_run_is_judged_but_not_carried_into_the_next_rules() -> None:
     readings.append(reading(21, 94.0))  # the repeat, 4.1 SD below the failed reading
     t = control_trend(readings, "homogeneous")
     assert t.points[-2].rejected and t.points[-1].rules == ()
+    readings[20] = reading(20, 135.0)  # the same reading in a run that passed
+    assert control_trend(readings, "homogeneous").points[-1].rules == ("R-4s",)

@@ -249,10 +249,10 @@ def summarise_hep2(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequen
 
 def _control_warnings(status: str, checks: Sequence[CheckRow], case: CaseRow) -> list[str]:
     where = " on this slide" if case.slide is not None else ""
+    latest = {c.expected: c for c in checks}  # the latest decision on each counts
     if status == "not_checked":
         return [f"kit controls not checked{where}: the call is not validated by a control"]
     if status == "failed":
-        latest = {c.expected: c for c in checks}
         elsewhere = sorted({c.case_id for c in latest.values()
                             if not c.valid and c.case_id and c.case_id != case.case_id})
         seen = f" (in case {', '.join(elsewhere)} on this slide)" if elsewhere else ""
@@ -260,7 +260,6 @@ def _control_warnings(status: str, checks: Sequence[CheckRow], case: CaseRow) ->
                 "run"]
     kinds = {c.expected == NEGATIVE for c in checks}
     missing = [k for k, neg in (("negative", True), ("positive", False)) if neg not in kinds]
-    latest = {c.expected: c for c in checks}
     warned = [(c.check.get("westgard") or {}) for c in latest.values() if c.valid]
     return [f"the kit's {k} control was not checked{where}: the call is not validated by it"
             for k in missing] + [
