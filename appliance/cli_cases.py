@@ -90,6 +90,8 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
                        "before it are neither shown nor part of the baseline (an ISO date or "
                        "time; without an offset, the box's local time; default "
                        "hep2.control.target_since)")
+    chart.add_argument("--lot", help="the kit lot whose readings to chart (default "
+                       "hep2.control.kit_lot; '' for every lot)")
     chart.add_argument("--baseline", type=int, default=MIN_BASELINE, help="without an "
                        "established mean and SD, the first so many calibrated readings of "
                        "passed checks since --since set them (default %(default)s, as CLSI "
@@ -208,16 +210,19 @@ def _controls(args: argparse.Namespace, cases: CaseWorkflow) -> int:
         if target is None and ctl.positive_target and expected == control_expectation(
                 ctl.default_expected):
             target = ctl.positive_target
+        lot = args.lot if args.lot is not None else ctl.kit_lot
         rows = cases.store.read_with(lambda conn: casebook.control_history(
             conn, assay="hep2", expected=expected, since=since))
-        trend = control_trend([ControlReading.from_check(r.case_id, r.decided_at, r.check)
-                               for r in rows], expected, baseline=args.baseline,
+        readings = [ControlReading.from_check(r.case_id, r.decided_at, r.check) for r in rows]
+        trend = control_trend([r for r in readings if not lot or r.kit_lot == lot], expected,
+                              baseline=args.baseline,
                               established=None if target is None else (target[0], target[1]))
     except ValueError as exc:
         raise CaseError(str(exc)) from exc
     # Judged on the whole history (since the lot began), shown by its newest readings.
     trend = trend.last(args.last)
-    title = f"Kit control {describe(expected)}: {len(trend.points)} readings"
+    title = (f"Kit control {describe(expected)}{f', lot {lot}' if lot else ''}: "
+             f"{len(trend.points)} readings")
     if args.json:
         print(json.dumps(_trend_dict(trend), indent=2))
     else:
@@ -236,6 +241,7 @@ def _trend_dict(trend: ControlTrend) -> dict[str, Any]:
             "sd": trend.sd, "established": trend.established,
             "suggested_positive_units": list(r) if r else None,
             "readings": [{"decided_at": p.reading.decided_at, "case_id": p.reading.case_id,
+                          "kit_lot": p.reading.kit_lot or None,
                           "valid": p.reading.valid, "units": p.reading.units,
                           "calibrated": p.reading.calibrated,
                           "z": None if p.z is None else round(p.z, 3), "rules": list(p.rules)}
@@ -257,7 +263,8 @@ def _trend_text(trend: ControlTrend, title: str) -> str:
         flags = " ".join(p.rules)
         if p.rejected:
             flags += " REJECT"
-        lines.append(f"  {r.decided_at}  {r.case_id:36s} {units:>10s}"
+        lot = f" lot {r.kit_lot}" if r.kit_lot else ""
+        lines.append(f"  {r.decided_at}  {r.case_id:36s}{lot} {units:>10s}"
                      f"{'' if r.calibrated else ' (not calibrated)'}  "
                      f"{'valid' if r.valid else 'FAILED'}  {flags}".rstrip())
     return "\n".join(lines)

@@ -490,6 +490,12 @@ class Hep2ControlConfig:
         "Empty: no rules live, and the chart's target is its first 20 calibrated readings of "
         "passed checks", lo=0,
     )
+    kit_lot: str = _f(
+        "", "The kit lot in use, as printed on the kit (e.g. E231107AB): kept with every kit "
+        "control check, shown with each reading of `appliance case controls`, and the live "
+        "Westgard rules judge a run with the readings of its own lot only. Empty: not "
+        "recorded",
+    )
     target_since: str = _f(
         "", "The first day of the kit lot that positive_target belongs to (an ISO date or "
         "time; without an offset, the box's local time): readings before it are not judged "
@@ -850,6 +856,10 @@ def _cross_checks(cfg: Config) -> None:
             since_utc(cfg.hep2.control.target_since, "value")
         except ValueError as exc:
             raise ConfigError("hep2.control.target_since", str(exc)) from None
+    lot = cfg.hep2.control.kit_lot
+    if lot and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,39}", lot):
+        raise ConfigError("hep2.control.kit_lot", "letters, digits and . _ / - only, at most "
+                          f"40, as printed on the kit, got {lot!r}")
     pt = cfg.hep2.control.positive_target
     if pt and (len(pt) != 2 or not (pt[0] > 0 and pt[1] > 0)):
         raise ConfigError("hep2.control.positive_target", "need [] or [mean, SD], both above "

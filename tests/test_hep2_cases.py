@@ -146,6 +146,16 @@ def test_the_kits_positive_control_is_judged_on_the_labs_target() -> None:
     assert not raw.valid and "not calibrated" in raw.reasons[-1]
     assert run(300.0, [], expected="AC-3").reasons == (
         "reads AC-1 nuclear homogeneous first, AC-3 centromere expected",)
+    # With the kit lot named, another lot's runs do not count: the drift above was
+    # the old lot's, and the new lot's first run is judged alone.
+    new_lot = replace(lab, control=replace(lab.control, kit_lot="L2"))
+    first = westgard_check(
+        evaluate_control([field([cell("homogeneous", brightness=86.0)] * 20, "c.png")],
+                         "AC-1", new_lot),
+        [replace(r, kit_lot="L1") for r in past(86.0, 87.0, 86.0)], case_id="c",
+        at="2026-11-30T08:00:00.000+00:00", cfg=new_lot)
+    assert first.valid and first.to_dict()["kit_lot"] == "L2"
+    assert "kit_lot" not in drift.to_dict()
     neg = evaluate_control([negative("n.png")], "negative", lab)
     assert neg.valid and westgard_check(neg, past(200.0), case_id="c", at="2026-11-30",
                                         cfg=lab) == neg

@@ -99,22 +99,21 @@ def test_the_chart_marks_a_rejected_reading_in_red() -> None:
     assert reds(alarm) > reds(calm) + 50
 
 
-def store_controls(path: Path, units: list[float]) -> None:
+def store_controls(path: Path, units: list[float], lots: list[str] | None = None) -> None:
     """Stored HEp-2 cases, each with one positive kit control decision (as the workflow
-    stores them), a day apart."""
+    stores them), a day apart; ``lots``: each one's kit lot (none recorded by default)."""
     with ResultStore(path) as store:
         for i, u in enumerate(units):
             case_id = f"run-{i:02d}"
             at = f"2026-11-{1 + i:02d}T08:00:00.000+00:00"
+            check = {"expected": "homogeneous", "valid": True, "reasons": [],
+                     "intensity": {"level": "strong", "value": u, "calibrated": True},
+                     **({"kit_lot": lots[i]} if lots else {})}
 
-            def work(conn, case_id=case_id, at=at, u=u):  # type: ignore[no-untyped-def]
+            def work(conn, case_id=case_id, at=at, check=check):  # type: ignore[no-untyped-def]
                 casebook.insert_case(conn, case_id, at=at, by="cli", assay="hep2")
                 casebook.insert_check(conn, case_id, control_round=1, expected="homogeneous",
-                                      at=at, valid=True, check={
-                                          "expected": "homogeneous", "valid": True,
-                                          "reasons": [], "intensity": {
-                                              "level": "strong", "value": u,
-                                              "calibrated": True}})
+                                      at=at, valid=True, check=check)
                 casebook.close_case(conn, case_id, at=at, by="cli", summary={})
             store.write_with(work, flush_backlog=False)
 
@@ -208,6 +207,32 @@ def test_case_controls_takes_the_labs_target_and_the_lots_first_day(tmp_path: Pa
 def test_a_malformed_positive_target_is_named(bad: list[float]) -> None:
     with pytest.raises(ConfigError, match=r"hep2\.control\.positive_target"):
         with_overrides(Config(), {"hep2.control.positive_target": bad})
+
+
+def test_a_malformed_kit_lot_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"hep2\.control\.kit_lot"):
+        with_overrides(Config(), {"hep2.control.kit_lot": "lot 7; DROP"})
+    assert with_overrides(Config(), {"hep2.control.kit_lot": "E231107AB"})
+
+
+def test_case_controls_charts_one_kit_lot(tmp_path: Path) -> None:
+    from tests.test_case_service import appliance
+
+    db = tmp_path / "r.sqlite"
+    store_controls(db, [60.0, 61.0, 100.0, 101.0], lots=["A1", "A1", "B2", "B2"])
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'assay = "hep2"\n[store]\npath = "{db}"\n'
+                   '[hep2.control]\nkit_lot = "B2"\n', encoding="utf-8")
+    run = appliance("case", "controls", "--json", "--config", str(cfg), cwd=tmp_path)
+    assert isinstance(run, subprocess.CompletedProcess) and run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert [(r["units"], r["kit_lot"]) for r in doc["readings"]] == [(100.0, "B2"),
+                                                                     (101.0, "B2")]
+    every = appliance("case", "controls", "--lot", "", "--config", str(cfg), cwd=tmp_path)
+    assert isinstance(every, subprocess.CompletedProcess) and every.returncode == 0
+    assert "4 readings" in every.stdout
+    assert any(line.split()[1:3] == ["run-00", "lot"] and "A1" in line
+               for line in every.stdout.splitlines())
 
 
 def test_a_malformed_target_since_is_named() -> None:

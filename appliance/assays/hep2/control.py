@@ -69,6 +69,7 @@ class Hep2ControlCheck:
     # The Westgard judgement on the lab's target ({"target": [mean, SD], "z", "rules"});
     # None where it was not made (no target set, another control, a failed check).
     westgard: dict[str, Any] | None = None
+    kit_lot: str = ""  # hep2.control.kit_lot when the check was made ("": not recorded)
 
     def to_dict(self) -> dict[str, Any]:
         """The stored / reported form (the well as its call in short)."""
@@ -86,6 +87,7 @@ class Hep2ControlCheck:
             "patterns": [p.icap for p in w.patterns] if w else [],
             "cells_interphase": w.cells_interphase if w else 0,
             **({} if self.westgard is None else {"westgard": self.westgard}),
+            **({"kit_lot": self.kit_lot} if self.kit_lot else {}),
         }
 
 
@@ -94,14 +96,16 @@ def evaluate_control(results: Sequence[Hep2Result], expected: str, cfg: Hep2Conf
     """Pool the control's fields (returns to one field already left out by the caller) and
     check the call against ``expected`` (a class name: see :func:`control_expectation`)."""
     expected = control_expectation(expected)
+    lot = cfg.control.kit_lot
     if not results:
-        return Hep2ControlCheck(expected, False, ("no control field was shown",), None)
+        return Hep2ControlCheck(expected, False, ("no control field was shown",), None,
+                                kit_lot=lot)
     try:
         well = call_well(results, cfg)
     except ValueError as exc:  # fields of two models
         return Hep2ControlCheck(expected, False, (f"the control's fields do not pool: {exc}",),
-                                None)
-    return Hep2ControlCheck(expected, *_verdict(well, expected, cfg), well)
+                                None, kit_lot=lot)
+    return Hep2ControlCheck(expected, *_verdict(well, expected, cfg), well, kit_lot=lot)
 
 
 def _verdict(well: Hep2WellResult, expected: str, cfg: Hep2Config
@@ -154,9 +158,10 @@ def _intensity_verdict(well: Hep2WellResult, expected: str, cfg: Hep2Config
 def westgard_check(check: Hep2ControlCheck, history: Sequence[ControlReading], *,
                    case_id: str, at: str, cfg: Hep2Config) -> Hep2ControlCheck:
     """``check`` judged also on the lab's target (``hep2.control.positive_target``) with
-    the Westgard rules, ``history`` being the lot's stored readings of that control. Only
-    a passed check of the kit's positive control is judged; others come back as they are.
-    """
+    the Westgard rules, ``history`` being the stored readings of that control since the
+    lot began (those of another ``kit_lot`` are left out where the check names its lot).
+    Only a passed check of the kit's positive control is judged; others come back as
+    they are."""
     target = cfg.control.positive_target
     w = check.well
     if (not target or not check.valid or w is None
@@ -169,9 +174,11 @@ def westgard_check(check: Hep2ControlCheck, history: Sequence[ControlReading], *
             f"{mean:g} +/- {sd:g} (hep2.control.positive_target) is in calibrated units "
             "(calibrate the microscope: appliance calibrate-iif)"))
     units = w.intensity_units
+    if check.kit_lot:  # another lot's runs read on another level
+        history = [r for r in history if r.kit_lot == check.kit_lot]
     point = judge_reading(history, ControlReading(
         decided_at=at, case_id=case_id, expected=check.expected, valid=True, units=units,
-        calibrated=True), (mean, sd))
+        calibrated=True, kit_lot=check.kit_lot), (mean, sd))
     z = point.z if point.z is not None else 0.0
     check = replace(check, westgard={"target": [mean, sd], "z": round(z, 2),
                                      "rules": list(point.rules)})

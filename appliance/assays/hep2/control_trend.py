@@ -47,6 +47,7 @@ class ControlReading:
     valid: bool
     units: float | None  # None: the well was not read (no intensity)
     calibrated: bool
+    kit_lot: str = ""  # "" where no lot was recorded
 
     @staticmethod
     def from_check(case_id: str, decided_at: str, check: dict[str, Any]) -> ControlReading:
@@ -56,7 +57,8 @@ class ControlReading:
         return ControlReading(decided_at=decided_at, case_id=case_id,
                               expected=str(check["expected"]), valid=bool(check["valid"]),
                               units=None if value is None else float(value),
-                              calibrated=bool(intensity.get("calibrated", False)))
+                              calibrated=bool(intensity.get("calibrated", False)),
+                              kit_lot=str(check.get("kit_lot") or ""))
 
 
 @dataclass(frozen=True)
