@@ -38,6 +38,7 @@ from appliance.outputs import mqtt_contract as contract
 from appliance.outputs.display.live import LiveCase, case_rows
 from appliance.outputs.store import ResultStore
 from appliance.service.cases import CaseError, CaseWorkflow, case_needs_attention
+from appliance.service.hep2_case_report import hep2_report_data
 from appliance.service.hep2_case_summary import Hep2CaseSummary
 from appliance.service.recorder import Recorder
 from tests.broker import Mosquitto
@@ -444,7 +445,8 @@ def test_a_drifting_kit_control_fails_its_run_on_the_labs_target(tmp_path: Path)
 
 def test_a_westgard_warning_reaches_the_case_and_its_message(tmp_path: Path) -> None:
     lab = Bench(tmp_path, settings={"hep2.control.positive_target": [80.0, 5.0],
-                                    "hep2.control.target_since": "2026-01-01"})
+                                    "hep2.control.target_since": "2026-01-01",
+                                    "hep2.control.kit_lot": "B2"})
     try:
         lab.cases.start_case("S26-21-W1", source="cli")
         for expected, result, seed in (("AC-1", homogeneous("pos.png", brightness=91.0), 80),
@@ -459,6 +461,11 @@ def test_a_westgard_warning_reaches_the_case_and_its_message(tmp_path: Path) -> 
                    for w in doc["warnings"])
         positive = next(c for c in doc["control"]["checks"] if c["expected"] != "negative")
         assert positive["westgard"] == {"target": [80.0, 5.0], "z": 2.2, "rules": ["1-2s"]}
+        assert positive["kit_lot"] == "B2"
+        summary = lab.cases.summary(str(doc["case_id"]))
+        assert isinstance(summary, Hep2CaseSummary)
+        report = hep2_report_data(summary, device_id="box-1", config_sha256="0" * 64)
+        assert all("kit lot B2" in c.reasons for c in report.checks)
         case_validator().validate(json.loads(contract.encode(
             contract.case_message("box-1", doc, msg_id="m1", seq=1))))
     finally:

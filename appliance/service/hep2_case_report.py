@@ -64,7 +64,8 @@ def hep2_report_data(summary: Hep2CaseSummary, *, device_id: str, config_sha256:
         reason=doc["reason"], control_status=summary.control_status,
         checks=tuple(Hep2ReportCheck(
             round=c.round, expected=describe(c.expected), valid=c.valid,
-            reasons=tuple(str(x) for x in c.check.get("reasons", ())),
+            reasons=(*(str(x) for x in c.check.get("reasons", ())),
+                     *((f"kit lot {c.check['kit_lot']}",) if c.check.get("kit_lot") else ())),
             decided_at=c.decided_at,
             case_id="" if c.case_id in ("", summary.case.case_id) else c.case_id)
             for c in summary.checks),
