@@ -203,9 +203,8 @@ def _controls(args: argparse.Namespace, cases: CaseWorkflow) -> int:
         expected = control_expectation(args.expected or ctl.default_expected)
         if args.last < 1:
             raise ValueError(f"--last {args.last}: need at least 1 reading")
-        since_text = args.since if args.since is not None else ctl.target_since
-        since = since_utc(since_text, "--since" if args.since is not None
-                          else "hep2.control.target_since") if since_text else ""
+        since = (since_utc(args.since, "--since") if args.since is not None
+                 else since_utc(ctl.target_since, "hep2.control.target_since"))
         target = args.target
         if target is None and ctl.positive_target and expected == control_expectation(
                 ctl.default_expected):

@@ -850,12 +850,11 @@ def _cross_checks(cfg: Config) -> None:
     if pu and (len(pu) != 2 or not 0 < pu[0] < pu[1]):
         raise ConfigError("hep2.control.positive_units", "need [] or two increasing positive "
                           f"values [low, high] in calibrated units, got {pu}")
-    if cfg.hep2.control.target_since:
-        from appliance.assays.hep2.control_trend import since_utc
-        try:
-            since_utc(cfg.hep2.control.target_since, "value")
-        except ValueError as exc:
-            raise ConfigError("hep2.control.target_since", str(exc)) from None
+    from appliance.assays.hep2.control_trend import since_utc
+    try:
+        since_utc(cfg.hep2.control.target_since, "value")
+    except ValueError as exc:
+        raise ConfigError("hep2.control.target_since", str(exc)) from None
     lot = cfg.hep2.control.kit_lot
     if lot and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,39}", lot):
         raise ConfigError("hep2.control.kit_lot", "letters, digits and . _ / - only, at most "

@@ -281,8 +281,7 @@ class CaseWorkflow:
         check = hep2_control.evaluate_control([r for _, r in results], expected,
                                               self.cfg.hep2)
         if ctl.positive_target:  # the lot's earlier runs, for the Westgard rules
-            since = since_utc(ctl.target_since, "hep2.control.target_since") \
-                if ctl.target_since else ""
+            since = since_utc(ctl.target_since, "hep2.control.target_since")
             history = [ControlReading.from_check(r.case_id, r.decided_at, r.check)
                        for r in casebook.control_history(conn, assay="hep2",
                                                          expected=check.expected, since=since)]

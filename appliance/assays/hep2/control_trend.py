@@ -179,7 +179,10 @@ def _rules(zs: Sequence[float | None]) -> tuple[str, ...]:
 
 def since_utc(text: str, what: str) -> str:
     """A lot's first day or time (ISO; without an offset the box's local time, as the
-    lab's calendar is) as the store's UTC time text; ValueError naming ``what``."""
+    lab's calendar is) as the store's UTC time text ("" stays "": from the first stored
+    reading); ValueError naming ``what``."""
+    if not text:
+        return ""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -192,6 +195,6 @@ def judge_reading(history: Sequence[ControlReading], new: ControlReading,
                   target: tuple[float, float]) -> TrendPoint:
     """A new reading of a kit control judged on the lab's target with the stored readings
     before it (``history``: the lot's, any order): the live check of a run's control."""
-    earlier = [r for r in history if r.expected == new.expected and r.decided_at <= new.decided_at]
-    trend = control_trend([*earlier, new], new.expected, established=target)
+    earlier = [r for r in history if r.decided_at <= new.decided_at]
+    trend = control_trend([*earlier, new], new.expected, established=target)  # its control only
     return trend.points[-1]  # sorted by time, stable: the new reading is last
