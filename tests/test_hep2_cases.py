@@ -138,10 +138,13 @@ def test_the_kits_positive_control_is_judged_on_the_labs_target() -> None:
     # Four runs in a row beyond 1 SD, none beyond 2: a systematic drift.
     drift = run(86.0, past(86.0, 87.0, 86.0))
     assert not drift.valid and "rule 4-1s" in drift.reasons[-1]
-    # A failed run (1-3s) before it does not reject the repeat that came back, 4.2 SD
-    # below it (R-4s), as the same reading of a passed run would.
-    assert "rule R-4s" in run(78.0, past(99.0)).reasons[-1]
-    assert run(78.0, [replace(past(99.0)[0], valid=False)]).valid
+    # A failed run (1-3s) before it does not reject the repeat that came back beyond
+    # 2 SD on the same side (2-2s), as the same reading of a passed run would.
+    assert "rule 2-2s" in run(91.0, past(99.0)).reasons[-1]
+    assert run(91.0, [replace(past(99.0)[0], valid=False)]).valid
+    # Two runs 5 SD apart on either side of the target: R-4s is a within-run rule, and
+    # a run has one positive control level.
+    assert run(68.0, past(93.0)).valid
     # Uncalibrated units cannot be judged; another control and a failed check are left.
     raw = run(80.0, [], calibrated=False)
     assert not raw.valid and "not calibrated" in raw.reasons[-1]

@@ -49,7 +49,7 @@ def test_the_baseline_sets_the_mean_the_sd_and_the_suggested_range() -> None:
     ((100.0, 125.0), ("1-2s",)),  # a warning only
     ((100.0, 135.0), ("1-2s", "1-3s")),
     ((122.0, 123.0), ("1-2s", "2-2s")),
-    ((75.0, 125.0), ("1-2s", "R-4s")),
+    ((75.0, 125.0), ("1-2s",)),  # 5 SD from the run before: no rule across runs (R-4s)
     ((112.0, 112.0, 112.0, 112.0), ("4-1s",)),
     ((95.0,) * 10, ("10x",)),
 ])
@@ -246,8 +246,8 @@ def test_a_malformed_target_since_is_named() -> None:
 def test_a_failed_run_is_judged_but_not_carried_into_the_next_rules() -> None:
     readings = [reading(i, u) for i, u in enumerate(BASELINE)]
     readings.append(reading(20, 135.0, valid=False))  # 1-3s: the run failed
-    readings.append(reading(21, 94.0))  # the repeat, 4.1 SD below the failed reading
+    readings.append(reading(21, 122.0))  # the repeat, beyond 2 SD on the same side
     t = control_trend(readings, "homogeneous")
-    assert t.points[-2].rejected and t.points[-1].rules == ()
+    assert t.points[-2].rejected and t.points[-1].rules == ("1-2s",)
     readings[20] = reading(20, 135.0)  # the same reading in a run that passed
-    assert control_trend(readings, "homogeneous").points[-1].rules == ("R-4s",)
+    assert control_trend(readings, "homogeneous").points[-1].rules == ("1-2s", "2-2s")

@@ -18,7 +18,7 @@ well as it reads a patient's (its fields pooled, ``well.call_well``) and checks 
 - the kit's positive control, when the lab has set its established mean and SD
   (``hep2.control.positive_target``): the Westgard rules on this run's reading with the
   lot's runs before it (``westgard_check``, ``control_trend.py``). A rejection (1-3s, 2-2s,
-  R-4s, 4-1s, 10x) fails the control; a reading beyond 2 SD alone (1-2s) passes with a
+  4-1s, 10x) fails the control; a reading beyond 2 SD alone (1-2s) passes with a
   warning in its reasons.
 
 A well that cannot be scored (no field scored, wrong stain, ...) fails with its reason:

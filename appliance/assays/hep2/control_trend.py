@@ -8,9 +8,15 @@ Groth, Clin Chem 1981;27:493-501) to see a drift before it changes a patient's c
 - ``1-2s``: one reading beyond 2 SD of the mean: a warning, look at the others;
 - ``1-3s``: one reading beyond 3 SD: reject the run (random error);
 - ``2-2s``: two readings in a row beyond 2 SD on the same side: reject (systematic);
-- ``R-4s``: two readings in a row more than 4 SD apart: reject (random error);
 - ``4-1s``: four in a row beyond 1 SD on the same side: reject (systematic);
 - ``10x``: ten in a row on the same side of the mean: reject (systematic).
+
+Westgard's range rule ``R-4s`` (two controls more than 4 SD apart) is not applied: it
+compares the control levels of one run and is applied within the run only (Westgard et
+al. 1981; Bio-Rad's Unity documentation: "applied only within the current run"). A HEp-2
+run here has one positive control level, so there is nothing to compare within it. Until
+2026-12-06 it was applied to consecutive runs, where it rejected a good run for lying
+4 SD from the run before it on the other side of the mean: random scatter, not error.
 
 The mean and SD are the lab's established ones where it gives them
 (``hep2.control.positive_target``: a lab fixes them once, from a kit lot's first runs, and
@@ -34,7 +40,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 MIN_BASELINE = 20
-REJECT_RULES = ("1-3s", "2-2s", "R-4s", "4-1s", "10x")
+REJECT_RULES = ("1-3s", "2-2s", "4-1s", "10x")
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,7 @@ def control_trend(readings: Sequence[ControlReading], expected: str, *,
           for r in mine]
     # A failed run's reading is judged itself but not carried into the later ones' rules:
     # the lab corrects the run and repeats it, and a repeat must not be rejected for
-    # being far from the reading that failed (R-4s).
+    # lying on the same side as the reading that failed (2-2s, 4-1s, 10x).
     carried = [None if not r.valid else z for r, z in zip(mine, zs, strict=True)]
     return ControlTrend(expected, tuple(TrendPoint(r, z, _rules([*carried[:i], z]))
                                         for i, (r, z) in enumerate(zip(mine, zs, strict=True))),
@@ -168,8 +174,6 @@ def _rules(zs: Sequence[float | None]) -> tuple[str, ...]:
         a, b = run[-2], run[-1]
         if (a > 2 and b > 2) or (a < -2 and b < -2):
             out.append("2-2s")
-        if abs(a - b) > 4:
-            out.append("R-4s")
     if len(run) >= 4 and (all(v > 1 for v in run[-4:]) or all(v < -1 for v in run[-4:])):
         out.append("4-1s")
     if len(run) >= 10 and (all(v > 0 for v in run[-10:]) or all(v < 0 for v in run[-10:])):
