@@ -239,13 +239,13 @@ def _classify_cells(args: argparse.Namespace, cfg: Config) -> int:
         for path in cells:
             try:
                 image, mask = load_cell_image(path, small)
-            except ImageRejected as exc:
+                call = assay.classify_cell_image(image, str(path), mask=mask)
+            except ImageRejected as exc:  # unreadable, or refused by a gate (CellRefused)
                 bad += 1
                 print(json.dumps({"file": str(path), "assay": "hep2", "kind": "cell",
                                   "error": exc.reason, "reason_code": exc.code})
                       if args.json else f"{path}: not classified: {exc.reason}")
                 continue
-            call = assay.classify_cell_image(image, str(path), mask=mask)
             if args.json:
                 print(hep2_json.to_json(hep2_json.cell_call_to_dict(call)))
             else:

@@ -124,6 +124,13 @@ def test_uneven_illumination_does_not_make_cells() -> None:
 
 def test_split_and_fill_helpers() -> None:
     assert split_touching(np.zeros((50, 50), bool), 10.0).max() == 0
+    # No background pixel at all (OpenCV's distances are then FLT_MAX): one object, and
+    # no endless flood (it hung on an 8x8 noise image set on its own margin).
+    whole = split_touching(np.ones((24, 24), bool), 10.0)
+    assert whole.min() == whole.max() == 1
+    noise = np.random.default_rng(996_300).integers(0, 200, (8, 8)).astype(np.float32)
+    canvas = np.pad(noise, 8, constant_values=float(np.percentile(noise, 5.0)))
+    segment_cells(canvas, 0.3, CELLS)  # returns
     ring = np.zeros((60, 60), np.uint8)
     cv2.circle(ring, (30, 30), 20, 1, 4)
     assert fill_holes(ring.astype(bool))[30, 30]

@@ -1,14 +1,20 @@
 """Real-time pipeline benchmark: throughput, latency, drops and memory over time.
 
-    python -m tools.bench_pipeline [--fields 8] [--seconds 30] [--soak-seconds 600]
-                                   [--out build/bench_pipeline]
+    python -m tools.bench_pipeline [--assay her2|hep2] [--fields 8] [--seconds 30]
+                                   [--soak-seconds 600] [--hold 3] [--out DIR]
 
 Prints figures and writes a JSON report and a chart; asserts nothing (speed and
 memory targets live here, never in tests). Every ratio comes from one run on
-one machine. On generated 1280x960 camera fields (JPEG), INT8, ONNX Runtime CPU:
+one machine. On generated 1280x960 camera fields (JPEG quality 92), INT8, ONNX Runtime
+CPU, the assay's embedded defaults (no objective configured: the scale is estimated from
+the image, once per still view; ``--um-per-px`` declares it instead, as a lab sets its
+objective). HER2 fields: every score in turn; HEp-2 fields (``--assay hep2``): the
+stained patterns in turn at 0.5 µm/px (``tools.bench_hep2``'s set). The figures are
+per field, whatever its cells:
 
-1. Model only: the model on prepared fields, back to back (inferences/s).
-2. Sequential: ``Her2Assay.score`` in a loop on one thread (fields/s), with the
+1. Model only: the model on prepared fields, back to back (inferences/s; for HEp-2 one
+   inference is all of a field's cell crops in the configured orientations).
+2. Sequential: the assay's ``score`` in a loop on one thread (fields/s), with the
    scale estimated on every field and, as the pipeline does within one view,
    reused.
 3. Pipeline, replay at full speed (every frame a new field, as a moving stage):
@@ -30,13 +36,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
-from appliance.assays.her2.assay import Her2Assay, PreparedField
+from appliance.assays.results import open_assay
 from appliance.capture.factory import open_source
 from appliance.capture.frame import Frame
 from appliance.capture.stills import load_still
@@ -46,12 +54,27 @@ from appliance.outputs.store import ResultStore
 from appliance.pipeline.engine import Pipeline
 from appliance.pipeline.metrics import MetricsSnapshot, rss_mb
 from appliance.service.recorder import Recorder
+from tools.bench_hep2 import bench_field_set
 from tools.bench_her2 import bench_fields
 from tools.numbers import save_chart
 
 RSS_EVERY_S = 5.0
 # Caches, the field memory and the allocator's arenas fill during the first minutes.
 SOAK_WARMUP_S = 120.0
+
+
+def bench_paths(assay: str, count: int) -> list[Path]:
+    """``count`` generated 1280x960 fields of ``assay`` as JPEG files in a new folder."""
+    if assay == "her2":
+        return [p for _, p in bench_fields(count)]
+    folder = Path(tempfile.mkdtemp(prefix="eyepiece-bench-hep2-"))
+    paths = []
+    for i, field in enumerate(tqdm(bench_field_set(count, 1280, 960),
+                                   desc="generating fields")):
+        paths.append(folder / f"field_{i:03d}.jpg")
+        cv2.imwrite(str(paths[-1]), cv2.cvtColor(field.image, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return paths
 
 
 def _frames(paths: Sequence[Path], cfg: Config) -> list[Frame]:
@@ -74,9 +97,8 @@ def _rate(fn: Any, items: Sequence[Any], seconds: float, desc: str) -> tuple[flo
 
 def bench_model_and_sequential(cfg: Config, frames: list[Frame], seconds: float) -> dict[str, Any]:
     """Model-only inferences/s and single-thread whole-field rates."""
-    with Her2Assay.from_config(cfg) as assay:
-        prepared: list[PreparedField] = [p for p in (assay.prepare(f) for f in frames)
-                                         if p.refusal is None]
+    with closing(open_assay(cfg)) as assay:
+        prepared = [p for p in (assay.prepare(f) for f in frames) if p.refusal is None]
         model_rate, model_ms = _rate(assay.infer, prepared, seconds, "model only")
         seq_rate, seq_ms = _rate(assay.score, frames, seconds, "sequential, scale each field")
         scales = {id(f): p.scale for f, p in zip(frames, prepared, strict=False)}
@@ -98,7 +120,7 @@ def run_pipeline(cfg: Config, seconds: float, desc: str,
                  rss_log: list[tuple[float, float]] | None = None) -> MetricsSnapshot:
     """Run the whole pipeline for ``seconds`` and return its last metrics snapshot."""
     stop = threading.Event()
-    with ResultStore(cfg.store.path) as store, Her2Assay.from_config(cfg) as assay:
+    with ResultStore(cfg.store.path) as store, closing(open_assay(cfg)) as assay:
         recorder = Recorder(store=store, config_sha256=cfg.sha256(), overlay_dir=None,
                             out=io.StringIO())
         display = None if cfg.display.sink == "none" else (lambda: open_display(cfg.display))
@@ -180,13 +202,14 @@ def plot(report: dict[str, Any], rss: list[tuple[float, float]], path: Path) -> 
     for i, v in enumerate(rates.values()):
         a1.text(v, i, f" {v:.1f}", va="center")
     a1.set_xlabel("per second (higher is better)")
-    a1.set_title("Model vs whole-field scoring vs pipeline (1280x960, INT8, 2 cores)")
+    a1.set_title(f"{report['assay'].upper()}: model vs whole-field scoring vs pipeline "
+                 "(1280x960, INT8)")
     a1.invert_yaxis()
     if rss:
         a2.plot([t / 60 for t, _ in rss], [m for _, m in rss], color="#D55E00")
     a2.set_xlabel("minutes")
     a2.set_ylabel("resident memory (MB)")
-    a2.set_title("Soak at 30 fps: resident memory")
+    a2.set_title(f"{report['assay'].upper()} soak at 30 fps: resident memory")
     save_chart(fig, path, dpi=110)
 
 
@@ -194,21 +217,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line of the benchmark."""
     p = argparse.ArgumentParser(prog="python -m tools.bench_pipeline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--assay", choices=("her2", "hep2"), default="her2",
+                   help="the assay run, on its own generated fields")
     p.add_argument("--fields", type=int, default=8, help="generated 1280x960 fields")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each timed part")
     p.add_argument("--soak-seconds", type=float, default=600.0,
                    help="length of the memory soak (0 to skip)")
     p.add_argument("--hold", type=float, default=3.0, help="seconds each field is held at 30 fps")
-    p.add_argument("--out", type=Path, default=Path("build/bench_pipeline"))
-    return p.parse_args(argv)
+    p.add_argument("--um-per-px", type=float, default=None,
+                   help="declare the fields' scale (optics.um_per_px; the generated fields "
+                        "are drawn at 0.5 for HEp-2); default: estimated from the image")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report folder (default build/bench_pipeline, "
+                        "build/bench_pipeline_hep2 for HEp-2)")
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = Path("build/bench_pipeline" + ("_hep2" if args.assay == "hep2" else ""))
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every part, print the figures, write the report and the chart."""
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    base = Config()
-    paths = [p for _, p in bench_fields(args.fields)]
+    base = with_overrides(Config(), {"assay": args.assay, **(
+        {} if args.um_per_px is None else {"optics.um_per_px": args.um_per_px})})
+    paths = bench_paths(args.assay, args.fields)
     folder = paths[0].parent
     tmp = Path(tempfile.mkdtemp(prefix="eyepiece-bench-pipeline-"))
     rss: list[tuple[float, float]] = []
@@ -237,6 +271,7 @@ def _report(alone: dict[str, Any], full: MetricsSnapshot, live: MetricsSnapshot,
             args: argparse.Namespace) -> dict[str, Any]:
     frame_ms = 1000.0 / live_cfg.source.fps
     return {
+        "assay": args.assay, "um_per_px_declared": args.um_per_px,
         "rates_per_s": {
             "model only": alone["model_per_s"],
             "sequential (scale each field)": alone["sequential_per_s"],

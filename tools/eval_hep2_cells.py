@@ -8,7 +8,8 @@ per scale) are cut as the public cell datasets cut theirs: the cell's bounding b
 margin of 15%, with the cell's mask. Each goes through the box's single-cell path
 (`appliance score --assay hep2 --cell`, Hep2Assay.classify_cell_image) four ways:
 knowing the scale or not (``optics.um_per_px``), given the mask file or not. The figure
-is the mean class accuracy over the 17 classes; the chart shows it per scale.
+is the mean class accuracy over the 17 classes (a cell the single-cell gates refuse
+counts as misread); the chart shows it per scale.
 
 Generated data only: it measures how the crop is cut, not how real cells look.
 """
@@ -24,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from appliance.assays.hep2.assay import Hep2Assay
+from appliance.assays.hep2.cell_quality import CellRefused
 from appliance.assays.hep2.patterns import NAMES
 from appliance.config import Config, with_overrides
 from tools.eval_hep2 import mean_class_accuracy
@@ -53,7 +55,8 @@ def evaluate(per_class: int, scales: Sequence[float], *, first_seed: int = FIRST
             known_cfg = with_overrides(base, {"optics.um_per_px": scale})
             known = Hep2Assay(known_cfg, unknown.manifest, unknown.backend,
                               unknown.model.precision)
-            confusion = {c[0]: np.zeros((len(NAMES), len(NAMES)), np.int64)
+            # The last column counts the cells a gate refused (cell_quality.py): errors.
+            confusion = {c[0]: np.zeros((len(NAMES), len(NAMES) + 1), np.int64)
                          for c in CONDITIONS}
             cells = cell_images(per_class, um_per_px=scale,
                                 first_seed=first_seed + k * SEEDS_PER_SCALE)
@@ -62,8 +65,12 @@ def evaluate(per_class: int, scales: Sequence[float], *, first_seed: int = FIRST
                 truth = NAMES.index(name)
                 for label, scale_known, with_mask in CONDITIONS:
                     assay = known if scale_known else unknown
-                    call = assay.classify_cell_image(green, stem,
-                                                     mask=mask if with_mask else None)
+                    try:
+                        call = assay.classify_cell_image(green, stem,
+                                                         mask=mask if with_mask else None)
+                    except CellRefused:
+                        confusion[label][truth, len(NAMES)] += 1
+                        continue
                     confusion[label][truth, NAMES.index(call.pattern)] += 1
             out[f"{scale:g}"] = {label: mean_class_accuracy(m.tolist())
                                  for label, m in confusion.items()}

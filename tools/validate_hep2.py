@@ -82,7 +82,7 @@ class CellOutcome:
 
     file: str
     truth: str
-    called: str  # a class name, or UNREADABLE (error says why)
+    called: str  # a class name, or UNREADABLE: not read or refused (error says why)
     confidence: float
     scale_source: str
     mask_source: str
@@ -137,10 +137,11 @@ def validate_cells(assay: Hep2Assay, files: Sequence[tuple[Path, str]], *,
     for path, truth in tqdm(files, desc="cells", disable=not progress):
         try:
             image, mask = load_cell_image(path, small)
-        except ImageRejected as exc:
-            out.append(CellOutcome(str(path), truth, UNREADABLE, 0.0, "", "", exc.reason))
+            call = assay.classify_cell_image(image, str(path), mask=mask)
+        except ImageRejected as exc:  # unreadable, or refused by a gate (CellRefused)
+            out.append(CellOutcome(str(path), truth, UNREADABLE, 0.0, "", "",
+                                   f"{exc.code}: {exc.reason}"))
             continue
-        call = assay.classify_cell_image(image, str(path), mask=mask)
         out.append(CellOutcome(str(path), truth, call.pattern, call.confidence,
                                call.um_per_px_source, call.mask_source))
     return out

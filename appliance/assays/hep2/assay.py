@@ -21,6 +21,7 @@ import numpy as np
 
 from appliance.assays.hep2 import intensity as brightness_mod
 from appliance.assays.hep2.calibration import intensity_is_calibrated
+from appliance.assays.hep2.cell_quality import CellRefused, cell_image_issues
 from appliance.assays.hep2.crops import crops_for
 from appliance.assays.hep2.flat_field import FlatFieldError, configured_flat, gain_map
 from appliance.assays.hep2.orientations import mean_over_orientations, oriented
@@ -46,7 +47,7 @@ from appliance.assays.hep2.scale import (
     range_warning,
 )
 from appliance.assays.hep2.segmentation import Hep2Cells, segment_cells
-from appliance.assays.hep2.single_cell import single_cell_crop
+from appliance.assays.hep2.single_cell import scale_from_mask, single_cell_crop
 from appliance.assays.hep2.specimen import call_specimen, too_coarse_for_subtypes
 from appliance.assays.hep2.types import MITOSIS_CLASSES, CellCall, Hep2Cell, Hep2Result
 from appliance.assays.her2.assay import TENSORRT_INT8, ScaleInfo
@@ -330,10 +331,24 @@ class Hep2Assay(AssayShell[Hep2Result]):
 
         ``mask``: the cell's mask from a companion file, when the dataset has one. The crop
         is cut at the configured scale when there is one (single_cell.py says how, and
-        what is done without it).
+        what is done without it). Raises CellRefused (an ImageRejected) when a gate refuses
+        the image: the wrong stain, nothing in it, over-exposed, or a field rather than one
+        cell (cell_quality.py); the gates' warnings join the call's.
         """
-        green = image[..., 1].astype(np.float32) if image.ndim == 3 else image.astype(np.float32)
+        if image.dtype != np.uint8:
+            image = np.clip(image, 0, 255).astype(np.uint8)
+        rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+        green = rgb[..., 1].astype(np.float32)
         declared = self._configured_scale()
+        given = mask if mask is not None and mask.any() else None
+        gate_scale = declared.um_per_px if declared is not None else (
+            None if given is None else scale_from_mask(given))
+        issues = cell_image_issues(rgb, gate_scale,
+                                   self.cfg.hep2.cells,
+                                   red_counterstain=self.cfg.hep2.stain.red_counterstain)
+        fatal = next((i for i in issues if i.fatal), None)
+        if fatal is not None:
+            raise CellRefused(fatal.code, fatal.reason)
         cut = single_cell_crop(green, self.cfg.hep2.cells, mask=mask,
                                um_per_px=None if declared is None else declared.um_per_px,
                                scale_source="config" if declared is None else declared.source)
@@ -348,7 +363,8 @@ class Hep2Assay(AssayShell[Hep2Result]):
                         mitosis=MITOSIS_CLASSES[int(np.argmax(mit))], model=self.model,
                         regions={} if regions is None else _by_region(regions),
                         um_per_px=cut.um_per_px, um_per_px_source=cut.scale_source,
-                        mask_source=cut.mask_source, warnings=cut.warnings)
+                        mask_source=cut.mask_source,
+                        warnings=tuple(i.reason for i in issues) + cut.warnings)
 
     def refuse_input(self, source: str, seq: int, code: str, reason: str) -> Hep2Result:
         """The result for an input that never became a frame (corrupt or unreadable file)."""

@@ -212,21 +212,22 @@ def quality_issues(q: Hep2Quality, *, min_focus: float = MIN_FOCUS,
 
     A wrong stain stops everything else; no cells is not an issue (a negative specimen).
     """
-    stain = _stain_issues(q)
+    stain = stain_issues(q)
     if any(i.fatal for i in stain):
         return stain
-    return (stain + _over_exposure_issues(q, max_saturated) + _under_exposure_issues(q)
+    return (stain + over_exposure_issues(q, max_saturated) + _under_exposure_issues(q)
             + _focus_issues(q, min_focus))
 
 
-def _stain_issues(q: Hep2Quality) -> list[QualityIssue]:
+def stain_issues(q: Hep2Quality, background: str = "median") -> list[QualityIssue]:
     """Brightfield light or non-green signal: not a FITC immunofluorescence field (fatal).
-    A monochrome field's colour cannot be judged: a warning says so."""
+    A monochrome field's colour cannot be judged: a warning says so. ``background`` names
+    what ``q.median_rgb`` holds, for the reason."""
     if min(q.median_rgb) > BRIGHTFIELD_MEDIAN:
         r, g, b = q.median_rgb
         return [QualityIssue(
             "wrong_stain",
-            f"wrong stain: the background is bright in every channel (median R {r:.0f}, "
+            f"wrong stain: the background is bright in every channel ({background} R {r:.0f}, "
             f"G {g:.0f}, B {b:.0f} of 255, above {BRIGHTFIELD_MEDIAN:.0f}): a brightfield "
             "(transmitted-light) image, not immunofluorescence; the HEp-2 assay needs the "
             "FITC fluorescence field on a dark background",
@@ -281,7 +282,7 @@ def is_white_light(top_rgb: tuple[float, float, float]) -> bool:
             and min(top_rgb) >= WHITE_BALANCE * max(max(top_rgb), 1e-6))
 
 
-def _over_exposure_issues(q: Hep2Quality, limit: float) -> list[QualityIssue]:
+def over_exposure_issues(q: Hep2Quality, limit: float) -> list[QualityIssue]:
     """Clipped cells: their brightest pixels, hence the intensity, read too low."""
     sat = q.saturated_fraction
     if sat > limit:

@@ -132,6 +132,10 @@ def split_touching(mask: np.ndarray, radius_px: float) -> np.ndarray:
     if not m8.any():
         return np.zeros(mask.shape, np.int32)
     dist = cv2.distanceTransform(m8, cv2.DIST_L2, 5)
+    # With no background pixel at all, OpenCV gives every pixel FLT_MAX; the flood's levels
+    # would then never fall (a hang, found on a single-cell image that its margin did not
+    # leave any background in). h + w exceeds any true distance: one flat object.
+    np.minimum(dist, float(sum(mask.shape)), out=dist)
     # A light blur removes the ridge wiggles that a ragged outline adds (false maxima).
     dist = cv2.GaussianBlur(dist, (0, 0), max(1.0, 0.15 * radius_px))
     sep = max(1, round(_MARKER_SEPARATION_RADII * radius_px))

@@ -60,26 +60,43 @@ def threshold_mask(green: np.ndarray) -> np.ndarray:
     return mask if mask.any() else np.ones(green.shape, bool)
 
 
+def on_margin(image: np.ndarray, um_per_px: float, nucleus_diameter_um: float
+              ) -> tuple[np.ndarray, int]:
+    """The image ((H, W) or (H, W, C)) set in a margin of its own darkest light (each
+    channel's 5th percentile), and the margin's width in pixels.
+
+    The segmentation's background estimate reaches over several nucleus widths: without
+    dark ground around it, a cell that fills its image is taken for background. The margin
+    is as wide as the image, but never wider than that reach (a large image would otherwise
+    be measured at nine times its area).
+    """
+    h, w = image.shape[:2]
+    reach = math.ceil(_PAD_NUCLEI * nucleus_diameter_um / um_per_px)
+    pad = min(max(h, w), reach)
+    dark = np.percentile(image.reshape(h * w, -1), 5.0, axis=0).astype(image.dtype)
+    canvas = np.empty((h + 2 * pad, w + 2 * pad, *image.shape[2:]), image.dtype)
+    canvas[...] = dark.reshape(image.shape[2:])
+    canvas[pad:pad + h, pad:pad + w] = image
+    return canvas, pad
+
+
+def segmented_labels(green: np.ndarray, um_per_px: float, cfg: Hep2CellsConfig
+                     ) -> np.ndarray:
+    """The assay's segmentation of a small image ((H, W) float32), set on a margin of its
+    own background (``on_margin``): the cell labels in the image's pixels."""
+    canvas, pad = on_margin(green, um_per_px, cfg.nucleus_diameter_um)
+    h, w = green.shape
+    return segment_cells(canvas, um_per_px, cfg).labels[pad:pad + h, pad:pad + w]
+
+
 def segmented_mask(green: np.ndarray, um_per_px: float, cfg: Hep2CellsConfig
                    ) -> np.ndarray | None:
     """The assay's segmentation of a single-cell image: the object under its centre, else
-    the largest. None when it finds no cell.
-
-    The image is first set in a margin of its own background (as wide as itself, at most
-    a few nucleus widths), so the segmentation's background estimate, made over several
-    nucleus widths, has dark ground to stand on even when the cell fills the image.
-    """
-    h, w = green.shape
-    # As wide as the image, but never wider than the background estimate reaches (a few
-    # nucleus diameters): a large image would otherwise be segmented at nine times its area.
-    reach = math.ceil(_PAD_NUCLEI * cfg.nucleus_diameter_um / um_per_px)
-    pad = min(max(h, w), reach)
-    canvas = np.full((h + 2 * pad, w + 2 * pad), np.percentile(green, 5.0), np.float32)
-    canvas[pad:pad + h, pad:pad + w] = green
-    labels = segment_cells(canvas, um_per_px, cfg).labels[pad:pad + h, pad:pad + w]
+    the largest. None when it finds no cell."""
+    labels = segmented_labels(green, um_per_px, cfg)
     if not labels.any():
         return None
-    centre = int(labels[h // 2, w // 2])
+    centre = int(labels[labels.shape[0] // 2, labels.shape[1] // 2])
     if centre == 0:
         ids, counts = np.unique(labels[labels > 0], return_counts=True)
         centre = int(ids[np.argmax(counts)])
