@@ -103,6 +103,9 @@ def test_replay_reports_each_held_field_once_and_shows_every_frame(
     assert snap.frames_rejected == 1
     # Each still is delivered 30 times (1.5 s at 20 fps); far fewer are analysed than shown.
     assert snap.frames_captured == 3 * 30
+    # Once a still view is reported, its later frames are not analysed again: the next
+    # view does not wait behind them.
+    assert snap.frames_dropped.get("settled", 0) > 0
     live = cv2.imread(str(tmp_path / "live.png"))
     assert live is not None and live.shape[0] >= 480
 

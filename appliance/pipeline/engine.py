@@ -103,6 +103,9 @@ class Pipeline:
         self._supervisor: CaptureSupervisor | None = None
         self._scale_memo: tuple[int | None, ScaleInfo] | None = None  # prepare thread only
         self._assay_changed = False
+        # The still view last decided with a scored result: (still id, assay, its config).
+        # Its later frames are not analysed again (``_is_settled``). Under _lock.
+        self._settled: tuple[int, FieldAssay, Config] | None = None
         self._display_errors: set[str] = set()  # display thread only
         self.fatal: BaseException | None = None  # what ended the pipeline, if not a stop
         self._lock = threading.Lock()
@@ -116,10 +119,12 @@ class Pipeline:
         if self.model_thread:
             self._spawn("model", lambda: self._stage("model", self._model, "finish"))
             self._spawn("prepare", lambda: self._stage("prepare", self._prepare, "model",
-                                                       inbox="analysis"))
+                                                       inbox="analysis",
+                                                       skip=self._is_settled))
         else:
             self._spawn("prepare", lambda: self._stage("prepare+model", self._prepare_and_model,
-                                                       "finish", inbox="analysis"))
+                                                       "finish", inbox="analysis",
+                                                       skip=self._is_settled))
         if self._display_factory is not None:
             self._spawn("display", self._display_loop)
         self._spawn("capture", self._capture_loop)
@@ -213,7 +218,7 @@ class Pipeline:
     # ------------------------------------------------------------ analysis
 
     def _stage(self, name: str, work: Callable[[_Job], None], outbox: str | None, *,
-               inbox: str | None = None) -> None:
+               inbox: str | None = None, skip: Callable[[_Job], bool] | None = None) -> None:
         src = self._slots[inbox or name]
         dst = self._slots[outbox] if outbox else None
         try:
@@ -221,6 +226,9 @@ class Pipeline:
             # result, so no finished work waits (and ages) in front of a busy stage.
             while (dst is None or dst.wait_for_room()) and (item := src.get()) is not END:
                 job = item if isinstance(item, _Job) else _Job(tracked=_tracked(item))
+                if skip is not None and skip(job):
+                    self.metrics.frame_dropped("settled")
+                    continue
                 t0 = time.perf_counter()
                 work(job)
                 self.metrics.stage_time(name, (time.perf_counter() - t0) * 1000.0)
@@ -232,6 +240,18 @@ class Pipeline:
                 dst.close()
             else:
                 self._records.put(END)
+
+    def _is_settled(self, job: _Job) -> bool:
+        """A frame of the still view already decided with a scored result, by the assay
+        and settings still in use: analysing it again would give the same field again
+        (reported once) while the next view waits behind it. A HEp-2 field takes seconds
+        on two cores, so re-reading a still view made the next one wait that long. A view
+        decided as not scorable is read again: the user may be fixing it."""
+        still_id = job.tracked.view.still_id
+        with self._lock:
+            settled = self._settled
+            return (settled is not None and still_id == settled[0]
+                    and settled[1] is self.assay and settled[2] is self.assay.cfg)
 
     def _prepare_and_model(self, job: _Job) -> None:
         """Both steps in one thread (two cores: see ``pipeline.model_thread``)."""
@@ -306,6 +326,10 @@ class Pipeline:
         self.metrics.result_done(frame.timestamp, now)
         with self._lock:
             self._latest = outcome
+            view = job.tracked.view
+            if outcome.decision is not None and job.result.scored and job.assay is not None \
+                    and view.still_id is not None:
+                self._settled = (view.still_id, job.assay, job.assay.cfg)
         if outcome.reported:
             self.metrics.field_reported()
             _log.info("field reported: %s (%s)", frame.source,
