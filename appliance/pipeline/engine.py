@@ -244,9 +244,9 @@ class Pipeline:
     def _is_settled(self, job: _Job) -> bool:
         """A frame of the still view already decided with a scored result, by the assay
         and settings still in use: analysing it again would give the same field again
-        (reported once) while the next view waits behind it. A HEp-2 field takes seconds
-        on two cores, so re-reading a still view made the next one wait that long. A view
-        decided as not scorable is read again: the user may be fixing it."""
+        (reported once) while the next view waits behind it: a HEp-2 field takes about 2 s
+        on two cores. A view decided as not scorable is read again: the user may be
+        fixing it."""
         still_id = job.tracked.view.still_id
         with self._lock:
             settled = self._settled
