@@ -94,7 +94,8 @@ def cell_image_issues(rgb: np.ndarray, um_per_px: float | None, cfg: Hep2CellsCo
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
     um = um_per_px if um_per_px is not None else assumed_scale(rgb.shape)
     canvas, pad = on_margin(rgb, um, cfg.nucleus_diameter_um)
-    q = measure_hep2_quality(canvas, um, cfg, red_counterstain=red_counterstain)
+    q = measure_hep2_quality(canvas, um, cfg, red_counterstain=red_counterstain,
+                             focus=False)  # not judged on a single cell
     dark = np.percentile(rgb.reshape(-1, 3), _DARK_PERCENTILE, axis=0)
     stain = stain_issues(replace(q, median_rgb=(float(dark[0]), float(dark[1]),
                                                 float(dark[2]))), background="darkest 5%:")

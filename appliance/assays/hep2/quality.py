@@ -115,8 +115,11 @@ class Hep2Quality:
 
 
 def measure_hep2_quality(rgb: np.ndarray, um_per_px: float, cfg: Hep2CellsConfig, *,
-                         red_counterstain: bool = False) -> Hep2Quality:
+                         red_counterstain: bool = False, focus: bool = True) -> Hep2Quality:
     """Measure colour, exposure, signal and focus of an (H, W, 3) uint8 RGB field.
+
+    ``focus``: False leaves the sharpness unmeasured (0, as with no signal), for a caller
+    that does not judge it (a single-cell image, cell_quality.py).
 
     ``red_counterstain``: red light over the cells is expected (``hep2.stain``), so the
     colour measures leave the red channel out: the brightest light is chosen by green and
@@ -138,7 +141,7 @@ def measure_hep2_quality(rgb: np.ndarray, um_per_px: float, cfg: Hep2CellsConfig
         noise_floor=floor,
         background=float(np.median(bg)),
         saturated_fraction=_saturated(green, mask),
-        focus=_focus(green, mask, um_per_px) if measurable else 0.0,
+        focus=_focus(green, mask, um_per_px) if measurable and focus else 0.0,
         cell_fraction=float(mask.mean()),
         light=light,
         monochrome=is_monochrome(rgb),
