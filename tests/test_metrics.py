@@ -248,3 +248,20 @@ def test_the_source_fault_reason_reaches_the_snapshot() -> None:
     assert (snap.source_state, snap.source_reconnects) == ("fault", 3)
     assert snap.source_reason == "cannot open /dev/video0"
     assert snap.to_dict()["source_reason"] == "cannot open /dev/video0"
+
+
+def test_the_time_from_a_still_view_to_its_report_is_kept_where_known() -> None:
+    m = PipelineMetrics(8, started_at=0.0)
+    assert m.snapshot(1.0).view_to_report_ms == {"p50": None, "p95": None}
+    for age in (1200.0, 1800.0, 2400.0):
+        m.field_reported(age)
+    m.field_reported(None)  # a replayed still has no view: counted, no age
+    snap = m.snapshot(5.0)
+    assert snap.fields_reported == 4
+    assert snap.view_to_report_ms["p50"] == pytest.approx(1800.0)
+    assert snap.to_dict()["view_to_report_ms"] == {"p50": 1800.0, "p95": 2340.0}
+    assert "view_to_report_ms=1800/2340" in snap.log_line()
+    with pytest.raises(ValueError, match="age"):
+        m.field_reported(float("nan"))
+    with pytest.raises(ValueError, match="negative"):
+        m.field_reported(-1.0)

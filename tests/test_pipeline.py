@@ -101,6 +101,10 @@ def test_replay_reports_each_held_field_once_and_shows_every_frame(
     snap = pipeline.snapshot()
     assert snap.fields_reported == 3  # the corrupt file is reported as a rejection
     assert snap.frames_rejected == 1
+    # A view is reported no sooner than it has been still for stability.stable_s (0.3 s).
+    to_report = snap.view_to_report_ms
+    assert to_report["p50"] is not None and to_report["p95"] is not None
+    assert 300.0 <= to_report["p50"] <= to_report["p95"]
     # Each still is delivered 30 times (1.5 s at 20 fps); far fewer are analysed than shown.
     assert snap.frames_captured == 3 * 30
     # Once a still view is reported, its later frames are not analysed again: the next
@@ -307,3 +311,38 @@ def test_a_held_view_refused_before_its_scale_is_known_stays_refused_for_its_rea
     assert pipeline.latest_reason_code() == "wrong_stain"
     assert not [r for r in caplog.records if "internal error" in r.getMessage()]
     assert [s for _, _, s in stored(tmp_path / "results.sqlite")] == ["not_scorable"]
+
+
+def test_an_objective_set_on_a_decided_view_reads_it_again_at_the_new_scale(
+        tmp_path: Path) -> None:
+    """``set_objective`` replaces the assay's config while a view is held. The decided
+    view is read again (its config changed), and at the objective's scale: before, the
+    scale estimated earlier in the same still view was handed back and won."""
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    write_rgb(folder / "f.png", generate_field(FieldSpec(seed=990_100, target_score="3+")).image)
+    cfg = config(tmp_path, **{"source.uri": f"replay:{folder}", "source.hold_s": 30.0})
+    calls: list[tuple[bool, Any]] = []  # (prepared under the set objective, scale handed in)
+    with Her2Assay.from_config(cfg) as her2:
+        estimated_cfg = her2.cfg
+        prepare = her2.prepare
+
+        def recording(frame: Any, scale: Any = None) -> Any:
+            calls.append((her2.cfg is not estimated_cfg, scale))
+            return prepare(frame, scale)
+
+        her2.prepare = recording  # type: ignore[method-assign]
+
+        def until(p: Pipeline) -> bool:
+            # Once the view's frames are passed over as decided, no prepare is under way
+            # to race the change: the next call is the one the change causes.
+            if her2.cfg is estimated_cfg and p.snapshot().frames_dropped.get("settled"):
+                her2.cfg = with_overrides(her2.cfg, {"optics.objective": "20x"})  # the command
+            return any(after for after, _ in calls)
+
+        run_pipeline(cfg, her2, lambda: open_source(cfg.source, cfg.input), until=until)
+    before = [scale for after, scale in calls if not after]
+    after = [scale for after, scale in calls if after]
+    assert before[0] is None  # the view's first frame: its scale is estimated
+    assert after, "the decided view was not read again after set_objective"
+    assert after[0] is None  # not the estimate: prepare takes the objective from the config

@@ -22,7 +22,8 @@ per field, whatever its cells:
 4. Pipeline, replay at 30 fps with each field held still for a while (a
    pathologist looking): capture fps, processed fps, capture→result latency
    against model time + one frame interval, frames dropped by stage, fields
-   reported, with the display composing to an offscreen screen (pygame) or a file.
+   reported and how long after their view came to rest, with the display
+   composing to an offscreen screen (pygame) or a file.
 5. Soak (run first, in a fresh process): 4. for ``--soak-seconds``; resident
    memory every few seconds, its steady level and its growth.
 """
@@ -167,7 +168,7 @@ def _summary(snap: MetricsSnapshot) -> dict[str, Any]:
     d = snap.to_dict()
     return {k: d[k] for k in ("capture_fps", "processed_fps", "frames_captured",
                               "frames_dropped", "fields_reported", "stage_ms", "latency_ms",
-                              "rss_mb") if k in d}
+                              "view_to_report_ms", "rss_mb") if k in d}
 
 
 def _steady_and_growth(rss: list[tuple[float, float]], warmup_s: float) -> dict[str, float]:
@@ -305,7 +306,8 @@ def _print(report: dict[str, Any]) -> None:
           f"{live.get('processed_fps')} fps, latency {live.get('latency_ms')} ms vs model + one "
           f"frame {budget['model_plus_frame_ms']:.0f} ms (whole field alone "
           f"{budget['whole_field_ms']:.0f} ms); dropped {live.get('frames_dropped')}; "
-          f"reported {live.get('fields_reported')}")
+          f"reported {live.get('fields_reported')}, view still → reported "
+          f"{live.get('view_to_report_ms')} ms")
     if report["soak"]:
         s = report["soak"]
         print(f"soak {s['seconds']:.0f} s: steady RSS {s['steady_mb']:.0f} MB after "

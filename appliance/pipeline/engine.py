@@ -101,7 +101,9 @@ class Pipeline:
         self._latest: Outcome | None = None
         self._source_state = (SourceState.OPENING, "")
         self._supervisor: CaptureSupervisor | None = None
-        self._scale_memo: tuple[int | None, ScaleInfo] | None = None  # prepare thread only
+        # The scale found in a still view, with the config it was found under (a
+        # set_objective or a reload replaces the config): (still id, config, scale).
+        self._scale_memo: tuple[int | None, Config, ScaleInfo] | None = None  # prepare only
         self._assay_changed = False
         # The still view last decided with a scored result: (still id, assay, its config).
         # Its later frames are not analysed again (``_is_settled``). Under _lock.
@@ -276,7 +278,8 @@ class Pipeline:
             assay = job.assay = self.assay
             if self._assay_changed:  # another assay's scale estimate means nothing here
                 self._scale_memo, self._assay_changed = None, False
-        hint = self._scale_hint(still_id)
+        cfg = assay.cfg
+        hint = self._scale_hint(still_id, cfg)
         prepared = assay.guarded(frame, lambda: assay.prepare(frame, hint))
         if isinstance(prepared, RESULT_TYPES):
             job.result = prepared
@@ -284,14 +287,16 @@ class Pipeline:
         # A refused field's scale is kept for nothing: it may be no scale at all (a HEp-2
         # field is refused before its scale is estimated) or one read off a bad picture.
         if hint is None and prepared.refusal is None and prepared.scale.source != "assumed":
-            self._scale_memo = (still_id, prepared.scale)
+            self._scale_memo = (still_id, cfg, prepared.scale)
         if prepared.refusal is not None:
             job.result = prepared.refusal
         else:
             job.prepared = prepared
 
-    def _scale_hint(self, still_id: int | None) -> ScaleInfo | None:
-        """The scale found earlier in this still period, or the last one while moving.
+    def _scale_hint(self, still_id: int | None, cfg: Config) -> ScaleInfo | None:
+        """The scale found earlier in this still period, or the last one while moving,
+        unless the assay's config has changed since (an objective set by command must win
+        over a scale estimated before it).
 
         The objective cannot change without the view changing, so a still period is
         measured once, on its first analysed frame; frames of a moving stage (shown,
@@ -299,7 +304,9 @@ class Pipeline:
         """
         if self._scale_memo is None:
             return None
-        memo_id, scale = self._scale_memo
+        memo_id, memo_cfg, scale = self._scale_memo
+        if memo_cfg is not cfg:
+            return None
         return scale if still_id is None or still_id == memo_id else None
 
     def _model(self, job: _Job) -> None:
@@ -331,7 +338,9 @@ class Pipeline:
                     and view.still_id is not None:
                 self._settled = (view.still_id, job.assay, job.assay.cfg)
         if outcome.reported:
-            self.metrics.field_reported()
+            since = job.tracked.view.still_since
+            self.metrics.field_reported(
+                None if since is None else max(0.0, now - since) * 1000.0)
             _log.info("field reported: %s (%s)", frame.source,
                       outcome.decision.reason if outcome.decision else "",
                       extra=field_fields(job.result.assay, frame.source, frame.seq,

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -175,6 +175,10 @@ class MetricsSnapshot:
     source_reconnects: int
     frames_analysed: int = 0  # results made (the watchdog's sign of progress)
     source_reason: str = ""  # why the source is in its state (a fault's cause)
+    # From a still view's first frame to its report: how long a user holds a view still
+    # before it is reported (the stability wait, the analysis and any frame ahead of it).
+    view_to_report_ms: dict[str, float | None] = field(
+        default_factory=lambda: {"p50": None, "p95": None})
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready copy, rounded for people and logs."""
@@ -189,6 +193,8 @@ class MetricsSnapshot:
             "stage_ms": {stage: {k: _round(v, _MS_DIGITS) for k, v in figures.items()}
                          for stage, figures in sorted(self.stage_ms.items())},
             "latency_ms": {k: _round(v, _MS_DIGITS) for k, v in self.latency_ms.items()},
+            "view_to_report_ms": {k: _round(v, _MS_DIGITS)
+                                  for k, v in self.view_to_report_ms.items()},
             "queue_depths": dict(sorted(self.queue_depths.items())),
             "rss_mb": _round(self.rss_mb, _MB_DIGITS),
             "source_state": self.source_state,
@@ -206,6 +212,8 @@ class MetricsSnapshot:
             f"frames={self.frames_captured} dropped={_pairs(self.frames_dropped)} "
             f"rejected={self.frames_rejected} reported={self.fields_reported} "
             f"latency_ms={_fmt(self.latency_ms.get('p50'))}/{_fmt(self.latency_ms.get('p95'))} "
+            f"view_to_report_ms={_fmt(self.view_to_report_ms.get('p50'))}/"
+            f"{_fmt(self.view_to_report_ms.get('p95'))} "
             f"stage_ms={stages} queues={_pairs(self.queue_depths)} "
             f"rss_mb={_fmt(self.rss_mb)} source={self.source_state}/{self.source_reconnects}"
         )
@@ -231,6 +239,7 @@ class PipelineMetrics:
         self._captured = RateMeter(rate_horizon_s)
         self._processed = RateMeter(rate_horizon_s)
         self._latency = RollingStat(window)
+        self._view_to_report = RollingStat(window)
         self._stages: dict[str, RollingStat] = {}
         self._frames_captured = 0
         self._frames_analysed = 0
@@ -277,10 +286,15 @@ class PipelineMetrics:
             self._processed.tick(done_t)
             self._frames_analysed += 1
 
-    def field_reported(self) -> None:
-        """A field went to the store and the broker."""
+    def field_reported(self, view_age_ms: float | None = None) -> None:
+        """A field went to the store and the broker, ``view_age_ms`` after the first frame
+        of its still view (None: not known, e.g. a replayed still)."""
+        if view_age_ms is not None:
+            _check_finite("a view's age", view_age_ms)
         with self._lock:
             self._reported += 1
+            if view_age_ms is not None:
+                self._view_to_report.add(view_age_ms)
 
     def set_queue_depth(self, name: str, n: int) -> None:
         """Items waiting in queue ``name`` now."""
@@ -310,6 +324,7 @@ class PipelineMetrics:
                 fields_reported=self._reported,
                 stage_ms={name: _p50_p95(stat) for name, stat in self._stages.items()},
                 latency_ms=_p50_p95(self._latency),
+                view_to_report_ms=_p50_p95(self._view_to_report),
                 queue_depths=dict(self._queues),
                 rss_mb=memory,
                 source_state=self._source_state,
