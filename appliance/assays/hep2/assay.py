@@ -415,7 +415,7 @@ class Hep2Assay(AssayShell[Hep2Result]):
             if len(ids) < SEARCH_MIN_CELLS:
                 fits.append(None)  # too few whole cells at this scale to judge it
                 continue
-            fits.append(self._fit_at(green, cells.labels, ids, um))
+            fits.append(self.fit_at(green, cells.labels, ids, um))
         best = best_scale(candidates, fits, size.um_per_px, cfg.scale_search_prior)
         if best is None:
             return size
@@ -444,12 +444,12 @@ class Hep2Assay(AssayShell[Hep2Result]):
         if len(ids) < SEARCH_MIN_CELLS:
             return um_per_px
         candidates = candidate_scales(um_per_px, cfg.crop_search_steps)
-        fits: list[float | None] = [self._fit_at(green, cells.labels, ids, um)
+        fits: list[float | None] = [self.fit_at(green, cells.labels, ids, um)
                                     for um in candidates]
         return best_scale(candidates, fits, um_per_px, cfg.scale_search_prior) or um_per_px
 
-    def _fit_at(self, green: np.ndarray, labels: np.ndarray, ids: np.ndarray,
-                um_per_px: float) -> float:
+    def fit_at(self, green: np.ndarray, labels: np.ndarray, ids: np.ndarray,
+               um_per_px: float) -> float:
         """How surely the classifier reads the cells ``ids`` cut at ``um_per_px``
         (scale.classifier_fit). One orientation: the searches compare scales, they do not
         call the cells."""

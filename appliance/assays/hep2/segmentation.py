@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from appliance.assays.hep2.intensity import background_map
 from appliance.assays.her2.cells import grow_cells
@@ -222,18 +223,25 @@ def _flood_from_markers(markers: np.ndarray, dist: np.ndarray, mask: np.ndarray)
     that falls half a pixel per step: deep pixels are claimed first, so two touching cells
     meet at the neck between them, and a front never jumps across the background.
     """
-    grown = markers.astype(np.float32)  # float32 holds labels up to 2**24 exactly
-    free = mask & (markers == 0)
+    # Every step is whole-picture work, so it is done in OpenCV on 8-bit masks and 16-bit
+    # labels where they fit: the same result as numpy's boolean arrays, in less than half
+    # the time (the flood was half of a HEp-2 field's segmentation).
+    grown: npt.NDArray[np.uint16] | npt.NDArray[np.float32] = (
+        markers.astype(np.uint16) if int(markers.max()) <= 0xFFFF
+        else markers.astype(np.float32))  # float32 holds labels up to 2**24 exactly
+    free = (mask & (markers == 0)).astype(np.uint8) * np.uint8(255)
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
     square = np.ones((3, 3), np.uint8)
     level, step = float(dist.max()), 0
     while True:
         reached = cv2.dilate(grown, cross if step % 2 else square)
-        new = free & (reached > 0) & (dist >= level)
-        if not new.any() and level <= 0:
+        # OpenCV compares with a scalar; its type stubs only know arrays.
+        new = cv2.bitwise_and(free, cv2.compare(reached, 0, cv2.CMP_GT))  # type: ignore[call-overload]
+        new = cv2.bitwise_and(new, cv2.compare(dist, level, cv2.CMP_GE))  # type: ignore[call-overload]
+        if level <= 0 and cv2.countNonZero(new) == 0:
             break
-        grown[new] = reached[new]
-        free &= ~new
+        cv2.copyTo(reached, new, grown)
+        cv2.bitwise_and(free, cv2.bitwise_not(new), dst=free)
         level, step = level - 0.5, step + 1
     return grown.astype(np.int32)
 
