@@ -679,8 +679,9 @@ class ButtonConfig:
 @dataclass(frozen=True)
 class ServiceConfig:
     watchdog_stall_s: float = _f(
-        30.0, "No analysed frame (while the camera streams) for this long is a stall: the "
-        "systemd watchdog pings stop and systemd restarts the service", lo=1, hi=3600,
+        30.0, "No frame taken by the analysis (analysed, or passed over as part of a view "
+        "already decided) while the camera streams for this long is a stall: the systemd "
+        "watchdog pings stop and systemd restarts the service", lo=1, hi=3600,
     )
 
 

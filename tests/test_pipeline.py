@@ -316,8 +316,10 @@ def test_a_held_view_refused_before_its_scale_is_known_stays_refused_for_its_rea
 def test_an_objective_set_on_a_decided_view_reads_it_again_at_the_new_scale(
         tmp_path: Path) -> None:
     """``set_objective`` replaces the assay's config while a view is held. The decided
-    view is read again (its config changed), and at the objective's scale: before, the
-    scale estimated earlier in the same still view was handed back and won."""
+    view is read again (its config changed), and at the objective's scale. Two faults
+    this found: the scale estimated earlier in the same still view was handed back and
+    won; and a frame prepared before the change but finished after it marked the view
+    decided under the new config, so it was never read again (about every other run)."""
     folder = tmp_path / "fields"
     folder.mkdir()
     write_rgb(folder / "f.png", generate_field(FieldSpec(seed=990_100, target_score="3+")).image)
@@ -334,8 +336,9 @@ def test_an_objective_set_on_a_decided_view_reads_it_again_at_the_new_scale(
         her2.prepare = recording  # type: ignore[method-assign]
 
         def until(p: Pipeline) -> bool:
-            # Once the view's frames are passed over as decided, no prepare is under way
-            # to race the change: the next call is the one the change causes.
+            # Once the view's frames are passed over as decided, set the objective as the
+            # command does. Only a frame already in analysis can be prepared before the
+            # change; every later prepare call is one the change caused.
             if her2.cfg is estimated_cfg and p.snapshot().frames_dropped.get("settled"):
                 her2.cfg = with_overrides(her2.cfg, {"optics.objective": "20x"})  # the command
             return any(after for after, _ in calls)

@@ -50,6 +50,18 @@ class NotifySocket:
                 continue
         return self.messages
 
+    def drain(self) -> list[str]:
+        """Every datagram waiting now, without waiting for more (a full queue blocks the
+        sender: the kernel keeps only net.unix.max_dgram_qlen of them)."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.messages.append(self.sock.recv(4096).decode())
+        except BlockingIOError:
+            return self.messages
+        finally:
+            self.sock.settimeout(0.2)
+
     def close(self) -> None:
         self.sock.close()
 
@@ -137,6 +149,38 @@ def test_a_stalled_pipeline_stops_the_watchdog_and_the_light_says_so(
     late = notifier.sent[sent_before_stall_limit:]
     assert "WATCHDOG=1" not in late  # no pings once stalled: systemd restarts us
     assert LedState.BOOTING in leds.states and leds.states[-1] is not LedState.BOOTING
+    notifier.close()
+
+
+def test_a_view_held_long_after_its_report_is_not_a_stall(notify: NotifySocket) -> None:
+    """A still view once reported is not analysed again: its frames are passed over as
+    ``settled``. A pathologist reading one field for a minute is not a stalled pipeline;
+    before, the watchdog counted analysed frames only, stopped its pings after 30 s of
+    such a hold and systemd restarted the box."""
+    notifier = Notifier.from_environment({"NOTIFY_SOCKET": str(notify.path),
+                                          "WATCHDOG_USEC": "1000000"})
+    assay = Her2Assay.from_config(Config())
+    life = Lifecycle(assay=assay, notifier=notifier, leds=_Leds(), stall_after_s=2.0,
+                     config_path=None)
+    metrics = PipelineMetrics(16, started_at=0.0)
+    metrics.set_source("streaming", 0)
+    metrics.frame_captured(0.0)
+    metrics.result_done(0.0, 0.1)
+    metrics.field_reported(1000.0)
+    t = 0.2
+    life.tick(metrics.snapshot(t), t)
+    first_held_tick = len(notifier.sent)
+    for _ in range(30):  # 6 s of the same view: every frame passed over as decided
+        metrics.frame_captured(t)
+        metrics.frame_dropped("settled")
+        t += 0.2
+        life.tick(metrics.snapshot(t), t)
+        notify.drain()
+    assert metrics.snapshot(t).frames_analysed == 1
+    assert notifier.sent[first_held_tick:].count("WATCHDOG=1") >= 4  # pinged throughout
+    assert notify.messages.count("WATCHDOG=1") >= 5  # and systemd's socket received them
+    assert not [m for m in notify.messages if "stalled" in m]
+    assert life.feeder.alive
     notifier.close()
 
 

@@ -64,6 +64,7 @@ class _Job:
 
     tracked: Tracked
     assay: FieldAssay | None = None  # the assay that prepared it finishes it (set_assay)
+    cfg: Config | None = None  # that assay's config when it prepared it (set_objective)
     prepared: Any = None  # the assay's prepared field
     logits: Any = None
     result: AnyResult | None = None  # set early when a step refused or failed
@@ -278,7 +279,7 @@ class Pipeline:
             assay = job.assay = self.assay
             if self._assay_changed:  # another assay's scale estimate means nothing here
                 self._scale_memo, self._assay_changed = None, False
-        cfg = assay.cfg
+        cfg = job.cfg = assay.cfg
         hint = self._scale_hint(still_id, cfg)
         prepared = assay.guarded(frame, lambda: assay.prepare(frame, hint))
         if isinstance(prepared, RESULT_TYPES):
@@ -334,9 +335,11 @@ class Pipeline:
         with self._lock:
             self._latest = outcome
             view = job.tracked.view
+            # Decided under the config it was prepared with: a settings change while it was
+            # in analysis must still send the view to be read again.
             if outcome.decision is not None and job.result.scored and job.assay is not None \
-                    and view.still_id is not None:
-                self._settled = (view.still_id, job.assay, job.assay.cfg)
+                    and job.cfg is not None and view.still_id is not None:
+                self._settled = (view.still_id, job.assay, job.cfg)
         if outcome.reported:
             since = job.tracked.view.still_since
             self.metrics.field_reported(

@@ -173,12 +173,19 @@ class MetricsSnapshot:
     rss_mb: float | None
     source_state: str
     source_reconnects: int
-    frames_analysed: int = 0  # results made (the watchdog's sign of progress)
+    frames_analysed: int = 0  # results made
     source_reason: str = ""  # why the source is in its state (a fault's cause)
     # From a still view's first frame to its report: how long a user holds a view still
     # before it is reported (the stability wait, the analysis and any frame ahead of it).
     view_to_report_ms: dict[str, float | None] = field(
         default_factory=lambda: {"p50": None, "p95": None})
+
+    @property
+    def frames_taken(self) -> int:
+        """Frames the analysis took up: analysed, or passed over as already decided
+        (``settled``). The watchdog's sign of progress: both need a working analysis
+        thread, and a view held still after its report has only the second."""
+        return self.frames_analysed + self.frames_dropped.get("settled", 0)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready copy, rounded for people and logs."""

@@ -62,7 +62,7 @@ class Lifecycle:
         if not self._ready and snap.source_state in ("streaming", "ended"):
             self._ready = True
             self.notifier.ready(status_line(self.assay, snap))
-        self.feeder.tick(snap.frames_analysed, snap.source_state, now)
+        self.feeder.tick(snap.frames_taken, snap.source_state, now)
         health = self._health(snap)
         scoring = snap.source_state == "streaming" and snap.processed_fps > 0
         self.leds.show(led_state(health, started=self._ready, scoring=scoring,

@@ -1,10 +1,11 @@
 """The systemd watchdog, fed by the pipeline's own progress.
 
 A timer thread that pings regardless would keep a hung inference alive for ever.
-Here a WATCHDOG=1 goes out only while analysed frames keep coming, or while the
-source is in a state where no frame is expected: a camera that is reconnecting (the
-service is fine, a restart would not bring the camera back), a replay that has ended,
-a source closed on the way out. When the camera streams but the analysed-frame count
+Here a WATCHDOG=1 goes out only while the analysis keeps taking frames (analysing them,
+or passing over the frames of a view already decided: MetricsSnapshot.frames_taken), or
+while the source is in a state where no frame is expected: a camera that is
+reconnecting (the service is fine, a restart would not bring the camera back), a replay
+that has ended, a source closed on the way out. When the camera streams but that count
 stands still for ``stall_after_s``, the pings stop and systemd restarts the service
 after WatchdogSec=.
 """
@@ -46,7 +47,7 @@ def pipeline_alive(snapshot_like: SnapshotLike, *, now: float, last_progress_t: 
                    stall_after_s: float) -> tuple[bool, str]:
     """Whether the pipeline is working as it should, and why (for the log and STATUS=).
 
-    ``last_progress_t`` is when the analysed-frame count last moved (or when progress
+    ``last_progress_t`` is when the count of frames taken last moved (or when progress
     became expected again), on the same monotonic clock as ``now``.
     """
     _check_stall(stall_after_s)
@@ -56,7 +57,7 @@ def pipeline_alive(snapshot_like: SnapshotLike, *, now: float, last_progress_t: 
     idle_s = now - last_progress_t
     if idle_s <= stall_after_s:
         return True, f"progress {max(idle_s, 0.0):.1f} s ago"
-    return False, (f"stalled: no frame analysed for {idle_s:.1f} s "
+    return False, (f"stalled: no frame taken by the analysis for {idle_s:.1f} s "
                    f"(limit {stall_after_s:g} s) while the source is {state}")
 
 
@@ -101,16 +102,16 @@ class WatchdogFeeder:
         """The latest decision."""
         return self._alive
 
-    def tick(self, frames_analysed: int, source_state: str,
+    def tick(self, frames_taken: int, source_state: str,
              now: float | None = None) -> tuple[bool, str]:
         """Take the pipeline's figures now; ping if it is alive and a ping is due.
 
-        Any change of ``frames_analysed`` counts as progress: a smaller count is a new
-        pipeline (after a reload) that has started counting again.
+        Any change of ``frames_taken`` (MetricsSnapshot.frames_taken) counts as progress:
+        a smaller count is a new pipeline (after a reload) that has started counting again.
         """
         now = self._clock() if now is None else now
-        if frames_analysed != self._last_count or source_state in _IDLE_STATES:
-            self._last_count = frames_analysed
+        if frames_taken != self._last_count or source_state in _IDLE_STATES:
+            self._last_count = frames_taken
             self._last_progress_t = now
         alive, reason = pipeline_alive(_State(source_state), now=now,
                                        last_progress_t=self._last_progress_t,
