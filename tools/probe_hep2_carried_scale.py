@@ -106,8 +106,7 @@ def measure_well(assay: Hep2Assay, case: SpecimenCase, seq: int) -> WellScales |
         return None
     carried = prep_a.scale.um_per_px
     same, other = field_specs(case, first, 3)
-    turned_spec = replace(other,
-                          um_per_px=turned_scale(first.um_per_px))
+    turned_spec = replace(other, um_per_px=turned_scale(first.um_per_px))
     cfg = assay.cfg.hep2.cells
     field_b, field_c = generate_hep2_field(same), generate_hep2_field(turned_spec)
     green_b, green_c = (f.image[..., 1].astype(np.float32) for f in (field_b, field_c))
@@ -189,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.probe_hep2_carried_scale",
                                  description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--wells", type=int, default=5, help="per kind, as tools.eval_hep2")
+    ap.add_argument("--wells", type=int, default=3, help="per kind, as tools.eval_hep2")
     ap.add_argument("--seed", type=int, default=FIRST_SEED)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None, help="chart (PNG)")
