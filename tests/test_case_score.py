@@ -60,6 +60,20 @@ def test_a_field_first_unscorable_then_scored_counts_through_its_scored_view() -
     assert score(fields).tumour_cells == 40
 
 
+def test_a_superseded_view_gives_way_to_the_reading_that_replaced_it() -> None:
+    first = CaseField(1, True, (INTENSE,) * 40, superseded_by=3)
+    other = field(2, (FAINT_INCOMPLETE, 50))
+    again = field(3, (NONE, 40), duplicate_of=1)  # read again at the right objective
+    result = score([first, other, again])
+    assert counted_fields([first, other, again]) == {2, 3}
+    assert result.percent.get(MembraneClass.COMPLETE_INTENSE, 0.0) == 0.0
+    assert result.fields[0].note == "superseded by field 3 (read again): not counted"
+    # A new reading that cannot be scored leaves the field out: the old one was made
+    # under settings the user replaced.
+    refused = CaseField(3, False, (), duplicate_of=1)
+    assert counted_fields([first, other, refused]) == {2}
+
+
 def test_calibrated_thresholds_reclassify_every_pooled_cell() -> None:
     weak = [field(1, (CellReading(0.45, 1.0), 60), (NONE, 40))]  # 0.75 x an intense 0.6
     assert score(weak).score is Score.TWO

@@ -22,7 +22,7 @@ import pytest
 from appliance.assays.her2.assay import Her2Assay
 from appliance.assays.her2.control import classify_readings
 from appliance.assays.her2.rules import score_field
-from appliance.assays.her2.types import FieldScore
+from appliance.assays.her2.types import FieldResult, FieldScore
 from appliance.capture.frame import Frame
 from appliance.config import Config, with_overrides
 from appliance.outputs.audit import AuditLog
@@ -153,6 +153,27 @@ def test_a_valid_control_passes_and_the_case_pools_its_distinct_fields(
     assert again["counted"] is False and again["duplicate_of"] is not None
     # 3+, 1+ and 2+ fields in one case: the fields that differ are named.
     assert len(summary["heterogeneity"]) >= 1
+
+
+def test_a_control_field_first_shown_out_of_focus_counts_through_its_sharp_view(
+        bench_for, nominal_slide: list[SlideField]) -> None:
+    """Before, a control round took only first views: the sharp return to a field first
+    refused was left out, and the control failed for want of cells."""
+    bench = bench_for()
+    bench.cases.start_case("c-focus", source="cli")
+    bench.cases.start_control("3+", source="cli")
+    for f in controls(nominal_slide):
+        h, w = f.image.shape[:2]
+        bench.recorder.record(FieldResult(
+            file=f"{f.name}-blurred.png", seq=0, assay="her2", status="not_scorable",
+            model=bench.assay.model, image_width=w, image_height=h, reason="out of focus",
+            reason_code="out_of_focus"), f.image)
+    bench.show(controls(nominal_slide))
+    check = bench.cases.end_control(source="cli")
+    assert check.valid, check.reasons
+    rows = bench.cases.summary("c-focus").fields
+    assert [r.duplicate_of is not None for r in rows] == [False] * (len(rows) // 2) + [
+        True] * (len(rows) // 2)
 
 
 def test_a_weak_control_fails_and_flags_the_case(bench_for) -> None:

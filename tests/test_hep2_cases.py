@@ -31,7 +31,7 @@ from appliance.assays.hep2.control import (
 from appliance.assays.hep2.control_trend import ControlReading
 from appliance.assays.hep2.types import Hep2Result
 from appliance.assays.hep2.well import Hep2WellResult
-from appliance.assays.her2.types import FieldResult
+from appliance.assays.her2.types import FieldResult, Supersedes
 from appliance.config import Config, ConfigError, with_overrides
 from appliance.outputs import casebook, hep2_json
 from appliance.outputs import mqtt_contract as contract
@@ -192,6 +192,13 @@ def test_a_stored_field_reads_back_as_it_was_scored() -> None:
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-4)
     with pytest.raises(ValueError, match="not a stored HEp-2 field result"):
         hep2_json.result_from_dict(hep2_json.result_to_dict(original))  # no cells kept
+    assert back.supersedes is None and doc["supersedes"] is None
+    again = replace(original, supersedes=Supersedes("cam", 3, "now_scorable"))
+    doc = hep2_json.result_to_dict(again, include_cells=True)
+    jsonschema.Draft202012Validator(hep2_json.load_schema()).validate(doc)
+    assert hep2_json.result_from_dict(doc).supersedes == again.supersedes
+    del doc["supersedes"]  # stored before the key existed
+    assert hep2_json.result_from_dict(doc).supersedes is None
 
 
 # ------------------------------------------------------------------- the workflow
@@ -274,6 +281,50 @@ def test_a_hep2_case_pools_its_fields_once_each_into_the_well_call(bench: Bench)
     with pytest.raises(jsonschema.ValidationError):
         case_validator().validate({**message, "case": {**doc, "positive": "yes"}})
     assert bench.messages == [doc]
+
+
+def test_a_scored_return_stands_for_a_field_first_shown_out_of_focus(bench: Bench) -> None:
+    """The field's later, sharp view counts (before, every return was left out, so a field
+    first shown blurred was lost from the call and from a control round)."""
+    bench.cases.start_case("S26-5", source="cli")
+    bench.show(refused("a.png"), seed=1)
+    bench.show(homogeneous("a-sharp.png"), seed=1)  # the same field, focused
+    doc = bench.cases.summary().to_dict()
+    assert doc["fields_counted"] == 1 and doc["positive"] is True
+    assert [f["counted"] for f in doc["fields"]] == [False, True]
+    assert [f["duplicate_of"] for f in doc["fields"]] == [None, 1]
+    bench.cases.start_control("AC-1", source="cli")
+    bench.show(refused("c.png"), seed=2)
+    bench.show(homogeneous("c-sharp.png"), seed=2)
+    assert bench.cases.end_control(source="cli").valid
+
+
+def test_a_field_read_again_under_new_settings_counts_by_its_new_reading(
+        bench: Bench) -> None:
+    bench.cases.start_case("S26-6", source="cli")
+    first = homogeneous("cam0", brightness=80.0)
+    bench.show(first, seed=1)
+    bench.show(homogeneous("cam0-b", brightness=80.0), seed=2)
+    # The same view, read again after set_objective: the pipeline names the report it
+    # replaces by file and frame number.
+    again = replace(homogeneous("cam0", brightness=120.0), seq=9,
+                    supersedes=Supersedes("cam0", first.seq, "settings_changed"))
+    bench.show(again, seed=1)
+    doc = bench.cases.end_case(None, source="cli")
+    assert [(f["number"], f["counted"]) for f in doc["fields"]] == [(1, False), (2, True),
+                                                                    (3, True)]
+    assert doc["fields"][0]["note"] == "superseded by field 3 (read again): not counted"
+    # The well's units are the median of its cells': 80 and 120 counted, not 80 twice.
+    assert doc["intensity"]["value"] == pytest.approx(100.0)
+    assert any("read again after a settings change" in w and "field 1 by 3" in w
+               for w in doc["warnings"])
+    case_validator().validate(json.loads(contract.encode(
+        contract.case_message("box-1", doc, msg_id="m1", seq=1))))
+    # The stored results keep both readings, each as it was reported.
+    with sqlite3.connect(bench.cfg.store.path) as conn:
+        stored = [json.loads(r)["supersedes"] for (r,) in
+                  conn.execute("SELECT result_json FROM results ORDER BY id")]
+    assert stored == [None, None, {"file": "cam0", "seq": 1, "reason": "settings_changed"}]
 
 
 def test_kit_controls_are_checked_in_their_own_rounds(bench: Bench) -> None:

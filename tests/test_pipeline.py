@@ -6,6 +6,7 @@ Each test runs the threads for a few seconds of paced frames; nothing is timed.
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 import sys
 import threading
@@ -349,3 +350,42 @@ def test_an_objective_set_on_a_decided_view_reads_it_again_at_the_new_scale(
     assert before[0] is None  # the view's first frame: its scale is estimated
     assert after, "the decided view was not read again after set_objective"
     assert after[0] is None  # not the estimate: prepare takes the objective from the config
+
+
+def test_a_view_read_again_under_a_new_objective_is_reported_as_superseding(
+        tmp_path: Path) -> None:
+    """The store and the dashboard must hold what the screen shows: a reported view read
+    again after ``set_objective`` is reported once more, naming the report it replaces,
+    and a reload that changes nothing the reading uses reports nothing."""
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    write_rgb(folder / "f.png", generate_field(FieldSpec(seed=990_100, target_score="3+")).image)
+    cfg = config(tmp_path, **{"source.uri": f"replay:{folder}", "source.hold_s": 30.0})
+    changes: list[tuple[str, int]] = []  # (what, frames analysed when it changed)
+    with Her2Assay.from_config(cfg) as her2:
+        def until(p: Pipeline) -> bool:
+            snap = p.snapshot()
+            if not changes and snap.fields_reported == 1 and snap.frames_dropped.get("settled"):
+                # A change to a section HER2 does not read: the view is read again (the
+                # config changed) but it is the same reading.
+                her2.cfg = with_overrides(her2.cfg, {"hep2.specimen.mixed_share": 0.3})
+                changes.append(("hep2", snap.frames_analysed))
+            elif (len(changes) == 1 and snap.frames_analysed > changes[0][1] + 1
+                  and snap.fields_reported == 1):
+                # At least one frame was analysed wholly under the changed config.
+                her2.cfg = with_overrides(her2.cfg, {"optics.objective": "20x"})  # the command
+                changes.append(("objective", snap.frames_analysed))
+            return snap.fields_reported >= 2
+
+        pipeline = run_pipeline(cfg, her2, lambda: open_source(cfg.source, cfg.input),
+                                until=until)
+    assert [what for what, _ in changes] == ["hep2", "objective"]
+    assert pipeline.snapshot().fields_reported == 2
+    with sqlite3.connect(cfg.store.path) as conn:
+        rows = [json.loads(r) for (r,) in conn.execute("SELECT result_json FROM results "
+                                                        "ORDER BY id")]
+    first, second = rows
+    assert first["supersedes"] is None and first["um_per_px_source"] == "estimated"
+    assert second["um_per_px_source"] == "objective"
+    assert second["supersedes"] == {"file": first["file"], "seq": first["seq"],
+                                    "reason": "settings_changed"}

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from appliance.assays.her2.types import FieldResult, ModelRef
+from appliance.assays.her2.types import FieldResult, ModelRef, Supersedes
 from appliance.capture.frame import Frame
-from appliance.config import StabilityConfig
+from appliance.config import Config, StabilityConfig, with_overrides
 from appliance.pipeline.field_memory import FieldMemory, fingerprint
-from appliance.pipeline.reporting import ReportPolicy, Tracked, field_key
+from appliance.pipeline.reporting import (
+    ReportPolicy,
+    Tracked,
+    field_key,
+    parse_field_key,
+    reading_settings,
+    with_supersedes,
+)
 from appliance.pipeline.stability import Stage, ViewSample, ViewState
 from tools.synth.her2_fields import FieldSpec, generate_field
 
@@ -58,3 +66,60 @@ def test_a_field_first_refused_is_reported_again_once_scorable() -> None:
     assert refused is not None and refused.report
     assert fixed is not None and fixed.report
     assert later is not None and not later.report
+
+
+def test_a_held_view_read_under_new_settings_is_reported_as_superseding_the_first() -> None:
+    policy = ReportPolicy(FieldMemory(StabilityConfig()))
+    before = reading_settings(Config())
+    objective = reading_settings(with_overrides(Config(), {"optics.objective": "20x"}))
+    first = policy.consider(tracked(FIELDS[0], 10, Stage.STABLE, 1), result(10), before)
+    same = policy.consider(tracked(FIELDS[0], 11, Stage.STABLE, 1), result(11), before)
+    again = policy.consider(tracked(FIELDS[0], 12, Stage.STABLE, 1), result(12), objective)
+    after = policy.consider(tracked(FIELDS[0], 13, Stage.STABLE, 1), result(13), objective)
+    back = policy.consider(tracked(FIELDS[0], 50, Stage.STABLE, 2), result(50), objective)
+    assert first is not None and first.report and with_supersedes(result(10), first) == result(10)
+    assert same is not None and not same.report
+    assert again is not None and again.report and again.reason == "settings changed"
+    assert with_supersedes(result(12), again).supersedes == Supersedes("cam", 10,
+                                                                       "settings_changed")
+    assert after is not None and not after.report  # reported once under each setting
+    # A return to the field matches the new reading: the replaced one is forgotten.
+    assert back is not None and not back.report and back.matched_key == "cam#12"
+
+
+def test_new_settings_on_a_later_view_of_a_reported_field_report_nothing() -> None:
+    """Only the view held through the change is read again: a return after it is a return."""
+    policy = ReportPolicy(FieldMemory(StabilityConfig()))
+    before = reading_settings(Config())
+    objective = reading_settings(with_overrides(Config(), {"optics.objective": "20x"}))
+    assert policy.consider(tracked(FIELDS[0], 10, Stage.STABLE, 1), result(10), before)
+    back = policy.consider(tracked(FIELDS[0], 50, Stage.STABLE, 2), result(50), objective)
+    assert back is not None and not back.report
+
+
+def test_a_scorable_return_to_a_refused_field_names_the_refused_report() -> None:
+    policy = ReportPolicy(FieldMemory(StabilityConfig()))
+    assert policy.consider(tracked(FIELDS[0], 10, Stage.STABLE, 1), result(10, False))
+    fixed = policy.consider(tracked(FIELDS[0], 40, Stage.STABLE, 2), result(40, True))
+    assert with_supersedes(result(40), fixed).supersedes == Supersedes("cam", 10, "now_scorable")
+
+
+def test_the_settings_a_reading_depends_on_are_compared_by_value() -> None:
+    hep2 = with_overrides(Config(), {"assay": "hep2"})
+    assert reading_settings(hep2) == reading_settings(
+        with_overrides(hep2, {"her2.case.duplicate_similarity": 0.9}))
+    assert reading_settings(hep2) != reading_settings(
+        with_overrides(hep2, {"hep2.specimen.mixed_share": 0.3}))
+    assert reading_settings(Config()) != reading_settings(
+        with_overrides(Config(), {"optics.um_per_px": 0.5}))
+
+
+@pytest.mark.parametrize("key", ["cam", "cam#", "cam#x1", "#-1"])
+def test_a_malformed_field_key_is_refused(key: str) -> None:
+    with pytest.raises(ValueError, match="not a field key"):
+        parse_field_key(key)
+
+
+def test_a_field_key_reads_back_even_with_a_hash_in_the_source() -> None:
+    frame = Frame(image=FIELDS[0], seq=7, timestamp=0.0, source="replay:a#b")
+    assert parse_field_key(field_key(frame)) == ("replay:a#b", 7)

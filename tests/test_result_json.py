@@ -21,6 +21,7 @@ from appliance.assays.her2.types import (
     ModelRef,
     NotScorable,
     QualityReport,
+    Supersedes,
 )
 from appliance.config import MeasureConfig, RulesConfig
 from appliance.outputs.result_json import (
@@ -256,3 +257,21 @@ def test_docs_examples_validate(validator: jsonschema.Draft202012Validator) -> N
     assert len(blocks) >= 2
     for block in blocks:
         assert errors(validator, json.loads(block)) == []
+
+
+def test_a_superseding_report_names_the_one_it_replaces(
+        validator: jsonschema.Draft202012Validator) -> None:
+    plain = result_to_dict(scored_3plus())
+    assert plain["supersedes"] is None and errors(validator, plain) == []
+    again = result_to_dict(replace(scored_3plus(), supersedes=Supersedes(
+        "camera", 41, "settings_changed")))
+    assert again["supersedes"] == {"file": "camera", "seq": 41, "reason": "settings_changed"}
+    assert errors(validator, again) == []
+    # A result stored before the key existed still validates.
+    assert errors(validator, {k: v for k, v in plain.items() if k != "supersedes"}) == []
+    for bad in ({"file": "camera", "seq": 41}, {"file": "camera", "seq": -1,
+                                                 "reason": "now_scorable"},
+                {"file": "camera", "seq": 41, "reason": "better"}):
+        assert errors(validator, {**again, "supersedes": bad}), bad
+    with pytest.raises(ValueError, match=r"supersedes\.reason"):
+        Supersedes("camera", 41, "better")

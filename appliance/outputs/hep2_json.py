@@ -17,7 +17,13 @@ from typing import Any
 from appliance.assays.hep2.types import CellCall, Hep2Cell, Hep2Result, PatternCall
 from appliance.assays.hep2.well import Hep2WellResult
 from appliance.assays.her2.types import ModelRef
-from appliance.outputs.result_json import _created_at_now, _num, is_research_use_only
+from appliance.outputs.result_json import (
+    _created_at_now,
+    _num,
+    is_research_use_only,
+    supersedes_from_dict,
+    supersedes_to_dict,
+)
 
 SCHEMA_VERSION = "1"
 SCHEMA_PATH: Path = Path(__file__).resolve().parents[2] / "docs" / "hep2-result.schema.json"
@@ -82,6 +88,7 @@ def result_to_dict(result: Hep2Result, *, include_cells: bool = False) -> dict[s
         "research_use_only": is_research_use_only(m),
         "timings_ms": {k: _num(f"timings_ms.{k}", v, 1) for k, v in result.timings_ms.items()},
         "created_at": result.created_at or _created_at_now(),
+        "supersedes": supersedes_to_dict(result.supersedes),
     }
     if include_cells:
         out["cells"] = [cell_to_dict(c) for c in result.cells]
@@ -180,7 +187,8 @@ def result_from_dict(doc: Mapping[str, Any]) -> Hep2Result:
         crop_um_per_px=(None if doc.get("crop_um_per_px") is None
                         else float(doc["crop_um_per_px"])),
         timings_ms={str(k): float(v) for k, v in (doc.get("timings_ms") or {}).items()},
-        created_at=str(doc.get("created_at", "")))
+        created_at=str(doc.get("created_at", "")),
+        supersedes=supersedes_from_dict(doc.get("supersedes")))
 
 
 def _cell_from_dict(c: Mapping[str, Any]) -> Hep2Cell:

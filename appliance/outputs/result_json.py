@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from appliance.assays.her2.types import (
     MembraneClass,
     ModelRef,
     QualityReport,
+    Supersedes,
 )
 
 SCHEMA_VERSION = "1"
@@ -92,6 +94,21 @@ def _case(tag: CaseTag | None) -> dict[str, Any] | None:
             "calibration_factor": _num("case.calibration_factor", tag.calibration_factor, 4)}
 
 
+def supersedes_to_dict(ref: Supersedes | None) -> dict[str, Any] | None:
+    """The ``supersedes`` object of a result (shared by the assays' contracts)."""
+    if ref is None:
+        return None
+    return {"file": ref.file, "seq": ref.seq, "reason": ref.reason}
+
+
+def supersedes_from_dict(doc: Mapping[str, Any] | None) -> Supersedes | None:
+    """A stored result's ``supersedes`` back (None when absent: results stored before it
+    existed have no key). Raises KeyError, TypeError or ValueError for a malformed one."""
+    if doc is None:
+        return None
+    return Supersedes(str(doc["file"]), int(doc["seq"]), str(doc["reason"]))
+
+
 def cell_to_dict(cell: CellMeasurement) -> dict[str, Any]:
     """One tumour cell as its JSON object (positions in source-image pixels)."""
     name = f"cells[{cell.cell_id}]"
@@ -155,6 +172,7 @@ def result_to_dict(result: FieldResult, *, include_cells: bool = False) -> dict[
         "thresholds": (None if result.intensity_thresholds is None else
                        [_num("thresholds", t, 4) for t in result.intensity_thresholds]),
         "case": _case(result.case),
+        "supersedes": supersedes_to_dict(result.supersedes),
     }
     if include_cells:
         out["cells"] = [cell_to_dict(c) for c in result.cells]

@@ -46,7 +46,13 @@ from appliance.outputs.display.live import LiveCase
 from appliance.outputs.display.sinks import DisplaySink
 from appliance.pipeline.field_memory import FieldMemory
 from appliance.pipeline.metrics import MetricsSnapshot, PipelineMetrics
-from appliance.pipeline.reporting import Outcome, ReportPolicy, Tracked
+from appliance.pipeline.reporting import (
+    Outcome,
+    ReportPolicy,
+    Tracked,
+    reading_settings,
+    with_supersedes,
+)
 from appliance.pipeline.slots import END, Slot
 from appliance.pipeline.stability import StillnessTracker
 from appliance.service.logs import field_fields
@@ -329,15 +335,17 @@ class Pipeline:
             job.result = assay.guarded(frame, lambda: assay.finish(prepared, logits))
         assert job.result is not None  # every path above sets it
         now = time.monotonic()
-        outcome = Outcome(job.tracked, job.result, now,
-                          self._policy.consider(job.tracked, job.result))
+        settings = None if job.cfg is None else reading_settings(job.cfg)
+        decision = self._policy.consider(job.tracked, job.result, settings)
+        result = job.result = with_supersedes(job.result, decision)
+        outcome = Outcome(job.tracked, result, now, decision)
         self.metrics.result_done(frame.timestamp, now)
         with self._lock:
             self._latest = outcome
             view = job.tracked.view
             # Decided under the config it was prepared with: a settings change while it was
             # in analysis must still send the view to be read again.
-            if outcome.decision is not None and job.result.scored and job.assay is not None \
+            if outcome.decision is not None and result.scored and job.assay is not None \
                     and job.cfg is not None and view.still_id is not None:
                 self._settled = (view.still_id, job.assay, job.cfg)
         if outcome.reported:
@@ -346,9 +354,9 @@ class Pipeline:
                 None if since is None else max(0.0, now - since) * 1000.0)
             _log.info("field reported: %s (%s)", frame.source,
                       outcome.decision.reason if outcome.decision else "",
-                      extra=field_fields(job.result.assay, frame.source, frame.seq,
-                                         job.result.status))
-            self._records.put(_Record(job.result, frame.image))
+                      extra=field_fields(result.assay, frame.source, frame.seq,
+                                         result.status))
+            self._records.put(_Record(result, frame.image))
 
     # ------------------------------------------------------------ outputs
 

@@ -36,6 +36,7 @@ MAX_SHIFT_FRACTION = 0.3
 MIN_OVERLAP_FRACTION = 0.5
 _MIN_CLAIMS = 16  # reported still periods remembered even with a tiny field memory
 _FLAT_STD = 1e-3  # a log-grey spread below this is a blank view (lens cap, glass, no light)
+NOW_SCORABLE = "now scorable"  # the reason a return to a refused field is reported
 
 
 @dataclass(frozen=True, eq=False)
@@ -247,21 +248,24 @@ class FieldMemory:
         if scored and not self._fields[key].scored:
             self._claim(still_id, key)
             self._replaces[still_id] = key
-            return ReportDecision(True, "now scorable", key)
+            return ReportDecision(True, NOW_SCORABLE, key)
         self._fields.move_to_end(key)  # a return keeps the field in memory longer
         return ReportDecision(False, f"return to field {key}", key)
 
-    def remember(self, key: str, still_id: int, fp: Fingerprint, scored: bool) -> None:
+    def remember(self, key: str, still_id: int, fp: Fingerprint, scored: bool, *,
+                 replaces: str | None = None) -> None:
         """Store a reported field under ``key`` (its result id, say).
 
-        A report decided "now scorable" replaces the entry it matched. Re-using a key
-        replaces that entry too. The oldest fields are forgotten beyond ``memory``.
+        A report decided "now scorable" replaces the entry it matched, and one made
+        again for another reason (new settings) names the entry it ``replaces``.
+        Re-using a key replaces that entry too. The oldest fields are forgotten beyond
+        ``memory``.
         """
         if not key:
             raise ValueError("a remembered field needs a non-empty key")
-        replaced = self._replaces.pop(still_id, None)
-        if replaced is not None:
-            self._fields.pop(replaced, None)
+        for replaced in (self._replaces.pop(still_id, None), replaces):
+            if replaced is not None:
+                self._fields.pop(replaced, None)
         self._fields.pop(key, None)
         self._fields[key] = _Entry(still_id, fp, scored)
         self._claim(still_id, key)

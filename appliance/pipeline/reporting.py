@@ -3,18 +3,28 @@
 Every analysed frame updates the live overlay; only a frame of a still, sharp
 view is a candidate for the store, and each field is reported once: not again
 while it stays in view (same still period), nor when the user comes back to it
-(its fingerprint matches one already reported), unless the earlier report could
-not be scored and this one can.
+(its fingerprint matches one already reported). Two exceptions, each reported
+as superseding the earlier report (``result.supersedes``): the earlier report
+could not be scored and this one can, or the analysis settings changed
+(``set_objective``, a reload) while the reported view stayed in front of the
+camera, so the store and the dashboard hold the reading under the settings in
+force, not only the one the screen showed before.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+from appliance.assays.her2.types import Supersedes
 from appliance.assays.results import AnyResult
 from appliance.capture.frame import Frame
-from appliance.pipeline.field_memory import FieldMemory, ReportDecision
+from appliance.config import Config
+from appliance.pipeline.field_memory import NOW_SCORABLE, FieldMemory, ReportDecision
 from appliance.pipeline.stability import Stage, ViewState
+
+SETTINGS_CHANGED = "settings changed"
+_SUPERSEDE_REASONS = {NOW_SCORABLE: "now_scorable", SETTINGS_CHANGED: "settings_changed"}
 
 
 @dataclass(frozen=True)
@@ -45,19 +55,62 @@ class ReportPolicy:
 
     def __init__(self, memory: FieldMemory) -> None:
         self.memory = memory
+        # The still period last reported, with the reading settings it was reported under.
+        self._last: tuple[int, ReadingSettings | None] | None = None
 
-    def consider(self, tracked: Tracked, result: AnyResult) -> ReportDecision | None:
-        """The decision for one result; remembers what is reported."""
+    def consider(self, tracked: Tracked, result: AnyResult,
+                 settings: ReadingSettings | None = None) -> ReportDecision | None:
+        """The decision for one result read under ``settings`` (:func:`reading_settings`;
+        None: settings never change); remembers what is reported."""
         view = tracked.view
         if view.stage is not Stage.STABLE or view.still_id is None or view.fingerprint is None:
             return None
         decision = self.memory.decide(view.still_id, view.fingerprint, result.scored)
+        replaces = None
+        if (not decision.report and decision.matched_key is not None
+                and self._last is not None and self._last[0] == view.still_id
+                and self._last[1] != settings):
+            # The same view, read again under other settings: the earlier report was made
+            # under settings the user has since replaced.
+            replaces = decision.matched_key
+            decision = ReportDecision(True, SETTINGS_CHANGED, replaces)
         if decision.report:
-            key = field_key(tracked.frame)
-            self.memory.remember(key, view.still_id, view.fingerprint, result.scored)
+            self.memory.remember(field_key(tracked.frame), view.still_id, view.fingerprint,
+                                 result.scored, replaces=replaces)
+            self._last = (view.still_id, settings)
         return decision
+
+
+# What a field's reading depends on that can change while a view stays in front of the
+# camera: the assay, the optics, and the assay's own section (compared by value, so a
+# reload that changes another section does not report the view again).
+ReadingSettings = tuple[object, ...]
+
+
+def reading_settings(cfg: Config) -> ReadingSettings:
+    """The parts of ``cfg`` a reading depends on, comparable by value."""
+    return (cfg.assay, cfg.optics, cfg.hep2 if cfg.assay == "hep2" else cfg.her2)
+
+
+def with_supersedes(result: AnyResult, decision: ReportDecision | None) -> AnyResult:
+    """``result`` naming the earlier report it replaces, when ``decision`` makes it one."""
+    if decision is None or not decision.report or decision.matched_key is None:
+        return result
+    reason = _SUPERSEDE_REASONS.get(decision.reason)
+    if reason is None:
+        return result
+    file, seq = parse_field_key(decision.matched_key)
+    return dataclasses.replace(result, supersedes=Supersedes(file, seq, reason))
 
 
 def field_key(frame: Frame) -> str:
     """The name a reported field is remembered by: its source and frame number."""
     return f"{frame.source}#{frame.seq}"
+
+
+def parse_field_key(key: str) -> tuple[str, int]:
+    """(source, frame number) of a :func:`field_key` (a source may itself hold '#')."""
+    source, sep, seq = key.rpartition("#")
+    if not sep or not seq.isdigit():
+        raise ValueError(f"{key!r} is not a field key (source#seq)")
+    return source, int(seq)

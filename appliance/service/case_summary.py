@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.assays.case_views import superseded_by
 from appliance.assays.her2.case_score import CaseField, CaseScore, score_case
 from appliance.assays.her2.control import Calibration, CellReading, nominal
 from appliance.config import ControlConfig, Her2Config, MeasureConfig
@@ -117,9 +118,11 @@ def summarise(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequence[Ch
     """Pool the case's tumour fields with its current calibration and collect the flags."""
     status, calibration = control_state(checks, cfg.measure, cfg.control)
     tumour = [f for f in fields if f.role == "tumour"]
+    replaced = superseded_by((f.number, f.result) for f in fields)
     score = score_case(
         [CaseField(number=f.number, scored=f.result.get("status") == "scored",
-                   cells=readings(f.result), duplicate_of=f.duplicate_of) for f in tumour],
+                   cells=readings(f.result), duplicate_of=f.duplicate_of,
+                   superseded_by=replaced.get(f.number)) for f in tumour],
         calibration.thresholds, measure=cfg.measure, rules=cfg.rules, case=cfg.case)
     warnings = []
     if status == "not_checked":
@@ -129,6 +132,7 @@ def summarise(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequence[Ch
                         "repeat the staining")
     if case.mode == "control":
         warnings.append(f"a {case.control_expected} control check is still in progress")
+    warnings += superseded_warning(fields)
     stale = [f.number for f in tumour if f.result.get("thresholds") is not None
              and not _same(f.result["thresholds"], calibration.thresholds)]
     if stale:
@@ -139,6 +143,19 @@ def summarise(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequence[Ch
             "measured with the earlier faint threshold")
     return CaseSummary(case, score, status, calibration, tuple(checks), tuple(fields),
                        tuple(warnings))
+
+
+def superseded_warning(fields: Sequence[CaseFieldRow]) -> list[str]:
+    """The case warning naming fields read again under new settings (empty when none)."""
+    why = {f.number: (f.result.get("supersedes") or {}).get("reason") for f in fields}
+    pairs = [(old, new) for old, new in
+             sorted(superseded_by((f.number, f.result) for f in fields).items())
+             if why.get(new) == "settings_changed"]
+    if not pairs:
+        return []
+    named = ", ".join(f"{old} by {new}" for old, new in pairs[:10])
+    return [f"{len(pairs)} field(s) were read again after a settings change (objective, "
+            f"config): only the new reading counts (field {named})"]
 
 
 def _same(a: Sequence[float], b: Sequence[float]) -> bool:

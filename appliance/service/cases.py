@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from appliance.assays.case_views import standing_rows
 from appliance.assays.hep2 import control as hep2_control
 from appliance.assays.hep2.control_trend import ControlReading, since_utc
 from appliance.assays.hep2.types import Hep2Result
@@ -38,6 +39,7 @@ from appliance.outputs import mqtt_contract as contract
 from appliance.outputs.display.live import LiveCase
 from appliance.outputs.outbox import MessageBuilder, append_message, report
 from appliance.outputs.overlay import render_overlay
+from appliance.outputs.result_json import supersedes_to_dict
 from appliance.outputs.store import Companion, ResultStore, StoreError
 from appliance.pipeline.field_memory import fingerprint
 from appliance.service.button import ButtonAction
@@ -291,8 +293,9 @@ class CaseWorkflow:
 
     def _her2_check(self, rows: list[casebook.CaseFieldRow], expected: str) -> ControlCheck:
         h3 = self.cfg.her2
+        standing = standing_rows((f.number, f.duplicate_of, f.result) for f in rows)
         distinct = [readings(f.result) for f in rows
-                    if f.duplicate_of is None and f.result.get("status") == "scored"]
+                    if f.number in standing and f.result.get("status") == "scored"]
         return evaluate_control(distinct, expected, measure=h3.measure, rules=h3.rules,
                                 control=h3.control)
 
@@ -379,7 +382,8 @@ class CaseWorkflow:
                 model_sha256=result.model.sha256 or None,
                 detail={"file": result.file, "seq": result.seq, "status": result.status,
                         "reason_code": result.reason_code, **_audit_call(result),
-                        "case_field": number, "duplicate_of": duplicate_of})
+                        "case_field": number, "duplicate_of": duplicate_of,
+                        "supersedes": supersedes_to_dict(result.supersedes)})
         return link
 
     def after_field(self) -> None:

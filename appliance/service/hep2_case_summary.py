@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.assays.case_views import standing_rows, superseded_by
 from appliance.assays.hep2.control import NEGATIVE
 from appliance.assays.hep2.titre import Titre, endpoint_titres
 from appliance.assays.hep2.types import Hep2Result
@@ -25,7 +26,7 @@ from appliance.assays.hep2.well import Hep2WellResult, call_well
 from appliance.config import Hep2Config
 from appliance.outputs import hep2_json
 from appliance.outputs.casebook import CaseFieldRow, CaseRow, CheckRow
-from appliance.service.case_summary import case_models
+from appliance.service.case_summary import case_models, superseded_warning
 
 NO_FIELD = "no field of the patient's well has been shown"
 
@@ -84,6 +85,7 @@ class Hep2CaseSummary:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``case`` message / stored summary (docs/cases.md, "HEp-2 cases")."""
+        replaced = superseded_by((f.number, f.result) for f in self.fields)
         c = self.case
         w = hep2_json.well_to_dict(self.well) if self.well is not None else None
         patient = [f for f in self.fields if f.role == "tumour"]
@@ -111,14 +113,18 @@ class Hep2CaseSummary:
                                    for ch in self.checks]},
             "warnings": list(self.warnings),
             "models": case_models(self.fields),
-            "fields": [self._field(f) for f in self.fields],
+            "fields": [self._field(f, replaced) for f in self.fields],
         }
 
-    def _field(self, f: CaseFieldRow) -> dict[str, Any]:
+    def _field(self, f: CaseFieldRow, replaced: dict[int, int]) -> dict[str, Any]:
         r = f.result
         intensity = r.get("intensity") or {}
         if f.role == "control":
             note = f"control round {f.control_round}"
+        elif f.number in replaced:
+            note = f"superseded by field {replaced[f.number]} (read again): not counted"
+        elif f.number in self.counted:
+            note = ""
         elif f.duplicate_of is not None:
             note = f"return to field {f.duplicate_of}: counted once"
         elif f.number not in self.counted:
@@ -157,11 +163,14 @@ def _well_row(w: DilutionWell) -> dict[str, Any]:
 
 def distinct_results(fields: Sequence[CaseFieldRow]) -> tuple[list[tuple[int, Hep2Result]],
                                                                list[str]]:
-    """(number, result) of each field that is not a return to an earlier one, rebuilt
-    from the store; and a warning for each stored result that cannot be read back."""
+    """(number, result) of the view that stands for each field
+    (:func:`appliance.assays.case_views.standing_views`: returns counted once, a scored
+    return standing for a refused first view, a superseded report never), rebuilt from the
+    store; and a warning for each stored result that cannot be read back."""
+    standing = standing_rows((f.number, f.duplicate_of, f.result) for f in fields)
     out, warnings = [], []
     for f in fields:
-        if f.duplicate_of is not None:
+        if f.number not in standing:
             continue
         try:
             out.append((f.number, hep2_json.result_from_dict(f.result)))
@@ -241,6 +250,7 @@ def summarise_hep2(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequen
     if repeats:
         warnings.append(f"{repeats} field(s) were returns to a field already shown: "
                         "counted once")
+    warnings += superseded_warning(fields)
     if well is not None:
         warnings += well.warnings
     return Hep2CaseSummary(case, well, status, tuple(checks), tuple(fields), counted,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from appliance.assays.her2.types import ModelRef
+from appliance.assays.her2.types import ModelRef, Supersedes
 
 MITOSIS_CLASSES = ("interphase", "mitotic_plate_stained", "mitotic_plate_unstained")
 INTENSITY_LEVELS = ("negative", "weak", "intermediate", "strong")
@@ -76,6 +76,7 @@ class Hep2Result:
     crop_um_per_px: float | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     created_at: str = ""
+    supersedes: Supersedes | None = None  # set by the pipeline's report policy
 
     @property
     def scored(self) -> bool:

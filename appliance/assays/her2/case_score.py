@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from appliance.assays.case_views import standing_views
 from appliance.assays.her2.control import CellReading, classify_readings
 from appliance.assays.her2.rules import membrane_percentages, score_field
 from appliance.assays.her2.types import Category, FieldScore, MembraneClass, Score
@@ -36,6 +37,7 @@ class CaseField:
     scored: bool  # the field itself passed the quality gates and was scored
     cells: tuple[CellReading, ...]
     duplicate_of: int | None = None  # number of the earlier view of the same field
+    superseded_by: int | None = None  # number of the later field whose report replaced it
 
 
 @dataclass(frozen=True)
@@ -67,20 +69,14 @@ class CaseScore:
 
 
 def counted_fields(fields: Sequence[CaseField]) -> set[int]:
-    """Numbers of the fields that count: per group of views of one field, the first scored.
+    """Numbers of the fields that count: per group of views of one field, the first scored
+    one that no later report superseded (:func:`appliance.assays.case_views.standing_views`).
 
     A field looked at twice is one field; if its first view was not scorable (out of
     focus) and a later one scored, the later one stands for it.
     """
-    root: dict[int, int] = {}
-    for f in fields:
-        root[f.number] = root.get(f.duplicate_of, f.duplicate_of) if f.duplicate_of else f.number
-    chosen: dict[int, int] = {}
-    for f in sorted(fields, key=lambda f: f.number):
-        group = root[f.number]
-        if f.scored and group not in chosen:
-            chosen[group] = f.number
-    return set(chosen.values())
+    scored = {f.number for f in fields if f.scored}
+    return standing_views(fields) & scored
 
 
 def score_case(fields: Sequence[CaseField], thresholds: Sequence[float], *,
@@ -121,7 +117,9 @@ def score_case(fields: Sequence[CaseField], thresholds: Sequence[float], *,
 
 def _field_verdict(f: CaseField, counted: bool, own: Score | None,
                    case_score: Score | None) -> FieldVerdict:
-    if not f.scored:
+    if f.superseded_by is not None:
+        note = f"superseded by field {f.superseded_by} (read again): not counted"
+    elif not f.scored:
         note = "not scorable"
     elif not counted:
         note = f"same field as field {f.duplicate_of}: counted once"

@@ -124,6 +124,29 @@ class CaseTag:
     calibration_factor: float  # intensity thresholds x this (1.0 = nominal)
 
 
+# Why a report replaces an earlier one of the same field (ReportPolicy).
+SUPERSEDE_REASONS = ("settings_changed", "now_scorable")
+
+
+@dataclass(frozen=True)
+class Supersedes:
+    """The earlier report of the same field that a report replaces, and why.
+
+    ``settings_changed``: the view was still in front of the camera when the analysis
+    settings changed (``set_objective``, a reload), so it was read again under them.
+    ``now_scorable``: the earlier view could not be scored and this one could.
+    """
+
+    file: str  # the earlier report's file (source) and frame number
+    seq: int
+    reason: str  # SUPERSEDE_REASONS
+
+    def __post_init__(self) -> None:
+        if self.reason not in SUPERSEDE_REASONS:
+            raise ValueError(f"supersedes.reason must be one of {SUPERSEDE_REASONS}, "
+                             f"got {self.reason!r}")
+
+
 @dataclass(frozen=True)
 class FieldContext:
     """What the open case asks of the next field: its tag and the thresholds to use."""
@@ -159,6 +182,7 @@ class FieldResult:
     created_at: str = ""  # ISO 8601 UTC, set when the result is made
     intensity_thresholds: tuple[float, float, float] | None = None  # measured with (None: refused)
     case: CaseTag | None = None
+    supersedes: Supersedes | None = None  # set by the pipeline's report policy
 
     @property
     def scored(self) -> bool:
