@@ -44,8 +44,12 @@ CONDITIONS: tuple[tuple[str, bool, bool], ...] = (
 
 
 def evaluate(per_class: int, scales: Sequence[float], *, first_seed: int = FIRST_SEED,
-             models_dir: str = "", progress: bool = False) -> dict[str, dict[str, float]]:
-    """Mean class accuracy for every scale (key f"{scale:g}") and condition label."""
+             models_dir: str = "", progress: bool = False,
+             refusals: dict[str, dict[str, int]] | None = None) -> dict[str, dict[str, float]]:
+    """Mean class accuracy for every scale (key f"{scale:g}") and condition label.
+
+    ``refusals``, when given, receives the cells a gate refused, by scale and by
+    "condition: code"."""
     base = with_overrides(Config(), {"assay": "hep2", "inference.models_dir": models_dir})
     out: dict[str, dict[str, float]] = {}
     with Hep2Assay.from_config(base) as unknown:
@@ -68,8 +72,12 @@ def evaluate(per_class: int, scales: Sequence[float], *, first_seed: int = FIRST
                     try:
                         call = assay.classify_cell_image(green, stem,
                                                          mask=mask if with_mask else None)
-                    except CellRefused:
+                    except CellRefused as exc:
                         confusion[label][truth, len(NAMES)] += 1
+                        if refusals is not None:
+                            row = refusals.setdefault(f"{scale:g}", {})
+                            key = f"{label}: {exc.code}"
+                            row[key] = row.get(key, 0) + 1
                         continue
                     confusion[label][truth, NAMES.index(call.pattern)] += 1
             out[f"{scale:g}"] = {label: mean_class_accuracy(m.tolist())
@@ -126,16 +134,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.per_class < 1:
         ap.error("--per-class must be at least 1")
     logging.basicConfig(level=logging.ERROR)
+    refused: dict[str, dict[str, int]] = {}
     results = evaluate(args.per_class, args.scales, first_seed=args.seed,
-                       models_dir=args.models_dir, progress=True)
+                       models_dir=args.models_dir, progress=True, refusals=refused)
     print(f"{'um/px':>6} " + " ".join(f"{c[0]:>20}" for c in CONDITIONS))
     for scale, row in results.items():
         print(f"{scale:>6} " + " ".join(f"{row[c[0]]:>20.3f}" for c in CONDITIONS))
+    for scale, counts in refused.items():
+        print(f"refused at {scale} um/px: "
+              + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
     plot(results, args.out)
     print(f"chart: {args.out}")
     if args.json is not None:
         write_numbers(args.json, {"per_class": args.per_class, "first_seed": args.seed,
-                                  "mean_class_accuracy": results})
+                                  "mean_class_accuracy": results, "refused": refused})
     return 0
 
 
