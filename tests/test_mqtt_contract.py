@@ -40,6 +40,11 @@ PAYLOAD_SCHEMAS = ("status", "field", "case", "hep2-case", "health", "metrics", 
 
 @pytest.fixture(scope="module")
 def validators() -> dict[str, jsonschema.Draft202012Validator]:
+    """One validator per docs/mqtt schema (:func:`schema_validators`)."""
+    return schema_validators()
+
+
+def schema_validators() -> dict[str, jsonschema.Draft202012Validator]:
     """One validator per docs/mqtt schema; the field schema finds the result schema by $id."""
     result_schema = load_result_schema()
     hep2_schema = load_hep2_schema()

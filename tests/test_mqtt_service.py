@@ -319,3 +319,47 @@ def test_over_tls_with_a_password_the_box_publishes_under_its_own_prefix(
         proc.send_signal(signal.SIGTERM)
         finish(proc, tmp_path / "service.log")
         dashboard.loop_stop()
+
+
+def test_set_objective_on_a_reported_view_publishes_its_new_reading_superseding_the_first(
+        tmp_path: Path, broker: Mosquitto) -> None:
+    """The whole path on a real broker and a real `appliance run`: a view is reported,
+    the dashboard sets the objective while it is held, and the box publishes the view's
+    new reading naming the report it replaces; both messages follow the field schema."""
+    from tests.test_mqtt_contract import schema_validators
+
+    folder = tmp_path / "one-view"
+    folder.mkdir()
+    write_rgb(folder / "f.png", generate_field(FieldSpec(
+        seed=990_530, width=480, height=360, target_score="3+")).image)
+    published = Subscriber(broker.port, f"eyepiece/{DEVICE}/field", client_id="fields")
+    replies = Subscriber(broker.port, f"eyepiece/{DEVICE}/cmd/+/reply", client_id="replies")
+    proc = service(tmp_path, broker.port, folder, hold_s=300.0)  # one view, held throughout
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dashboard-cmd")
+    try:
+        published.wait_for("the view's report", lambda ms: fields_on(ms) >= 1)
+        sender.connect("127.0.0.1", broker.port)
+        sender.loop_start()
+        sender.publish(f"eyepiece/{DEVICE}/cmd/set_objective",
+                       b'{"objective": "20x", "request_id": "o-1"}', qos=1)
+        reply = json.loads(replies.wait_for("the reply", lambda ms: len(ms) >= 1)[0].payload)
+        assert reply["ok"] is True, reply
+        published.wait_for("the new reading", lambda ms: fields_on(ms) >= 2)
+        time.sleep(1.0)  # a third report would come now, if the view were read again
+    finally:
+        sender.loop_stop()
+        proc.send_signal(signal.SIGTERM)
+        finish(proc, tmp_path / "service.log")
+        published.close()
+        replies.close()
+    by_id = {m["msg_id"]: m for m in published.payloads("/field")}
+    first, second = sorted(by_id.values(), key=lambda m: m["seq"])
+    assert first["result"]["supersedes"] is None
+    assert first["result"]["um_per_px_source"] == "estimated"
+    assert second["result"]["um_per_px_source"] == "objective"
+    assert second["result"]["supersedes"] == {"file": first["result"]["file"],
+                                              "seq": first["result"]["seq"],
+                                              "reason": "settings_changed"}
+    validator = schema_validators()["field"]
+    for message in (first, second):
+        assert list(validator.iter_errors(message)) == []
