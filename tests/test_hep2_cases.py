@@ -327,6 +327,29 @@ def test_a_field_read_again_under_new_settings_counts_by_its_new_reading(
     assert stored == [None, None, {"file": "cam0", "seq": 1, "reason": "settings_changed"}]
 
 
+def test_a_control_view_read_again_after_its_round_stays_a_control_field(
+        bench: Bench) -> None:
+    """The control round ends while its last view is held, then the objective is set: the
+    view's new reading is filed where its first was, never in the patient's well."""
+    bench.cases.start_case("S26-7", source="cli")
+    bench.cases.start_control("AC-1", source="cli")
+    control = homogeneous("cam0")
+    bench.show(control, seed=1)
+    assert bench.cases.end_control(source="cli").valid
+    again = replace(homogeneous("cam0", brightness=150.0), seq=9,
+                    supersedes=Supersedes("cam0", control.seq, "settings_changed"))
+    bench.show(again, seed=1)
+    bench.show(negative("patient"), seed=2)
+    doc = bench.cases.end_case(None, source="cli")
+    assert [(f["number"], f["role"]) for f in doc["fields"]] == [
+        (1, "control"), (2, "control"), (3, "patient")]
+    assert doc["positive"] is False and doc["fields_counted"] == 1  # the patient's only
+    with sqlite3.connect(bench.cfg.store.path) as conn:
+        rounds = [r for (r,) in conn.execute(
+            "SELECT control_round FROM case_fields ORDER BY number")]
+    assert rounds == [1, 1, None]
+
+
 def test_kit_controls_are_checked_in_their_own_rounds(bench: Bench) -> None:
     bench.cases.start_case("S26-2", source="mqtt")
     with pytest.raises(CaseError, match="neither 'negative' nor a pattern"):

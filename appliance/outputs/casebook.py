@@ -286,6 +286,25 @@ def link_field(conn: sqlite3.Connection, case_id: str, result_id: int, *, role: 
     return int(number), duplicate_of
 
 
+@dataclass(frozen=True)
+class FieldPlace:
+    """Where a case field was filed: its role, control round and dilution."""
+
+    number: int
+    role: str
+    control_round: int | None
+    dilution: int | None
+
+
+def place_of(conn: sqlite3.Connection, case_id: str, file: str, seq: int) -> FieldPlace | None:
+    """The latest field of the case whose result has this ``file`` and ``seq`` (None: none)."""
+    row = conn.execute(
+        "SELECT f.number, f.role, f.control_round, f.dilution FROM case_fields f "
+        "JOIN results r ON r.id = f.result_id WHERE f.case_id = ? AND r.file = ? AND r.seq = ? "
+        "ORDER BY f.number DESC LIMIT 1", (case_id, file, seq)).fetchone()
+    return None if row is None else FieldPlace(int(row[0]), str(row[1]), row[2], row[3])
+
+
 def case_fields(conn: sqlite3.Connection, case_id: str, *, role: str | None = None,
                 control_round: int | None = None,
                 thumbnails: bool = False) -> list[CaseFieldRow]:

@@ -368,11 +368,22 @@ class CaseWorkflow:
                              result.assay, case.case_id, case.assay)
             elif case is not None and (tag is None or tag.case_id == case.case_id):
                 role = tag.role if tag is not None else case.mode
+                control_round = case.control_round if role == "control" else None
+                dilution = case.dilution if role == "tumour" else None
+                prior = _superseded_place(conn, case.case_id, result)
+                if prior is not None and (prior.role, prior.control_round, prior.dilution) != (
+                        role, control_round, dilution):
+                    # The same view read again: it stays where its first reading was filed
+                    # (a control well's view never joins the patient's well because the
+                    # control round ended while it was held).
+                    _log.info("field %s#%d supersedes case field %d: filed as it was (%s)",
+                              result.file, result.seq, prior.number, prior.role)
+                    role, control_round, dilution = (prior.role, prior.control_round,
+                                                     prior.dilution)
                 number, duplicate_of = casebook.link_field(
-                    conn, case.case_id, row_id, role=role,
-                    control_round=case.control_round if role == "control" else None,
+                    conn, case.case_id, row_id, role=role, control_round=control_round,
                     at=_now(), fingerprint=fp, thumbnail=thumb, same_field=same,
-                    dilution=case.dilution if role == "tumour" else None)
+                    dilution=dilution)
             elif tag is not None:
                 _log.warning("field %s was measured for case %s, which closed before it was "
                              "stored: kept outside the case", result.file, tag.case_id)
@@ -543,6 +554,14 @@ def _live_case(summary: AnySummary) -> LiveCase:
         category=s.category.value if s.category else None,
         fields_counted=s.fields_counted, tumour_cells=s.tumour_cells,
         flags=len(s.heterogeneity) + len(s.borderline))
+
+
+def _superseded_place(conn: sqlite3.Connection, case_id: str,
+                      result: AnyResult) -> casebook.FieldPlace | None:
+    """Where the case filed the report ``result`` supersedes (None: it supersedes none of
+    the case's fields)."""
+    ref = result.supersedes
+    return None if ref is None else casebook.place_of(conn, case_id, ref.file, ref.seq)
 
 
 def _audit_call(result: AnyResult) -> dict[str, Any]:
