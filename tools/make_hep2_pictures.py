@@ -20,8 +20,9 @@
   few-spots patterns (nuclear dots, nucleolar) at 40x, 20x and 10x, cut as the assay cuts
   them: why their subtypes are read well at 20x and 40x and not at 10x;
 * ``docs/img/hep2-control-chart.png``: a kit control's Levey-Jennings chart as
-  ``appliance case controls --chart`` draws it, from seeded readings made up for the
-  picture (the only picture here not scored by the assay).
+  ``appliance case controls --chart`` draws it, from the box's readings of 27 generated
+  AC-1 control wells on a calibrated microscope: 20 runs in control, then 7 with the
+  lamp brighter each run.
 
     python -m tools.make_hep2_pictures [--only control-chart]
 """
@@ -39,6 +40,7 @@ import numpy as np
 from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.hep2.control_trend import ControlReading, control_trend
 from appliance.assays.hep2.patterns import BY_NAME, NAMES
+from appliance.assays.hep2.well import call_well
 from appliance.capture.frame import Frame
 from appliance.config import Config, with_overrides
 from appliance.outputs.display.live import LiveStatus, compose_live
@@ -182,17 +184,52 @@ def live_in_a_case(assay: Hep2Assay, cfg: Config) -> np.ndarray:
     return compose_live(image, result, status, size=(1280, 720))
 
 
-def control_chart() -> np.ndarray:
-    """A kit control's chart: 20 baseline runs, then a lamp drifting brighter over 7."""
+# The kit control's chart: the box's readings of generated AC-1 control wells, one per
+# run, on a microscope whose exposure and gain are pinned and calibrated.
+CHART_CALIBRATION = {"source.exposure_us": 20000.0, "source.gain": 2.0,
+                     "hep2.intensity.exposure_ms": 20.0, "hep2.intensity.gain": 2.0}
+CHART_BASELINE_RUNS, CHART_DRIFT_RUNS = 20, 7
+CHART_STAIN = 110.0  # the generator's staining level of the control serum
+CHART_RUN_CV = 0.06  # run-to-run variation of the staining
+CHART_DRIFT = 0.05  # the lamp brighter by this share each drifting run
+CHART_FIELDS = 3  # fields read per control well
+
+
+def control_chart() -> tuple[np.ndarray, list[float]]:
+    """A kit control's chart from the box's own readings (and the readings): 20 runs in
+    control, then 7 runs with the lamp brighter each run."""
+    cfg = with_overrides(Config(), {"assay": "hep2", **CHART_CALIBRATION})
     rng = np.random.default_rng(991_500)
-    units = [*(130.0 + 9.0 * rng.standard_normal(20)), 128.0, 137.0, 141.0, 147.0, 150.0,
-             153.0, 159.0]
-    readings = [ControlReading(decided_at=f"2026-11-{1 + i:02d}T08:00:00.000+00:00",
-                               case_id=f"run-{i + 1}", expected="homogeneous", valid=True,
-                               units=round(u, 1), calibrated=True)
-                for i, u in enumerate(units)]
+    levels = [CHART_STAIN * (1.0 + CHART_RUN_CV * float(z))
+              for z in rng.standard_normal(CHART_BASELINE_RUNS)]
+    levels += [CHART_STAIN * (1.0 + CHART_DRIFT) ** k for k in range(1, CHART_DRIFT_RUNS + 1)]
+    readings: list[ControlReading] = []
+    units: list[float] = []
+    with Hep2Assay.from_config(cfg) as assay:
+        for i, level in enumerate(levels):
+            # A control well is read as the box reads one: a few fields, pooled.
+            fields = []
+            for k in range(CHART_FIELDS):
+                well = generate_hep2_field(Hep2FieldSpec(
+                    seed=991_510 + CHART_FIELDS * i + k, width=640, height=480, um_per_px=0.5,
+                    patterns=(("homogeneous", 1.0),), intensity=level,
+                    camera_seed=991_509,  # one box: the same camera every run
+                    defocus_um=0.0))  # focused, as the lab does before it reads a control
+                fields.append(assay.score(Frame(image=well.image, seq=k + 1, timestamp=0.0,
+                                                source=f"run-{i + 1}-{k + 1}.png",
+                                                um_per_px=0.5)))
+            pooled = call_well(fields, cfg.hep2)
+            if not pooled.scored or pooled.intensity_units is None:
+                raise RuntimeError(f"control run {i + 1} was not scored: {pooled.reason}")
+            units.append(round(pooled.intensity_units, 1))
+            readings.append(ControlReading(
+                decided_at=f"2026-11-{1 + i:02d}T08:00:00.000+00:00", case_id=f"run-{i + 1}",
+                expected="homogeneous", valid=True, units=units[-1],
+                calibrated=pooled.intensity_calibrated))
     trend = control_trend(readings, "homogeneous")
-    return render_chart(trend, f"Kit control AC-1 nuclear homogeneous: {len(units)} readings")
+    picture = render_chart(trend, f"Kit control AC-1 nuclear homogeneous: {len(readings)} "
+                                  "readings")
+    return picture, units
 
 
 def main() -> int:
@@ -201,7 +238,9 @@ def main() -> int:
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--only", choices=("control-chart",), help="write this picture only")
     args = ap.parse_args()
-    _write("hep2-control-chart.png", control_chart())
+    chart, units = control_chart()
+    _write("hep2-control-chart.png", chart)
+    print("control readings:", ", ".join(f"{u:g}" for u in units))
     if args.only:
         return 0
     cfg = with_overrides(Config(), {"assay": "hep2"})
