@@ -132,7 +132,7 @@ def summarise(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequence[Ch
                         "repeat the staining")
     if case.mode == "control":
         warnings.append(f"a {case.control_expected} control check is still in progress")
-    warnings += superseded_warning(fields)
+    warnings += superseded_warning(fields, replaced)
     stale = [f.number for f in tumour if f.result.get("thresholds") is not None
              and not _same(f.result["thresholds"], calibration.thresholds)]
     if stale:
@@ -145,11 +145,12 @@ def summarise(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequence[Ch
                        tuple(warnings))
 
 
-def superseded_warning(fields: Sequence[CaseFieldRow]) -> list[str]:
-    """The case warning naming fields read again under new settings (empty when none)."""
+def superseded_warning(fields: Sequence[CaseFieldRow], replaced: Mapping[int, int]
+                       ) -> list[str]:
+    """The case warning naming fields read again under new settings (empty when none);
+    ``replaced`` is :func:`appliance.assays.case_views.superseded_by` of ``fields``."""
     why = {f.number: (f.result.get("supersedes") or {}).get("reason") for f in fields}
-    pairs = [(old, new) for old, new in
-             sorted(superseded_by((f.number, f.result) for f in fields).items())
+    pairs = [(old, new) for old, new in sorted(replaced.items())
              if why.get(new) == "settings_changed"]
     if not pairs:
         return []

@@ -250,7 +250,7 @@ def summarise_hep2(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequen
     if repeats:
         warnings.append(f"{repeats} field(s) were returns to a field already shown: "
                         "counted once")
-    warnings += superseded_warning(fields)
+    warnings += superseded_warning(fields, superseded_by((f.number, f.result) for f in fields))
     if well is not None:
         warnings += well.warnings
     return Hep2CaseSummary(case, well, status, tuple(checks), tuple(fields), counted,
