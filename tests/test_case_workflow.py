@@ -13,6 +13,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,10 @@ import pytest
 from appliance.assays.her2.assay import Her2Assay
 from appliance.assays.her2.control import classify_readings
 from appliance.assays.her2.rules import score_field
-from appliance.assays.her2.types import FieldResult, FieldScore
+from appliance.assays.her2.types import FieldResult, FieldScore, Supersedes
 from appliance.capture.frame import Frame
 from appliance.config import Config, with_overrides
+from appliance.outputs import mqtt_contract as contract
 from appliance.outputs.audit import AuditLog
 from appliance.outputs.store import ResultStore
 from appliance.service.button import ButtonAction
@@ -37,6 +39,7 @@ from appliance.service.cases import (
     case_needs_attention,
 )
 from appliance.service.recorder import Recorder
+from tests.test_mqtt_contract import errors, schema_validators
 from tools.synth.her2_slide import SlideField, SlideSpec, generate_slide, slide_truth
 
 UM_PER_PX = 0.5
@@ -174,6 +177,41 @@ def test_a_control_field_first_shown_out_of_focus_counts_through_its_sharp_view(
     rows = bench.cases.summary("c-focus").fields
     assert [r.duplicate_of is not None for r in rows] == [False] * (len(rows) // 2) + [
         True] * (len(rows) // 2)
+
+
+def test_a_control_round_decided_on_a_refused_view_is_decided_again_on_its_new_reading(
+        bench_for, weak_slide: list[SlideField]) -> None:
+    """The round ended on a view the box could not score; the objective was then set and
+    the view, still held, read again: the round is decided again on that reading, and the
+    calibration it brings applies to the next fields."""
+    bench = bench_for()
+    bench.cases.start_case("c-again", source="cli")
+    bench.cases.start_control("3+", source="cli")
+    view = controls(weak_slide)[0]
+    h, w = view.image.shape[:2]
+    refused = FieldResult(file="cam0", seq=1, assay="her2", status="not_scorable",
+                          model=bench.assay.model, image_width=w, image_height=h,
+                          reason="too few tumour cells", reason_code="too_few_tumour_cells")
+    bench.recorder.record(refused, view.image)
+    assert not bench.cases.end_control(source="cli").valid
+    frame = Frame(image=view.image, seq=2, timestamp=time.monotonic(), source="cam0",
+                  um_per_px=UM_PER_PX)
+    bench.recorder.record(replace(bench.assay.score(frame), supersedes=Supersedes(
+        "cam0", 1, "settings_changed")), view.image)
+    summary = bench.cases.summary("c-again")
+    assert [c.valid for c in summary.checks] == [False, True]
+    assert summary.control_status == "valid" and summary.calibration.source == "control"
+    assert summary.checks[-1].check["redecides"]["replaced"] == 1
+    kinds = [e.kind for e in AuditLog(bench.store).entries(case_id="c-again")]
+    assert kinds.count("control_check") == 2 and "thresholds_changed" in kinds
+    bench.show(tumours(weak_slide)[:1])
+    stored = bench.store.recent(1)[0]["result"]
+    assert stored["case"]["control"] == "valid"
+    assert stored["case"]["calibration_factor"] < 0.9
+    doc = bench.cases.end_case("c-again", source="cli")
+    message = json.loads(contract.encode(contract.case_message("box-1", doc, msg_id="m1",
+                                                                seq=1)))
+    assert errors(schema_validators()["case"], message) == []
 
 
 def test_a_weak_control_fails_and_flags_the_case(bench_for) -> None:

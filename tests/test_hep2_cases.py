@@ -350,6 +350,76 @@ def test_a_control_view_read_again_after_its_round_stays_a_control_field(
     assert rounds == [1, 1, None]
 
 
+def test_a_control_round_is_decided_again_when_its_view_is_read_again(bench: Bench) -> None:
+    """The round ended on a reading made under the old settings; the view's new reading
+    decides it again, recorded beside the first decision, and the case's status follows."""
+    bench.cases.start_case("S26-8", source="cli")
+    bench.cases.start_control("AC-1", source="cli")
+    first = homogeneous("cam0", brightness=8.0)  # read negative under the old settings
+    bench.show(first, seed=1)
+    assert not bench.cases.end_control(source="cli").valid
+    summary = bench.cases.summary()
+    assert isinstance(summary, Hep2CaseSummary) and summary.control_status == "failed"
+    again = replace(homogeneous("cam0"), seq=9,
+                    supersedes=Supersedes("cam0", first.seq, "settings_changed"))
+    bench.show(again, seed=1)
+    summary = bench.cases.summary()
+    # Only the positive control has been checked: no longer failed, not yet complete.
+    assert isinstance(summary, Hep2CaseSummary) and summary.control_status == "incomplete"
+    assert [(c.round, c.valid) for c in summary.checks] == [(1, False), (1, True)]
+    redone = summary.checks[-1].check
+    assert redone["redecides"] == {"decided_at": summary.checks[0].decided_at,
+                                   "valid": False, "field": 2, "replaced": 1}
+    assert redone["reasons"][-1].startswith(
+        "decided again: field 1 was read again under new settings as field 2")
+    with sqlite3.connect(bench.cfg.store.path) as conn:
+        kinds = [k for (k,) in conn.execute("SELECT kind FROM audit ORDER BY id")]
+    assert kinds.count("control_check") == 2
+    # The lot's history counts the run once, by its latest decision.
+    runs = bench.store.read_with(lambda conn: casebook.control_history(
+        conn, assay="hep2", expected="homogeneous"))
+    assert [(r.round, r.valid) for r in runs] == [(1, True)]
+    bench.cases.start_control("negative", source="cli")
+    bench.show(negative("neg"), seed=3)
+    assert bench.cases.end_control(source="cli").valid
+    doc = bench.cases.end_case(None, source="cli")
+    assert doc["control"]["status"] == "valid"
+    case_validator().validate(json.loads(contract.encode(
+        contract.case_message("box-1", doc, msg_id="m1", seq=1))))
+
+
+def test_a_control_view_read_again_while_its_round_is_open_waits_for_its_end(
+        bench: Bench) -> None:
+    bench.cases.start_case("S26-9", source="cli")
+    bench.cases.start_control("AC-1", source="cli")
+    first = homogeneous("cam0", brightness=8.0)
+    bench.show(first, seed=1)
+    bench.show(replace(homogeneous("cam0"), seq=9,
+                       supersedes=Supersedes("cam0", first.seq, "settings_changed")), seed=1)
+    summary = bench.cases.summary()
+    assert isinstance(summary, Hep2CaseSummary) and summary.checks == ()
+    check = bench.cases.end_control(source="cli")
+    assert check.valid and not any("decided again" in r for r in check.reasons)
+
+
+def test_a_later_round_of_the_level_keeps_an_earlier_round_as_decided(bench: Bench) -> None:
+    """The latest decision per level counts: a view of round 1 read again after round 2
+    of the same control decided changes nothing."""
+    bench.cases.start_case("S26-11", source="cli")
+    bench.cases.start_control("AC-1", source="cli")
+    first = homogeneous("cam0", brightness=8.0)
+    bench.show(first, seed=1)
+    assert not bench.cases.end_control(source="cli").valid
+    bench.cases.start_control("AC-1", source="cli")
+    bench.show(homogeneous("cam1"), seed=2)
+    assert bench.cases.end_control(source="cli").valid
+    bench.show(replace(homogeneous("cam0"), seq=9,
+                       supersedes=Supersedes("cam0", first.seq, "settings_changed")), seed=1)
+    summary = bench.cases.summary()
+    assert isinstance(summary, Hep2CaseSummary) and summary.control_status == "incomplete"
+    assert [(c.round, c.valid) for c in summary.checks] == [(1, False), (2, True)]
+
+
 def test_kit_controls_are_checked_in_their_own_rounds(bench: Bench) -> None:
     bench.cases.start_case("S26-2", source="mqtt")
     with pytest.raises(CaseError, match="neither 'negative' nor a pattern"):

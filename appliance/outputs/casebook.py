@@ -364,14 +364,20 @@ def control_history(conn: sqlite3.Connection, *, assay: str, expected: str,
                     since: str = "") -> list[CheckRow]:
     """Every decision on ``expected`` controls in ``assay`` cases decided at or after
     ``since`` (a UTC ISO time; "" for all), oldest first (a lab's control chart: a lab
-    runs one or two a day, so a year is a few hundred rows)."""
+    runs one or two a day, so a year is a few hundred rows).
+
+    A control round decided again (a view of it read again under new settings) is one run:
+    only its latest decision is returned.
+    """
     rows = conn.execute(
         f"SELECT {_CHECK_COLUMNS} "
         "FROM control_checks k JOIN cases c ON c.case_id = k.case_id "
         "WHERE c.assay = ? AND k.expected = ? AND k.decided_at >= ? "
         "ORDER BY k.decided_at, k.id",
         (assay, expected, since)).fetchall()
-    return [_check(r) for r in rows]
+    runs = [_check(r) for r in rows]
+    last = {(c.case_id, c.round): i for i, c in enumerate(runs)}
+    return [c for i, c in enumerate(runs) if last[(c.case_id, c.round)] == i]
 
 
 def _check(row: Iterable[Any]) -> CheckRow:

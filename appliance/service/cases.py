@@ -242,32 +242,9 @@ class CaseWorkflow:
             case = self._open(conn, None)
             if case.mode != "control" or case.control_expected is None:
                 raise CaseError("no control check in progress")
-            rows = casebook.case_fields(conn, case.case_id, role="control",
-                                        control_round=case.control_round)
-            h3 = self.cfg.her2
-            # HER2: the thresholds before this decision, to audit a change it makes.
-            before = (None if case.assay == "hep2" else
-                      control_state(casebook.checks(conn, case.case_id), h3.measure,
-                                    h3.control)[1])
-            check: AnyCheck = (self._hep2_check(conn, case.case_id, rows,
-                                                case.control_expected, now)
-                               if case.assay == "hep2"
-                               else self._her2_check(rows, case.control_expected))
-            casebook.insert_check(conn, case.case_id, control_round=case.control_round,
-                                  expected=case.control_expected, at=now, valid=check.valid,
-                                  check=check.to_dict())
+            check = self._decide(conn, case, case.control_round, case.control_expected,
+                                 at=now, source=source)
             casebook.set_mode(conn, case.case_id, "tumour")
-            audit.append(conn, kind="control_check", source=source, case_id=case.case_id,
-                         at=now, detail=check.to_dict())
-            if before is not None:
-                after = control_state(casebook.checks(conn, case.case_id), h3.measure,
-                                      h3.control)[1]
-                if after != before:
-                    audit.append(conn, kind="thresholds_changed", source=source, at=now,
-                                 case_id=case.case_id,
-                                 detail={"from": list(before.thresholds),
-                                         "to": list(after.thresholds),
-                                         "factor": after.factor, "why": after.describe()})
             return check
         check = self._write(work)
         _log.log(logging.INFO if check.valid else logging.WARNING, "control %s %s: %s",
@@ -275,7 +252,81 @@ class CaseWorkflow:
         self.refresh_live()
         return check
 
-    def _hep2_check(self, conn: sqlite3.Connection, case_id: str,
+    def _decide(self, conn: sqlite3.Connection, case: casebook.CaseRow, control_round: int,
+                expected: str, *, at: str, source: str,
+                redecides: dict[str, Any] | None = None) -> AnyCheck:
+        """Decide control round ``control_round`` from the views that stand for its fields;
+        store and audit the decision (and, for HER2, a change of thresholds it makes).
+
+        ``redecides`` describes the round's earlier decision when one of its views was read
+        again after it (``_redecide_round``); it is kept with the new decision.
+        """
+        rows = casebook.case_fields(conn, case.case_id, role="control",
+                                    control_round=control_round)
+        h3 = self.cfg.her2
+        # HER2: the thresholds before this decision, to audit a change it makes.
+        before = (None if case.assay == "hep2" else
+                  control_state(casebook.checks(conn, case.case_id), h3.measure,
+                                h3.control)[1])
+        check: AnyCheck = (self._hep2_check(conn, case.case_id, control_round, rows,
+                                            expected, at)
+                           if case.assay == "hep2" else self._her2_check(rows, expected))
+        if redecides is not None:
+            check = replace(check, reasons=(*check.reasons, _redecided_words(redecides)))
+        stored = check.to_dict()
+        if redecides is not None:
+            stored["redecides"] = redecides
+        casebook.insert_check(conn, case.case_id, control_round=control_round,
+                              expected=expected, at=at, valid=check.valid, check=stored)
+        audit.append(conn, kind="control_check", source=source, case_id=case.case_id,
+                     at=at, detail=stored)
+        if before is not None:
+            after = control_state(casebook.checks(conn, case.case_id), h3.measure,
+                                  h3.control)[1]
+            if after != before:
+                audit.append(conn, kind="thresholds_changed", source=source, at=at,
+                             case_id=case.case_id,
+                             detail={"from": list(before.thresholds),
+                                     "to": list(after.thresholds),
+                                     "factor": after.factor, "why": after.describe()})
+        return check
+
+    def _redecide_round(self, conn: sqlite3.Connection, case: casebook.CaseRow,
+                        control_round: int, *, field: int, replaced: int,
+                        source: str) -> None:
+        """Decide a finished control round again: its view ``replaced`` was read again
+        under new settings after the decision, as case field ``field``.
+
+        Nothing is done while the round is open (its end decides with the new reading), or
+        when a later round of the same level has decided since (the latest decision per
+        level counts, so the earlier one no longer does). A decision that cannot be made is
+        logged and the round's earlier one stands: the field itself is stored either way.
+        """
+        decided = casebook.checks(conn, case.case_id)
+        mine = [c for c in decided if c.round == control_round]
+        if not mine:
+            return
+        last = mine[-1]
+        if any(c.expected == last.expected and c.round > control_round for c in decided):
+            _log.info("control round %d not decided again after field %d: a later %s round "
+                      "has decided since", control_round, field, last.expected)
+            return
+        redecides = {"decided_at": last.decided_at, "valid": last.valid, "field": field,
+                     "replaced": replaced}
+        try:
+            check = self._decide(conn, case, control_round, last.expected, at=_now(),
+                                 source=source, redecides=redecides)
+        except (CaseError, ValueError, KeyError, TypeError) as exc:
+            _log.error("control round %d not decided again after field %d: %s (its "
+                       "decision of %s stands)", control_round, field, exc, last.decided_at)
+            return
+        changed = check.valid != last.valid
+        _log.log(logging.WARNING if changed else logging.INFO,
+                 "control round %d decided again (field %d read again as field %d): %s%s",
+                 control_round, replaced, field, "valid" if check.valid else "FAILED",
+                 f", was {'valid' if last.valid else 'failed'}" if changed else "")
+
+    def _hep2_check(self, conn: sqlite3.Connection, case_id: str, control_round: int,
                     rows: list[casebook.CaseFieldRow], expected: str, now: str
                     ) -> hep2_control.Hep2ControlCheck:
         results, unreadable = distinct_results(rows)
@@ -284,9 +335,11 @@ class CaseWorkflow:
                                               self.cfg.hep2)
         if ctl.positive_target:  # the lot's earlier runs, for the Westgard rules
             since = since_utc(ctl.target_since, "hep2.control.target_since")
+            # A round decided again is judged against the runs before it, not itself.
             history = [ControlReading.from_check(r.case_id, r.decided_at, r.check)
                        for r in casebook.control_history(conn, assay="hep2",
-                                                         expected=check.expected, since=since)]
+                                                         expected=check.expected, since=since)
+                       if (r.case_id, r.round) != (case_id, control_round)]
             check = hep2_control.westgard_check(check, history, case_id=case_id, at=now,
                                                 cfg=self.cfg.hep2)
         return replace(check, reasons=(*check.reasons, *unreadable))
@@ -384,6 +437,9 @@ class CaseWorkflow:
                     conn, case.case_id, row_id, role=role, control_round=control_round,
                     at=_now(), fingerprint=fp, thumbnail=thumb, same_field=same,
                     dilution=dilution)
+                if prior is not None and role == "control" and control_round is not None:
+                    self._redecide_round(conn, case, control_round, field=number,
+                                         replaced=prior.number, source=source)
             elif tag is not None:
                 _log.warning("field %s was measured for case %s, which closed before it was "
                              "stored: kept outside the case", result.file, tag.case_id)
@@ -562,6 +618,13 @@ def _superseded_place(conn: sqlite3.Connection, case_id: str,
     the case's fields)."""
     ref = result.supersedes
     return None if ref is None else casebook.place_of(conn, case_id, ref.file, ref.seq)
+
+
+def _redecided_words(redecides: dict[str, Any]) -> str:
+    """The reason line of a control decision made again (``CaseWorkflow._redecide_round``)."""
+    return (f"decided again: field {redecides['replaced']} was read again under new settings "
+            f"as field {redecides['field']} (the round's decision of {redecides['decided_at']} "
+            f"was {'valid' if redecides['valid'] else 'failed'})")
 
 
 def _audit_call(result: AnyResult) -> dict[str, Any]:
