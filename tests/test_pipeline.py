@@ -382,8 +382,10 @@ def test_a_view_read_again_under_a_new_objective_is_reported_as_superseding(
     assert [what for what, _ in changes] == ["hep2", "objective"]
     assert pipeline.snapshot().fields_reported == 2
     with sqlite3.connect(cfg.store.path) as conn:
-        rows = [json.loads(r) for (r,) in conn.execute("SELECT result_json FROM results "
-                                                        "ORDER BY id")]
+        stored = conn.execute("SELECT result_json, config_sha256 FROM results ORDER BY id")
+        rows, shas = zip(*[(json.loads(r), sha) for r, sha in stored], strict=True)
+    # Each is stored beside the config it was read under, not the one the box started on.
+    assert shas == (cfg.sha256(), her2.cfg.sha256())
     first, second = rows
     assert first["supersedes"] is None and first["um_per_px_source"] == "estimated"
     assert second["um_per_px_source"] == "objective"

@@ -80,6 +80,7 @@ class _Job:
 class _Record:
     result: AnyResult
     image: np.ndarray | None
+    config_sha256: str  # of the config the result was read under (stored beside it)
 
 
 class Pipeline:
@@ -221,8 +222,9 @@ class Pipeline:
     def _reject(self, item: RejectedFrame) -> None:
         """An undecodable replayed file: reported as such, never skipped silently."""
         self.metrics.frame_rejected()
-        result = self.assay.refuse_input(item.source, item.seq, item.code, item.reason)
-        self._records.put(_Record(result, None))
+        assay = self.assay
+        result = assay.refuse_input(item.source, item.seq, item.code, item.reason)
+        self._records.put(_Record(result, None, assay.cfg.sha256()))
 
     # ------------------------------------------------------------ analysis
 
@@ -356,7 +358,8 @@ class Pipeline:
                       outcome.decision.reason if outcome.decision else "",
                       extra=field_fields(result.assay, frame.source, frame.seq,
                                          result.status))
-            self._records.put(_Record(result, frame.image))
+            cfg = job.cfg if job.cfg is not None else self.assay.cfg
+            self._records.put(_Record(result, frame.image, cfg.sha256()))
 
     # ------------------------------------------------------------ outputs
 
@@ -365,7 +368,7 @@ class Pipeline:
         while (item := self._records.get()) is not END:
             assert isinstance(item, _Record)
             t0 = time.perf_counter()
-            self.recorder.record(item.result, item.image)
+            self.recorder.record(item.result, item.image, config_sha256=item.config_sha256)
             self.metrics.stage_time("record", (time.perf_counter() - t0) * 1000.0)
 
     def _display_loop(self) -> None:

@@ -57,17 +57,24 @@ class Recorder:
         self.counts = {"fields": 0, "scored": 0, "not_scorable": 0, "store_errors": 0}
         self._header_done = False
 
-    def record(self, result: AnyResult, image: np.ndarray | None) -> int | None:
+    def record(self, result: AnyResult, image: np.ndarray | None, *,
+               config_sha256: str | None = None) -> int | None:
         """Store, draw and print one result; its store row id (None: no store, or not
-        written yet)."""
+        written yet).
+
+        ``config_sha256`` is the config the result was read under, where it may differ from
+        the one the recorder was made with (the service after ``set_objective`` or a
+        reload); None: the recorder's.
+        """
         self.counts["fields"] += 1
         self.counts["scored" if result.scored else "not_scorable"] += 1
         row = None
         if self.store is not None:
             row = self._store(result, result.file,
-                        outbox=self.message_for(result) if self.message_for else None,
-                        companion=(self.companion_for(result, image)
-                                   if self.companion_for else None))
+                              outbox=self.message_for(result) if self.message_for else None,
+                              companion=(self.companion_for(result, image)
+                                         if self.companion_for else None),
+                              config_sha256=config_sha256)
         if self.overlay_dir is not None and image is not None:
             self._write_overlay(result, image)
         self._print(result)
@@ -79,13 +86,14 @@ class Recorder:
             self._store(well, well_file(well.fields, well.fields_refused))
 
     def _store(self, result: Storable, name: str, *, outbox: MessageBuilder | None = None,
-               companion: Companion | None = None) -> int | None:
+               companion: Companion | None = None,
+               config_sha256: str | None = None) -> int | None:
         """Add to the store and return the row id; a failure (full disk) is counted and
         logged, the store keeps the result in its backlog, and None is returned."""
         assert self.store is not None
         try:
-            row = self.store.add(result, config_sha256=self.config_sha256, outbox=outbox,
-                                 companion=companion)
+            row = self.store.add(result, config_sha256=config_sha256 or self.config_sha256,
+                                 outbox=outbox, companion=companion)
             for hook in self.after_store:
                 hook()
         except StoreError as exc:
