@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from appliance.capture.frame import Frame
+from appliance.config import Config
 
 INTERNAL_ERROR = "internal_error"
 _T = TypeVar("_T")
@@ -27,9 +28,17 @@ class AssayShell(Generic[_R]):
     """``score``, ``guarded``, ``score_guarded`` and the context manager, for result type _R."""
 
     backend: _Closable
+    cfg: Config
 
     def prepare(self, frame: Frame, scale: Any = None) -> Any:
         raise NotImplementedError
+
+    def reconfigure(self, cfg: Config) -> tuple[str, ...]:
+        """Take a reloaded config between fields (``service/reload.py``); what it re-read
+        beyond the config's own values (files it names). An assay that loads nothing the
+        config names just takes it. A ConfigError leaves the assay as it was."""
+        self.cfg = cfg
+        return ()
 
     def infer(self, prepared: Any) -> Any:
         raise NotImplementedError

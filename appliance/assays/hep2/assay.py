@@ -23,7 +23,7 @@ from appliance.assays.hep2 import intensity as brightness_mod
 from appliance.assays.hep2.calibration import intensity_is_calibrated
 from appliance.assays.hep2.cell_quality import CellRefused, cell_image_issues
 from appliance.assays.hep2.crops import crops_for
-from appliance.assays.hep2.flat_field import FlatFieldError, configured_flat, gain_map
+from appliance.assays.hep2.flat_field import FlatField, FlatFieldError, configured_flat, gain_map
 from appliance.assays.hep2.orientations import mean_over_orientations, oriented
 from appliance.assays.hep2.patterns import NAMES, REGIONS, pattern
 from appliance.assays.hep2.quality import (
@@ -86,6 +86,16 @@ _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _FlatState:
+    """The flat field in use, its sha256 and its light maps per frame size: swapped whole
+    on a reload, so a field never mixes one flat's light with another's hash."""
+
+    flat: FlatField | None
+    sha256: str  # '' without a flat field
+    maps: dict[tuple[int, int], np.ndarray | str]  # per frame size; str: why it does not fit
+
+
 @dataclass
 class Hep2Prepared:
     """A field between ``prepare`` and ``finish``."""
@@ -118,10 +128,35 @@ class Hep2Assay(AssayShell[Hep2Result]):
                               precision=precision, validated_on=manifest.validated_on)
         self._heads = model_heads(manifest)
         # Raises ConfigError naming hep2.intensity.flat_field_file for a bad file.
-        self.flat, self.flat_sha256 = configured_flat(cfg.hep2.intensity)
-        self._light: dict[tuple[int, int], np.ndarray | str] = {}
+        self._flat = _FlatState(*configured_flat(cfg.hep2.intensity), {})
         # Cases are the HER2 workflow; the pipeline sets this on every assay.
         self.field_context: Callable[[], FieldContext | None] = lambda: None
+
+    @property
+    def flat(self) -> FlatField | None:
+        """The flat field in use (None: none configured)."""
+        return self._flat.flat
+
+    @property
+    def flat_sha256(self) -> str:
+        """The sha256 of the flat field in use ('' without one)."""
+        return self._flat.sha256
+
+    def reconfigure(self, cfg: Config) -> tuple[str, ...]:
+        """Take a reloaded config between fields (``service/reload.py``).
+
+        The flat field it names is read first, again even under the same name (the lab may
+        have made a new one in its place): a file that cannot be used is a ConfigError
+        and the assay stays as it was. Returns ``hep2.intensity.flat_field_file`` when the
+        flat field in use changed (its content, whatever its name), else nothing. The
+        crop size is the loaded classifier's: the reload keeps it (a restart changes it).
+        """
+        flat, sha = configured_flat(cfg.hep2.intensity)
+        changed = sha != self._flat.sha256
+        if changed:
+            self._flat = _FlatState(flat, sha, {})  # before the config: see _FlatState
+        self.cfg = cfg
+        return ("hep2.intensity.flat_field_file",) if changed else ()
 
     @classmethod
     def from_config(cls, cfg: Config) -> Hep2Assay:
@@ -239,7 +274,8 @@ class Hep2Assay(AssayShell[Hep2Result]):
         crop_um = self._crop_scale(green, cells, found)
         found = Hep2Scale(found.um_per_px, found.source, found.warnings, crop_um)
         crops, ids = crops_for(green, cells.labels, crop_um, cfg)
-        light = self._light_map(green.shape)
+        flat = self._flat  # one flat for the whole field, whatever a reload does meanwhile
+        light = _light_map(flat, green.shape)
         if isinstance(light, str):
             warnings.append(light)
         light_map = None if isinstance(light, str) else light
@@ -252,7 +288,7 @@ class Hep2Assay(AssayShell[Hep2Result]):
                        crop_um_per_px=crop_um)
         return Hep2Prepared(base, warnings + list(found.warnings), found, cells, crops, ids,
                             bright, field_grey, frame.exposure_pinned,
-                            flat_sha256=self.flat_sha256 if light_map is not None else "",
+                            flat_sha256=flat.sha256 if light_map is not None else "",
                             flat_unfit=isinstance(light, str))
 
     def infer(self, prepared: Hep2Prepared) -> dict[str, np.ndarray]:
@@ -373,22 +409,6 @@ class Hep2Assay(AssayShell[Hep2Result]):
                           created_at=_now())
 
     # ------------------------------------------------------------------ helpers
-
-    def _light_map(self, shape: tuple[int, ...]) -> np.ndarray | str | None:
-        """The flat field's light at every pixel of a frame of ``shape``; None without a
-        flat, the reason in words when the flat does not fit the frame (kept per size: a
-        camera sends one or two)."""
-        if self.flat is None:
-            return None
-        key = (int(shape[0]), int(shape[1]))
-        if key not in self._light:
-            if len(self._light) >= _LIGHT_MAPS_KEPT:
-                self._light.clear()
-            try:
-                self._light[key] = gain_map(self.flat, *key)
-            except FlatFieldError as exc:
-                self._light[key] = str(exc)
-        return self._light[key]
 
     @staticmethod
     def _refused(base: Hep2Result, reason: str, code: str,
@@ -554,6 +574,24 @@ def _outline(seg: Hep2Cells, index: int, label: int) -> tuple[tuple[int, int], .
     if not contours:
         return ()
     return tuple((int(px), int(py)) for px, py in max(contours, key=len).reshape(-1, 2))
+
+
+def _light_map(state: _FlatState, shape: tuple[int, ...]) -> np.ndarray | str | None:
+    """The flat field's light at every pixel of a frame of ``shape``; None without a flat,
+    the reason in words when the flat does not fit the frame (kept per size: a camera
+    sends one or two)."""
+    if state.flat is None:
+        return None
+    key = (int(shape[0]), int(shape[1]))
+    maps = state.maps
+    if key not in maps:
+        if len(maps) >= _LIGHT_MAPS_KEPT:
+            maps.clear()
+        try:
+            maps[key] = gain_map(state.flat, *key)
+        except FlatFieldError as exc:
+            maps[key] = str(exc)
+    return maps[key]
 
 
 def _now() -> str:
