@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -33,7 +34,7 @@ from appliance.assays.hep2.types import Hep2Result
 from appliance.assays.hep2.well import Hep2WellResult
 from appliance.assays.her2.types import FieldResult, Supersedes
 from appliance.config import Config, ConfigError, with_overrides
-from appliance.outputs import casebook, hep2_json
+from appliance.outputs import audit, casebook, hep2_json
 from appliance.outputs import mqtt_contract as contract
 from appliance.outputs.display.live import LiveCase, case_rows
 from appliance.outputs.store import ResultStore
@@ -386,6 +387,34 @@ def test_a_control_round_is_decided_again_when_its_view_is_read_again(bench: Ben
     assert doc["control"]["status"] == "valid"
     case_validator().validate(json.loads(contract.encode(
         contract.case_message("box-1", doc, msg_id="m1", seq=1))))
+
+
+def test_a_round_that_cannot_be_decided_again_keeps_its_decision_and_the_field(
+        bench: Bench, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """The new decision fails half-way (its audit entry is refused after its row was
+    written): neither is kept, the first decision stands, the field is stored."""
+    bench.cases.start_case("S26-12", source="cli")
+    bench.cases.start_control("AC-1", source="cli")
+    first = homogeneous("cam0", brightness=8.0)
+    bench.show(first, seed=1)
+    assert not bench.cases.end_control(source="cli").valid
+    append = audit.append
+
+    def refusing(conn: sqlite3.Connection, **kw: Any) -> Any:
+        if kw["kind"] == "control_check":
+            raise ValueError("audit refused")
+        return append(conn, **kw)
+    monkeypatch.setattr(audit, "append", refusing)
+    bench.show(replace(homogeneous("cam0"), seq=9,
+                       supersedes=Supersedes("cam0", first.seq, "settings_changed")), seed=1)
+    monkeypatch.undo()
+    summary = bench.cases.summary()
+    assert isinstance(summary, Hep2CaseSummary) and summary.control_status == "failed"
+    assert [(c.round, c.valid) for c in summary.checks] == [(1, False)]
+    assert [f.number for f in summary.fields] == [1, 2]
+    assert any("not decided again after field 2: audit refused" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_a_control_view_read_again_while_its_round_is_open_waits_for_its_end(

@@ -313,13 +313,19 @@ class CaseWorkflow:
             return
         redecides = {"decided_at": last.decided_at, "valid": last.valid, "field": field,
                      "replaced": replaced}
+        # A savepoint: a decision that fails half-way leaves no trace, and the field's own
+        # rows (the enclosing transaction) are stored all the same.
+        conn.execute("SAVEPOINT redecide")
         try:
             check = self._decide(conn, case, control_round, last.expected, at=_now(),
                                  source=source, redecides=redecides)
         except (CaseError, ValueError, KeyError, TypeError) as exc:
+            conn.execute("ROLLBACK TO redecide")
+            conn.execute("RELEASE redecide")
             _log.error("control round %d not decided again after field %d: %s (its "
                        "decision of %s stands)", control_round, field, exc, last.decided_at)
             return
+        conn.execute("RELEASE redecide")
         changed = check.valid != last.valid
         _log.log(logging.WARNING if changed else logging.INFO,
                  "control round %d decided again (field %d read again as field %d): %s%s",
@@ -416,6 +422,7 @@ class CaseWorkflow:
         def link(conn: sqlite3.Connection, row_id: int) -> None:
             case = casebook.open_case(conn)
             number = duplicate_of = None
+            redecide: tuple[casebook.CaseRow, int, int, int] | None = None
             if case is not None and case.assay != result.assay:
                 _log.warning("field %s (%s) kept outside case %s, a %s case", result.file,
                              result.assay, case.case_id, case.assay)
@@ -438,8 +445,7 @@ class CaseWorkflow:
                     at=_now(), fingerprint=fp, thumbnail=thumb, same_field=same,
                     dilution=dilution)
                 if prior is not None and role == "control" and control_round is not None:
-                    self._redecide_round(conn, case, control_round, field=number,
-                                         replaced=prior.number, source=source)
+                    redecide = (case, control_round, number, prior.number)
             elif tag is not None:
                 _log.warning("field %s was measured for case %s, which closed before it was "
                              "stored: kept outside the case", result.file, tag.case_id)
@@ -451,6 +457,10 @@ class CaseWorkflow:
                         "reason_code": result.reason_code, **_audit_call(result),
                         "case_field": number, "duplicate_of": duplicate_of,
                         "supersedes": supersedes_to_dict(result.supersedes)})
+            if redecide is not None:  # after the field's own entry, which it cites
+                case_row, control_round, field, replaced = redecide
+                self._redecide_round(conn, case_row, control_round, field=field,
+                                     replaced=replaced, source=source)
         return link
 
     def after_field(self) -> None:
