@@ -364,6 +364,18 @@ class Hep2CellsConfig:
         "size estimate in that search (in the 10x crop search: from the declared scale)",
         lo=0, hi=1,
     )
+    min_focus: float = _f(
+        1.6, "Sharpness (fine- over coarse-scale gradient on the strongest edges, judged at "
+        "0.5 µm per pixel; ~1 blurred, 2-4 sharp; every result reports it) below which a "
+        "field is refused as out of focus. Sharp generated fields of weak homogeneous "
+        "staining read as low as 1.64, so a higher limit refuses good fields, while blur "
+        "of 1 µm RMS, which costs half the cells, still reads about 2.2 (docs/hep2.md, "
+        "Focus). Set it from the lab's own sharp and defocused fields", lo=0, hi=100,
+    )
+    soft_focus_below: float = _f(
+        1.76, "Sharpness below which a scored field warns that its focus is soft (speckles "
+        "and dots blur into a homogeneous look); at least min_focus", lo=0, hi=100,
+    )
 
 
 @dataclass(frozen=True)
@@ -371,6 +383,12 @@ class Hep2SpecimenConfig:
     min_cells: int = _f(
         8, "Fewer confidently classified interphase cells: the field is not scorable (a 40x "
         "field may hold only a dozen cells)", lo=1, hi=100000,
+    )
+    low_confidence_below: float = _f(
+        0.65, "A positive call warns when its whole interphase cells hold, on average, less "
+        "probability than this for the pattern(s) they vote for: blur, a wrong objective or "
+        "an unfamiliar stain make the pattern uncertain (sharp generated fields: 0.71 and "
+        "more for one pattern; docs/hep2.md, Focus). 0 = never", lo=0, hi=1,
     )
     few_cells: int = _f(
         20, "Fewer voting cells than this: the call carries a warning to look at more fields",
@@ -832,6 +850,11 @@ def _cross_checks(cfg: Config) -> None:
     _check_source(cfg.source)
     _check_mqtt(cfg.mqtt)
     _check_control(cfg.her2.control)
+    hc = cfg.hep2.cells
+    if hc.soft_focus_below < hc.min_focus:
+        raise ConfigError("hep2.cells.soft_focus_below", f"{hc.soft_focus_below} is below "
+                          f"hep2.cells.min_focus {hc.min_focus}: the warning must start above "
+                          "the refusal")
     hi = cfg.hep2.intensity
     if len(hi.levels) != 2 or not (hi.negative_below < hi.levels[0] < hi.levels[1]):
         raise ConfigError("hep2.intensity.levels", "need two increasing values (intermediate, "

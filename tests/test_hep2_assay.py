@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from appliance.assays.hep2.assay import Hep2Assay, model_heads
 from appliance.assays.hep2.patterns import REGIONS
 from appliance.capture.frame import Frame
-from appliance.config import Config, with_overrides
+from appliance.config import Config, ConfigError, with_overrides
 from appliance.inference.manifest import ModelError, load_manifest
 from appliance.outputs import hep2_json
 from appliance.outputs.hep2_overlay import render_overlay
@@ -71,6 +71,38 @@ def test_a_positive_field_is_called_with_its_icap_code(assay: Hep2Assay) -> None
     assert doc["cell_counts"]["interphase"] >= 20
     assert doc["intensity"]["calibrated"] is False
     assert any("relative units" in w for w in doc["warnings"])
+
+
+def test_every_result_reports_its_sharpness_and_the_lab_sets_the_focus_limits(
+        assay: Hep2Assay) -> None:
+    image = field("fine_speckled", seed=71_003)
+    doc = score(assay, image)
+    assert doc["status"] == "scored" and 2.0 < doc["sharpness"] < 5.0
+    sharpness = doc["sharpness"]
+    before = assay.cfg
+    try:
+        # A lab whose sharp fields read higher raises the limits: this field then warns...
+        assay.cfg = with_overrides(before, {"hep2.cells.soft_focus_below": sharpness + 0.1})
+        soft = score(assay, image)
+        assert soft["status"] == "scored" and soft["sharpness"] == sharpness
+        assert any(w.startswith(f"soft focus: sharpness {sharpness:.2f}, below "
+                                f"{sharpness + 0.1:.2f}") for w in soft["warnings"])
+        # ...or is refused, with the number and the limit in the reason.
+        assay.cfg = with_overrides(before, {"hep2.cells.min_focus": sharpness + 0.1,
+                                            "hep2.cells.soft_focus_below": sharpness + 0.2})
+        refused = score(assay, image)
+        assert refused["status"] == "not_scorable"
+        assert refused["reason_code"] == "out_of_focus" and refused["sharpness"] == sharpness
+        assert f"sharpness {sharpness:.2f} is below {sharpness + 0.1:.2f}" in refused["reason"]
+    finally:
+        assay.cfg = before
+    # Without a scale the sharpness is measured at the estimate, and reported.
+    unknown = hep2_json.result_to_dict(assay.score(Frame(image=image, seq=2, timestamp=0.0,
+                                                         source="f")))
+    assert unknown["um_per_px_source"] == "estimated" and unknown["sharpness"] > 0
+    with pytest.raises(ConfigError, match=r"hep2\.cells\.soft_focus_below"):
+        with_overrides(Config(), {"hep2.cells.min_focus": 2.0,
+                                  "hep2.cells.soft_focus_below": 1.9})
 
 
 def test_a_negative_field_is_ac0(assay: Hep2Assay) -> None:

@@ -63,6 +63,25 @@ def test_a_mixed_specimen_reports_both_patterns_strongest_first() -> None:
     assert "mixed" in result.patterns[1].evidence
 
 
+def test_cells_read_with_low_confidence_warn_that_the_pattern_is_uncertain() -> None:
+    """Blur that passes the focus gate makes cells uncertain: the call says so."""
+    def warned(cs: list[Hep2Cell], spec: Hep2SpecimenConfig = SPEC) -> list[str]:
+        result = call_specimen(cs, 80.0, specimen=spec, intensity=INT)
+        return [w for w in result.warnings if "low confidence" in w]
+    assert warned(cells("fine_speckled", 30, p=0.9)) == []
+    unsure = cells("homogeneous", 30, p=0.55, runner_up="fine_speckled")
+    (words,) = warned(unsure)
+    assert words.startswith("the cells were read with low confidence (0.55 on average")
+    assert "below 0.65" in words and "refocus" in words
+    # The call itself stands: the warning asks for a look, it refuses nothing.
+    assert [p.icap for p in call(unsure).patterns] == ["AC-1"]
+    # A compound cell holds its two patterns' probability together (AC-1 + AC-8 in the
+    # same cells): not uncertain.
+    compound = cells("homogeneous", 30, p=0.5, runner_up="nucleolar_homogeneous")
+    assert warned(compound) == []
+    assert warned(unsure, replace(SPEC, low_confidence_below=0.0)) == []
+
+
 def test_low_intensity_is_negative_whatever_the_classifier_says() -> None:
     result = call(cells("homogeneous", 50), units=12.0)
     assert result.positive is False and result.intensity_level == "negative"

@@ -82,6 +82,8 @@ def result_to_dict(result: Hep2Result, *, include_cells: bool = False) -> dict[s
         "um_per_px_source": result.um_per_px_source,
         "crop_um_per_px": (None if result.crop_um_per_px is None
                            else _num("crop_um_per_px", result.crop_um_per_px, 4)),
+        "sharpness": (None if result.sharpness is None
+                      else _num("sharpness", result.sharpness, 3)),
         "image": ({"width": result.image_width, "height": result.image_height}
                   if result.image_width else None),
         "model": _model(m),
@@ -186,6 +188,7 @@ def result_from_dict(doc: Mapping[str, Any]) -> Hep2Result:
         um_per_px_source=str(doc.get("um_per_px_source", "unknown")),
         crop_um_per_px=(None if doc.get("crop_um_per_px") is None
                         else float(doc["crop_um_per_px"])),
+        sharpness=None if doc.get("sharpness") is None else float(doc["sharpness"]),
         timings_ms={str(k): float(v) for k, v in (doc.get("timings_ms") or {}).items()},
         created_at=str(doc.get("created_at", "")),
         supersedes=supersedes_from_dict(doc.get("supersedes")))

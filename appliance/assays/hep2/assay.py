@@ -204,10 +204,13 @@ class Hep2Assay(AssayShell[Hep2Result]):
         quality = measure_hep2_quality(
             image, declared.um_per_px if declared else PROVISIONAL_UM_PER_PX, cfg,
             red_counterstain=red)
-        issues = quality_issues(quality)
+        issues = quality_issues(quality, min_focus=cfg.min_focus,
+                                soft_focus=cfg.soft_focus_below)
+        # Sharpness is reported at a known scale only (focus is judged per µm).
         base = Hep2Result(file=frame.source, seq=frame.seq, status="not_scorable",
                           model=self.model, image_width=frame.width,
-                          image_height=frame.height, timings_ms=ms)
+                          image_height=frame.height, timings_ms=ms,
+                          sharpness=_sharpness(quality) if declared else None)
 
         ms["quality"] = (time.perf_counter() - t0) * 1000.0
         # First frame of a still view with a declared scale: do the cells agree? The doubt
@@ -243,7 +246,9 @@ class Hep2Assay(AssayShell[Hep2Result]):
             found = self._estimated_scale(green)
             t2 = time.perf_counter()
             quality = measure_hep2_quality(image, found.um_per_px, cfg, red_counterstain=red)
-            issues = quality_issues(quality)
+            issues = quality_issues(quality, min_focus=cfg.min_focus,
+                                    soft_focus=cfg.soft_focus_below)
+            base = replace(base, sharpness=_sharpness(quality))
             ms["quality"] += (time.perf_counter() - t2) * 1000.0
             late = refused(found, issues)
             if late is not None:
@@ -574,6 +579,12 @@ def _outline(seg: Hep2Cells, index: int, label: int) -> tuple[tuple[int, int], .
     if not contours:
         return ()
     return tuple((int(px), int(py)) for px, py in max(contours, key=len).reshape(-1, 2))
+
+
+def _sharpness(quality: Hep2Quality) -> float | None:
+    """The field's sharpness as reported (None: not measurable: no signal, too few cell
+    pixels)."""
+    return round(quality.focus, 3) if quality.focus > 0 else None
 
 
 def _light_map(state: _FlatState, shape: tuple[int, ...]) -> np.ndarray | str | None:

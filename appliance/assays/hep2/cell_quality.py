@@ -30,7 +30,8 @@ field's measures apply, with what a small window changes:
    either side at 0.25 µm/px).
 
 Focus is not judged: the field's sharpness measure needs a few hundred cell pixels at
-0.5 µm/px and was validated on fields only.
+0.5 µm/px, and on single cells it misses the blur that matters (1 µm RMS halves their
+accuracy while 1-3% read below the field's limit: tools.probe_hep2_focus).
 
 Pure: numpy and cv2 on the image given.
 """

@@ -85,8 +85,10 @@ CLIPPED_GREY = 250
 # so clipping is a warning (the intensity reads low) until most of the cells are white.
 MAX_SATURATED = 0.25  # fatal above
 WARN_SATURATED = 0.01
+# The defaults of hep2.cells.min_focus and soft_focus_below (config.py), for callers that
+# judge without a config.
 MIN_FOCUS = 1.6  # sharpness ratio below which the field is out of focus
-WARN_FOCUS_MARGIN = 1.1
+SOFT_FOCUS = 1.76  # below it, a warning
 FOCUS_UM_PER_PX = 0.5  # the scale the sharpness is judged at
 _MIN_FOCUS_PIXELS = 400  # fewer cell pixels: focus is not judged
 # Signal vs noise: the brightest 5 % of the residual smoothed at 1 µm against this many
@@ -210,6 +212,7 @@ def shows_signal(q: Hep2Quality) -> bool:
 
 
 def quality_issues(q: Hep2Quality, *, min_focus: float = MIN_FOCUS,
+                   soft_focus: float = SOFT_FOCUS,
                    max_saturated: float = MAX_SATURATED) -> list[QualityIssue]:
     """Fatal issues and warnings for a fluorescence field, most fundamental first.
 
@@ -219,7 +222,7 @@ def quality_issues(q: Hep2Quality, *, min_focus: float = MIN_FOCUS,
     if any(i.fatal for i in stain):
         return stain
     return (stain + over_exposure_issues(q, max_saturated) + _under_exposure_issues(q)
-            + _focus_issues(q, min_focus))
+            + _focus_issues(q, min_focus, soft_focus))
 
 
 def stain_issues(q: Hep2Quality, background: str = "median") -> list[QualityIssue]:
@@ -319,7 +322,7 @@ def _under_exposure_issues(q: Hep2Quality) -> list[QualityIssue]:
     return []
 
 
-def _focus_issues(q: Hep2Quality, limit: float) -> list[QualityIssue]:
+def _focus_issues(q: Hep2Quality, limit: float, soft: float) -> list[QualityIssue]:
     """Blur merges speckles and dots into a haze: patterns look homogeneous."""
     if q.focus <= 0:  # nothing to judge focus on (no signal, or too few cell pixels)
         return []
@@ -330,10 +333,11 @@ def _focus_issues(q: Hep2Quality, limit: float) -> list[QualityIssue]:
             "cells (blur makes speckled patterns look homogeneous)",
             fatal=True,
         )]
-    if q.focus < WARN_FOCUS_MARGIN * limit:
+    if q.focus < soft:
         return [QualityIssue(
             "out_of_focus",
-            f"slightly soft focus: sharpness {q.focus:.2f}, close to the limit {limit:.2f}",
+            f"soft focus: sharpness {q.focus:.2f}, below {soft:.2f}; fine speckles and dots "
+            "may read as homogeneous: refocus and look again",
             fatal=False,
         )]
     return []
@@ -364,11 +368,12 @@ def _saturated(green: np.ndarray, mask: np.ndarray) -> float:
     return float(np.count_nonzero(clipped & region)) / float(np.count_nonzero(region))
 
 
-def _focus(green: np.ndarray, mask: np.ndarray, um_per_px: float) -> float:
-    """Sharpness ratio of the green at FOCUS_UM_PER_PX (coarser images as they are)."""
-    if um_per_px < FOCUS_UM_PER_PX:
+def _focus(green: np.ndarray, mask: np.ndarray, um_per_px: float,
+           at_um_per_px: float = FOCUS_UM_PER_PX) -> float:
+    """Sharpness ratio of the green at ``at_um_per_px`` (coarser images as they are)."""
+    if um_per_px < at_um_per_px:
         h, w = green.shape
-        f = um_per_px / FOCUS_UM_PER_PX
+        f = um_per_px / at_um_per_px
         size = (max(1, round(w * f)), max(1, round(h * f)))
         green = cv2.resize(green, size, interpolation=cv2.INTER_AREA)
         mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0

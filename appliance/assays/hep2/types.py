@@ -74,6 +74,9 @@ class Hep2Result:
     # The scale the cell crops were cut at: um_per_px, except on a field too coarse for
     # subtypes (10x), where it is the nearby scale the classifier reads surest.
     crop_um_per_px: float | None = None
+    # The focus gate's sharpness measure (quality.py; hep2.cells.min_focus refuses below,
+    # soft_focus_below warns); None where it was not measured.
+    sharpness: float | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     created_at: str = ""
     supersedes: Supersedes | None = None  # set by the pipeline's report policy
