@@ -369,8 +369,8 @@ class Hep2CellsConfig:
         "0.5 µm per pixel; ~1 blurred, 2-4 sharp; every result reports it) below which a "
         "field is refused as out of focus. Sharp generated fields of weak homogeneous "
         "staining read as low as 1.64, so a higher limit refuses good fields, while blur "
-        "of 1 µm RMS, which costs half the cells, still reads about 2.2 (docs/hep2.md, "
-        "Focus). Set it from the lab's own sharp and defocused fields", lo=0, hi=100,
+        "of 1 µm RMS, which costs two fifths of the pattern calls, still reads about 2.2 "
+        "(docs/hep2.md, Focus). Set it from the lab's own sharp and defocused fields", lo=0, hi=100,
     )
     soft_focus_below: float = _f(
         1.76, "Sharpness below which a scored field warns that its focus is soft (speckles "

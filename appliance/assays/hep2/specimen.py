@@ -347,8 +347,8 @@ def low_confidence_warning(held: Sequence[float], specimen: Hep2SpecimenConfig
     """A warning when the cells hold, on average, less than ``low_confidence_below`` of
     probability for what they vote for (``held``: one value per whole interphase cell).
 
-    The focus gate misses blur of about 1 µm RMS, which costs a third of the calls
-    (docs/hep2.md, "Focus"): the speckles blur into a homogeneous glow and the cells read
+    The focus gate misses blur of 0.75-1 µm RMS, which costs a fifth to two fifths of the
+    calls (docs/hep2.md, "Focus"): the speckles blur into a homogeneous glow and the cells read
     AC-1 or AC-2. The classifier is less sure of such cells; measured on generated fields,
     the mean held by the cells of a sharp one-pattern field was 0.71 at least, and fell
     below 0.65 in a third of the fields blurred by 1 µm and most blurred by 1.5 µm. Any
