@@ -102,9 +102,10 @@ def test_a_flat_field_is_taken_up_by_a_reload_and_a_bad_one_changes_nothing(
     assert second != first
     assert reload_config(fresh_hep2, path).applied == ("hep2.intensity.flat_field_file",)
     assert fresh_hep2.flat_sha256 == second
-    assert reload_config(fresh_hep2, path).applied == ()
-    # A flat field that cannot be used: the reload is refused and nothing changes.
     cfg = fresh_hep2.cfg
+    assert reload_config(fresh_hep2, path).applied == ()
+    assert fresh_hep2.cfg is cfg  # nothing changed: the running config object stays
+    # A flat field that cannot be used: the reload is refused and nothing changes.
     flat_path.write_text("{ not json", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"hep2\.intensity\.flat_field_file"):
         reload_config(fresh_hep2, path)

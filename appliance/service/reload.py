@@ -59,7 +59,10 @@ def reload_config(assay: FieldAssay, path: Path) -> ReloadOutcome:
     # One reference swap in the assay: the preparing thread reads assay.cfg per field. The
     # assay re-reads the files the config names even when it is unchanged (a flat field
     # made again in place), so a reload is also how such a file is taken up.
-    reread = assay.reconfigure(dataclasses.replace(old, **{k: getattr(new, k) for k in live}))
+    # Nothing live changed: the same object, so the pipeline does not read the held view
+    # again for nothing (it compares the config by identity).
+    reread = assay.reconfigure(dataclasses.replace(old, **{k: getattr(new, k) for k in live})
+                               if live else old)
     outcome = ReloadOutcome((*live, *reread),
                             (*(k for k in changed if k not in LIVE_SECTIONS), *held))
     _log.info("config %s reloaded: applied %s; needs a restart: %s", path,
