@@ -71,6 +71,16 @@ def write_flat(path: Path, corner: float) -> str:
     return ff.save_flat(ff.flat_from_frames(frames), path)
 
 
+def flat_config(tmp_path: Path) -> tuple[Path, Path, str]:
+    """A HEp-2 config naming a new flat field: (config path, flat path, flat sha256)."""
+    flat_path = tmp_path / "flat.json"
+    sha = write_flat(flat_path, 0.5)
+    path = tmp_path / "eyepiece.toml"
+    path.write_text(f'assay = "hep2"\n[hep2.intensity]\nflat_field_file = "{flat_path}"\n',
+                    encoding="utf-8")
+    return path, flat_path, sha
+
+
 def test_the_hep2_section_applies_live_but_the_crop_size_waits(
         tmp_path: Path, fresh_hep2: Hep2Assay) -> None:
     before = fresh_hep2.cfg
@@ -88,11 +98,7 @@ def test_the_hep2_section_applies_live_but_the_crop_size_waits(
 
 def test_a_flat_field_is_taken_up_by_a_reload_and_a_bad_one_changes_nothing(
         tmp_path: Path, fresh_hep2: Hep2Assay) -> None:
-    flat_path = tmp_path / "flat.json"
-    first = write_flat(flat_path, 0.5)
-    path = tmp_path / "eyepiece.toml"
-    path.write_text(f'assay = "hep2"\n[hep2.intensity]\nflat_field_file = "{flat_path}"\n',
-                    encoding="utf-8")
+    path, flat_path, first = flat_config(tmp_path)
     assert fresh_hep2.flat is None
     outcome = reload_config(fresh_hep2, path)
     assert outcome.applied == ("hep2", "hep2.intensity.flat_field_file")
@@ -115,11 +121,7 @@ def test_a_flat_field_is_taken_up_by_a_reload_and_a_bad_one_changes_nothing(
 def test_a_field_is_corrected_by_the_flat_field_in_use_when_it_was_prepared(
         tmp_path: Path, fresh_hep2: Hep2Assay) -> None:
     """A reload between prepare and finish: the field keeps the flat it was prepared with."""
-    flat_path = tmp_path / "flat.json"
-    first = write_flat(flat_path, 0.5)
-    path = tmp_path / "eyepiece.toml"
-    path.write_text(f'assay = "hep2"\n[hep2.intensity]\nflat_field_file = "{flat_path}"\n',
-                    encoding="utf-8")
+    path, flat_path, first = flat_config(tmp_path)
     reload_config(fresh_hep2, path)
     image = generate_hep2_field(Hep2FieldSpec(
         seed=996_800, width=400, height=300, um_per_px=0.5, patterns=(("homogeneous", 1.0),),
