@@ -40,3 +40,17 @@ def test_a_small_run_prints_a_row_per_scale_and_defocus(tmp_path: Path,
     assert rows[1]["p50"] < rows[0]["p50"]  # blur lowers the sharpness
     assert rows[1]["mean_class_accuracy"] < rows[0]["mean_class_accuracy"]
     assert "cells   0.5 um/px  defocus    2 um" in capsys.readouterr().out
+
+
+def test_the_chart_is_drawn_again_from_the_rows(tmp_path: Path) -> None:
+    rows = {"cells": [{"um_per_px": 0.5, "defocus_um": d, "mean_class_accuracy": a}
+                      for d, a in ((0.0, 0.95), (1.0, 0.6))],
+            "fields": [{"defocus_um": d, "pattern_accuracy_scored": a, "refused_out_of_focus": r}
+                       for d, a, r in ((0.0, 1.0, 0.0), (2.0, 0.1, 0.6))]}
+    saved = tmp_path / "rows.json"
+    saved.write_text(json.dumps(rows), encoding="utf-8")
+    chart = tmp_path / "focus.png"
+    assert probe.main(["--replot", str(saved), "--out", str(chart)]) == 0
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):
+        probe.main(["--replot", str(saved)])  # a chart needs somewhere to go

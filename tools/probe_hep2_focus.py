@@ -2,6 +2,8 @@
 
     python -m tools.probe_hep2_focus [--part cells|fields|both] [--per-class 20]
         [--specimens 2] [--scales 0.25,0.5,0.9] [--defocus 0,0.5,1,1.5,2,3] [--json FILE]
+        [--out PNG]
+    python -m tools.probe_hep2_focus --replot FILE --out PNG
 
 The generator draws a field with a defocus (Gaussian blur at the specimen, in µm RMS,
 beyond the objective's own; its evaluation sets draw 0-0.5 µm). For each defocus:
@@ -16,7 +18,10 @@ beyond the objective's own; its evaluation sets draw 0-0.5 µm). For each defocu
   single-pattern and negative specimens (seeds from 1200000, 800x600, a random 0.25-1 µm/px,
   scale declared). Printed: the share refused as out of focus, and of the fields scored
   the specimen pattern accuracy, positive / negative agreement and the cells' mean class
-  accuracy, with the fields' sharpness percentiles.
+  accuracy, with the fields' sharpness percentiles (also judged at 1 µm/px, a variant).
+
+``--out`` charts accuracy and refusals against the blur (``--replot`` redraws the chart
+from a ``--json`` file without measuring again).
 
 The same cells and specimens are drawn at every defocus: only the blur differs. Generated
 data only: a real camera's blur and noise may read otherwise.
@@ -29,6 +34,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -39,6 +45,7 @@ from appliance.assays.hep2.cell_quality import CellRefused
 from appliance.assays.hep2.patterns import NAMES
 from appliance.config import Config, with_overrides
 from tools.eval_hep2 import CellTally, mean_class_accuracy, score_specimen, specimen_cases
+from tools.numbers import save_chart
 from tools.synth.hep2_cell_folder import HEIGHT, WIDTH, cut_cell
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field
 
@@ -167,6 +174,37 @@ def probe_fields(specimens: int, defocus: Sequence[float],
     return rows
 
 
+def plot(out: dict[str, Any], path: Path) -> None:
+    """Accuracy against blur: the single cells per scale, and the fields' pattern calls
+    with the share the focus gate refused."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    for scale in sorted({r["um_per_px"] for r in out.get("cells", ())}):
+        rows = [r for r in out["cells"] if r["um_per_px"] == scale]
+        ax.plot([r["defocus_um"] for r in rows], [r["mean_class_accuracy"] for r in rows],
+                marker="o", lw=1.2, label=f"single cells at {scale:g} µm/px: mean class accuracy")
+    fields = out.get("fields", ())
+    if fields:
+        blur = [r["defocus_um"] for r in fields]
+        ax.plot(blur, [r["pattern_accuracy_scored"] for r in fields], marker="s", lw=2.0,
+                color="black", label="fields: pattern right, of those scored")
+        ax.plot(blur, [r["refused_out_of_focus"] for r in fields], marker="x", lw=2.0,
+                ls="--", color="tab:red", label="fields: refused as out of focus")
+    ax.axvspan(0.0, 0.5, color="0.9", zorder=0, label="the eval sets' blur (0-0.5 µm)")
+    ax.set_xlabel("blur at the specimen, µm RMS (beyond the objective's own)")
+    ax.set_ylabel("share")
+    ax.set_ylim(0.0, 1.02)
+    ax.set_title("HEp-2: what blur costs and what the focus gate refuses (generated data)",
+                 fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
+    save_chart(fig, path, dpi=110)
+    print(f"chart: {path}")
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
@@ -182,8 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--scales", type=_floats, default=(0.25, 0.5, 0.9))
     ap.add_argument("--defocus", type=_floats, default=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0))
     ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--out", type=Path, help="chart the rows here (PNG)")
+    ap.add_argument("--replot", type=Path, help="chart this --json file instead of measuring")
     args = ap.parse_args(argv)
-    out: dict[str, object] = {}
+    if args.replot:
+        if not args.out:
+            ap.error("--replot needs --out")
+        plot(json.loads(args.replot.read_text(encoding="utf-8")), args.out)
+        return 0
+    out: dict[str, Any] = {}
     if args.part in ("cells", "both"):
         out["cells"] = probe_cells(args.per_class, args.scales, args.defocus)
     if args.part in ("fields", "both"):
@@ -193,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    if args.out:
+        plot(out, args.out)
     return 0
 
 
