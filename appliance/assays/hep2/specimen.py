@@ -360,11 +360,9 @@ def low_confidence_warning(held: Sequence[float], specimen: Hep2SpecimenConfig
     mean = sum(held) / len(held)
     if mean >= specimen.low_confidence_below:
         return None
-    return (f"the cells were read with low confidence ({mean:.2f} on average for the "
-            f"patterns they vote for, below {specimen.low_confidence_below:g}): blur, a "
-            "wrong objective or an unfamiliar stain make patterns uncertain, and blur makes "
-            "speckles look homogeneous; refocus, check the objective and confirm the pattern "
-            "by eye")
+    return (f"the cells were read with low confidence ({mean:.2f} on average, below "
+            f"{specimen.low_confidence_below:g}): blur, a wrong objective or an unfamiliar "
+            "stain; refocus, check the objective and confirm the pattern by eye")
 
 
 def region_patterns(cells: Sequence[Hep2Cell], reported: Sequence[str],
