@@ -19,10 +19,10 @@
 * ``docs/img/hep2-crops-by-objective.png``: the crops the classifier sees of the
   few-spots patterns (nuclear dots, nucleolar) at 40x, 20x and 10x, cut as the assay cuts
   them: why their subtypes are read well at 20x and 40x and not at 10x;
-* ``docs/img/hep2-overlay-soft-focus.png``: a fine speckled field 1.2 µm out of focus
-  that passes the focus gate: most cells read homogeneous, the metaphases still give
-  AC-4, and the soft-focus and low-confidence warnings ask for a look (docs/hep2.md,
-  "Focus");
+* ``docs/img/hep2-overlay-soft-focus.png``: a fine speckled field 1 µm out of focus
+  that passes the focus gate: its cells split between fine speckled, dense fine speckled
+  and homogeneous, the call is still AC-4, and the soft-focus and low-confidence warnings
+  ask for a look (docs/hep2.md, "Focus");
 * ``docs/img/hep2-control-chart.png``: a kit control's Levey-Jennings chart as
   ``appliance case controls --chart`` draws it, from the box's readings of 27 generated
   AC-1 control wells on a calibrated microscope: 20 runs in control, then 7 with the
@@ -237,11 +237,11 @@ def control_chart() -> tuple[np.ndarray, list[float]]:
 
 
 def soft_focus(assay: Hep2Assay) -> np.ndarray:
-    """The stored overlay of a fine speckled field blurred by 1.2 µm RMS, which the focus
-    gate passes: its warnings, and the metaphases that still call it AC-4."""
+    """The stored overlay of a fine speckled field blurred by 1 µm RMS, which the focus
+    gate passes, with its warnings."""
     blurred = generate_hep2_field(Hep2FieldSpec(
-        seed=1_220_002, width=1280, height=960, um_per_px=0.4,
-        patterns=(("fine_speckled", 1.0),), intensity=120.0, defocus_um=1.2))
+        seed=1_220_001, width=960, height=720, um_per_px=0.4,
+        patterns=(("fine_speckled", 1.0),), intensity=120.0, defocus_um=1.0))
     result = assay.score(Frame(image=blurred.image, seq=6, timestamp=0.0,
                                source="ac4-soft-focus.png", um_per_px=0.4))
     return render_overlay(blurred.image, result)
