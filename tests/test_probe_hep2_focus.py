@@ -54,3 +54,10 @@ def test_the_chart_is_drawn_again_from_the_rows(tmp_path: Path) -> None:
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit):
         probe.main(["--replot", str(saved)])  # a chart needs somewhere to go
+
+
+def test_the_looks_asked_are_the_stress_tools_own() -> None:
+    from tools.stress_hep2 import FLAT_FIELDED, LOOKS
+
+    assert set(probe.LOOK_NAMES) <= set(LOOKS)
+    assert not set(probe.LOOK_NAMES) & set(FLAT_FIELDED)  # those need a flat field made

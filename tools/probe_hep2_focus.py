@@ -1,6 +1,6 @@
 """How much blur the HEp-2 classifier tolerates, and whether the focus gate stops the rest.
 
-    python -m tools.probe_hep2_focus [--part cells|fields|both] [--per-class 20]
+    python -m tools.probe_hep2_focus [--part cells|fields|both|looks] [--per-class 20]
         [--specimens 2] [--scales 0.25,0.5,0.9] [--defocus 0,0.5,1,1.5,2,3] [--json FILE]
         [--out PNG]
     python -m tools.probe_hep2_focus --replot FILE --out PNG
@@ -19,6 +19,11 @@ beyond the objective's own; its evaluation sets draw 0-0.5 µm). For each defocu
   scale declared). Printed: the share refused as out of focus, and of the fields scored
   the specimen pattern accuracy, positive / negative agreement and the cells' mean class
   accuracy, with the fields' sharpness percentiles (also judged at 1 µm/px, a variant).
+
+- **looks** (sharp fields as drawn, through the cameras `tools.stress_hep2` draws: how
+  often a sharp field warns of soft focus or low confidence, or is refused as out of
+  focus, when the camera differs from the generator's): the stress set's specimens
+  (seeds from 780000), scale declared.
 
 ``--out`` charts accuracy and refusals against the blur (``--replot`` redraws the chart
 from a ``--json`` file without measuring again).
@@ -43,8 +48,15 @@ from appliance.assays.hep2 import quality
 from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.hep2.cell_quality import CellRefused
 from appliance.assays.hep2.patterns import NAMES
+from appliance.assays.hep2.specimen import LOW_CONFIDENCE
 from appliance.config import Config, with_overrides
-from tools.eval_hep2 import CellTally, mean_class_accuracy, score_specimen, specimen_cases
+from tools.eval_hep2 import (
+    CellTally,
+    mean_class_accuracy,
+    score_generated,
+    score_specimen,
+    specimen_cases,
+)
 from tools.numbers import save_chart
 from tools.synth.hep2_cell_folder import HEIGHT, WIDTH, cut_cell
 from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_field
@@ -52,6 +64,11 @@ from tools.synth.hep2_fields import Hep2Field, Hep2FieldSpec, generate_hep2_fiel
 CELL_SEED = 997_000  # + 50000 per scale; shared with probe_hep2_carried_scale (held out)
 FIELD_SEED = 1_200_000
 CELLS_PER_FIELD = 12
+# The camera looks of tools.stress_hep2 asked in --part looks (not the flat-fielded one,
+# which needs a flat field made through it).
+LOOK_NAMES = ("as_drawn", "monochrome", "colour_mosaic", "gamma_2.2", "mjpg_q75", "noisy",
+              "soft_focus", "vignetting", "long_pass", "stray_light", "scale_+20%",
+              "scale_-20%")
 
 
 def cells_at(per_class: int, um_per_px: float, defocus_um: float, first_seed: int
@@ -205,6 +222,37 @@ def plot(out: dict[str, Any], path: Path) -> None:
     print(f"chart: {path}")
 
 
+def probe_looks(specimens: int) -> list[dict[str, object]]:
+    """One row per camera look: how often sharp fields warn or are refused for focus."""
+    from tools.stress_hep2 import FIRST_SEED as LOOK_SEED
+    from tools.stress_hep2 import LOOKS
+
+    rows: list[dict[str, object]] = []
+    cfg = with_overrides(Config(), {"assay": "hep2"})
+    cases = specimen_cases(specimens, first_seed=LOOK_SEED)
+    fields: dict[int, Hep2Field] = {}
+    with Hep2Assay.from_config(cfg) as assay:
+        for name in LOOK_NAMES:
+            look, factor = LOOKS[name]
+            refused = positive = unsure = soft = 0
+            for seq, case in enumerate(tqdm(cases, desc=name)):
+                result = score_generated(assay, case.spec, seq, look=look,
+                                         declared_factor=factor, fields=fields)[2]
+                refused += result.reason_code == "out_of_focus" and not result.scored
+                if result.scored and result.positive:
+                    positive += 1
+                    unsure += any(w.startswith(LOW_CONFIDENCE) for w in result.warnings)
+                    soft += any(w.startswith("soft focus") for w in result.warnings)
+            row: dict[str, object] = {
+                "look": name, "fields": len(cases), "refused_out_of_focus": refused,
+                "positive_scored": positive, "low_confidence": unsure, "soft_focus": soft}
+            rows.append(row)
+            print(f"look {name:14s} refused out of focus {refused:2d} of {len(cases)}; of "
+                  f"{positive} positive fields {unsure} warn of low confidence, {soft} of "
+                  "soft focus", flush=True)
+    return rows
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
@@ -214,7 +262,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--part", choices=("cells", "fields", "both"), default="both")
+    ap.add_argument("--part", choices=("cells", "fields", "both", "looks"), default="both")
     ap.add_argument("--per-class", type=int, default=20, help="cells per class and scale")
     ap.add_argument("--specimens", type=int, default=2, help="fields per pattern")
     ap.add_argument("--scales", type=_floats, default=(0.25, 0.5, 0.9))
@@ -235,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fields: list[tuple[float, float, str, bool, float, float]] = []
         out["fields"] = probe_fields(args.specimens, args.defocus, fields)
         out["per_field"] = fields
+    if args.part == "looks":
+        out["looks"] = probe_looks(args.specimens)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")

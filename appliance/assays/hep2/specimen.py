@@ -342,6 +342,9 @@ def call_specimen(cells: Sequence[Hep2Cell], units: float, *, specimen: Hep2Spec
     return SpecimenCall(True, level, tuple(calls), tuple(warnings))
 
 
+LOW_CONFIDENCE = "the cells were read with low confidence"  # the warning's first words
+
+
 def low_confidence_warning(held: Sequence[float], specimen: Hep2SpecimenConfig
                            ) -> str | None:
     """A warning when the cells hold, on average, less than ``low_confidence_below`` of
@@ -360,7 +363,7 @@ def low_confidence_warning(held: Sequence[float], specimen: Hep2SpecimenConfig
     mean = sum(held) / len(held)
     if mean >= specimen.low_confidence_below:
         return None
-    return (f"the cells were read with low confidence ({mean:.2f} on average, below "
+    return (f"{LOW_CONFIDENCE} ({mean:.2f} on average, below "
             f"{specimen.low_confidence_below:g}): blur, a wrong objective or an unfamiliar "
             "stain; refocus, check the objective and confirm the pattern by eye")
 
