@@ -387,8 +387,9 @@ class Hep2SpecimenConfig:
     low_confidence_below: float = _f(
         0.65, "A positive call warns when its whole interphase cells hold, on average, less "
         "probability than this for the pattern(s) they vote for: blur, a wrong objective or "
-        "an unfamiliar stain make the pattern uncertain (sharp generated fields: 0.71 and "
-        "more for one pattern; docs/hep2.md, Focus). 0 = never", lo=0, hi=1,
+        "an unfamiliar stain make the pattern uncertain (of sharp generated positive "
+        "fields, 1 in 80 and 2 in 40 warned in two sets; docs/hep2.md, Focus). 0 = never",
+        lo=0, hi=1,
     )
     few_cells: int = _f(
         20, "Fewer voting cells than this: the call carries a warning to look at more fields",

@@ -353,8 +353,9 @@ def low_confidence_warning(held: Sequence[float], specimen: Hep2SpecimenConfig
     The focus gate misses blur of 0.75-1 µm RMS, which costs a fifth to two fifths of the
     calls (docs/hep2.md, "Focus"): the speckles blur into a homogeneous glow and the cells read
     AC-1 or AC-2. The classifier is less sure of such cells; measured on generated fields,
-    the mean held by the cells of a sharp one-pattern field was 0.71 at least, and fell
-    below 0.65 in a third of the fields blurred by 1 µm and most blurred by 1.5 µm. Any
+    the mean held by the cells of 32 sharp one-pattern fields was 0.71 at least (1 in 80
+    and 2 in 40 sharp positive fields of two other sets warn), and fell below 0.65 in a
+    third of the fields blurred by 1 µm and most blurred by 1.5 µm. Any
     reason the cells look unlike the training (a wrong objective, an unfamiliar stain or
     camera) lowers it too, and calls for the same look by eye.
     """
