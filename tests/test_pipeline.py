@@ -391,3 +391,68 @@ def test_a_view_read_again_under_a_new_objective_is_reported_as_superseding(
     assert second["um_per_px_source"] == "objective"
     assert second["supersedes"] == {"file": first["file"], "seq": first["seq"],
                                     "reason": "settings_changed"}
+
+
+def test_a_flat_field_made_again_under_its_name_reads_the_held_view_again(
+        tmp_path: Path) -> None:
+    """A lab remakes the flat field in place and reloads the same config: nothing in the
+    config changed, yet the brightness of the view in front of the camera did. The view is
+    read again with the new flat and reported as superseding the first reading. Before,
+    the view stayed decided (the config was the same object) and the store kept the
+    reading made with the old flat until the next view."""
+    from appliance.assays.hep2 import flat_field as ff
+    from appliance.assays.hep2.assay import Hep2Assay
+    from appliance.service.reload import reload_config
+    from tools.synth import camera_looks
+    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+
+    def write_flat(corner: float) -> str:
+        rng = np.random.default_rng(7)
+        frames = [camera_looks.vignetting(camera_looks.uniform_slide(300, 400, rng, 170.0),
+                                          corner) for _ in range(3)]
+        return ff.save_flat(ff.flat_from_frames(frames), flat_path)
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    write_rgb(folder / "f.png", generate_hep2_field(Hep2FieldSpec(
+        seed=996_810, width=400, height=300, um_per_px=0.5, patterns=(("homogeneous", 1.0),),
+        intensity=120.0, defocus_um=0.0)).image)
+    flat_path = tmp_path / "flat.json"
+    first_flat = write_flat(0.5)
+    cfg_path = tmp_path / "eyepiece.toml"
+    cfg_path.write_text(f'assay = "hep2"\n[optics]\num_per_px = 0.5\n'
+                        f'[hep2.intensity]\nflat_field_file = "{flat_path}"\n', encoding="utf-8")
+    cfg = with_overrides(config(tmp_path, **{"source.uri": f"replay:{folder}",
+                                             "source.hold_s": 60.0}),
+                         {"assay": "hep2", "optics.um_per_px": 0.5,
+                          "hep2.intensity.flat_field_file": str(flat_path)})
+    reloads: list[tuple[tuple[str, ...], int]] = []  # (applied, frames analysed then)
+    with Hep2Assay.from_config(cfg) as hep2:
+        assert hep2.flat_sha256 == first_flat
+        before = hep2.cfg
+
+        def until(p: Pipeline) -> bool:
+            snap = p.snapshot()
+            if not reloads and snap.fields_reported == 1 and snap.frames_dropped.get("settled"):
+                # A reload of the same file, the flat unchanged: the same reading.
+                reloads.append((reload_config(hep2, cfg_path).applied, snap.frames_analysed))
+            elif (len(reloads) == 1 and snap.frames_dropped.get("settled", 0) > 2
+                  and snap.fields_reported == 1):
+                write_flat(0.8)  # made again in place, then the reload
+                reloads.append((reload_config(hep2, cfg_path).applied, snap.frames_analysed))
+            return snap.fields_reported >= 2
+
+        pipeline = run_pipeline(cfg, hep2, lambda: open_source(cfg.source, cfg.input),
+                                until=until)
+        assert hep2.cfg is before  # no setting changed: the running config object stayed
+    assert [applied for applied, _ in reloads] == [(), ("hep2.intensity.flat_field_file",)]
+    assert pipeline.snapshot().fields_reported == 2
+    with sqlite3.connect(cfg.store.path) as conn:
+        rows = [json.loads(r) for (r,) in conn.execute(
+            "SELECT result_json FROM results ORDER BY id")]
+    first, second = rows
+    assert first["status"] == second["status"] == "scored"
+    assert second["supersedes"] == {"file": first["file"], "seq": first["seq"],
+                                    "reason": "settings_changed"}
+    # Less light fall-off at the corners in the new flat: the corrected brightness moved.
+    assert first["intensity"]["value"] != second["intensity"]["value"]

@@ -103,6 +103,7 @@ def test_a_flat_field_is_taken_up_by_a_reload_and_a_bad_one_changes_nothing(
     outcome = reload_config(fresh_hep2, path)
     assert outcome.applied == ("hep2", "hep2.intensity.flat_field_file")
     assert fresh_hep2.flat_sha256 == first and fresh_hep2.flat is not None
+    assert fresh_hep2.reading_inputs() == (first,)  # what the pipeline compares
     # The lab makes the flat field again in the same place: the same config takes it up.
     second = write_flat(flat_path, 0.7)
     assert second != first

@@ -112,6 +112,9 @@ def test_the_settings_a_reading_depends_on_are_compared_by_value() -> None:
         with_overrides(hep2, {"hep2.specimen.mixed_share": 0.3}))
     assert reading_settings(Config()) != reading_settings(
         with_overrides(Config(), {"optics.um_per_px": 0.5}))
+    # A file the config names, made again under the same name (a flat field).
+    assert reading_settings(hep2, ("a" * 64,)) != reading_settings(hep2, ("b" * 64,))
+    assert reading_settings(hep2, ("a" * 64,)) == reading_settings(hep2, ("a" * 64,))
 
 
 @pytest.mark.parametrize("key", ["cam", "cam#", "cam#x1", "#-1"])

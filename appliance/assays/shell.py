@@ -40,6 +40,13 @@ class AssayShell(Generic[_R]):
         self.cfg = cfg
         return ()
 
+    def reading_inputs(self) -> tuple[str, ...]:
+        """Digests of what a reading depends on besides ``cfg``'s values (the files it
+        names, read at start-up or by :meth:`reconfigure`), so that a file changed in place
+        and taken up by a reload sends the view in front of the camera to be read again.
+        An assay that loads nothing the config names has none."""
+        return ()
+
     def infer(self, prepared: Any) -> Any:
         raise NotImplementedError
 

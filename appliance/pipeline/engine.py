@@ -71,6 +71,7 @@ class _Job:
     tracked: Tracked
     assay: FieldAssay | None = None  # the assay that prepared it finishes it (set_assay)
     cfg: Config | None = None  # that assay's config when it prepared it (set_objective)
+    inputs: tuple[str, ...] = ()  # and the digests of the files it read (a reload)
     prepared: Any = None  # the assay's prepared field
     logits: Any = None
     result: AnyResult | None = None  # set early when a step refused or failed
@@ -115,7 +116,7 @@ class Pipeline:
         self._assay_changed = False
         # The still view last decided with a scored result: (still id, assay, its config).
         # Its later frames are not analysed again (``_is_settled``). Under _lock.
-        self._settled: tuple[int, FieldAssay, Config] | None = None
+        self._settled: tuple[int, FieldAssay, Config, tuple[str, ...]] | None = None
         self._display_errors: set[str] = set()  # display thread only
         self.fatal: BaseException | None = None  # what ended the pipeline, if not a stop
         self._lock = threading.Lock()
@@ -262,7 +263,8 @@ class Pipeline:
         with self._lock:
             settled = self._settled
             return (settled is not None and still_id == settled[0]
-                    and settled[1] is self.assay and settled[2] is self.assay.cfg)
+                    and settled[1] is self.assay and settled[2] is self.assay.cfg
+                    and settled[3] == self.assay.reading_inputs())
 
     def _prepare_and_model(self, job: _Job) -> None:
         """Both steps in one thread (two cores: see ``pipeline.model_thread``)."""
@@ -288,6 +290,7 @@ class Pipeline:
             if self._assay_changed:  # another assay's scale estimate means nothing here
                 self._scale_memo, self._assay_changed = None, False
         cfg = job.cfg = assay.cfg
+        job.inputs = assay.reading_inputs()
         hint = self._scale_hint(still_id, cfg)
         prepared = assay.guarded(frame, lambda: assay.prepare(frame, hint))
         if isinstance(prepared, RESULT_TYPES):
@@ -337,7 +340,7 @@ class Pipeline:
             job.result = assay.guarded(frame, lambda: assay.finish(prepared, logits))
         assert job.result is not None  # every path above sets it
         now = time.monotonic()
-        settings = None if job.cfg is None else reading_settings(job.cfg)
+        settings = None if job.cfg is None else reading_settings(job.cfg, job.inputs)
         decision = self._policy.consider(job.tracked, job.result, settings)
         result = job.result = with_supersedes(job.result, decision)
         outcome = Outcome(job.tracked, result, now, decision)
@@ -349,7 +352,7 @@ class Pipeline:
             # in analysis must still send the view to be read again.
             if outcome.decision is not None and result.scored and job.assay is not None \
                     and job.cfg is not None and view.still_id is not None:
-                self._settled = (view.still_id, job.assay, job.cfg)
+                self._settled = (view.still_id, job.assay, job.cfg, job.inputs)
         if outcome.reported:
             since = job.tracked.view.still_since
             self.metrics.field_reported(

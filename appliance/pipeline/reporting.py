@@ -82,14 +82,16 @@ class ReportPolicy:
 
 
 # What a field's reading depends on that can change while a view stays in front of the
-# camera: the assay, the optics, and the assay's own section (compared by value, so a
-# reload that changes another section does not report the view again).
+# camera: the assay, the optics, the assay's own section and the files it names (compared
+# by value, so a reload that changes another section does not report the view again).
 ReadingSettings = tuple[object, ...]
 
 
-def reading_settings(cfg: Config) -> ReadingSettings:
-    """The parts of ``cfg`` a reading depends on, comparable by value."""
-    return (cfg.assay, cfg.optics, cfg.hep2 if cfg.assay == "hep2" else cfg.her2)
+def reading_settings(cfg: Config, inputs: tuple[str, ...] = ()) -> ReadingSettings:
+    """The parts of ``cfg`` a reading depends on, and the digests of the files it read
+    (``FieldAssay.reading_inputs``: a flat field made again under the same name),
+    comparable by value."""
+    return (cfg.assay, cfg.optics, cfg.hep2 if cfg.assay == "hep2" else cfg.her2, inputs)
 
 
 def with_supersedes(result: AnyResult, decision: ReportDecision | None) -> AnyResult:

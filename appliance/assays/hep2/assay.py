@@ -158,6 +158,11 @@ class Hep2Assay(AssayShell[Hep2Result]):
         self.cfg = cfg
         return ("hep2.intensity.flat_field_file",) if changed else ()
 
+    def reading_inputs(self) -> tuple[str, ...]:
+        """The flat field's sha256 ('' without one): a reload that changes its content
+        under the same name changes the reading, as a changed setting does."""
+        return (self._flat.sha256,)
+
     @classmethod
     def from_config(cls, cfg: Config) -> Hep2Assay:
         """Load and verify the shipped classifier on the configured backend.
