@@ -569,6 +569,14 @@ class StabilityConfig:
         "what a real camera reads when sharp would report nothing at all",
         lo=0, hi=100,
     )
+    sharper_factor: float = _f(
+        1.1, "A return to a reported field at the same spot (the stage not moved) is "
+        "reported again, replacing the earlier report, when the view is now sharper: its "
+        "focus figure (see min_focus) at least this many times the one it was reported at "
+        "(the user focused better after the box had reported it). A large value (100) "
+        "turns this off",
+        lo=1.0, hi=100,
+    )
     same_field_similarity: float = _f(
         0.85, "Fingerprint correlation (after registration) at or above which a field is "
         "one already reported", lo=0, hi=1,

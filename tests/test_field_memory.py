@@ -11,9 +11,11 @@ from appliance.config import StabilityConfig
 from appliance.pipeline.field_memory import (
     FP_HEIGHT,
     FP_WIDTH,
+    SAME_SPOT_SHIFT_PX,
     FieldMemory,
     Fingerprint,
     fingerprint,
+    register,
     similarity,
 )
 from tests.test_stability import Camera, clean_scene
@@ -48,6 +50,7 @@ def prints() -> dict[str, Fingerprint]:
         "a": fingerprint(a.view(120, 90)),
         "a_back": fingerprint(a.view(150, 70, gain=0.7)),
         "a_blurred": fingerprint(a.view(125, 95, blur=3.0)),
+        "a_soft": fingerprint(a.view(120, 90, blur=1.5)),  # the same spot, focus turned
         "b": fingerprint(b.view(120, 90)),
         "c": fingerprint(c.view(120, 90)),
         "d": fingerprint(d.view(120, 90)),
@@ -169,6 +172,48 @@ def test_an_unscored_field_is_reported_again_once_scorable(
     assert mem.decide(5, prints["a_blurred"], scored=False).reason == "return to field sharp"
 
 
+def test_a_return_clearly_sharper_than_its_report_is_reported_again(
+        prints: dict[str, Fingerprint]) -> None:
+    """The box reported a view the user then focused better, the stage unmoved: the
+    sharper reading replaces it. A view as sharp or less sharp is a plain return, so is a
+    sharper view of another spot of the field, and only a report raises the bar."""
+    mem = FieldMemory(CFG)
+    assert mem.decide(1, prints["a_soft"], scored=True, focus=1.2).report
+    mem.remember("soft", 1, prints["a_soft"], scored=True, focus=1.2)
+    # Within the factor (noise, a touch of the knob), or less sharp: a return.
+    assert not mem.decide(2, prints["a"], scored=True, focus=1.2 * 1.09).report
+    assert not mem.decide(3, prints["a"], scored=True, focus=1.05).report
+    # Sharper but not scorable (a refusal is never reported over a scored field).
+    assert not mem.decide(4, prints["a"], scored=False, focus=1.5).report
+    # Sharper, but the stage was moved: other cells, whose figure differs by content.
+    assert not mem.decide(5, prints["a_back"], scored=True, focus=1.5).report
+    # Sharper by the factor at the same spot: reported, replacing the soft report.
+    sharper = mem.decide(6, prints["a"], scored=True, focus=1.2 * 1.1)
+    assert sharper.report and sharper.reason == "sharper" and sharper.matched_key == "soft"
+    mem.remember("sharp", 6, prints["a"], scored=True, focus=1.2 * 1.1)
+    assert mem.keys() == ["sharp"]
+    # The bar is now the sharper report's; an unknown focus compares nothing.
+    assert not mem.decide(7, prints["a_soft"], scored=True, focus=1.4).report
+    assert mem.decide(8, prints["a_soft"], scored=True, focus=1.46).reason == "sharper"
+    assert not mem.decide(9, prints["a"], scored=True).report
+
+
+def test_the_sharper_factor_can_turn_the_rule_off(prints: dict[str, Fingerprint]) -> None:
+    mem = FieldMemory(StabilityConfig(sharper_factor=100.0))
+    mem.decide(1, prints["a_soft"], scored=True, focus=1.1)
+    mem.remember("soft", 1, prints["a_soft"], scored=True, focus=1.1)
+    assert mem.decide(2, prints["a"], scored=True, focus=3.0).reason == "return to field soft"
+
+
+def test_a_registration_gives_the_shift_between_two_views(
+        prints: dict[str, Fingerprint]) -> None:
+    same_spot = register(prints["a"], prints["a_soft"])
+    assert same_spot.similarity >= MATCH and same_spot.shift <= SAME_SPOT_SHIFT_PX
+    moved = register(prints["a"], prints["a_back"])  # 30 and 20 px of a 320 px view
+    assert moved.similarity >= MATCH and moved.shift > SAME_SPOT_SHIFT_PX
+    assert register(prints["a"], prints["b"]).similarity == similarity(prints["a"], prints["b"])
+
+
 def test_memory_forgets_the_oldest_field(prints: dict[str, Fingerprint]) -> None:
     mem = FieldMemory(StabilityConfig(memory=2))
     for sid, name in enumerate(("a", "b", "c"), start=1):
@@ -198,14 +243,14 @@ def test_repeated_questions_about_a_return_reuse_the_match(
         mem.decide(sid, prints[name], scored=True)
         mem.remember(name, sid, prints[name], scored=True)
     calls = 0
-    real = fm.similarity
+    real = fm.register
 
-    def counting(p: Fingerprint, q: Fingerprint) -> float:
+    def counting(p: Fingerprint, q: Fingerprint) -> fm.Registration:
         nonlocal calls
         calls += 1
         return real(p, q)
 
-    monkeypatch.setattr(fm, "similarity", counting)
+    monkeypatch.setattr(fm, "register", counting)
     for _ in range(5):  # five analysed frames of one still period
         assert mem.decide(9, prints["a_back"], scored=True).matched_key == "a"
     assert calls == 3  # one search of the memory, not five

@@ -300,8 +300,11 @@ def test_a_scored_return_stands_for_a_field_first_shown_out_of_focus(bench: Benc
     assert bench.cases.end_control(source="cli").valid
 
 
-def test_a_field_read_again_under_new_settings_counts_by_its_new_reading(
-        bench: Bench) -> None:
+@pytest.mark.parametrize(("reason", "warning"), [
+    ("settings_changed", "were read again after a settings change"),
+    ("sharper", "were reported again when the view came back sharper")])
+def test_a_field_read_again_counts_by_its_new_reading(
+        bench: Bench, reason: str, warning: str) -> None:
     bench.cases.start_case("S26-6", source="cli")
     first = homogeneous("cam0", brightness=80.0)
     bench.show(first, seed=1)
@@ -309,7 +312,7 @@ def test_a_field_read_again_under_new_settings_counts_by_its_new_reading(
     # The same view, read again after set_objective: the pipeline names the report it
     # replaces by file and frame number.
     again = replace(homogeneous("cam0", brightness=120.0), seq=9,
-                    supersedes=Supersedes("cam0", first.seq, "settings_changed"))
+                    supersedes=Supersedes("cam0", first.seq, reason))
     bench.show(again, seed=1)
     doc = bench.cases.end_case(None, source="cli")
     assert [(f["number"], f["counted"]) for f in doc["fields"]] == [(1, False), (2, True),
@@ -317,15 +320,17 @@ def test_a_field_read_again_under_new_settings_counts_by_its_new_reading(
     assert doc["fields"][0]["note"] == "superseded by field 3 (read again): not counted"
     # The well's units are the median of its cells': 80 and 120 counted, not 80 twice.
     assert doc["intensity"]["value"] == pytest.approx(100.0)
-    assert any("read again after a settings change" in w and "field 1 by 3" in w
-               for w in doc["warnings"])
+    assert [w for w in doc["warnings"] if "field 1 by 3" in w] == [
+        f"1 field(s) {warning} (objective, config): only the new reading counts (field 1 by 3)"
+        if reason == "settings_changed" else
+        f"1 field(s) {warning} (focused better): only the new reading counts (field 1 by 3)"]
     case_validator().validate(json.loads(contract.encode(
         contract.case_message("box-1", doc, msg_id="m1", seq=1))))
     # The stored results keep both readings, each as it was reported.
     with sqlite3.connect(bench.cfg.store.path) as conn:
         stored = [json.loads(r)["supersedes"] for (r,) in
                   conn.execute("SELECT result_json FROM results ORDER BY id")]
-    assert stored == [None, None, {"file": "cam0", "seq": 1, "reason": "settings_changed"}]
+    assert stored == [None, None, {"file": "cam0", "seq": 1, "reason": reason}]
 
 
 def test_a_control_view_read_again_after_its_round_stays_a_control_field(

@@ -456,3 +456,35 @@ def test_a_flat_field_made_again_under_its_name_reads_the_held_view_again(
                                     "reason": "settings_changed"}
     # Less light fall-off at the corners in the new flat: the corrected brightness moved.
     assert first["intensity"]["value"] != second["intensity"]["value"]
+
+
+def test_a_field_focused_better_after_its_report_is_reported_again_as_sharper(
+        tmp_path: Path) -> None:
+    """The user stops on a field 0.75 um out of focus (sharp enough for the box to report
+    it, not for the speckles), then focuses: the sharper reading replaces the soft one in
+    the store. Before, the sharper view was a return to a reported field and the store
+    kept the soft reading."""
+    from appliance.assays.hep2.assay import Hep2Assay
+    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    for name, defocus in (("a_soft.png", 0.75), ("b_sharp.png", 0.0)):
+        write_rgb(folder / name, generate_hep2_field(Hep2FieldSpec(
+            seed=996_820, width=640, height=480, um_per_px=0.5,
+            patterns=(("fine_speckled", 1.0),), intensity=100.0, defocus_um=defocus)).image)
+    cfg = with_overrides(config(tmp_path, **{"source.uri": f"replay:{folder}",
+                                             "source.hold_s": 4.0}),
+                         {"assay": "hep2", "optics.um_per_px": 0.5})
+    with Hep2Assay.from_config(cfg) as hep2:
+        pipeline = run_pipeline(cfg, hep2, lambda: open_source(cfg.source, cfg.input))
+    assert pipeline.snapshot().fields_reported == 2
+    with sqlite3.connect(cfg.store.path) as conn:
+        soft, sharp = [json.loads(r) for (r,) in conn.execute(
+            "SELECT result_json FROM results ORDER BY id")]
+    assert soft["file"].endswith("a_soft.png") and sharp["file"].endswith("b_sharp.png")
+    assert soft["status"] == sharp["status"] == "scored"
+    assert soft["supersedes"] is None
+    assert sharp["supersedes"] == {"file": soft["file"], "seq": soft["seq"],
+                                   "reason": "sharper"}
+    assert sharp["sharpness"] > soft["sharpness"]

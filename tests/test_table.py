@@ -22,6 +22,8 @@ def test_a_superseding_row_names_the_report_it_replaces() -> None:
     assert "replaces" not in format_hep2_row(hep2)
     row = format_hep2_row(replace(hep2, supersedes=Supersedes("cam0", 3, "now_scorable")))
     assert "AC-1" in row and "(replaces #3 (now scorable)" in row
+    row = format_hep2_row(replace(hep2, supersedes=Supersedes("cam0", 4, "sharper")))
+    assert "(replaces #4 (sharper view)" in row
     gone = format_hep2_row(replace(refused("cam0"), supersedes=Supersedes(
         "cam0", 1, "settings_changed")))
     assert gone.endswith("replaces #1 (read again under new settings); out of focus")

@@ -39,7 +39,8 @@ def _replaces(result: FieldResult | Hep2Result) -> list[str]:
     ref = result.supersedes
     if ref is None:
         return []
-    why = "read again under new settings" if ref.reason == "settings_changed" else "now scorable"
+    why = {"settings_changed": "read again under new settings",
+           "sharper": "sharper view"}.get(ref.reason, "now scorable")
     return [f"replaces #{ref.seq} ({why})"]
 
 

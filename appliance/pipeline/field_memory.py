@@ -37,6 +37,13 @@ MIN_OVERLAP_FRACTION = 0.5
 _MIN_CLAIMS = 16  # reported still periods remembered even with a tiny field memory
 _FLAT_STD = 1e-3  # a log-grey spread below this is a blank view (lens cap, glass, no light)
 NOW_SCORABLE = "now scorable"  # the reason a return to a refused field is reported
+SHARPER = "sharper"  # the reason a return to a field reported less sharp is reported
+# A return registered within this shift (fingerprint pixels, ~3% of the field's width) is
+# the same spot: the stage was not moved, only the focus (whose knob may shift the image a
+# few µm), so the two views' focus figures compare. A view shifted further shows other
+# cells, whose figure can differ by content on real tissue (on generated fields it moved
+# by 1.5% at most for shifts up to 20%: tissue there is alike everywhere).
+SAME_SPOT_SHIFT_PX = 3.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,6 +158,21 @@ def _hanning(width: int, height: int) -> np.ndarray:
     return np.asarray(cv2.createHanningWindow((width, height), cv2.CV_32F))
 
 
+@dataclass(frozen=True)
+class Registration:
+    """How one view lines up on another: the correlation after registering, and the
+    shift found (fingerprint pixels; 0, 0 when the views could not be compared)."""
+
+    similarity: float
+    shift_x: float = 0.0
+    shift_y: float = 0.0
+
+    @property
+    def shift(self) -> float:
+        """The shift's length, fingerprint pixels."""
+        return math.hypot(self.shift_x, self.shift_y)
+
+
 def similarity(a: Fingerprint, b: Fingerprint) -> float:
     """Correlation in [-1, 1] of two views after registering ``b`` onto ``a``.
 
@@ -158,16 +180,21 @@ def similarity(a: Fingerprint, b: Fingerprint) -> float:
     MAX_SHIFT_FRACTION of a side, or when less than MIN_OVERLAP_FRACTION of the area
     overlaps: such views cannot be the same field.
     """
+    return register(a, b).similarity
+
+
+def register(a: Fingerprint, b: Fingerprint) -> Registration:
+    """:func:`similarity` with the shift it registered ``b`` by."""
     if a.blank or b.blank:
-        return 0.0
+        return Registration(0.0)
     h, w = a.pixels.shape
     win = _hanning(w, h)
     # Windowed copies: OpenCV's phaseCorrelate given a window writes it into its inputs.
     (sx, sy), _ = cv2.phaseCorrelate(a.pixels * win, b.pixels * win)
     if abs(sx) > MAX_SHIFT_FRACTION * w or abs(sy) > MAX_SHIFT_FRACTION * h:
-        return 0.0
+        return Registration(0.0)
     if (w - abs(sx)) * (h - abs(sy)) < MIN_OVERLAP_FRACTION * w * h:
-        return 0.0
+        return Registration(0.0)
     # OpenCV's convention: b[y + sy, x + sx] = a[y, x]. Sampling b there (cubic: sub-pixel,
     # as a whole-pixel error costs much correlation on fine tissue at 10x) aligns it to a.
     to_b = np.array([[1.0, 0.0, sx], [0.0, 1.0, sy]], np.float32)
@@ -176,7 +203,8 @@ def similarity(a: Fingerprint, b: Fingerprint) -> float:
     # Only where both views saw the tissue, away from either fingerprint's border band.
     x0, x1 = math.ceil(max(0.0, -sx) + _BORDER_PX), math.floor(min(w, w - sx) - _BORDER_PX)
     y0, y1 = math.ceil(max(0.0, -sy) + _BORDER_PX), math.floor(min(h, h - sy) - _BORDER_PX)
-    return _correlation(a.pixels[y0:y1, x0:x1], aligned[y0:y1, x0:x1])
+    return Registration(_correlation(a.pixels[y0:y1, x0:x1], aligned[y0:y1, x0:x1]),
+                        float(sx), float(sy))
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -194,6 +222,7 @@ class _Entry:
     still_id: int
     fingerprint: Fingerprint
     scored: bool
+    focus: float | None  # the view's focus figure when it was reported (None: not known)
 
 
 class FieldMemory:
@@ -202,14 +231,20 @@ class FieldMemory:
     A view that matches a remembered field (similarity >= ``same_field_similarity``) is a
     return to it and is not reported again, unless the remembered report was not scored
     (out of focus, say) and this one is: the user fixed the view, so it is reported and
-    replaces the old entry. At most ``memory`` fields are kept; a return refreshes a field,
-    and the field longest without one is forgotten first.
+    replaces the old entry; or this view shows the same spot (registered within
+    SAME_SPOT_SHIFT_PX: the stage not moved, only the focus) sharper than the remembered
+    report by ``sharper_factor`` (the user focused better after the report), reported the
+    same way. A return to another spot of the field is never "sharper": a shifted view's
+    focus figure differs with its content, not only with the focus. At most ``memory``
+    fields are kept; a return refreshes a field, and the field longest without one is
+    forgotten first.
 
     Not thread-safe: one pipeline stage owns it.
     """
 
     def __init__(self, cfg: StabilityConfig) -> None:
         self._threshold = cfg.same_field_similarity
+        self._sharper = cfg.sharper_factor
         self._capacity = cfg.memory
         self._fields: OrderedDict[str, _Entry] = OrderedDict()
         # Still periods claimed by a report (-> the key stored for it), newest last.
@@ -217,7 +252,7 @@ class FieldMemory:
         self._replaces: dict[int, str] = {}  # still_id -> key its "now scorable" report replaces
         # The field each recent still period matched, so that asking again on its later
         # frames does not search the whole memory again.
-        self._matched: OrderedDict[int, str] = OrderedDict()
+        self._matched: OrderedDict[int, tuple[str, float]] = OrderedDict()  # (key, shift)
 
     def __len__(self) -> int:
         return len(self._fields)
@@ -231,32 +266,39 @@ class FieldMemory:
         """Remembered field keys, the next to be forgotten first."""
         return list(self._fields)
 
-    def decide(self, still_id: int, fp: Fingerprint, scored: bool) -> ReportDecision:
+    def decide(self, still_id: int, fp: Fingerprint, scored: bool,
+               focus: float | None = None) -> ReportDecision:
         """Whether the view of still period ``still_id`` is reported.
 
-        ``scored`` says whether this view's result is (or is expected to be) scorable. A
+        ``scored`` says whether this view's result is (or is expected to be) scorable, and
+        ``focus`` is its focus figure (``stability.sharpness``; None: not compared). A
         decision to report claims the still period: asked again about it, the answer is
         "same still period", whether or not :meth:`remember` has been called yet. The
         field a still period matched is looked up once and reused for its later frames.
         """
         if still_id in self._claimed:
             return ReportDecision(False, "same still period", self._claimed[still_id])
-        key = self._match(still_id, fp)
+        key, shift = self._match(still_id, fp)
         if key is None:
             self._claim(still_id, None)
             return ReportDecision(True, "new field", None)
-        if scored and not self._fields[key].scored:
+        entry = self._fields[key]
+        if scored and not entry.scored:
             self._claim(still_id, key)
             self._replaces[still_id] = key
             return ReportDecision(True, NOW_SCORABLE, key)
+        if scored and shift <= SAME_SPOT_SHIFT_PX and self._is_sharper(focus, entry.focus):
+            self._claim(still_id, key)
+            self._replaces[still_id] = key
+            return ReportDecision(True, SHARPER, key)
         self._fields.move_to_end(key)  # a return keeps the field in memory longer
         return ReportDecision(False, f"return to field {key}", key)
 
     def remember(self, key: str, still_id: int, fp: Fingerprint, scored: bool, *,
-                 replaces: str | None = None) -> None:
-        """Store a reported field under ``key`` (its result id, say).
+                 replaces: str | None = None, focus: float | None = None) -> None:
+        """Store a reported field under ``key`` (its result id, say), seen at ``focus``.
 
-        A report decided "now scorable" replaces the entry it matched, and one made
+        A report decided "now scorable" or "sharper" replaces the entry it matched, and one made
         again for another reason (new settings) names the entry it ``replaces``.
         Re-using a key replaces that entry too. The oldest fields are forgotten beyond
         ``memory``.
@@ -267,33 +309,41 @@ class FieldMemory:
             if replaced is not None:
                 self._fields.pop(replaced, None)
         self._fields.pop(key, None)
-        self._fields[key] = _Entry(still_id, fp, scored)
+        self._fields[key] = _Entry(still_id, fp, scored, focus)
         self._claim(still_id, key)
         while len(self._fields) > self._capacity:
             self._fields.popitem(last=False)
 
-    def _match(self, still_id: int, fp: Fingerprint) -> str | None:
-        """Key of the remembered field this still period shows, or None for a new field."""
+    def _is_sharper(self, focus: float | None, reported: float | None) -> bool:
+        """Is a view at ``focus`` clearly sharper than the report made at ``reported``?"""
+        if focus is None or reported is None:
+            return False
+        return focus >= reported * self._sharper
+
+    def _match(self, still_id: int, fp: Fingerprint) -> tuple[str | None, float]:
+        """Key of the remembered field this still period shows (None for a new field), and
+        the shift it was registered by (fingerprint pixels)."""
         known = self._matched.get(still_id)
-        if known is not None and known in self._fields:
+        if known is not None and known[0] in self._fields:
             return known
-        key = self._best_match(fp)
+        key, shift = self._best_match(fp)
         if key is not None:
-            self._matched[still_id] = key
+            self._matched[still_id] = (key, shift)
             self._matched.move_to_end(still_id)
             while len(self._matched) > _MIN_CLAIMS:
                 self._matched.popitem(last=False)
-        return key
+        return key, shift
 
-    def _best_match(self, fp: Fingerprint) -> str | None:
-        """The remembered field most similar to ``fp``, at or above the threshold."""
+    def _best_match(self, fp: Fingerprint) -> tuple[str | None, float]:
+        """The remembered field most similar to ``fp``, at or above the threshold, and the
+        shift it registers by."""
         best: str | None = None
-        best_sim = self._threshold
+        best_sim, best_shift = self._threshold, 0.0
         for key, entry in self._fields.items():
-            sim = similarity(entry.fingerprint, fp)
-            if sim >= best_sim:
-                best, best_sim = key, sim
-        return best
+            found = register(entry.fingerprint, fp)
+            if found.similarity >= best_sim:
+                best, best_sim, best_shift = key, found.similarity, found.shift
+        return best, best_shift
 
     def _claim(self, still_id: int, key: str | None) -> None:
         """Mark a still period as reported; the oldest claims are dropped beyond the capacity."""

@@ -3,12 +3,13 @@
 Every analysed frame updates the live overlay; only a frame of a still, sharp
 view is a candidate for the store, and each field is reported once: not again
 while it stays in view (same still period), nor when the user comes back to it
-(its fingerprint matches one already reported). Two exceptions, each reported
+(its fingerprint matches one already reported). Three exceptions, each reported
 as superseding the earlier report (``result.supersedes``): the earlier report
-could not be scored and this one can, or the analysis settings changed
-(``set_objective``, a reload) while the reported view stayed in front of the
-camera, so the store and the dashboard hold the reading under the settings in
-force, not only the one the screen showed before.
+could not be scored and this one can; the view, the stage unmoved, is now clearly
+sharper than when it was reported (the user focused better); or the analysis settings
+changed (``set_objective``, a reload) while the reported view stayed in front of the
+camera, so the store and the dashboard hold the reading under the settings in force,
+not only the one the screen showed before.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from appliance.assays.her2.types import Supersedes
 from appliance.assays.results import AnyResult
 from appliance.capture.frame import Frame
 from appliance.config import Config
-from appliance.pipeline.field_memory import NOW_SCORABLE, FieldMemory, ReportDecision
+from appliance.pipeline.field_memory import NOW_SCORABLE, SHARPER, FieldMemory, ReportDecision
 from appliance.pipeline.stability import Stage, ViewState
 
 SETTINGS_CHANGED = "settings changed"
-_SUPERSEDE_REASONS = {NOW_SCORABLE: "now_scorable", SETTINGS_CHANGED: "settings_changed"}
+_SUPERSEDE_REASONS = {NOW_SCORABLE: "now_scorable", SETTINGS_CHANGED: "settings_changed",
+                      SHARPER: "sharper"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ class ReportPolicy:
         view = tracked.view
         if view.stage is not Stage.STABLE or view.still_id is None or view.fingerprint is None:
             return None
-        decision = self.memory.decide(view.still_id, view.fingerprint, result.scored)
+        focus = view.sample.focus
+        decision = self.memory.decide(view.still_id, view.fingerprint, result.scored, focus)
         replaces = None
         if (not decision.report and decision.matched_key is not None
                 and self._last is not None and self._last[0] == view.still_id
@@ -76,7 +79,7 @@ class ReportPolicy:
             decision = ReportDecision(True, SETTINGS_CHANGED, replaces)
         if decision.report:
             self.memory.remember(field_key(tracked.frame), view.still_id, view.fingerprint,
-                                 result.scored, replaces=replaces)
+                                 result.scored, replaces=replaces, focus=focus)
             self._last = (view.still_id, settings)
         return decision
 

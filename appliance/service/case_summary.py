@@ -147,16 +147,21 @@ def summarise(case: CaseRow, fields: Sequence[CaseFieldRow], checks: Sequence[Ch
 
 def superseded_warning(fields: Sequence[CaseFieldRow], replaced: Mapping[int, int]
                        ) -> list[str]:
-    """The case warning naming fields read again under new settings (empty when none);
-    ``replaced`` is :func:`appliance.assays.case_views.superseded_by` of ``fields``."""
+    """The case warnings naming fields read again under new settings, or reported again
+    sharper (empty when none); ``replaced`` is
+    :func:`appliance.assays.case_views.superseded_by` of ``fields``."""
     why = {f.number: (f.result.get("supersedes") or {}).get("reason") for f in fields}
-    pairs = [(old, new) for old, new in sorted(replaced.items())
-             if why.get(new) == "settings_changed"]
-    if not pairs:
-        return []
-    named = ", ".join(f"{old} by {new}" for old, new in pairs[:10])
-    return [f"{len(pairs)} field(s) were read again after a settings change (objective, "
-            f"config): only the new reading counts (field {named})"]
+    warnings = []
+    for reason, what in (("settings_changed", "were read again after a settings change "
+                                              "(objective, config)"),
+                         ("sharper", "were reported again when the view came back sharper "
+                                     "(focused better)")):
+        pairs = [(old, new) for old, new in sorted(replaced.items()) if why.get(new) == reason]
+        if pairs:
+            named = ", ".join(f"{old} by {new}" for old, new in pairs[:10])
+            warnings.append(f"{len(pairs)} field(s) {what}: only the new reading counts "
+                            f"(field {named})")
+    return warnings
 
 
 def _same(a: Sequence[float], b: Sequence[float]) -> bool:

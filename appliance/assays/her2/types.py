@@ -125,7 +125,7 @@ class CaseTag:
 
 
 # Why a report replaces an earlier one of the same field (ReportPolicy).
-SUPERSEDE_REASONS = ("settings_changed", "now_scorable")
+SUPERSEDE_REASONS = ("settings_changed", "now_scorable", "sharper")
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,8 @@ class Supersedes:
     ``settings_changed``: the view was still in front of the camera when the analysis
     settings changed (``set_objective``, a reload), so it was read again under them.
     ``now_scorable``: the earlier view could not be scored and this one could.
+    ``sharper``: the view is now clearly sharper than when it was reported (the user
+    focused better after the report; ``stability.sharper_factor``).
     """
 
     file: str  # the earlier report's file (source) and frame number
