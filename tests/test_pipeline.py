@@ -488,3 +488,33 @@ def test_a_field_focused_better_after_its_report_is_reported_again_as_sharper(
     assert sharp["supersedes"] == {"file": soft["file"], "seq": soft["seq"],
                                    "reason": "sharper"}
     assert sharp["sharpness"] > soft["sharpness"]
+
+
+def test_a_view_held_softer_than_it_was_a_moment_before_is_reported_with_a_warning(
+        tmp_path: Path) -> None:
+    """The user turns the knob through the best focus and stops 0.75 um past it: the box
+    reports the view it was held on, and says it was sharper just before."""
+    from appliance.assays.hep2.assay import Hep2Assay
+    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+
+    def field(defocus: float) -> np.ndarray:
+        return generate_hep2_field(Hep2FieldSpec(
+            seed=996_820, width=640, height=480, um_per_px=0.5,
+            patterns=(("fine_speckled", 1.0),), intensity=100.0, defocus_um=defocus)).image
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    write_rgb(folder / "a0_sharp.png", field(0.0))  # passed through, shorter than stable_s
+    soft = field(0.75)
+    for i in range(1, 9):  # then held: the same picture file after file, 2 s in all
+        write_rgb(folder / f"a{i}_soft.png", soft)
+    cfg = with_overrides(config(tmp_path, **{"source.uri": f"replay:{folder}",
+                                             "source.hold_s": 0.25}),
+                         {"assay": "hep2", "optics.um_per_px": 0.5})
+    with Hep2Assay.from_config(cfg) as hep2:
+        pipeline = run_pipeline(cfg, hep2, lambda: open_source(cfg.source, cfg.input))
+    assert pipeline.snapshot().fields_reported == 1
+    with sqlite3.connect(cfg.store.path) as conn:
+        (row,) = [json.loads(r) for (r,) in conn.execute("SELECT result_json FROM results")]
+    assert "_soft.png" in row["file"] and row["status"] == "scored"
+    assert any(w.startswith("this view was sharper") for w in row["warnings"]), row["warnings"]

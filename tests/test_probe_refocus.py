@@ -32,22 +32,46 @@ def views(defocus: float) -> np.ndarray:
 def test_a_soft_pause_then_a_sharp_view_is_reported_twice(assay: Hep2Assay) -> None:
     soft, sharp = views(0.75), views(0.0)
     score: dict[str, Hep2Result] = {}
-    played = probe.play([("soft", soft), ("sharp", sharp)], score, CFG,
+    played = probe.play([("soft", soft, 1.5), ("sharp", sharp, 1.5)], score, CFG,
                         np.random.default_rng(0), assay, 0.5)
-    assert [(name, why) for name, why, _ in played.reports] == [("soft", "new field"),
-                                                                ("sharp", "sharper")]
+    assert [(r.view, r.reason, r.warned_sharper_before) for r in played.reports] == [
+        ("soft", "new field", False), ("sharp", "sharper", False)]
     assert played.focus["sharp"] > 1.1 * played.focus["soft"]
     assert set(score) == {"soft", "sharp"}  # each picture scored once
     # The wrong way (sharp, then soft): one report.
-    back = probe.play([("sharp", sharp), ("soft", soft)], score, CFG,
+    back = probe.play([("sharp", sharp, 1.5), ("soft", soft, 1.5)], score, CFG,
                       np.random.default_rng(1), assay, 0.5)
-    assert [(name, why) for name, why, _ in back.reports] == [("sharp", "new field")]
+    assert [(r.view, r.reason) for r in back.reports] == [("sharp", "new field")]
+    # Through the best focus, held soft: reported with the warning, first among them.
+    past = probe.play([("sharp", sharp, 0.3), ("soft", soft, 1.5)], score, CFG,
+                      np.random.default_rng(2), assay, 0.5)
+    (report,) = past.reports
+    assert report.view == "soft" and report.warned_sharper_before
+    assert report.result.warnings[0].startswith("this view was sharper")
+
+
+def test_a_row_counts_what_was_measured() -> None:
+    tally = {k: [] for k in probe._KEYS}
+    tally.update(soft_first=[True, False], soft_scored=[True, False], replaced=[True],
+                 replaced_why=["sharper"], focus_rise=[1.4], right_first=[False],
+                 right_stored=[True], false_warning=[False, False, False],
+                 control_extra=[0, 0], overshoot_warned=[True], overshoot_right=[False],
+                 shift=[0.1, 0.3])
+    row = probe._row(0.75, 2, tally)
+    assert row["soft_reported_scored"] == 0.5 and row["replaced_when_sharp"] == 1.0
+    assert row["pattern_right_first_report"] == 0.0 and row["pattern_right_stored"] == 1.0
+    assert row["overshoot_warned"] == 1.0 and row["false_warnings"] == 0
+    assert row["registration_shift_max_px"] == 0.3
+    assert "warned 1.00 of 1 soft reports" in probe._line(row)
+    empty = probe._row(3.0, 2, {**{k: [] for k in probe._KEYS}, "shift": [0.0]})
+    assert empty["replaced_when_sharp"] is None and "replaced when sharp -" in probe._line(empty)
 
 
 def test_the_chart_draws_missing_figures_as_gaps(tmp_path: Path) -> None:
     rows = [{"defocus_um": d, "soft_reported_scored": s, "replaced_when_sharp": r,
-             "pattern_right_first_report": a, "pattern_right_stored": b}
-            for d, s, r, a, b in ((0.5, 1.0, 0.2, 0.9, 0.95), (3.0, 0.0, None, None, None))]
+             "pattern_right_first_report": a, "pattern_right_stored": b, "overshoot_warned": w}
+            for d, s, r, a, b, w in ((0.5, 1.0, 0.2, 0.9, 0.95, 0.5),
+                                     (3.0, 0.0, None, None, None, None))]
     out = tmp_path / "refocus.png"
     probe.plot(rows, out)
     assert out.stat().st_size > 1000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -15,9 +17,11 @@ from appliance.pipeline.reporting import (
     field_key,
     parse_field_key,
     reading_settings,
+    sharper_before_warning,
     with_supersedes,
+    with_warning,
 )
-from appliance.pipeline.stability import Stage, ViewSample, ViewState
+from appliance.pipeline.stability import SharperBefore, Stage, ViewSample, ViewState
 from tools.synth.her2_fields import FieldSpec, generate_field
 
 MODEL = ModelRef(name="her2-seg", sha256="ab" * 32, precision="int8",
@@ -115,6 +119,26 @@ def test_the_settings_a_reading_depends_on_are_compared_by_value() -> None:
     # A file the config names, made again under the same name (a flat field).
     assert reading_settings(hep2, ("a" * 64,)) != reading_settings(hep2, ("b" * 64,))
     assert reading_settings(hep2, ("a" * 64,)) == reading_settings(hep2, ("a" * 64,))
+
+
+def test_a_view_softer_than_its_spot_was_just_before_is_warned_about() -> None:
+    def view(seen: SharperBefore | None, stage: Stage = Stage.STABLE) -> ViewState:
+        return ViewState(stage=stage, still_id=3, still_since=0.0,
+                         sample=ViewSample(motion=0.0, drift=0.0, focus=1.5),
+                         fingerprint=None, sharpest_before=seen)
+
+    warned = sharper_before_warning(view(SharperBefore(1.8, 0.7)), 1.1)
+    assert warned is not None and "sharper 0.7 s before" in warned and "1.80, now 1.50" in warned
+    # Within the factor, nothing seen, or not a view the box reports: no warning.
+    assert sharper_before_warning(view(SharperBefore(1.6, 0.7)), 1.1) is None
+    assert sharper_before_warning(view(None), 1.1) is None
+    assert sharper_before_warning(view(SharperBefore(1.8, 0.7), Stage.BLURRED), 1.1) is None
+    # Added to a scored result's warnings; a refusal keeps its own.
+    scored = dataclasses.replace(result(5), warnings=("the assay's own",))
+    assert with_warning(scored, warned).warnings == (warned, "the assay's own")
+    assert with_warning(scored, None) is scored
+    refused = result(6, scored=False)
+    assert with_warning(refused, warned) is refused
 
 
 @pytest.mark.parametrize("key", ["cam", "cam#", "cam#x1", "#-1"])

@@ -15,6 +15,7 @@ import pytest
 
 from appliance.config import StabilityConfig
 from appliance.pipeline.stability import (
+    FOCUS_HISTORY_S,
     FOCUS_LONGEST,
     THUMBNAIL_LONGEST,
     Stage,
@@ -247,6 +248,41 @@ def test_defocusing_a_stable_view_starts_a_blurred_period(scene: np.ndarray) -> 
     states = run(frames)
     assert states[14].stage is Stage.STABLE and states[-1].stage is Stage.BLURRED
     assert states[-1].still_id != states[14].still_id
+
+
+def test_a_view_held_softer_than_its_spot_was_a_moment_before_says_so(
+        scene: np.ndarray) -> None:
+    """The user turns the knob through the best focus and stops on a softer one: the
+    still view carries the sharpest frame of the same spot seen before it was held."""
+    cam = Camera(scene, seed=9)
+    elsewhere = [cam.view(380, 200) for _ in range(4)]  # sharper, but another spot
+    through_best = [cam.view(100, 100, blur=b) for b in (2.0, 1.0, 0.0, 0.0, 0.3)]
+    held = [cam.view(100, 100, blur=0.5) for _ in range(15)]
+    states = run(elsewhere + through_best + held)
+    last = states[-1]
+    assert last.stage is Stage.STABLE, stages(states)
+    seen = last.sharpest_before
+    assert seen is not None and seen.focus > 1.1 * last.sample.focus
+    # One of the sharp frames of the same spot (indices 6 and 7; the history keeps a frame
+    # every FOCUS_HISTORY_STEP_S), not the other spot's.
+    assert seen.focus in {s.sample.focus for s in states[6:8]}
+    assert 0.0 < seen.seconds_before < len(through_best) / FPS
+    # Settling frames carry nothing yet; a view held at its sharpest carries nothing.
+    assert all(s.sharpest_before is None for s in states if s.stage is Stage.SETTLING)
+    sharp_held = run(through_best[:3] + [cam.view(100, 100) for _ in range(15)])
+    assert sharp_held[-1].stage is Stage.STABLE and sharp_held[-1].sharpest_before is None
+
+
+def test_the_focus_history_forgets_what_is_older_than_its_window(scene: np.ndarray) -> None:
+    cam = Camera(scene, seed=10)
+    tracker = StillnessTracker(CFG)
+    for i in range(3):  # the spot sharp, long before
+        tracker.update(cam.view(100, 100), 100.0 + i / FPS)
+    t = 100.0 + FOCUS_HISTORY_S + 1.0
+    state = None
+    for i in range(15):
+        state = tracker.update(cam.view(100, 100, blur=0.5), t + i / FPS)
+    assert state is not None and state.stage is Stage.STABLE and state.sharpest_before is None
 
 
 def test_slow_drift_is_caught_by_the_drift_threshold() -> None:

@@ -5,29 +5,32 @@
 
 The HEp-2 focus gate lets a field 0.75-1.5 µm out of focus be scored (docs/hep2.md,
 "Focus"), and the box reports a view as soon as it has been still for
-``stability.stable_s``. A user who pauses on a soft focus and then focuses better used to
-leave the soft reading in the store: the sharper view was a return to a field already
-reported. The report-once rules now report it again when the stillness tracker's focus
-figure has risen by ``stability.sharper_factor`` (``pipeline/field_memory.py``).
+``stability.stable_s``. Two rules of the live pipeline answer for that (docs/pipeline.md,
+"Report-once rules", 5): a view focused better at the same spot after its report is
+reported again (``sharper``); a view held softer than its spot was a moment before is
+reported with a warning to focus back (``reporting.sharper_before_warning``).
 
 For each held-out specimen (the eval's kinds, seeds from 1240000, 800x600, scale declared)
-and each blur, this plays the sequence a user makes through the same pure parts the live
-pipeline uses (``StillnessTracker``, ``ReportPolicy``; no threads, no store): the view
-held still at the blur for 1.5 s, then held sharp (as drawn) for 1.5 s, 10 frames a
-second with fresh sensor noise on each. A still view is scored by the real assay (once
-per picture). Printed per blur:
+and each blur, this plays three sequences a user makes through the same pure parts the
+live pipeline uses (``StillnessTracker``, ``ReportPolicy``, the warning; no threads, no
+store), 10 frames a second with fresh sensor noise on each, a still view scored by the
+real assay (once per picture):
 
-- how often the soft view is reported, and reported scored;
-- of those, how often the sharp view then replaces it (``sharper``, or ``now_scorable``
-  when the soft view was refused), and the rise of the focus figure (median);
-- the pattern right (the eval's rule) in the first report and in what the store then
-  counts (the latest report of the field);
-- the control: the sharp view held, then defocused by the same blur (the user turns the
-  wrong way after the report): reports after the first, which should be none;
-- the largest registration shift between the soft and the sharp view (fingerprint
-  pixels): the rule asks for at most ``SAME_SPOT_SHIFT_PX``.
+1. **refocus**: the view held at the blur for 1.5 s, then held sharp (as drawn) for 1.5 s.
+   Printed: how often the soft view is reported (scored); of those, how often the sharp
+   view replaces it and the rise of the focus figure (median); the pattern right (the
+   eval's rule) in the first report and in what the store then counts;
+2. **wrong way** (a control): held sharp, then held at the blur: reports after the first,
+   which should be none;
+3. **past the best**: sharp for 0.3 s (shorter than ``stable_s``: the knob turned through
+   it), then held at the blur: how often the soft report carries the warning, and its
+   pattern right.
 
-Generated data only: a real focus knob passes through every blur on its way, and a real
+Also printed: warnings on views that were never sharper before (1 and 2: should be
+none), and the largest registration shift between the soft and the sharp view
+(fingerprint pixels; the rules ask for at most ``SAME_SPOT_SHIFT_PX``).
+
+Generated data only: a real knob passes through every blur on its way, and a real
 camera's focus figure may rise less per µm.
 """
 
@@ -48,7 +51,12 @@ from appliance.assays.hep2.types import Hep2Result
 from appliance.capture.frame import Frame
 from appliance.config import Config, with_overrides
 from appliance.pipeline.field_memory import FieldMemory, fingerprint, register
-from appliance.pipeline.reporting import ReportPolicy, Tracked
+from appliance.pipeline.reporting import (
+    ReportPolicy,
+    Tracked,
+    sharper_before_warning,
+    with_warning,
+)
 from appliance.pipeline.stability import Stage, StillnessTracker
 from tools.eval_hep2 import SpecimenCase, outcome_of, specimen_cases
 from tools.numbers import save_chart
@@ -57,29 +65,40 @@ from tools.synth.hep2_fields import Hep2Field, generate_hep2_field
 FIRST_SEED = 1_240_000
 FPS = 10.0
 HOLD_S = 1.5
+OVERSHOOT_S = 0.3  # the sharp view passed through: shorter than stability.stable_s (0.6)
 NOISE_GREY = 1.0  # sensor noise added to each frame (grey levels RMS)
 
 
 @dataclass(frozen=True)
-class Played:
-    """What one played sequence reported: (which view, reason, result) per report, and
-    the tracker's focus figure of each view."""
+class Report:
+    """One report of a played sequence."""
 
-    reports: tuple[tuple[str, str, Hep2Result], ...]
+    view: str  # which picture
+    reason: str  # the report-once decision's reason
+    result: Hep2Result  # with the pipeline's warning added, as the store gets it
+    warned_sharper_before: bool  # the view's spot was sharper just before it was held
+
+
+@dataclass(frozen=True)
+class Played:
+    """What one played sequence reported, and the tracker's focus figure of each view."""
+
+    reports: tuple[Report, ...]
     focus: dict[str, float]
 
 
-def play(views: Sequence[tuple[str, np.ndarray]], score: dict[str, Hep2Result],
+def play(views: Sequence[tuple[str, np.ndarray, float]], score: dict[str, Hep2Result],
          cfg: Config, rng: np.random.Generator, assay: Hep2Assay, um_per_px: float
          ) -> Played:
-    """Hold each (name, picture) still for HOLD_S in turn, as the live pipeline sees it."""
+    """Hold each (name, picture, seconds) still in turn, as the live pipeline sees it:
+    the same tracker, report policy and warning (``pipeline.engine``)."""
     tracker = StillnessTracker(cfg.stability)
     policy = ReportPolicy(FieldMemory(cfg.stability))
-    reports: list[tuple[str, str, Hep2Result]] = []
+    reports: list[Report] = []
     focus: dict[str, float] = {}
     t, seq = 0.0, 0
-    for name, image in views:
-        for _ in range(int(HOLD_S * FPS)):
+    for name, image, hold_s in views:
+        for _ in range(round(hold_s * FPS)):
             noisy = np.clip(image + rng.normal(0.0, NOISE_GREY, image.shape), 0, 255
                             ).astype(np.uint8)
             state = tracker.update(noisy, t)
@@ -94,8 +113,17 @@ def play(views: Sequence[tuple[str, np.ndarray]], score: dict[str, Hep2Result],
             frame = Frame(image=noisy, seq=seq, timestamp=t, source="cam0")
             decision = policy.consider(Tracked(frame, state), result)
             if decision is not None and decision.report:
-                reports.append((name, decision.reason, result))
+                warning = sharper_before_warning(state, cfg.stability.sharper_factor)
+                assert isinstance(result, Hep2Result)
+                reports.append(Report(name, decision.reason,
+                                      with_warning(result, warning),  # type: ignore[arg-type]
+                                      warning is not None))
     return Played(tuple(reports), focus)
+
+
+_KEYS = ("soft_first", "soft_scored", "replaced", "replaced_why", "focus_rise", "right_first",
+         "right_stored", "false_warning", "control_extra", "overshoot_warned",
+         "overshoot_right", "shift")
 
 
 def probe(specimens: int, defocus: Sequence[float]) -> list[dict[str, object]]:
@@ -109,9 +137,7 @@ def probe(specimens: int, defocus: Sequence[float]) -> list[dict[str, object]]:
     with Hep2Assay.from_config(cfg) as assay:
         for blur in defocus:
             rng = np.random.default_rng(int(blur * 1000))
-            tally: dict[str, list[Any]] = {k: [] for k in (
-                "soft_stable", "soft_scored", "replaced", "replaced_why", "focus_rise",
-                "right_first", "right_stored", "control_extra", "shift")}
+            tally: dict[str, list[Any]] = {k: [] for k in _KEYS}
             for case in tqdm(cases, desc=f"blur {blur:g} um"):
                 seed = case.spec.seed
                 if seed not in sharp_fields:
@@ -125,57 +151,85 @@ def probe(specimens: int, defocus: Sequence[float]) -> list[dict[str, object]]:
                 score: dict[str, Hep2Result] = {}
                 if seed in sharp_scores:
                     score["sharp"] = sharp_scores[seed]
-                played = play([("soft", soft.image), ("sharp", sharp.image)], score, cfg, rng,
-                              assay, um)
-                if "sharp" in score:
-                    sharp_scores[seed] = score["sharp"]
 
                 def right(result: Hep2Result, case: SpecimenCase = case,
                           truth: Hep2Field = sharp) -> bool:
                     return outcome_of(case.kind, truth, result, 0.0, levels).pattern_correct
 
+                # 1. Paused soft, then focused better.
+                played = play([("soft", soft.image, HOLD_S), ("sharp", sharp.image, HOLD_S)],
+                              score, cfg, rng, assay, um)
                 first = played.reports[0] if played.reports else None
-                soft_first = first is not None and first[0] == "soft"
-                tally["soft_stable"].append(soft_first)
-                if soft_first and first is not None and first[2].scored:
+                tally["soft_first"].append(first is not None and first.view == "soft")
+                tally["false_warning"] += [r.warned_sharper_before for r in played.reports
+                                           if r.view == "soft"]
+                if first is not None and first.view == "soft" and first.result.scored:
                     tally["soft_scored"].append(True)
                     later = played.reports[1:]
                     tally["replaced"].append(bool(later))
-                    tally["replaced_why"] += [why for _, why, _ in later]
+                    tally["replaced_why"] += [r.reason for r in later]
                     tally["focus_rise"].append(played.focus["sharp"] / played.focus["soft"])
-                    tally["right_first"].append(right(first[2]))
-                    tally["right_stored"].append(right(played.reports[-1][2]))
+                    tally["right_first"].append(right(first.result))
+                    tally["right_stored"].append(right(played.reports[-1].result))
                 else:
                     tally["soft_scored"].append(False)
-                # The control: sharp first, then the user turns the wrong way.
-                control = play([("sharp", sharp.image), ("soft", soft.image)],
-                               dict(score), cfg, rng, assay, um)
+                # 2. The control: held sharp, then the user turns the wrong way.
+                control = play([("sharp", sharp.image, HOLD_S), ("soft", soft.image, HOLD_S)],
+                               score, cfg, rng, assay, um)
                 tally["control_extra"].append(max(0, len(control.reports) - 1))
-            n = len(cases)
-            scored = sum(tally["soft_scored"])
-            row: dict[str, object] = {
-                "defocus_um": blur, "specimens": n,
-                "soft_reported": sum(tally["soft_stable"]) / n,
-                "soft_reported_scored": scored / n,
-                "replaced_when_sharp": (float(np.mean(tally["replaced"])) if scored else None),
-                "replaced_reasons": sorted(set(tally["replaced_why"])),
-                "focus_rise_p50": (float(np.median(tally["focus_rise"])) if scored else None),
-                "pattern_right_first_report": (float(np.mean(tally["right_first"]))
-                                               if scored else None),
-                "pattern_right_stored": (float(np.mean(tally["right_stored"]))
-                                         if scored else None),
-                "control_extra_reports": int(sum(tally["control_extra"])),
-                "registration_shift_max_px": float(max(tally["shift"])),
-            }
-            rows.append(row)
-            print(f"blur {blur:4g} um: soft view reported {row['soft_reported']:.2f} (scored "
-                  f"{row['soft_reported_scored']:.2f}); of those replaced when sharp "
-                  f"{_fmt(row['replaced_when_sharp'])}, focus figure x"
-                  f"{_fmt(row['focus_rise_p50'])}; pattern right first report "
-                  f"{_fmt(row['pattern_right_first_report'])}, stored "
-                  f"{_fmt(row['pattern_right_stored'])}; control: "
-                  f"{row['control_extra_reports']} extra reports of {n}", flush=True)
+                tally["false_warning"] += [r.warned_sharper_before for r in control.reports]
+                # 3. Turned through the best focus (shorter than stable_s), held soft.
+                past = play([("sharp", sharp.image, OVERSHOOT_S), ("soft", soft.image, HOLD_S)],
+                            score, cfg, rng, assay, um)
+                soft_reports = [r for r in past.reports if r.view == "soft" and r.result.scored]
+                if soft_reports:
+                    tally["overshoot_warned"].append(soft_reports[0].warned_sharper_before)
+                    tally["overshoot_right"].append(right(soft_reports[0].result))
+                if "sharp" in score:
+                    sharp_scores[seed] = score["sharp"]
+            rows.append(_row(blur, len(cases), tally))
+            print(_line(rows[-1]), flush=True)
     return rows
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _row(blur: float, n: int, tally: dict[str, list[Any]]) -> dict[str, object]:
+    """The printed and saved figures of one blur."""
+    return {
+        "defocus_um": blur, "specimens": n,
+        "soft_reported": _mean(tally["soft_first"]),
+        "soft_reported_scored": _mean(tally["soft_scored"]),
+        "replaced_when_sharp": _mean(tally["replaced"]),
+        "replaced_reasons": sorted(set(tally["replaced_why"])),
+        "focus_rise_p50": (float(np.median(tally["focus_rise"])) if tally["focus_rise"]
+                           else None),
+        "pattern_right_first_report": _mean(tally["right_first"]),
+        "pattern_right_stored": _mean(tally["right_stored"]),
+        "control_extra_reports": int(sum(tally["control_extra"])),
+        "overshoot_reported_soft": len(tally["overshoot_warned"]),
+        "overshoot_warned": _mean(tally["overshoot_warned"]),
+        "overshoot_pattern_right": _mean(tally["overshoot_right"]),
+        "false_warnings": int(sum(tally["false_warning"])),
+        "reports_that_could_warn_falsely": len(tally["false_warning"]),
+        "registration_shift_max_px": float(max(tally["shift"])),
+    }
+
+
+def _line(row: dict[str, object]) -> str:
+    return (f"blur {row['defocus_um']:4g} um: soft view reported {_fmt(row['soft_reported'])}"
+            f" (scored {_fmt(row['soft_reported_scored'])}); of those replaced when sharp "
+            f"{_fmt(row['replaced_when_sharp'])}, focus figure x{_fmt(row['focus_rise_p50'])};"
+            f" pattern right first report {_fmt(row['pattern_right_first_report'])}, stored "
+            f"{_fmt(row['pattern_right_stored'])}; wrong-way control: "
+            f"{row['control_extra_reports']} extra reports of {row['specimens']}; past the "
+            f"best focus: warned {_fmt(row['overshoot_warned'])} of "
+            f"{row['overshoot_reported_soft']} soft reports (pattern right "
+            f"{_fmt(row['overshoot_pattern_right'])}); false warnings "
+            f"{row['false_warnings']} of {row['reports_that_could_warn_falsely']}; "
+            f"registration shift max {float(row['registration_shift_max_px']):.2f} px")  # type: ignore[arg-type]
 
 
 def _fmt(value: object) -> str:
@@ -196,7 +250,9 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
             ("replaced_when_sharp", "of those, replaced by the sharp view", dict(marker="o")),
             ("pattern_right_first_report", "pattern right: first report", dict(marker="s")),
             ("pattern_right_stored", "pattern right: what the store counts",
-             dict(marker="D", lw=2.0, color="black"))):
+             dict(marker="D", lw=2.0, color="black")),
+            ("overshoot_warned", "held soft past the best focus: warned",
+             dict(marker="^", ls=":"))):
         ax.plot(blur, [r[key] if r[key] is not None else np.nan for r in rows], label=label,
                 **style)
     ax.set_xlabel("blur of the view the user paused on, µm RMS")

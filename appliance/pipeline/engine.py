@@ -51,7 +51,9 @@ from appliance.pipeline.reporting import (
     ReportPolicy,
     Tracked,
     reading_settings,
+    sharper_before_warning,
     with_supersedes,
+    with_warning,
 )
 from appliance.pipeline.slots import END, Slot
 from appliance.pipeline.stability import StillnessTracker
@@ -342,7 +344,9 @@ class Pipeline:
         now = time.monotonic()
         settings = None if job.cfg is None else reading_settings(job.cfg, job.inputs)
         decision = self._policy.consider(job.tracked, job.result, settings)
-        result = job.result = with_supersedes(job.result, decision)
+        result = job.result = with_warning(
+            with_supersedes(job.result, decision),
+            sharper_before_warning(job.tracked.view, self.cfg.stability.sharper_factor))
         outcome = Outcome(job.tracked, result, now, decision)
         self.metrics.result_done(frame.timestamp, now)
         with self._lock:

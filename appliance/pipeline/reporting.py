@@ -97,6 +97,27 @@ def reading_settings(cfg: Config, inputs: tuple[str, ...] = ()) -> ReadingSettin
     return (cfg.assay, cfg.optics, cfg.hep2 if cfg.assay == "hep2" else cfg.her2, inputs)
 
 
+def sharper_before_warning(view: ViewState, factor: float) -> str | None:
+    """The warning for a still view whose spot was clearly sharper (by ``factor``, the
+    ``stability.sharper_factor``) in the seconds before it was held: the user passed
+    through the best focus and stopped on a softer one. None otherwise."""
+    seen = view.sharpest_before
+    if seen is None or view.stage is not Stage.STABLE or seen.focus < factor * view.sample.focus:
+        return None
+    return (f"this view was sharper {seen.seconds_before:.1f} s before it was held still "
+            f"(focus figure {seen.focus:.2f}, now {view.sample.focus:.2f}): the reading may "
+            "be soft; focus back to the sharpest and hold still")
+
+
+def with_warning(result: AnyResult, warning: str | None) -> AnyResult:
+    """``result`` with ``warning`` first among its warnings (a scored result only; None:
+    as it is). First: the screen's side panel leaves out the rows that do not fit from
+    the end, and this one asks for something the user can do at once."""
+    if warning is None or not result.scored:
+        return result
+    return dataclasses.replace(result, warnings=(warning, *result.warnings))
+
+
 def with_supersedes(result: AnyResult, decision: ReportDecision | None) -> AnyResult:
     """``result`` naming the earlier report it replaces, when ``decision`` makes it one."""
     if decision is None or not decision.report or decision.matched_key is None:

@@ -8,6 +8,11 @@ Every frame is shrunk once to a grey copy of FOCUS_LONGEST px; from it come
 * a *focus* figure: gradient energy at 1 px over that at 2 px on the strongest edges,
   sensor noise removed, normalised so a smooth (blurred) view reads ~1.0.
 
+It also keeps the focus of the last few seconds of frames with their fingerprints, so
+that a still view can say how much sharper the same spot was while the knob was turned
+(``ViewState.sharpest_before``): a user who passed through the best focus and stopped on
+a softer one.
+
 :class:`StillnessTracker` turns these into a stage per frame (moving, settling, stable,
 blurred) and numbers the still periods, so a field is reported once per still period.
 The tracker never reads a clock: frames carry their capture times.
@@ -17,13 +22,20 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from appliance.config import StabilityConfig
-from appliance.pipeline.field_memory import Fingerprint, fingerprint, grey_copy
+from appliance.pipeline.field_memory import (
+    SAME_SPOT_SHIFT_PX,
+    Fingerprint,
+    fingerprint,
+    grey_copy,
+    register,
+)
 
 # Motion and focus are judged on one grey copy this size (1280x960 halves twice onto it).
 FOCUS_LONGEST = 320
@@ -52,6 +64,11 @@ FOCUS_RESTART_FACTOR = 1.1
 # A period judged blurred (or sharp) starts again when the focus crosses min_focus by this
 # factor, so a view fixed just past the threshold is not left marked blurred.
 FOCUS_HYSTERESIS = 1.02
+# The focus of the frames before a still period is kept this long (a turn of the knob
+# through the best focus and back takes a second or two), one frame per step: enough to
+# catch the peak, cheap to fingerprint (~10 a second).
+FOCUS_HISTORY_S = 5.0
+FOCUS_HISTORY_STEP_S = 0.1
 
 
 class Stage(enum.Enum):
@@ -73,6 +90,14 @@ class ViewSample:
 
 
 @dataclass(frozen=True)
+class SharperBefore:
+    """The sharpest the same spot was in the seconds before a still period began."""
+
+    focus: float  # its focus figure
+    seconds_before: float  # how long before the still period began
+
+
+@dataclass(frozen=True)
 class ViewState:
     """The tracker's verdict on one frame."""
 
@@ -81,6 +106,10 @@ class ViewState:
     still_since: float | None  # capture time of the period's first frame
     sample: ViewSample
     fingerprint: Fingerprint | None  # on STABLE and BLURRED frames (once per period)
+    # On STABLE and BLURRED frames: the sharpest frame of the same spot (registered
+    # within SAME_SPOT_SHIFT_PX) in the FOCUS_HISTORY_S before the period began, when it
+    # was sharper than the period; else None.
+    sharpest_before: SharperBefore | None = None
 
 
 # ------------------------------------------------------------------------ measurements
@@ -176,6 +205,16 @@ class _Period:
     ref_focus: float  # focus when it started
     verdict: Stage | None = None  # STABLE or BLURRED once still for stable_s
     fingerprint: Fingerprint | None = None
+    sharpest_before: SharperBefore | None = None
+
+
+@dataclass(frozen=True)
+class _FocusSample:
+    """One frame's focus, kept for a while with its fingerprint (FOCUS_HISTORY_S)."""
+
+    timestamp: float
+    fingerprint: Fingerprint
+    focus: float
 
 
 class StillnessTracker:
@@ -196,6 +235,7 @@ class StillnessTracker:
         self._last_t: float | None = None
         self._period: _Period | None = None
         self._next_id = 1
+        self._history: deque[_FocusSample] = deque()
 
     def update(self, image: np.ndarray, timestamp: float) -> ViewState:
         """Judge one frame (RGB or grey uint8) captured at ``timestamp`` (monotonic seconds)."""
@@ -204,6 +244,7 @@ class StillnessTracker:
         grey = grey_copy(image, FOCUS_LONGEST)
         thumb = _thumbnail_of(grey)
         focus = _sharpness_of(grey)
+        self._remember_focus(grey, focus, timestamp)
         motion = 0.0 if self._prev is None else change(self._prev, thumb)
         self._prev, self._last_t = thumb, timestamp
         period = self._period
@@ -216,7 +257,34 @@ class StillnessTracker:
             drift = 0.0
         stage = self._stage(period, focus, timestamp, image)
         return ViewState(stage, period.still_id, period.since,
-                         ViewSample(motion, drift, focus), period.fingerprint)
+                         ViewSample(motion, drift, focus), period.fingerprint,
+                         period.sharpest_before)
+
+    def _remember_focus(self, grey: np.ndarray, focus: float, timestamp: float) -> None:
+        """Keep this frame's focus and fingerprint if a step has passed since the last."""
+        history = self._history
+        if history and timestamp - history[-1].timestamp < FOCUS_HISTORY_STEP_S:
+            return
+        history.append(_FocusSample(timestamp, fingerprint(grey), focus))
+        while history and timestamp - history[0].timestamp > FOCUS_HISTORY_S:
+            history.popleft()
+
+    def _sharpest_before(self, period: _Period, fp: Fingerprint, focus: float
+                         ) -> SharperBefore | None:
+        """The sharpest kept frame of the same spot before ``period`` began, if sharper."""
+        best: _FocusSample | None = None
+        for sample in self._history:
+            if sample.timestamp >= period.since or sample.focus <= focus:
+                continue
+            if best is not None and sample.focus <= best.focus:
+                continue
+            found = register(fp, sample.fingerprint)
+            if found.similarity >= self._cfg.same_field_similarity \
+                    and found.shift <= SAME_SPOT_SHIFT_PX:
+                best = sample
+        if best is None:
+            return None
+        return SharperBefore(best.focus, period.since - best.timestamp)
 
     def _start(self, thumb: np.ndarray, focus: float, timestamp: float) -> _Period:
         """Begin a new still period at this frame."""
@@ -243,4 +311,5 @@ class StillnessTracker:
                 return Stage.SETTLING
             period.verdict = Stage.STABLE if focus >= self._cfg.min_focus else Stage.BLURRED
             period.fingerprint = fingerprint(image)
+            period.sharpest_before = self._sharpest_before(period, period.fingerprint, focus)
         return period.verdict
