@@ -23,12 +23,15 @@
   that passes the focus gate: its cells split between fine speckled, dense fine speckled
   and homogeneous, the call is still AC-4, and the soft-focus and low-confidence warnings
   ask for a look (docs/hep2.md, "Focus");
+* ``docs/img/hep2-live-past-focus.png``: the live display on a fine speckled field held
+  0.75 µm past the best focus, which the user had just turned through: the view is
+  reported with the warning to focus back (docs/pipeline.md, "Report-once rules", 5);
 * ``docs/img/hep2-control-chart.png``: a kit control's Levey-Jennings chart as
   ``appliance case controls --chart`` draws it, from the box's readings of 27 generated
   AC-1 control wells on a calibrated microscope: 20 runs in control, then 7 with the
   lamp brighter each run.
 
-    python -m tools.make_hep2_pictures [--only control-chart | soft-focus]
+    python -m tools.make_hep2_pictures [--only control-chart | soft-focus | past-focus]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import io
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -52,6 +56,8 @@ from appliance.outputs.hep2_overlay import render_overlay
 from appliance.outputs.qc_chart import render_chart
 from appliance.outputs.report.hep2_html import write_hep2_report
 from appliance.outputs.store import ResultStore
+from appliance.pipeline.reporting import sharper_before_warning, with_warning
+from appliance.pipeline.stability import StillnessTracker
 from appliance.service.cases import CaseWorkflow
 from appliance.service.hep2_case_report import hep2_report_data
 from appliance.service.hep2_case_summary import Hep2CaseSummary
@@ -247,11 +253,36 @@ def soft_focus(assay: Hep2Assay) -> np.ndarray:
     return render_overlay(blurred.image, result)
 
 
+def past_best_focus(assay: Hep2Assay, cfg: Config) -> np.ndarray:
+    """The live display on a field held 0.75 µm past the best focus it was turned through:
+    the real tracker sees the frames (0.3 s sharp, then held soft), and its verdict gives
+    the result the pipeline's warning."""
+    spec = Hep2FieldSpec(seed=1_220_101, width=960, height=720, um_per_px=0.5,
+                         patterns=(("fine_speckled", 1.0),), intensity=110.0, defocus_um=0.0)
+    sharp = generate_hep2_field(spec).image
+    soft = generate_hep2_field(replace(spec, defocus_um=0.75)).image
+    tracker = StillnessTracker(cfg.stability)
+    rng = np.random.default_rng(1_220_102)
+    frames = [sharp] * 3 + [soft] * 12  # 10 frames a second
+    for i, image in enumerate(frames):
+        noisy = np.clip(image + rng.normal(0.0, 1.0, image.shape), 0, 255).astype(np.uint8)
+        state = tracker.update(noisy, i / 10.0)
+    warning = sharper_before_warning(state, cfg.stability.sharper_factor)
+    if warning is None:
+        raise RuntimeError(f"the held view was not warned about: {state}")
+    result = assay.score(Frame(image=soft, seq=7, timestamp=0.0, source="camera",
+                               um_per_px=0.5))
+    status = LiveStatus(source_state="streaming", source_reason="", stage="stable",
+                        reported=True, result_in_view=True, capture_fps=30.0,
+                        processed_fps=3.9, latency_ms=320.0)
+    return compose_live(soft, with_warning(result, warning), status, size=(1280, 720))
+
+
 def main() -> int:
     """Write the pictures (``--only NAME``: that one alone)."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", choices=("control-chart", "soft-focus"),
+    ap.add_argument("--only", choices=("control-chart", "soft-focus", "past-focus"),
                     help="write this picture only")
     args = ap.parse_args()
     if args.only in (None, "control-chart"):
@@ -262,6 +293,9 @@ def main() -> int:
     if args.only in (None, "soft-focus"):
         with Hep2Assay.from_config(cfg) as assay:
             _write("hep2-overlay-soft-focus.png", soft_focus(assay))
+    if args.only in (None, "past-focus"):
+        with Hep2Assay.from_config(cfg) as assay:
+            _write("hep2-live-past-focus.png", past_best_focus(assay, cfg))
     if args.only:
         return 0
     with Hep2Assay.from_config(cfg) as assay:

@@ -104,9 +104,8 @@ def sharper_before_warning(view: ViewState, factor: float) -> str | None:
     seen = view.sharpest_before
     if seen is None or view.stage is not Stage.STABLE or seen.focus < factor * view.sample.focus:
         return None
-    return (f"this view was sharper {seen.seconds_before:.1f} s before it was held still "
-            f"(focus figure {seen.focus:.2f}, now {view.sample.focus:.2f}): the reading may "
-            "be soft; focus back to the sharpest and hold still")
+    return (f"this view was sharper {seen.seconds_before:.1f} s before it was held (focus "
+            f"figure {seen.focus:.2f}, now {view.sample.focus:.2f}): focus back and hold still")
 
 
 def with_warning(result: AnyResult, warning: str | None) -> AnyResult:

@@ -272,19 +272,17 @@ class StillnessTracker:
     def _sharpest_before(self, period: _Period, fp: Fingerprint, focus: float
                          ) -> SharperBefore | None:
         """The sharpest kept frame of the same spot before ``period`` began, if sharper."""
-        best: _FocusSample | None = None
-        for sample in self._history:
-            if sample.timestamp >= period.since or sample.focus <= focus:
-                continue
-            if best is not None and sample.focus <= best.focus:
-                continue
+        # Sharpest first, so the first frame of the same spot is the answer: usually one or
+        # two registrations (0.3 ms each) where the whole history would be 50.
+        sharper = sorted((s for s in self._history
+                          if s.timestamp < period.since and s.focus > focus),
+                         key=lambda s: s.focus, reverse=True)
+        for sample in sharper:
             found = register(fp, sample.fingerprint)
             if found.similarity >= self._cfg.same_field_similarity \
                     and found.shift <= SAME_SPOT_SHIFT_PX:
-                best = sample
-        if best is None:
-            return None
-        return SharperBefore(best.focus, period.since - best.timestamp)
+                return SharperBefore(sample.focus, period.since - sample.timestamp)
+        return None
 
     def _start(self, thumb: np.ndarray, focus: float, timestamp: float) -> _Period:
         """Begin a new still period at this frame."""
