@@ -458,6 +458,17 @@ def test_a_flat_field_made_again_under_its_name_reads_the_held_view_again(
     assert first["intensity"]["value"] != second["intensity"]["value"]
 
 
+def fine_speckled_field(defocus_um: float) -> np.ndarray:
+    """A 640x480 HEp-2 fine speckled field at 20x, ``defocus_um`` out of focus: 0.75 um
+    passes the assay's focus gate and the tracker's, and reads 1.18 on the tracker's
+    focus figure against 1.93 sharp."""
+    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
+
+    return generate_hep2_field(Hep2FieldSpec(
+        seed=996_820, width=640, height=480, um_per_px=0.5,
+        patterns=(("fine_speckled", 1.0),), intensity=100.0, defocus_um=defocus_um)).image
+
+
 def test_a_field_focused_better_after_its_report_is_reported_again_as_sharper(
         tmp_path: Path) -> None:
     """The user stops on a field 0.75 um out of focus (sharp enough for the box to report
@@ -465,14 +476,11 @@ def test_a_field_focused_better_after_its_report_is_reported_again_as_sharper(
     the store. Before, the sharper view was a return to a reported field and the store
     kept the soft reading."""
     from appliance.assays.hep2.assay import Hep2Assay
-    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
 
     folder = tmp_path / "fields"
     folder.mkdir()
     for name, defocus in (("a_soft.png", 0.75), ("b_sharp.png", 0.0)):
-        write_rgb(folder / name, generate_hep2_field(Hep2FieldSpec(
-            seed=996_820, width=640, height=480, um_per_px=0.5,
-            patterns=(("fine_speckled", 1.0),), intensity=100.0, defocus_um=defocus)).image)
+        write_rgb(folder / name, fine_speckled_field(defocus))
     cfg = with_overrides(config(tmp_path, **{"source.uri": f"replay:{folder}",
                                              "source.hold_s": 4.0}),
                          {"assay": "hep2", "optics.um_per_px": 0.5})
@@ -495,17 +503,12 @@ def test_a_view_held_softer_than_it_was_a_moment_before_is_reported_with_a_warni
     """The user turns the knob through the best focus and stops 0.75 um past it: the box
     reports the view it was held on, and says it was sharper just before."""
     from appliance.assays.hep2.assay import Hep2Assay
-    from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
-
-    def field(defocus: float) -> np.ndarray:
-        return generate_hep2_field(Hep2FieldSpec(
-            seed=996_820, width=640, height=480, um_per_px=0.5,
-            patterns=(("fine_speckled", 1.0),), intensity=100.0, defocus_um=defocus)).image
 
     folder = tmp_path / "fields"
     folder.mkdir()
-    write_rgb(folder / "a0_sharp.png", field(0.0))  # passed through, shorter than stable_s
-    soft = field(0.75)
+    # Passed through for less than stable_s.
+    write_rgb(folder / "a0_sharp.png", fine_speckled_field(0.0))
+    soft = fine_speckled_field(0.75)
     for i in range(1, 9):  # then held: the same picture file after file, 2 s in all
         write_rgb(folder / f"a{i}_soft.png", soft)
     cfg = with_overrides(config(tmp_path, **{"source.uri": f"replay:{folder}",
