@@ -10,6 +10,7 @@ import pytest
 
 from appliance.assays.hep2.assay import Hep2Assay
 from appliance.assays.hep2.types import Hep2Result
+from appliance.assays.her2.types import FieldResult, ModelRef, Score
 from appliance.config import Config, with_overrides
 from tools import probe_refocus as probe
 from tools.synth.hep2_fields import Hep2FieldSpec, generate_hep2_field
@@ -59,7 +60,7 @@ def test_a_row_counts_what_was_measured() -> None:
                  shift=[0.1, 0.3])
     row = probe._row(0.75, 2, tally)
     assert row["soft_reported_scored"] == 0.5 and row["replaced_when_sharp"] == 1.0
-    assert row["pattern_right_first_report"] == 0.0 and row["pattern_right_stored"] == 1.0
+    assert row["right_first_report"] == 0.0 and row["right_stored"] == 1.0
     assert row["overshoot_warned"] == 1.0 and row["false_warnings"] == 0
     assert row["registration_shift_max_px"] == 0.3
     assert "warned 1.00 of 1 soft reports" in probe._line(row)
@@ -69,7 +70,7 @@ def test_a_row_counts_what_was_measured() -> None:
 
 def test_the_chart_draws_missing_figures_as_gaps(tmp_path: Path) -> None:
     rows = [{"defocus_um": d, "soft_reported_scored": s, "replaced_when_sharp": r,
-             "pattern_right_first_report": a, "pattern_right_stored": b, "overshoot_warned": w}
+             "right_first_report": a, "right_stored": b, "overshoot_warned": w}
             for d, s, r, a, b, w in ((0.5, 1.0, 0.2, 0.9, 0.95, 0.5),
                                      (3.0, 0.0, None, None, None, None))]
     out = tmp_path / "refocus.png"
@@ -82,3 +83,19 @@ def test_bad_arguments_are_refused() -> None:
         probe.main(["--specimens", "0"])
     with pytest.raises(SystemExit):
         probe.main(["--defocus", "a,b"])
+
+
+def test_her2_cases_draw_the_same_field_at_any_blur_and_judge_the_score() -> None:
+    (case,) = probe.her2_cases(1)  # the first score of SCORES
+    sharp, soft = case.draw(0.0), case.draw(1.0)
+    assert sharp.shape == soft.shape and not np.array_equal(sharp, soft)
+    assert np.array_equal(case.draw(0.0), sharp)
+    model = ModelRef(name="m", sha256="ab" * 32, precision="int8", validated_on="generated")
+
+    def result(score: Score, status: str = "scored") -> FieldResult:
+        return FieldResult(file="f", seq=1, assay="her2", status=status, model=model,
+                           image_width=800, image_height=600, score=score)
+
+    assert case.right(result(Score(probe.SCORES[0])))
+    assert not case.right(result(Score(probe.SCORES[1])))
+    assert not case.right(result(Score(probe.SCORES[0]), "not_scorable"))
