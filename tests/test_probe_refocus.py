@@ -89,7 +89,7 @@ def test_her2_cases_draw_the_same_field_at_any_blur_and_judge_the_score() -> Non
     (case,) = probe.her2_cases(1)  # the first score of SCORES
     sharp, soft = case.draw(0.0), case.draw(1.0)
     assert sharp.shape == soft.shape and not np.array_equal(sharp, soft)
-    assert np.array_equal(case.draw(0.0), sharp)
+    assert np.array_equal(case.sharp, sharp)
     model = ModelRef(name="m", sha256="ab" * 32, precision="int8", validated_on="generated")
 
     def result(score: Score, status: str = "scored") -> FieldResult:

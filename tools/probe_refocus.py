@@ -134,6 +134,7 @@ class Case:
 
     key: int  # its seed
     um_per_px: float
+    sharp: np.ndarray  # its picture as drawn (no blur beyond the objective's)
     draw: Callable[[float], np.ndarray]  # blur (µm RMS) -> RGB picture
     right: Callable[[AnyResult], bool]  # the pattern (HEp-2) or the score (HER2) is right
 
@@ -153,7 +154,7 @@ def hep2_cases(specimens: int) -> list[Case]:
             return outcome_of(case.kind, truth, result, 0.0,  # type: ignore[arg-type]
                               levels).pattern_correct
 
-        cases.append(Case(case.spec.seed, truth.um_per_px, draw, right))
+        cases.append(Case(case.spec.seed, truth.um_per_px, truth.image, draw, right))
     return cases
 
 
@@ -173,7 +174,7 @@ def her2_cases(count: int) -> list[Case]:
             score = getattr(result, "score", None)
             return result.scored and score is not None and score.value == want
 
-        cases.append(Case(spec.seed, truth.um_per_px, draw, right))
+        cases.append(Case(spec.seed, truth.um_per_px, truth.image, draw, right))
     return cases
 
 
@@ -182,7 +183,6 @@ def probe(cases: Sequence[Case], defocus: Sequence[float], assay_name: str = "he
     """One row per blur (module docstring)."""
     cfg = with_overrides(Config(), {"assay": assay_name})
     rows: list[dict[str, object]] = []
-    sharp_pictures: dict[int, np.ndarray] = {}
     sharp_scores: dict[int, AnyResult] = {}
     assay = open_assay(cfg)
     try:
@@ -190,9 +190,7 @@ def probe(cases: Sequence[Case], defocus: Sequence[float], assay_name: str = "he
             rng = np.random.default_rng(int(blur * 1000))
             tally: dict[str, list[Any]] = {k: [] for k in _KEYS}
             for case in tqdm(cases, desc=f"blur {blur:g} um"):
-                if case.key not in sharp_pictures:
-                    sharp_pictures[case.key] = case.draw(0.0)
-                sharp, soft, um = sharp_pictures[case.key], case.draw(blur), case.um_per_px
+                sharp, soft, um = case.sharp, case.draw(blur), case.um_per_px
                 # The registration shift between the two views: the stage did not move.
                 tally["shift"].append(register(fingerprint(soft), fingerprint(sharp)).shift)
                 score: dict[str, AnyResult] = {}
