@@ -573,8 +573,9 @@ class StabilityConfig:
         1.1, "A return to a reported field at the same spot (the stage not moved) is "
         "reported again, replacing the earlier report, when the view is now sharper: its "
         "focus figure (see min_focus) at least this many times the one it was reported at "
-        "(the user focused better after the box had reported it). A large value (100) "
-        "turns this off",
+        "(the user focused better after the box had reported it). The same factor warns "
+        "of a view held softer than its spot was in the seconds before (turned past the "
+        "best focus). A large value (100) turns both off",
         lo=1.0, hi=100,
     )
     same_field_similarity: float = _f(

@@ -133,6 +133,7 @@ def test_a_view_softer_than_its_spot_was_just_before_is_warned_about() -> None:
     assert sharper_before_warning(view(SharperBefore(1.6, 0.7)), 1.1) is None
     assert sharper_before_warning(view(None), 1.1) is None
     assert sharper_before_warning(view(SharperBefore(1.8, 0.7), Stage.BLURRED), 1.1) is None
+    assert sharper_before_warning(view(SharperBefore(1.8, 0.7)), 100.0) is None  # turned off
     # Added to a scored result's warnings; a refusal keeps its own.
     scored = dataclasses.replace(result(5), warnings=("the assay's own",))
     assert with_warning(scored, warned).warnings == (warned, "the assay's own")
