@@ -45,6 +45,13 @@ def stored(path: Path) -> list[tuple[str, int, str]]:
         return list(conn.execute("SELECT file, seq, status FROM results ORDER BY id"))
 
 
+def stored_results(path: Path) -> list[dict[str, Any]]:
+    """The stored results' JSON, in the order they were stored."""
+    with sqlite3.connect(path) as conn:
+        return [json.loads(r) for (r,) in conn.execute(
+            "SELECT result_json FROM results ORDER BY id")]
+
+
 def config(tmp_path: Path, **overrides: Any) -> Config:
     base = {"store.path": str(tmp_path / "results.sqlite"), "overlay.enabled": False,
             "display.sink": "none", "stability.stable_s": 0.3, "source.fps": 20.0,
@@ -447,15 +454,24 @@ def test_a_flat_field_made_again_under_its_name_reads_the_held_view_again(
         assert hep2.cfg is before  # no setting changed: the running config object stayed
     assert [applied for applied, _ in reloads] == [(), ("hep2.intensity.flat_field_file",)]
     assert pipeline.snapshot().fields_reported == 2
-    with sqlite3.connect(cfg.store.path) as conn:
-        rows = [json.loads(r) for (r,) in conn.execute(
-            "SELECT result_json FROM results ORDER BY id")]
-    first, second = rows
+    first, second = stored_results(cfg.store.path)
     assert first["status"] == second["status"] == "scored"
     assert second["supersedes"] == {"file": first["file"], "seq": first["seq"],
                                     "reason": "settings_changed"}
     # Less light fall-off at the corners in the new flat: the corrected brightness moved.
     assert first["intensity"]["value"] != second["intensity"]["value"]
+
+
+def run_hep2_replay(tmp_path: Path, folder: Path, hold_s: float) -> tuple[Config, Pipeline]:
+    """Replay ``folder`` through the HEp-2 assay at a declared 0.5 um/px, each file held
+    ``hold_s``: (the config, the pipeline once the source has ended)."""
+    from appliance.assays.hep2.assay import Hep2Assay
+
+    cfg = with_overrides(config(tmp_path, **{"source.uri": f"replay:{folder}",
+                                             "source.hold_s": hold_s}),
+                         {"assay": "hep2", "optics.um_per_px": 0.5})
+    with Hep2Assay.from_config(cfg) as hep2:
+        return cfg, run_pipeline(cfg, hep2, lambda: open_source(cfg.source, cfg.input))
 
 
 def fine_speckled_field(defocus_um: float) -> np.ndarray:
@@ -475,21 +491,13 @@ def test_a_field_focused_better_after_its_report_is_reported_again_as_sharper(
     it, not for the speckles), then focuses: the sharper reading replaces the soft one in
     the store. Before, the sharper view was a return to a reported field and the store
     kept the soft reading."""
-    from appliance.assays.hep2.assay import Hep2Assay
-
     folder = tmp_path / "fields"
     folder.mkdir()
     for name, defocus in (("a_soft.png", 0.75), ("b_sharp.png", 0.0)):
         write_rgb(folder / name, fine_speckled_field(defocus))
-    cfg = with_overrides(config(tmp_path, **{"source.uri": f"replay:{folder}",
-                                             "source.hold_s": 4.0}),
-                         {"assay": "hep2", "optics.um_per_px": 0.5})
-    with Hep2Assay.from_config(cfg) as hep2:
-        pipeline = run_pipeline(cfg, hep2, lambda: open_source(cfg.source, cfg.input))
+    cfg, pipeline = run_hep2_replay(tmp_path, folder, hold_s=4.0)
     assert pipeline.snapshot().fields_reported == 2
-    with sqlite3.connect(cfg.store.path) as conn:
-        soft, sharp = [json.loads(r) for (r,) in conn.execute(
-            "SELECT result_json FROM results ORDER BY id")]
+    soft, sharp = stored_results(cfg.store.path)
     assert soft["file"].endswith("a_soft.png") and sharp["file"].endswith("b_sharp.png")
     assert soft["status"] == sharp["status"] == "scored"
     assert soft["supersedes"] is None
@@ -502,8 +510,6 @@ def test_a_view_held_softer_than_it_was_a_moment_before_is_reported_with_a_warni
         tmp_path: Path) -> None:
     """The user turns the knob through the best focus and stops 0.75 um past it: the box
     reports the view it was held on, and says it was sharper just before."""
-    from appliance.assays.hep2.assay import Hep2Assay
-
     folder = tmp_path / "fields"
     folder.mkdir()
     # Passed through for less than stable_s.
@@ -511,13 +517,8 @@ def test_a_view_held_softer_than_it_was_a_moment_before_is_reported_with_a_warni
     soft = fine_speckled_field(0.75)
     for i in range(1, 9):  # then held: the same picture file after file, 2 s in all
         write_rgb(folder / f"a{i}_soft.png", soft)
-    cfg = with_overrides(config(tmp_path, **{"source.uri": f"replay:{folder}",
-                                             "source.hold_s": 0.25}),
-                         {"assay": "hep2", "optics.um_per_px": 0.5})
-    with Hep2Assay.from_config(cfg) as hep2:
-        pipeline = run_pipeline(cfg, hep2, lambda: open_source(cfg.source, cfg.input))
+    cfg, pipeline = run_hep2_replay(tmp_path, folder, hold_s=0.25)
     assert pipeline.snapshot().fields_reported == 1
-    with sqlite3.connect(cfg.store.path) as conn:
-        (row,) = [json.loads(r) for (r,) in conn.execute("SELECT result_json FROM results")]
+    (row,) = stored_results(cfg.store.path)
     assert "_soft.png" in row["file"] and row["status"] == "scored"
     assert any(w.startswith("this view was sharper") for w in row["warnings"]), row["warnings"]
